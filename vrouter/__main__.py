@@ -1,0 +1,3 @@
+from vrouter.cli import main
+
+raise SystemExit(main())

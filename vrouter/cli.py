@@ -1,0 +1,125 @@
+"""`vrouter run | up | down | status | check`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from vrouter import config, control, state
+
+EXIT_CONFIG = 2
+EXIT_HOST = 1
+DEFAULT_CONFIG = Path("configs/demo.yaml")
+
+
+def default_config() -> str:
+    """configs/demo.yaml of the checkout we run from, else the copy shipped in the package."""
+    if DEFAULT_CONFIG.exists():
+        return str(DEFAULT_CONFIG)
+    return str(resources.files("vrouter") / "data" / "demo.yaml")
+
+
+def _load(path: str, check_host: bool = True) -> config.Cluster:
+    try:
+        return config.load(path, check_host=check_host)
+    except config.ConfigError as exc:
+        print(f"vrouter: config error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_check(args) -> int:
+    cluster = _load(args.config)
+    print(f"{args.config}: ok: cluster {cluster.name}, {len(cluster.nodes)} nodes, "
+          f"{len(cluster.pods)} pods")
+    for pod in cluster.pods:
+        print(f"  {pod.name:<16} {pod.node:<10} {str(pod.ip):<15} {pod.mac}  netns {pod.netns}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from vrouter import node
+    from vrouter.tap import HostError
+    cluster = _load(args.config)
+    try:
+        cluster.node(args.node)
+    except KeyError:
+        print(f"vrouter: config error: {args.config}: nodes: no node named {args.node!r} "
+              f"(nodes: {', '.join(n.name for n in cluster.nodes)})", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        node.run(cluster, args.node)
+    except HostError as exc:
+        print(f"vrouter: {exc}", file=sys.stderr)
+        return EXIT_HOST
+    return 0
+
+
+def cmd_up(args) -> int:
+    from vrouter import launcher
+    return launcher.up(_load(args.config or default_config()), args.timeout)
+
+
+def cmd_down(args) -> int:
+    from vrouter import launcher
+    return launcher.down(_load(args.config or default_config(), check_host=False))
+
+
+def cmd_status(args) -> int:
+    from vrouter.status import render
+    cluster = _load(args.config or default_config(), check_host=False)
+    names = [args.node] if args.node else [n.name for n in cluster.nodes]
+    results, missing = [], []
+    for name in names:
+        try:
+            results.append(control.request(state.socket_path(cluster.name, name), "status"))
+        except OSError:
+            missing.append(name)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print("\n\n".join(render(s, args.all) for s in results))
+    for name in missing:
+        print(f"vrouter: node {name!r} of cluster {cluster.name!r} is not running", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vrouter", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run one node in the foreground")
+    p.add_argument("config")
+    p.add_argument("--node", required=True, help="which node of the config this process is")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("up", help="start every node of a config on this machine (the demo)")
+    p.add_argument("config", nargs="?", help="cluster file (default: configs/demo.yaml)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop a cluster's nodes and remove what they left behind")
+    p.add_argument("config", nargs="?")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="ports, MAC table, ARP entries and counters of running nodes")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--node")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="also show counters that are zero")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("check", help="validate a cluster file and show the pods' addresses")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args.func(args)

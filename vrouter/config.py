@@ -1,0 +1,393 @@
+"""The only reader of cluster files: YAML in, validated frozen objects out.
+
+The first YAML document describes the cluster (cluster, nodes, pods); later documents are
+Kubernetes objects. Every problem is reported as a ConfigError naming the file, the field path
+and what is wrong. Loading has no side effects, so a bad config creates nothing.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fastpath.layout import OVERLAY_OVERHEAD
+
+NETNS_RUN_DIR = "/run/netns"
+DEFAULT_FDB_AGE = 300
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+class ConfigError(Exception):
+    """A config problem: which file, which field, what is wrong."""
+
+    def __init__(self, path: str, field_path: str, problem: str):
+        self.path = path
+        self.field_path = field_path
+        self.problem = problem
+        where = f"{path}: {field_path}" if field_path else path
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class Overlay:
+    vni: int = 1
+    port: int = 4789
+    mtu: int = 1500
+
+    @property
+    def pod_mtu(self) -> int:
+        return self.mtu - OVERLAY_OVERHEAD
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    index: int
+    underlay: ipaddress.IPv4Address
+    pod_cidr: ipaddress.IPv4Network
+    vtep_mac: str
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return self.pod_cidr.network_address + 1
+
+    @property
+    def gateway_mac(self) -> str:
+        return mac_from_ip("02:76", self.gateway)
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    name: str
+    container_port: int
+    protocol: str
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    namespace: str
+    node: str
+    ip: ipaddress.IPv4Address
+    mac: str
+    netns: str           # a name under /run/netns or an absolute path
+    owns_netns: bool     # True when vrouter creates (and later deletes) the namespace
+    labels: tuple[tuple[str, str], ...] = ()
+    ports: tuple[ContainerPort, ...] = ()
+
+    @property
+    def netns_path(self) -> str:
+        return self.netns if self.netns.startswith("/") else os.path.join(NETNS_RUN_DIR, self.netns)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    source: str
+    name: str
+    pod_cidr: ipaddress.IPv4Network
+    service_cidr: ipaddress.IPv4Network
+    overlay: Overlay
+    nodes: tuple[Node, ...]
+    pods: tuple[Pod, ...]
+    fdb_age: int = DEFAULT_FDB_AGE
+    objects: tuple[dict, ...] = field(default=(), compare=False)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def pods_of(self, node_name: str) -> tuple[Pod, ...]:
+        return tuple(p for p in self.pods if p.node == node_name)
+
+
+def mac_from_ip(prefix: str, ip: ipaddress.IPv4Address) -> str:
+    """A stable MAC: two prefix octets then the four IPv4 octets (0a:58 is what kubenet uses)."""
+    return prefix + "".join(f":{b:02x}" for b in ip.packed)
+
+
+# --- small typed readers that know where they are -------------------------------------------
+
+class _Reader:
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, where: str, problem: str):
+        raise ConfigError(self.path, where, problem)
+
+    def mapping(self, value, where, allowed, required=()):
+        if not isinstance(value, dict):
+            self.fail(where, f"must be a mapping, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                self.fail(_join(where, str(key)), f"unknown field (allowed here: {hint})")
+        for key in required:
+            if key not in value:
+                self.fail(_join(where, key), "required field is missing")
+        return value
+
+    def integer(self, value, where, low, high):
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(where, f"must be an integer, got {value!r}")
+        if not low <= value <= high:
+            self.fail(where, f"{value} is out of range {low}..{high}")
+        return value
+
+    def string(self, value, where, pattern=None, what="a string"):
+        if not isinstance(value, str) or not value:
+            self.fail(where, f"must be {what}, got {value!r}")
+        if pattern is not None and not pattern.match(value):
+            self.fail(where, f"{value!r} is not {what}")
+        return value
+
+    def network(self, value, where):
+        if not isinstance(value, str):
+            self.fail(where, f"must be an IPv4 CIDR such as 10.244.0.0/16, got {value!r}")
+        try:
+            return ipaddress.IPv4Network(value, strict=True)
+        except ValueError as exc:
+            self.fail(where, f"{value!r} is not a valid IPv4 CIDR ({exc})")
+
+    def address(self, value, where):
+        try:
+            return ipaddress.IPv4Address(value)
+        except ValueError:
+            self.fail(where, f"{value!r} is not a valid IPv4 address")
+
+    def mac(self, value, where):
+        value = self.string(value, where, _MAC, "a MAC address such as 0e:76:0a:f4:01:00")
+        if int(value[:2], 16) & 1:
+            self.fail(where, f"{value} is a multicast MAC address")
+        return value.lower()
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def load(path: str | os.PathLike, check_host: bool = True) -> Cluster:
+    """Read and validate a cluster file. `check_host` also checks that named netns exist."""
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read file: {exc.strerror}") from None
+    return parse(text, path, check_host=check_host)
+
+
+def parse(text: str, path: str = "<string>", check_host: bool = True) -> Cluster:
+    reader = _Reader(path)
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, where, f"invalid YAML: {reason}") from None
+    if not documents:
+        reader.fail("", "the file is empty: expected a cluster document with cluster, nodes, pods")
+    cluster_doc = reader.mapping(documents[0], "", {"cluster", "nodes", "pods"},
+                                 required=("cluster", "nodes"))
+    objects = tuple(_check_object(reader, doc, n) for n, doc in enumerate(documents[1:], start=1))
+    return _build_cluster(reader, cluster_doc, objects, check_host)
+
+
+def _check_object(reader: _Reader, doc, number: int) -> dict:
+    where = f"document {number + 1}"
+    if not isinstance(doc, dict) or "kind" not in doc:
+        reader.fail(where, "expected a Kubernetes object with apiVersion and kind")
+    kind = doc["kind"]
+    if kind == "Service":
+        reader.fail(_join(where, "kind"), "Service objects are not supported yet")
+    reader.fail(_join(where, "kind"), f"unsupported Kubernetes kind {kind!r}")
+
+
+def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool) -> Cluster:
+    c = reader.mapping(doc["cluster"], "cluster",
+                       {"name", "podCIDR", "serviceCIDR", "overlay", "fdbAgeSeconds"},
+                       required=("podCIDR",))
+    default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
+    name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
+                         "a DNS label (lowercase letters, digits, '-')")
+    pod_cidr = reader.network(c["podCIDR"], "cluster.podCIDR")
+    service_cidr = reader.network(c.get("serviceCIDR", "10.96.0.0/16"), "cluster.serviceCIDR")
+    if pod_cidr.overlaps(service_cidr):
+        reader.fail("cluster.serviceCIDR", f"{service_cidr} overlaps cluster.podCIDR {pod_cidr}")
+    overlay = _build_overlay(reader, c.get("overlay", {}))
+    fdb_age = reader.integer(c.get("fdbAgeSeconds", DEFAULT_FDB_AGE), "cluster.fdbAgeSeconds",
+                             1, 86400)
+
+    raw_nodes = doc["nodes"]
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        reader.fail("nodes", "must be a non-empty list of nodes")
+    nodes = []
+    for n, raw in enumerate(raw_nodes):
+        nodes.append(_build_node(reader, raw, f"nodes[{n}]", n, pod_cidr, nodes))
+
+    raw_pods = doc.get("pods", []) or []
+    if not isinstance(raw_pods, list):
+        reader.fail("pods", "must be a list of pods")
+    pods = _build_pods(reader, raw_pods, {nd.name: nd for nd in nodes}, check_host)
+    return Cluster(source=reader.path, name=name, pod_cidr=pod_cidr, service_cidr=service_cidr,
+                   overlay=overlay, nodes=tuple(nodes), pods=tuple(pods), fdb_age=fdb_age,
+                   objects=objects)
+
+
+def _build_overlay(reader: _Reader, raw) -> Overlay:
+    o = reader.mapping(raw, "cluster.overlay", {"vni", "port", "mtu"})
+    return Overlay(
+        vni=reader.integer(o.get("vni", 1), "cluster.overlay.vni", 1, (1 << 24) - 1),
+        port=reader.integer(o.get("port", 4789), "cluster.overlay.port", 1, 65535),
+        # pod MTU = mtu - 50 must still carry a minimal IPv4 packet (576, RFC 791)
+        mtu=reader.integer(o.get("mtu", 1500), "cluster.overlay.mtu", 576 + OVERLAY_OVERHEAD, 65535),
+    )
+
+
+def _build_node(reader: _Reader, raw, where, index, cluster_cidr, earlier) -> Node:
+    d = reader.mapping(raw, where, {"name", "underlay", "podCIDR", "vtepMAC"},
+                       required=("name", "underlay", "podCIDR"))
+    name = reader.string(d["name"], f"{where}.name", _DNS_LABEL,
+                         "a DNS label (lowercase letters, digits, '-')")
+    underlay = reader.address(d["underlay"], f"{where}.underlay")
+    cidr = reader.network(d["podCIDR"], f"{where}.podCIDR")
+    if not cidr.subnet_of(cluster_cidr):
+        reader.fail(f"{where}.podCIDR", f"{cidr} is outside cluster.podCIDR {cluster_cidr}")
+    if cidr.prefixlen > 30:
+        reader.fail(f"{where}.podCIDR", f"{cidr} is too small: it needs room for a gateway and pods")
+    for other in earlier:
+        if other.name == name:
+            reader.fail(f"{where}.name", f"duplicate node name {name!r}")
+        if other.underlay == underlay:
+            reader.fail(f"{where}.underlay", f"{underlay} is already node {other.name!r}'s underlay")
+        if other.pod_cidr.overlaps(cidr):
+            reader.fail(f"{where}.podCIDR",
+                        f"{cidr} overlaps node {other.name!r}'s podCIDR {other.pod_cidr}")
+    vtep_mac = (reader.mac(d["vtepMAC"], f"{where}.vtepMAC") if "vtepMAC" in d
+                else mac_from_ip("0e:76", cidr.network_address))
+    return Node(name=name, index=index, underlay=underlay, pod_cidr=cidr, vtep_mac=vtep_mac)
+
+
+_POD_FIELDS = {"name", "namespace", "node", "ip", "mac", "labels", "netns", "ports"}
+
+
+def _build_pods(reader: _Reader, raw_pods, nodes: dict, check_host: bool) -> list[Pod]:
+    # first pass: validate every field and collect the explicitly given IPs
+    checked = []
+    names: dict[str, str] = {}
+    taken: dict[ipaddress.IPv4Address, str] = {}
+    for n, raw in enumerate(raw_pods):
+        where = f"pods[{n}]"
+        d = reader.mapping(raw, where, _POD_FIELDS, required=("name", "node"))
+        name = reader.string(d["name"], f"{where}.name", _DNS_LABEL,
+                             "a DNS label (lowercase letters, digits, '-')")
+        if name in names:
+            reader.fail(f"{where}.name", f"duplicate pod name {name!r} (also {names[name]}); "
+                        "pod names must be unique because they name network namespaces")
+        names[name] = where
+        namespace = reader.string(d.get("namespace", "default"), f"{where}.namespace", _DNS_LABEL,
+                                  "a DNS label (lowercase letters, digits, '-')")
+        node_name = reader.string(d["node"], f"{where}.node")
+        if node_name not in nodes:
+            reader.fail(f"{where}.node", f"unknown node {node_name!r} (nodes: {', '.join(nodes)})")
+        node = nodes[node_name]
+        ip = None
+        if "ip" in d:
+            ip = reader.address(d["ip"], f"{where}.ip")
+            _check_pod_ip(reader, f"{where}.ip", ip, node)
+            if ip in taken:
+                reader.fail(f"{where}.ip", f"duplicate pod IP {ip} (also {taken[ip]})")
+            taken[ip] = where
+        labels = _build_labels(reader, d.get("labels", {}), f"{where}.labels")
+        ports = _build_ports(reader, d.get("ports", []), f"{where}.ports")
+        netns, owns = _build_netns(reader, d, where, name, check_host)
+        mac = reader.mac(d["mac"], f"{where}.mac") if "mac" in d else None
+        checked.append((where, name, namespace, node, ip, mac, netns, owns, labels, ports))
+
+    # second pass: deterministic allocation (config order, lowest free address from .2 up)
+    pods = []
+    macs: dict[str, str] = {}
+    cursor = {name: 2 for name in nodes}
+    for where, name, namespace, node, ip, mac, netns, owns, labels, ports in checked:
+        if ip is None:
+            ip = _allocate(reader, where, node, cursor, taken)
+            taken[ip] = where
+        mac = mac or mac_from_ip("0a:58", ip)
+        if mac in macs:
+            reader.fail(f"{where}.mac", f"duplicate MAC {mac} (also {macs[mac]})")
+        macs[mac] = where
+        pods.append(Pod(name=name, namespace=namespace, node=node.name, ip=ip, mac=mac,
+                        netns=netns, owns_netns=owns, labels=labels, ports=ports))
+    return pods
+
+
+def _check_pod_ip(reader, where, ip, node: Node):
+    cidr = node.pod_cidr
+    if ip not in cidr:
+        reader.fail(where, f"{ip} is outside node {node.name!r}'s podCIDR {cidr}")
+    if ip == node.gateway:
+        reader.fail(where, f"{ip} is node {node.name!r}'s gateway address")
+    if ip in (cidr.network_address, cidr.broadcast_address):
+        reader.fail(where, f"{ip} is the network or broadcast address of {cidr}")
+
+
+def _allocate(reader, where, node: Node, cursor, taken):
+    cidr = node.pod_cidr
+    first = int(cidr.network_address)
+    while cursor[node.name] < cidr.num_addresses - 1:
+        ip = ipaddress.IPv4Address(first + cursor[node.name])
+        cursor[node.name] += 1
+        if ip not in taken:
+            return ip
+    reader.fail(where, f"node {node.name!r}'s podCIDR {cidr} has no free address left")
+
+
+def _build_labels(reader, raw, where):
+    if not isinstance(raw, dict):
+        reader.fail(where, "must be a mapping of label names to values")
+    for key, value in raw.items():
+        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+            reader.fail(_join(where, str(key)), "label names and values must be strings")
+    return tuple(sorted((k, str(v)) for k, v in raw.items()))
+
+
+def _build_ports(reader, raw, where):
+    if not isinstance(raw, list):
+        reader.fail(where, "must be a list of {name, containerPort, protocol}")
+    ports = []
+    for n, item in enumerate(raw):
+        w = f"{where}[{n}]"
+        d = reader.mapping(item, w, {"name", "containerPort", "protocol"}, required=("containerPort",))
+        name = reader.string(d.get("name", f"port-{n}"), f"{w}.name")
+        number = reader.integer(d["containerPort"], f"{w}.containerPort", 1, 65535)
+        protocol = d.get("protocol", "TCP")
+        if protocol not in ("TCP", "UDP"):
+            reader.fail(f"{w}.protocol", f"{protocol!r} is not supported (TCP or UDP)")
+        ports.append(ContainerPort(name, number, protocol))
+    return tuple(ports)
+
+
+def _build_netns(reader, d, where, pod_name, check_host):
+    """(netns, owned): the pod's own namespace, created by vrouter, unless `netns` names one."""
+    if "netns" not in d:
+        if not _NETNS_NAME.match(pod_name):
+            reader.fail(f"{where}.name", f"{pod_name!r} cannot name a network namespace")
+        return pod_name, True
+    netns = reader.string(d["netns"], f"{where}.netns", what="a netns name or a path")
+    if not netns.startswith("/") and not _NETNS_NAME.match(netns):
+        reader.fail(f"{where}.netns", f"{netns!r} is neither a netns name nor an absolute path")
+    if check_host:
+        path = netns if netns.startswith("/") else os.path.join(NETNS_RUN_DIR, netns)
+        if not os.path.exists(path):
+            reader.fail(f"{where}.netns", f"network namespace {netns!r} does not exist ({path})")
+    return netns, False

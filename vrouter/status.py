@@ -1,0 +1,80 @@
+"""What `vrouter status` shows: a node's ports, MAC table, ARP entries, peers and counters."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from fastpath.forward import FDB_PORT, FDB_SEEN, FDB_STATIC
+from vrouter.tables import int_to_mac
+
+
+def node_status(node) -> dict:
+    dp = node.dp
+    t = dp.tables
+    now = int(dp.clock())
+    pods = dp.pods
+    fdb = []
+    for j in np.nonzero(t.fdb_keys)[0].tolist():
+        static = bool(t.fdb_vals[j, FDB_STATIC])
+        age = None if static else now - int(t.fdb_vals[j, FDB_SEEN])
+        if age is not None and age > node.cluster.fdb_age:
+            continue   # aged out: the fast path ignores it too
+        port = int(t.fdb_vals[j, FDB_PORT])
+        fdb.append({"mac": int_to_mac(int(t.fdb_keys[j])), "port": port, "pod": pods[port].name,
+                    "static": static, "age": age})
+    neighbours = [{"ip": str(node.node.gateway), "mac": node.node.gateway_mac, "port": None,
+                   "what": "gateway (this node)"}]
+    for port, pod in enumerate(pods):
+        seen = dp.slow.neighbours.get(str(pod.ip))
+        neighbours.append({"ip": str(pod.ip), "mac": pod.mac, "port": port,
+                           "what": "pod, answered" if port in dp.slow.answered else "pod, waiting",
+                           "last_arp": round(time.time() - seen[2], 1) if seen else None})
+    return {
+        "cluster": node.cluster.name,
+        "node": node.name,
+        "pid": os.getpid(),
+        "uptime": round(time.time() - node.started, 1),
+        "ready": node.ready,
+        "underlay": f"{node.node.underlay}:{node.cluster.overlay.port}",
+        "podCIDR": str(node.node.pod_cidr),
+        "gateway": {"ip": str(node.node.gateway), "mac": node.node.gateway_mac},
+        "vtepMAC": node.node.vtep_mac,
+        "ports": [{"port": k, "pod": p.pod.name, "namespace": p.pod.namespace,
+                   "netns": p.pod.netns, "tap": f"eth0 (ifindex {p.ifindex} in {p.pod.netns})",
+                   "mac": p.pod.mac, "ip": str(p.pod.ip)} for k, p in enumerate(node.ports)],
+        "fdb": sorted(fdb, key=lambda e: (e["port"], e["mac"])),
+        "arp": neighbours,
+        "peers": [{"node": p.name, "underlay": str(p.underlay), "podCIDR": str(p.pod_cidr),
+                   "vtepMAC": p.vtep_mac, "up": bool(t.peer_up[k])}
+                  for k, p in enumerate(dp.peers)],
+        "counters": dp.counter_dict(),
+    }
+
+
+def render(status: dict, show_zero: bool = False) -> str:
+    lines = [f"node {status['node']} (cluster {status['cluster']}, pid {status['pid']}, "
+             f"{'ready' if status['ready'] else 'NOT READY'}, up {status['uptime']}s)",
+             f"  podCIDR {status['podCIDR']}  gateway {status['gateway']['ip']} "
+             f"{status['gateway']['mac']}  underlay {status['underlay']}  vtep {status['vtepMAC']}",
+             "  ports:"]
+    for p in status["ports"]:
+        lines.append(f"    {p['port']:>3}  {p['pod']:<16} {p['ip']:<15} {p['mac']}  {p['tap']}")
+    lines.append("  mac table:")
+    for e in status["fdb"]:
+        kind = "static" if e["static"] else f"learned {e['age']}s ago"
+        lines.append(f"    {e['mac']}  port {e['port']} ({e['pod']})  {kind}")
+    lines.append("  arp:")
+    for e in status["arp"]:
+        lines.append(f"    {e['ip']:<15} {e['mac']}  {e['what']}")
+    if status["peers"]:
+        lines.append("  overlay peers:")
+        for p in status["peers"]:
+            lines.append(f"    {p['node']:<12} {p['underlay']:<15} {p['podCIDR']:<18} "
+                         f"vtep {p['vtepMAC']}  {'up' if p['up'] else 'DOWN'}")
+    lines.append("  counters:")
+    for name, value in status["counters"].items():
+        if value or show_zero:
+            lines.append(f"    {name:<32} {value}")
+    return "\n".join(lines)

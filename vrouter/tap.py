@@ -1,0 +1,131 @@
+"""Pod attachment: network namespaces (pyroute2), TAP devices (pytun), pod-side addressing.
+
+A pod port is a TAP created in the node's namespace, moved into the pod's namespace and renamed
+eth0 there. Our process keeps the fd: closing it (also when the process dies) removes the device.
+Everything created is registered on an ExitStack so that a failure half-way undoes it all.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import secrets
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+from pytun import IFF_NO_PI, IFF_TAP, TunTapDevice
+
+from vrouter.config import Cluster, Pod
+
+POD_IFNAME = "eth0"
+
+
+class HostError(Exception):
+    """The host cannot do what was asked (privileges, missing device, name clash...)."""
+
+
+def check_host() -> None:
+    """Root and a usable /dev/net/tun, or a clear error before anything is created."""
+    if os.geteuid() != 0:
+        raise HostError("vrouter needs root (it creates network namespaces and TAP devices); "
+                        "run it as root or with sudo")
+    try:
+        os.close(os.open("/dev/net/tun", os.O_RDWR))
+    except OSError as exc:
+        raise HostError(f"cannot open /dev/net/tun ({exc.strerror}): load the tun module "
+                        "(modprobe tun) or give the container access to /dev/net/tun") from None
+
+
+def netns_exists(pod: Pod) -> bool:
+    return os.path.exists(pod.netns_path)
+
+
+def create_netns(name: str) -> None:
+    pr_netns.create(name)
+
+
+def remove_netns(name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        pr_netns.remove(name)
+
+
+class PodPort:
+    """One attached pod: its TAP fd (non-blocking) and what `vrouter status` shows of it."""
+
+    def __init__(self, pod: Pod, tap: TunTapDevice, ifindex: int):
+        self.pod = pod
+        self.tap = tap
+        self.ifindex = ifindex
+        self.fd = tap.fileno()
+        os.set_blocking(self.fd, False)
+        # FileIO returns None instead of raising on EAGAIN, which keeps the drain loop cheap
+        self.file = io.FileIO(self.fd, "r+b", closefd=False)
+
+    def close(self) -> None:
+        self.file.close()
+        self.tap.close()
+
+
+def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,
+               created_netns: list[str]) -> PodPort:
+    if pod.owns_netns:
+        if netns_exists(pod):
+            raise HostError(f"network namespace {pod.netns!r} for pod {pod.name!r} already exists; "
+                            f"if it is left over from an earlier run, `vrouter down "
+                            f"{cluster.source}` or `ip netns del {pod.netns}` removes it")
+        create_netns(pod.netns)
+        stack.callback(remove_netns, pod.netns)
+        created_netns.append(pod.netns)
+    elif not netns_exists(pod):
+        raise HostError(f"network namespace {pod.netns!r} of pod {pod.name!r} does not exist")
+
+    # a short random name for the moment the TAP lives in the node's namespace
+    tap = TunTapDevice(name="vrt" + secrets.token_hex(5), flags=IFF_TAP | IFF_NO_PI)
+    port = PodPort(pod, tap, ifindex=0)
+    stack.callback(port.close)
+    nsfd = os.open(pod.netns_path, os.O_RDONLY)
+    try:
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=tap.name)[0]
+            try:
+                ipr.link("set", index=index, net_ns_fd=nsfd, ifname=POD_IFNAME)
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    raise HostError(f"network namespace {pod.netns!r} already has an "
+                                    f"{POD_IFNAME}; vrouter needs that name for the pod's "
+                                    "interface") from None
+                raise
+    finally:
+        os.close(nsfd)
+    node = cluster.node(pod.node)
+    port.ifindex = configure_pod_side(pod, cluster.overlay.pod_mtu, node.gateway,
+                                      node.pod_cidr.prefixlen)
+    return port
+
+
+def configure_pod_side(pod: Pod, mtu: int, gateway, prefixlen: int) -> int:
+    """Inside the pod: eth0 with MAC, MTU, address/prefix and a default route; lo up."""
+    with IPRoute(netns=pod.netns_path) as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        ipr.link("set", index=lo, state="up")
+        index = ipr.link_lookup(ifname=POD_IFNAME)[0]
+        ipr.link("set", index=index, address=pod.mac, mtu=mtu)
+        _disable_ipv6(pod)
+        ipr.link("set", index=index, state="up")
+        ipr.addr("add", index=index, address=str(pod.ip), prefixlen=prefixlen)
+        ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+        return index
+
+
+def _disable_ipv6(pod: Pod) -> None:
+    """vrouter pods are IPv4-only: keep eth0 quiet instead of dropping its IPv6 chatter."""
+    pr_netns.pushns(pod.netns_path)
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{POD_IFNAME}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError:
+        pass   # IPv6 compiled out: nothing to silence
+    finally:
+        pr_netns.popns()
