@@ -20,6 +20,7 @@ from pytun import IFF_NO_PI, IFF_TAP, TunTapDevice
 from vrouter.config import Cluster, Pod
 
 POD_IFNAME = "eth0"
+TUN_PATH = "/dev/net/tun"
 
 
 class HostError(Exception):
@@ -32,9 +33,9 @@ def check_host() -> None:
         raise HostError("vrouter needs root (it creates network namespaces and TAP devices); "
                         "run it as root or with sudo")
     try:
-        os.close(os.open("/dev/net/tun", os.O_RDWR))
+        os.close(os.open(TUN_PATH, os.O_RDWR))
     except OSError as exc:
-        raise HostError(f"cannot open /dev/net/tun ({exc.strerror}): load the tun module "
+        raise HostError(f"cannot open {TUN_PATH} ({exc.strerror}): load the tun module "
                         "(modprobe tun) or give the container access to /dev/net/tun") from None
 
 

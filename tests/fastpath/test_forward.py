@@ -1,0 +1,233 @@
+"""The numba fast path against scapy's reading of the same frames (scapy is the oracle)."""
+import ipaddress
+import random
+
+import numpy as np
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import ARP, Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Raw
+
+from fastpath.checksum import update16
+from fastpath.layout import IN_OVERLAY  # noqa: F401  (documents what process_datagrams feeds)
+from vrouter import config
+from vrouter.dataplane import OVERLAY_TARGET, Dataplane
+
+GW_MAC = "02:76:0a:f4:01:01"
+A_IP, A_MAC = "10.244.1.2", "0a:58:0a:f4:01:02"
+B_IP, B_MAC = "10.244.1.3", "0a:58:0a:f4:01:03"
+REMOTE_IP = "10.244.2.3"
+VTEP_A, VTEP_B = "0e:76:0a:f4:01:00", "0e:76:0a:f4:02:00"
+UNDERLAY_A, UNDERLAY_B = "127.0.0.11", "127.0.0.12"
+
+
+def make_dp(port=4789):
+    text = open("configs/demo.yaml").read().replace("port: 4789", f"port: {port}")
+    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a")
+
+
+@pytest.fixture
+def dp():
+    return make_dp()
+
+
+def counters(dp):
+    return {k: v for k, v in dp.counter_dict().items() if v}
+
+
+def routed(payload=None, src=A_IP, dst=B_IP, ttl=64, **ip):
+    payload = payload if payload is not None else ICMP(id=1, seq=1) / b"ping"
+    return Ether(src=A_MAC, dst=GW_MAC) / IP(src=src, dst=dst, ttl=ttl, **ip) / payload
+
+
+def test_l2_forward_between_pods_leaves_frame_untouched(dp):
+    frame = Ether(src=A_MAC, dst=B_MAC) / IP(src=A_IP, dst=B_IP) / UDP(sport=1, dport=2) / b"hi"
+    assert dp.process([(0, bytes(frame))]) == [(1, bytes(frame))]
+    assert counters(dp) == {"rx_frames": 1, "forwarded_l2": 1}
+
+
+def test_routed_via_gateway_rewrites_macs_and_decrements_ttl(dp):
+    frame = routed(TCP(sport=1234, dport=80, flags="S"), ttl=17)
+    (port, out), = dp.process([(0, bytes(frame))])
+    expected = frame.copy()
+    expected[Ether].src, expected[Ether].dst = GW_MAC, B_MAC
+    expected[IP].ttl = 16
+    del expected[IP].chksum
+    assert port == 1
+    assert out == bytes(expected)   # incremental checksum == scapy's full recomputation
+
+
+def test_incremental_checksum_matches_full_recompute_over_random_headers():
+    rng = random.Random(7)
+    for _ in range(500):
+        pkt = IP(src=str(ipaddress.IPv4Address(rng.getrandbits(32))),
+                 dst=str(ipaddress.IPv4Address(rng.getrandbits(32))),
+                 ttl=rng.randint(2, 255), id=rng.getrandbits(16), tos=rng.getrandbits(8),
+                 proto=rng.choice([1, 6, 17]))
+        raw = IP(bytes(pkt))
+        old_word = (raw.ttl << 8) | raw.proto
+        new = raw.copy()
+        new.ttl -= 1
+        del new.chksum
+        assert update16(raw.chksum, old_word, old_word - 256) == IP(bytes(new)).chksum
+
+
+@pytest.mark.parametrize("frame, reason", [
+    (b"\x00" * 10, "drop_runt"),
+    (bytes(Ether(src=A_MAC, dst=B_MAC, type=0x88CC) / (b"lldp" * 3)), "drop_unknown_ethertype"),
+    (bytes(Ether(src=A_MAC, dst=B_MAC, type=0x86DD) / (b"\x60" + b"\x00" * 39)), "drop_ipv6"),
+    (bytes(Ether(src="01:00:5e:00:00:01", dst=B_MAC) / IP(src=A_IP, dst=B_IP)), "drop_source_mac_multicast"),
+    (bytes(Ether(src=B_MAC, dst=GW_MAC) / IP(src=A_IP, dst=B_IP)), "drop_spoofed_mac"),
+    (bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=B_IP, dst="10.244.2.2")), "drop_spoofed_ip"),
+    (bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst=B_IP, chksum=0x1234)), "drop_bad_ipv4_checksum"),
+    (bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst=B_IP, ihl=4)), "drop_bad_ipv4_header"),
+    (bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst=B_IP, len=400)), "drop_bad_ipv4_header"),
+    (bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst=B_IP, version=6)), "drop_bad_ipv4_header"),
+    (bytes(Ether(src=A_MAC, dst=A_MAC) / IP(src=A_IP, dst=A_IP)), "drop_same_port"),
+])
+def test_bad_frames_are_dropped_and_counted_by_reason(dp, frame, reason):
+    assert dp.process([(0, frame)]) == []
+    assert counters(dp) == {"rx_frames": 1, reason: 1}
+
+
+def test_a_bad_frame_does_not_disturb_its_batch(dp):
+    good = bytes(Ether(src=A_MAC, dst=B_MAC) / IP(src=A_IP, dst=B_IP) / UDP())
+    out = dp.process([(0, good), (0, b"\x01\x02"), (0, good)])
+    assert out == [(1, good), (1, good)]
+
+
+def test_broadcast_and_unknown_unicast_flood_to_other_ports(dp):
+    bcast = bytes(Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src=A_IP, dst="10.244.1.255") / UDP())
+    unknown = bytes(Ether(src=A_MAC, dst="0a:58:00:00:00:99") / IP(src=A_IP, dst=B_IP) / UDP())
+    assert dp.process([(0, bcast), (0, unknown)]) == [(1, bcast), (1, unknown)]
+
+
+def test_mac_learning_and_ageing():
+    now = [1000]
+    text = open("configs/demo.yaml").read().replace("podCIDR: 10.244.0.0/16",
+                                                     "podCIDR: 10.244.0.0/16\n  fdbAgeSeconds: 60")
+    dp = Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a", clock=lambda: now[0])
+    other_mac = "0a:58:0a:f4:01:77"   # a MAC the user gave pod B by hand
+    learn = bytes(Ether(src=other_mac, dst=A_MAC) / IP(src=B_IP, dst=A_IP) / UDP())
+    to_it = bytes(Ether(src=A_MAC, dst=other_mac) / IP(src=A_IP, dst=B_IP) / UDP())
+    assert dp.process([(1, learn)]) == [(0, learn)]
+    assert dp.process([(0, to_it)]) == [(1, to_it)]          # learned: straight to port 1
+    now[0] += 61
+    assert dp.process([(0, to_it)]) == [(1, to_it)]          # aged out: flooded (only port 1 left)
+    assert counters(dp)["flooded"] == 1
+
+
+def test_arp_goes_to_the_slow_path_and_is_answered(dp):
+    req = Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=A_MAC, psrc=A_IP, pdst="10.244.1.1")
+    (port, out), = dp.process([(0, bytes(req))])
+    assert port == 0 and Ether(out)[ARP].hwsrc == GW_MAC
+    assert counters(dp)["slow_arp"] == 1
+
+
+def test_ttl_one_gets_time_exceeded_from_the_gateway(dp):
+    (port, out), = dp.process([(0, bytes(routed(ttl=1)))])
+    reply = Ether(out)
+    assert port == 0 and reply.src == GW_MAC and reply.dst == A_MAC
+    assert reply[IP].src == "10.244.1.1" and reply[ICMP].type == 11
+
+
+def test_unused_address_in_pod_cidr_gets_host_unreachable(dp):
+    (port, out), = dp.process([(0, bytes(routed(dst="10.244.1.99")))])
+    assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 1)
+
+
+def test_address_outside_the_cluster_gets_net_unreachable(dp):
+    (port, out), = dp.process([(0, bytes(routed(dst="192.0.2.1")))])
+    assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 0)
+
+
+# --- VXLAN encapsulation and decapsulation -------------------------------------------------------
+
+@pytest.mark.parametrize("port", [4789, 8472])
+def test_encapsulation_matches_scapy(port):
+    dp = make_dp(port)
+    inner = routed(UDP(sport=5555, dport=53) / b"query", dst=REMOTE_IP, ttl=30)
+    (target, datagram), = dp.process([(0, bytes(inner))])
+    assert target == OVERLAY_TARGET + 0
+    outer = IP(datagram)
+    assert (outer.src, outer.dst, outer.ttl, outer.flags, outer.proto) == (UNDERLAY_A, UNDERLAY_B, 64, "DF", 17)
+    assert outer.len == len(datagram) == len(inner) + 36
+    assert IP(bytes(outer)).chksum == IP(datagram).chksum   # header checksum verifies
+    udp = outer[UDP]
+    assert udp.dport == port and 49152 <= udp.sport <= 65535 and udp.chksum == 0
+    vx = VXLAN(bytes(udp.payload))
+    assert vx.flags == 0x08 and vx.vni == 1 and vx.reserved1 == 0 and vx.reserved2 == 0
+    expected = inner.copy()
+    expected[Ether].src, expected[Ether].dst = VTEP_A, VTEP_B
+    expected[IP].ttl = 29
+    del expected[IP].chksum
+    assert bytes(vx.payload) == bytes(expected)
+
+
+def test_outer_source_port_follows_the_inner_flow(dp):
+    def sport(sp):
+        (_, d), = dp.process([(0, bytes(routed(UDP(sport=sp, dport=80), dst=REMOTE_IP)))])
+        return IP(d)[UDP].sport
+    assert sport(1000) == sport(1000)
+    assert len({sport(p) for p in range(1000, 1032)}) > 16
+
+
+def test_too_big_with_df_gets_frag_needed(dp):
+    big = routed(UDP() / (b"x" * 1472), dst=REMOTE_IP, flags="DF")
+    (port, out), = dp.process([(0, bytes(big))])
+    icmp = Ether(out)[ICMP]
+    assert port == 0 and (icmp.type, icmp.code, icmp.nexthopmtu) == (3, 4, 1450)
+
+
+def vxlan_datagram(inner, vni=1, flags=0x08, reserved1=0, reserved2=0):
+    return bytes(VXLAN(flags=flags, vni=vni, reserved1=reserved1, reserved2=reserved2) / inner)
+
+
+def from_b(dst=A_IP, ttl=20):
+    return Ether(src=VTEP_B, dst=VTEP_A) / IP(src=REMOTE_IP, dst=dst, ttl=ttl) / UDP(sport=7, dport=9) / b"data"
+
+
+def ip_int(addr):
+    return int(ipaddress.IPv4Address(addr))
+
+
+def test_decapsulated_frame_is_delivered_to_the_pod(dp):
+    inner = from_b()
+    (port, out), = dp.process_datagrams([(ip_int(UNDERLAY_B), vxlan_datagram(inner))])
+    expected = inner.copy()
+    expected[Ether].src, expected[Ether].dst = GW_MAC, A_MAC
+    expected[IP].ttl = 19
+    del expected[IP].chksum
+    assert port == 0 and out == bytes(expected)
+
+
+@pytest.mark.parametrize("source, datagram, reason", [
+    ("127.0.0.99", vxlan_datagram(from_b()), "drop_overlay_unknown_source"),
+    (UNDERLAY_B, vxlan_datagram(from_b(), vni=2), "drop_overlay_bad_vni"),
+    (UNDERLAY_B, vxlan_datagram(from_b(), flags=0x00), "drop_overlay_bad_flags"),
+    (UNDERLAY_B, vxlan_datagram(from_b())[:12], "drop_overlay_truncated"),
+    (UNDERLAY_B, vxlan_datagram(Ether(src=VTEP_B, dst="0a:00:00:00:00:01") / IP()), "drop_overlay_bad_inner"),
+    (UNDERLAY_B, vxlan_datagram(bytes(from_b())[:30]), "drop_overlay_bad_inner"),
+    (UNDERLAY_B, vxlan_datagram(from_b(dst="10.244.2.9")), "drop_overlay_bad_inner"),
+])
+def test_bad_overlay_datagrams_are_dropped_by_reason(dp, source, datagram, reason):
+    assert dp.process_datagrams([(ip_int(source), datagram)]) == []
+    assert counters(dp) == {"rx_frames": 1, reason: 1}
+
+
+@pytest.mark.parametrize("bit", range(64))
+def test_every_reserved_bit_is_rejected(dp, bit):
+    """As the Linux selftest vxlan_reserved.sh does: set each bit but the I flag in turn."""
+    if bit == 4:   # the I flag itself (0x08 of the first byte)
+        return
+    header = bytearray(vxlan_datagram(from_b())[:8])
+    flags_and_vni_mask = [0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0xFF]   # VNI bytes are not reserved
+    byte, offset = divmod(bit, 8)
+    mask = 0x80 >> offset
+    if not flags_and_vni_mask[byte] & mask:
+        return
+    header[byte] ^= mask
+    datagram = bytes(header) + bytes(from_b())
+    assert dp.process_datagrams([(ip_int(UNDERLAY_B), datagram)]) == []
+    assert counters(dp)["drop_overlay_bad_flags"] == 1

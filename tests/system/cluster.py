@@ -1,0 +1,126 @@
+"""A real cluster for system tests: `vrouter up` on a generated config with unique names.
+
+Every name (cluster, pods, namespaces, underlay addresses) carries a random prefix, so parallel
+runs do not collide; `stop` and the session finaliser leave nothing behind, also on failure.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from vrouter import control, state
+
+READY_TIMEOUT = 180.0   # the first start in a fresh clone compiles the fast path
+
+
+def new_prefix() -> str:
+    return "vt" + secrets.token_hex(3)
+
+
+def list_netns() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path, pods_per_node=(2, 2), port=4789, extra_pods=(),
+                 mtu=1500):
+        self.prefix = new_prefix()
+        octet = secrets.randbelow(200) + 20
+        self.nodes = [{"name": f"node-{chr(97 + k)}", "underlay": f"127.{octet}.{k + 1}.1",
+                       "podCIDR": f"10.244.{k + 1}.0/24"} for k in range(len(pods_per_node))]
+        self.pods = []
+        for k, count in enumerate(pods_per_node):
+            for j in range(count):
+                self.pods.append({"name": f"{self.prefix}-{chr(97 + k)}{j + 1}",
+                                  "node": self.nodes[k]["name"]})
+        self.pods.extend(extra_pods)
+        self.doc = {"cluster": {"name": self.prefix, "podCIDR": "10.244.0.0/16",
+                                "overlay": {"vni": 1, "port": port, "mtu": mtu}},
+                    "nodes": self.nodes, "pods": self.pods}
+        self.path = tmp_path / f"{self.prefix}.yaml"
+        self.path.write_text(yaml.safe_dump(self.doc, sort_keys=False))
+        self.proc: subprocess.Popen | None = None
+        self.netns_before = list_netns()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> "Cluster":
+        self.proc = subprocess.Popen([sys.executable, "-m", "vrouter", "up", str(self.path)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not all(self._ready(n["name"]) for n in self.nodes):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vrouter up exited early:\n{self.proc.stdout.read()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("cluster not ready in time")
+            time.sleep(0.05)
+        return self
+
+    def _ready(self, node: str) -> bool:
+        try:
+            return self.status(node)["ready"]
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def stop(self, sig=signal.SIGINT) -> str:
+        output = ""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                output, _ = self.proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                output, _ = self.proc.communicate()
+        subprocess.run([sys.executable, "-m", "vrouter", "down", str(self.path)],
+                       capture_output=True)
+        return output or ""
+
+    def leftovers(self) -> list[str]:
+        """Namespaces, devices, processes and state this cluster still has on the machine."""
+        found = [f"netns {n}" for n in list_netns() - self.netns_before if n.startswith(self.prefix)]
+        ps = subprocess.run(["pgrep", "-f", str(self.path)], capture_output=True, text=True)
+        found += [f"process {pid}" for pid in ps.stdout.split()]
+        if state.cluster_dir(self.prefix).exists():
+            found.append(f"state dir {state.cluster_dir(self.prefix)}")
+        return found
+
+    # --- using it -----------------------------------------------------------------------------
+
+    def status(self, node: str) -> dict:
+        return control.request(state.socket_path(self.prefix, node), "status")
+
+    def pod(self, short: str) -> str:
+        """'a1' -> the pod's (and netns') full name."""
+        return f"{self.prefix}-{short}"
+
+    def ip(self, short: str) -> str:
+        from vrouter import config
+        cluster = config.load(self.path, check_host=False)
+        return str(next(p.ip for p in cluster.pods if p.name in (short, self.pod(short))))
+
+    def sh(self, short: str, *cmd: str, timeout=60, check=False) -> subprocess.CompletedProcess:
+        pod = short if short in list_netns() else self.pod(short)
+        return subprocess.run(["ip", "netns", "exec", pod, *cmd], capture_output=True, text=True,
+                              timeout=timeout, check=check)
+
+    def counters(self, node: str) -> dict:
+        return self.status(node)["counters"]
+
+
+def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)

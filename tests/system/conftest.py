@@ -1,0 +1,39 @@
+import os
+
+import pytest
+
+from tests.system.cluster import Cluster
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
+        skip = pytest.mark.skip(reason="system tests need root and /dev/net/tun")
+        for item in items:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def make_cluster(tmp_path):
+    """Start clusters on demand; each is stopped and checked for leftovers, even on failure."""
+    started = []
+
+    def make(**kw) -> Cluster:
+        cluster = Cluster(tmp_path, **kw)
+        started.append(cluster)
+        return cluster.start()
+
+    yield make
+    problems = []
+    for cluster in started:
+        cluster.stop()
+        problems += cluster.leftovers()
+    assert not problems, f"left behind: {problems}"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One shared 2x2 cluster for the tests that only look."""
+    cluster = Cluster(tmp_path_factory.mktemp("demo")).start()
+    yield cluster
+    cluster.stop()
+    assert not cluster.leftovers()

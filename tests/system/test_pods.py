@@ -1,0 +1,175 @@
+"""Real pods (namespaces + TAP devices) on a running cluster: what a user would try first."""
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.system.cluster import list_netns, wait_for
+
+
+def ping(cluster, pod, dst, *extra, count=3):
+    return cluster.sh(pod, "ping", "-c", str(count), "-i", "0.2", "-W", "2", *extra, dst)
+
+
+def test_same_node_pods_ping_each_other_and_their_gateway(demo):
+    for dst in (demo.ip("a2"), "10.244.1.1"):
+        result = ping(demo, "a1", dst)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert " 0% packet loss" in result.stdout
+    assert re.search(r"ttl=64", ping(demo, "a1", demo.ip("a2"), count=1).stdout)   # bridged, not routed
+
+
+def test_pods_on_different_nodes_ping_each_other(demo):
+    result = ping(demo, "a1", demo.ip("b1"))
+    assert result.returncode == 0, result.stdout
+    assert "ttl=62" in result.stdout   # routed by both gateways, as with flannel
+
+
+def test_pod_interface_is_configured_as_specified(demo):
+    link = demo.sh("a1", "ip", "-j", "addr", "show", "eth0", check=True)
+    (eth0,) = json.loads(link.stdout)
+    assert eth0["mtu"] == 1450
+    assert eth0["address"] == "0a:58:0a:f4:01:02"
+    assert [(a["local"], a["prefixlen"]) for a in eth0["addr_info"] if a["family"] == "inet"] == \
+        [(demo.ip("a1"), 24)]
+    routes = json.loads(demo.sh("a1", "ip", "-j", "route", check=True).stdout)
+    assert {"dst": "default", "gateway": "10.244.1.1"}.items() <= routes[0].items()
+    lo = json.loads(demo.sh("a1", "ip", "-j", "link", "show", "lo", check=True).stdout)[0]
+    assert "UP" in lo["flags"]
+
+
+def test_unused_pod_address_gets_host_unreachable_from_its_gateway(demo):
+    # routed to node-b over the overlay; node-b's gateway answers, and its error comes back
+    result = ping(demo, "a1", "10.244.2.200", count=1)
+    assert result.returncode != 0
+    assert "From 10.244.2.1" in result.stdout and "Destination Host Unreachable" in result.stdout
+
+
+def iperf(cluster, server, client, *args):
+    cluster.sh(server, "iperf3", "-s", "-1", "-D", check=True)
+    wait_for(lambda: ":5201" in cluster.sh(server, "ss", "-ltn").stdout, what="iperf3 server")
+    result = cluster.sh(client, "iperf3", "-J", "-t", "1", "-c", cluster.ip(server), *args,
+                        timeout=60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("server", ["a2", "b1"], ids=["same-node", "cross-node"])
+def test_iperf3_tcp(demo, server):
+    report = iperf(demo, server, "a1")
+    assert report["end"]["sum_received"]["bytes"] > 1_000_000
+
+
+@pytest.mark.parametrize("server", ["a2", "b1"], ids=["same-node", "cross-node"])
+def test_iperf3_udp(demo, server):
+    report = iperf(demo, server, "a1", "-u", "-b", "20M")
+    end = report["end"]["sum"]
+    assert end["packets"] > 100 and end["lost_packets"] < end["packets"]
+
+
+def test_tcpdump_in_a_pod_shows_the_arp_exchange_and_the_traffic(demo):
+    dump = subprocess.Popen(["ip", "netns", "exec", demo.pod("a2"), "tcpdump", "-lni", "eth0",
+                             "arp or icmp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # tcpdump says "listening on" once its capture is open: that is the readiness signal
+        while "listening on eth0" not in (line := dump.stderr.readline()):
+            assert line, "tcpdump exited"
+        # with empty neighbour caches, a2 must resolve a1 to answer it: vrouter answers that ARP
+        for pod in ("a1", "a2"):
+            demo.sh(pod, "ip", "neigh", "flush", "dev", "eth0", check=True)
+        assert ping(demo, "a1", demo.ip("a2"), count=2).returncode == 0
+        lines = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("echo reply" in x for x in lines):
+            lines.append(dump.stdout.readline())
+    finally:
+        dump.send_signal(signal.SIGINT)
+        dump.communicate(timeout=10)
+    text = "".join(lines)
+    assert "ICMP echo request" in text and "ICMP echo reply" in text
+    a1 = demo.ip("a1")
+    assert f"ARP, Request who-has {a1} tell {demo.ip('a2')}" in text
+    assert f"ARP, Reply {a1} is-at 0a:58:0a:f4:01:02" in text
+
+
+def test_status_shows_ports_mac_table_arp_and_counters(demo):
+    assert ping(demo, "a1", demo.ip("a2"), count=1).returncode == 0
+    result = subprocess.run([sys.executable, "-m", "vrouter", "status", str(demo.path), "--node", "node-a"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "node node-a" in out and "ready" in out
+    assert demo.pod("a1") in out and "0a:58:0a:f4:01:02" in out
+    assert "mac table:" in out and "arp:" in out and "forwarded_l2" in out
+    status = demo.status("node-a")
+    assert [p["pod"] for p in status["ports"]] == [demo.pod("a1"), demo.pod("a2")]
+    assert status["counters"]["forwarded_l2"] > 0
+
+
+SPOOF = """
+from scapy.all import Ether, IP, UDP, sendp, conf
+conf.verb = 0
+frames = [
+    Ether(src="0a:58:0a:f4:01:02", dst="02:76:0a:f4:01:01") / IP(src="10.244.1.99", dst="10.244.1.3") / UDP(),
+    Ether(src="0a:58:0a:f4:01:03", dst="02:76:0a:f4:01:01") / IP(src="10.244.1.2", dst="10.244.1.3") / UDP(),
+    Ether(src="0a:58:0a:f4:01:02", dst="02:76:0a:f4:01:01") / IP(src="10.244.1.2", dst="10.244.1.3", chksum=1) / UDP(),
+    Ether(src="0a:58:0a:f4:01:02", dst="02:76:0a:f4:01:01", type=0x88b5) / b"junk",
+]
+sendp(frames, iface="eth0")
+sendp(b"\\x00" * 8, iface="eth0")
+"""
+
+
+def test_spoofed_and_malformed_frames_are_dropped_and_counted(demo):
+    before = demo.counters("node-a")
+    demo.sh("a1", sys.executable, "-c", SPOOF, check=True)
+    reasons = ["drop_spoofed_ip", "drop_spoofed_mac", "drop_bad_ipv4_checksum",
+               "drop_unknown_ethertype"]
+    wait_for(lambda: all(demo.counters("node-a")[r] > before[r] for r in reasons), what="drop counters")
+    assert ping(demo, "a1", demo.ip("a2"), count=1).returncode == 0   # and the node still serves
+
+
+def test_sigterm_removes_namespaces_taps_and_processes(make_cluster):
+    cluster = make_cluster(pods_per_node=(1, 1))
+    names = {cluster.pod("a1"), cluster.pod("b1")}
+    assert names <= list_netns()
+    output = cluster.stop(signal.SIGTERM)
+    assert cluster.proc.returncode == 0, output
+    assert not (names & list_netns())
+    assert cluster.leftovers() == []
+
+
+def test_killed_nodes_are_cleaned_up_by_vrouter_down(make_cluster):
+    cluster = make_cluster(pods_per_node=(1, 1))
+    pids = [cluster.status(n)["pid"] for n in ("node-a", "node-b")]
+    cluster.proc.send_signal(signal.SIGKILL)   # the launcher dies without cleaning up
+    cluster.proc.wait()
+    for pid in pids:
+        subprocess.run(["kill", "-9", str(pid)])
+    assert cluster.pod("a1") in list_netns()
+    down = subprocess.run([sys.executable, "-m", "vrouter", "down", str(cluster.path)],
+                          capture_output=True, text=True)
+    assert down.returncode == 0
+    assert f"removed network namespace {cluster.pod('a1')}" in down.stdout
+    assert cluster.leftovers() == []
+
+
+def test_an_existing_netns_can_be_attached_and_is_kept(make_cluster):
+    from pyroute2 import netns as pr_netns
+    from tests.system.cluster import new_prefix
+    name = new_prefix() + "-ctr"
+    pr_netns.create(name)
+    try:
+        pod = {"name": name, "node": "node-a", "netns": f"/run/netns/{name}"}
+        cluster = make_cluster(pods_per_node=(1, 1), extra_pods=[pod])
+        assert ping(cluster, name, cluster.ip("a1"), count=1).returncode == 0
+        cluster.stop()
+        assert name in list_netns()   # not ours to delete
+        links = cluster.sh(name, "ip", "-br", "link").stdout
+        assert "eth0" not in links    # but our interface is gone
+    finally:
+        pr_netns.remove(name)

@@ -1,0 +1,112 @@
+"""Config loading: the contract fields, deterministic allocation, and one clear error per problem."""
+import textwrap
+from ipaddress import IPv4Address
+
+import pytest
+
+from vrouter import config
+
+BASE = """
+cluster:
+  podCIDR: 10.244.0.0/16
+  serviceCIDR: 10.96.0.0/16
+  overlay: {vni: 1, port: 4789, mtu: 1500}
+nodes:
+  - {name: node-a, underlay: 127.0.0.11, podCIDR: 10.244.1.0/24}
+  - {name: node-b, underlay: 127.0.0.12, podCIDR: 10.244.2.0/24}
+pods:
+  - {name: web-1, namespace: default, node: node-a, labels: {app: web}}
+  - {name: web-2, node: node-a, ip: 10.244.1.20, labels: {app: web}}
+  - {name: client, node: node-b}
+"""
+
+
+def parse(text, **kw):
+    return config.parse(textwrap.dedent(text), "c.yaml", **kw)
+
+
+def test_contract_example_loads():
+    c = parse(BASE)
+    assert [p.name for p in c.pods] == ["web-1", "web-2", "client"]
+    assert c.pods[0].ip == IPv4Address("10.244.1.2")       # first free after the gateway
+    assert c.pods[1].ip == IPv4Address("10.244.1.20")      # given
+    assert c.pods[2].ip == IPv4Address("10.244.2.2")
+    assert c.pods[1].namespace == "default"
+    assert c.node("node-a").gateway == IPv4Address("10.244.1.1")
+    assert c.overlay.pod_mtu == 1450
+    assert c.pods[0].owns_netns and c.pods[0].netns == "web-1"
+    assert c.name == "c"   # defaults to the file's stem
+
+
+def test_allocation_is_deterministic_and_skips_given_addresses():
+    text = BASE.replace("ip: 10.244.1.20", "ip: 10.244.1.2")
+    a, b = parse(text), parse(text)
+    assert [p.ip for p in a.pods] == [p.ip for p in b.pods]
+    assert a.pods[0].ip == IPv4Address("10.244.1.3")   # .2 is web-2's
+    assert len({p.mac for p in a.pods}) == 3
+
+
+def test_the_shipped_demo_config_is_valid():
+    c = config.load("configs/demo.yaml", check_host=False)
+    assert len(c.nodes) == 2
+    assert all(len(c.pods_of(n.name)) >= 2 for n in c.nodes)
+
+
+@pytest.mark.parametrize("edit, field, words", [
+    (("labels: {app: web}}\n  - {name: client", "labels: {app: web}, colour: red}\n  - {name: client"),
+     "pods[1].colour", "unknown field"),
+    (("podCIDR: 10.244.0.0/16", "podCIDR: 10.244.0.0/33"), "cluster.podCIDR", "not a valid IPv4 CIDR"),
+    (("podCIDR: 10.244.0.0/16", "podCIDR: 10.244.0.1/16"), "cluster.podCIDR", "not a valid IPv4 CIDR"),
+    (("ip: 10.244.1.20", "ip: 10.244.2.20"), "pods[1].ip", "outside node 'node-a'"),
+    (("ip: 10.244.1.20", "ip: 10.244.1.1"), "pods[1].ip", "gateway"),
+    (("ip: 10.244.1.20", "ip: 10.244.1.255"), "pods[1].ip", "broadcast"),
+    (("name: client", "name: web-1"), "pods[2].name", "duplicate pod name"),
+    (("{name: client, node: node-b}", "{name: client, node: node-a, ip: 10.244.1.20}"),
+     "pods[2].ip", "duplicate pod IP"),
+    (("podCIDR: 10.244.2.0/24", "podCIDR: 10.245.2.0/24"), "nodes[1].podCIDR", "outside cluster.podCIDR"),
+    (("podCIDR: 10.244.2.0/24", "podCIDR: 10.244.1.128/25"), "nodes[1].podCIDR", "overlaps"),
+    (("node: node-b}", "node: node-c}"), "pods[2].node", "unknown node 'node-c'"),
+    (("{name: client, node: node-b}", "{name: client, node: node-b, netns: vt-no-such-netns}"),
+     "pods[2].netns", "does not exist"),
+    (("vni: 1,", "vni: 0,"), "cluster.overlay.vni", "out of range"),
+    (("port: 4789", "port: 70000"), "cluster.overlay.port", "out of range"),
+    (("mtu: 1500", "mtu: big"), "cluster.overlay.mtu", "must be an integer"),
+    (("underlay: 127.0.0.12", "underlay: 127.0.0.11"), "nodes[1].underlay", "already node 'node-a'"),
+    (("underlay: 127.0.0.12", "underlay: 127.0.0.300"), "nodes[1].underlay", "not a valid IPv4 address"),
+    (("serviceCIDR: 10.96.0.0/16", "serviceCIDR: 10.240.0.0/12"), "cluster.serviceCIDR", "overlaps"),
+])
+def test_bad_config_names_file_field_and_problem(edit, field, words):
+    old, new = edit
+    assert old in BASE
+    with pytest.raises(config.ConfigError) as err:
+        parse(BASE.replace(old, new, 1))
+    assert err.value.path == "c.yaml"
+    assert err.value.field_path == field
+    assert words in err.value.problem
+    assert str(err.value).startswith(f"c.yaml: {field}: ")
+
+
+def test_service_documents_are_not_supported_yet():
+    text = BASE + "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\n"
+    with pytest.raises(config.ConfigError, match="not supported yet") as err:
+        parse(text)
+    assert err.value.field_path == "document 2.kind"
+
+
+def test_invalid_yaml_reports_the_line():
+    with pytest.raises(config.ConfigError, match="invalid YAML") as err:
+        parse(BASE + "pods: [\n")
+    assert err.value.field_path.startswith("line ")
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(config.ConfigError, match="cannot read file"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_podcidr_exhaustion_is_reported():
+    text = BASE.replace("podCIDR: 10.244.1.0/24", "podCIDR: 10.244.1.0/30").replace(
+        "ip: 10.244.1.20", "ip: 10.244.1.2")
+    with pytest.raises(config.ConfigError, match="no free address") as err:
+        parse(text)
+    assert err.value.field_path == "pods[0]"
