@@ -199,7 +199,21 @@ def run(cluster: Cluster, node_name: str) -> None:
                 return
             policy.raising = False
             if policy.received is None:
-                trio.run(node.main)
+                _run_trio(node)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _run_trio(node: Node) -> None:
+    """trio.run, under cProfile when VROUTER_PROFILE names a file (benchmarks use it)."""
+    profile_path = os.environ.get("VROUTER_PROFILE")
+    if not profile_path:
+        trio.run(node.main)
+        return
+    import cProfile
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(trio.run, node.main)
+    finally:
+        profiler.dump_stats(f"{profile_path}.{node.name}")
