@@ -1,0 +1,50 @@
+"""Cross-node traffic over the VXLAN overlay, seen from the pods and from the underlay."""
+import signal
+import subprocess
+import time
+
+from tests.system.test_pods import ping
+
+
+def test_full_size_packet_with_df_crosses_the_overlay(demo):
+    # 1422 bytes of ICMP data = 1450-byte IP packets: exactly the pod MTU
+    result = ping(demo, "a1", demo.ip("b1"), "-M", "do", "-s", "1422", count=2)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_too_big_with_df_gets_frag_needed_with_the_pod_mtu(make_cluster):
+    cluster = make_cluster(pods_per_node=(1, 1))
+    # a pod that believes its link is bigger than the overlay can carry
+    cluster.sh("a1", "ip", "link", "set", "eth0", "mtu", "1500", check=True)
+    result = ping(cluster, "a1", cluster.ip("b1"), "-M", "do", "-s", "1472", count=1)
+    assert result.returncode != 0
+    assert "From 10.244.1.1" in result.stdout and "mtu = 1450" in result.stdout, result.stdout
+
+
+def capture_overlay(port, args, action):
+    dump = subprocess.Popen(["tcpdump", "-lni", "lo", "-c", "4", *args, f"udp port {port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while "listening on lo" not in (line := dump.stderr.readline()):
+            assert line, "tcpdump exited"
+        action()
+        out, _ = dump.communicate(timeout=20)
+    finally:
+        if dump.poll() is None:
+            dump.send_signal(signal.SIGINT)
+            dump.communicate(timeout=10)
+    return out
+
+
+def test_tcpdump_on_the_underlay_decodes_vxlan(demo):
+    out = capture_overlay(4789, [], lambda: ping(demo, "a1", demo.ip("b1"), count=2))
+    assert "VXLAN, flags [I] (0x08), vni 1" in out
+    assert f"{demo.ip('a1')} > {demo.ip('b1')}: ICMP echo request" in out
+    assert f"{demo.ip('b1')} > {demo.ip('a1')}: ICMP echo reply" in out
+
+
+def test_overlay_on_the_linux_port_8472(make_cluster):
+    cluster = make_cluster(pods_per_node=(1, 1), port=8472)
+    # tcpdump decodes 8472 as OTV unless told it is VXLAN
+    out = capture_overlay(8472, ["-T", "vxlan"], lambda: ping(cluster, "a1", cluster.ip("b1"), count=2))
+    assert "VXLAN" in out and "ICMP echo request" in out and "ICMP echo reply" in out
