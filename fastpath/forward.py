@@ -10,7 +10,7 @@ Tables (built by vrouter.tables, read here; the FDB is also learned into):
   pod_keys / pod_port                pod IPv4 -> local port
   route_masks, route_keys/route_peer remote node podCIDRs -> peer index (one hash per prefix length)
   peer_keys / peer_index             underlay IPv4 -> peer index (accepting overlay datagrams)
-  peer_ip, peer_vtep_mac, peer_up    per peer
+  peer_ip, peer_vtep_mac, peer_up    per peer; peer_seen: second a datagram last came from it
 """
 import numpy as np
 from numba import njit
@@ -168,7 +168,7 @@ def _route(buf, meta, counters, i, s, length, from_pod, params, port_mac,
     if read16(buf, i, ip + 2) > params[P_POD_MTU]:
         _decide(meta, counters, i, ACT_SLOW, peer, R_SLOW_FRAG_NEEDED)
         return
-    if peer_up[peer] == 0:
+    if from_pod and peer_up[peer] == 0:   # the node's own keepalives still go out
         _decide(meta, counters, i, ACT_DROP, peer, R_DROP_OVERLAY_PEER_DOWN)
         return
     if from_pod:
@@ -242,8 +242,8 @@ def _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac,
 
 
 @njit(cache=True)
-def _from_overlay(buf, meta, counters, i, s, length, params, port_mac, pod_keys, pod_port,
-                  peer_keys, peer_index, peer_up):
+def _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_keys, pod_port,
+                  peer_keys, peer_index, peer_up, peer_seen):
     """Validate a VXLAN datagram (RFC 7348) and deliver its inner frame to a local pod."""
     if length < VXLAN_HEADER_LEN + ETH_LEN:
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_OVERLAY_TRUNCATED)
@@ -261,6 +261,7 @@ def _from_overlay(buf, meta, counters, i, s, length, params, port_mac, pod_keys,
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_OVERLAY_BAD_VNI)
         return
     peer_up[peer_index[j]] = 1   # a datagram from a peer proves it is alive again
+    peer_seen[peer_index[j]] = now
     s += VXLAN_HEADER_LEN
     length -= VXLAN_HEADER_LEN
     meta[i, M_START] = s
@@ -278,7 +279,7 @@ def _from_overlay(buf, meta, counters, i, s, length, params, port_mac, pod_keys,
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_OVERLAY_BAD_INNER)   # no transit routing
         return
     counters[R_FROM_OVERLAY] += 1
-    if dst == params[P_GW_IP]:
+    if dst == params[P_GW_IP] or dst == params[P_LOCAL_NET]:   # gateway, or our VTEP address
         _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_TO_GATEWAY)
         return
     if buf[i, ip + 8] <= 1:
@@ -298,7 +299,7 @@ def _from_overlay(buf, meta, counters, i, s, length, params, port_mac, pod_keys,
 @njit(cache=True)
 def forward_batch(buf, meta, n, now, params, counters, port_mac, port_ip, fdb_keys, fdb_vals,
                   pod_keys, pod_port, route_masks, route_keys, route_peer,
-                  peer_keys, peer_index, peer_ip, peer_vtep_mac, peer_up):
+                  peer_keys, peer_index, peer_ip, peer_vtep_mac, peer_up, peer_seen):
     for i in range(n):
         counters[R_RX_FRAMES] += 1
         s = meta[i, M_START]
@@ -309,8 +310,8 @@ def forward_batch(buf, meta, n, now, params, counters, port_mac, port_ip, fdb_ke
                       fdb_keys, fdb_vals, pod_keys, pod_port, route_masks, route_keys, route_peer,
                       peer_ip, peer_vtep_mac, peer_up)
         elif in_port == IN_OVERLAY:
-            _from_overlay(buf, meta, counters, i, s, length, params, port_mac, pod_keys, pod_port,
-                          peer_keys, peer_index, peer_up)
+            _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_keys,
+                          pod_port, peer_keys, peer_index, peer_up, peer_seen)
         elif in_port == IN_GATEWAY and length >= ETH_LEN + 20:
             # built by the slow path: routed like a pod's packet, but it is not forwarded, so no TTL
             _route(buf, meta, counters, i, s, length, False, params, port_mac, pod_keys, pod_port,

@@ -122,6 +122,29 @@ class Dataplane:
                 routed.extend(more)
         return routed
 
+    # --- overlay peer liveness ---------------------------------------------------------------
+
+    def keepalives(self) -> list:
+        """An ICMP echo from our VTEP address (podCIDR .0) to every peer's, over the overlay.
+        vrouter peers and kernel (flannel-style) VTEPs both answer it; any answer marks the peer up."""
+        from scapy.layers.inet import ICMP, IP
+        from scapy.layers.l2 import Ether
+        mine = str(self.node.pod_cidr.network_address)
+        mac = self.node.gateway_mac
+        frames = [bytes(Ether(dst=mac, src=mac) / IP(src=mine, dst=str(p.pod_cidr.network_address))
+                        / ICMP(id=0x7672, seq=k)) for k, p in enumerate(self.peers)]
+        out: list = []
+        if frames:
+            self._collect(self.gw, self._load_gateway(frames), out)
+        return out
+
+    def mark_silent_peers_down(self, dead_after: float) -> None:
+        now = int(self.clock())
+        t = self.tables
+        for k in range(len(self.peers)):
+            if now - int(t.peer_seen[k]) > dead_after:
+                t.peer_up[k] = 0
+
     # --- test and tool convenience ------------------------------------------------------------
 
     def process(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:

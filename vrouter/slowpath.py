@@ -140,8 +140,8 @@ class SlowPath:
 
     def _to_gateway(self, ip):
         if ip.haslayer(ICMP) and ip[ICMP].type == 8:
-            echo = ip[ICMP]
-            return [IP(src=self.gateway, dst=ip.src, ttl=64)
+            echo = ip[ICMP]   # to the gateway, or to the VTEP address (peers' keepalives)
+            return [IP(src=ip.dst, dst=ip.src, ttl=64)
                     / ICMP(type=0, id=echo.id, seq=echo.seq) / Raw(bytes(echo.payload))]
         if ip.haslayer(UDP):
             return self._icmp_error(ip, 3, 3)

@@ -49,6 +49,7 @@ class Tables:
     peer_ip: np.ndarray
     peer_vtep_mac: np.ndarray
     peer_up: np.ndarray
+    peer_seen: np.ndarray
 
     def as_args(self) -> tuple:
         return tuple(getattr(self, f.name) for f in fields(self))
@@ -114,4 +115,5 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray) -> Tables:
         peer_ip=np.array([ip_to_int(p.underlay) for p in peers], dtype=np.int64),
         peer_vtep_mac=np.array([mac_to_int(p.vtep_mac) for p in peers], dtype=np.int64),
         peer_up=np.ones(len(peers), dtype=np.int64),
+        peer_seen=np.zeros(len(peers), dtype=np.int64),
     )

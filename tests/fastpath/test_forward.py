@@ -231,3 +231,18 @@ def test_every_reserved_bit_is_rejected(dp, bit):
     datagram = bytes(header) + bytes(from_b())
     assert dp.process_datagrams([(ip_int(UNDERLAY_B), datagram)]) == []
     assert counters(dp)["drop_overlay_bad_flags"] == 1
+
+
+def test_down_peer_drops_pod_traffic_but_keepalives_still_go(dp):
+    dp.tables.peer_up[0] = 0
+    assert dp.process([(0, bytes(routed(dst=REMOTE_IP)))]) == []
+    assert counters(dp)["drop_overlay_peer_down"] == 1
+    (target, datagram), = dp.keepalives()
+    inner = Ether(bytes(VXLAN(bytes(IP(bytes(datagram))[UDP].payload)).payload))
+    assert target == OVERLAY_TARGET and (inner[IP].src, inner[IP].dst) == ("10.244.1.0", "10.244.2.0")
+
+
+def test_any_datagram_from_a_peer_marks_it_up_again(dp):
+    dp.tables.peer_up[0] = 0
+    dp.process_datagrams([(ip_int(UNDERLAY_B), vxlan_datagram(from_b()))])
+    assert dp.tables.peer_up[0] == 1

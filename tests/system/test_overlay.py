@@ -48,3 +48,20 @@ def test_overlay_on_the_linux_port_8472(make_cluster):
     # tcpdump decodes 8472 as OTV unless told it is VXLAN
     out = capture_overlay(8472, ["-T", "vxlan"], lambda: ping(cluster, "a1", cluster.ip("b1"), count=2))
     assert "VXLAN" in out and "ICMP echo request" in out and "ICMP echo reply" in out
+
+
+def test_a_silent_peer_is_marked_down_and_traffic_resumes_when_it_answers(make_cluster):
+    from tests.system.cluster import wait_for
+    cluster = make_cluster(pods_per_node=(1, 1))
+    node_b = cluster.status("node-b")["pid"]
+    subprocess.run(["kill", "-STOP", str(node_b)], check=True)   # node-b hangs: no answers
+    try:
+        wait_for(lambda: not cluster.status("node-a")["peers"][0]["up"], timeout=30,
+                 what="node-b marked down")
+        assert ping(cluster, "a1", cluster.ip("b1"), count=2).returncode != 0
+        assert cluster.counters("node-a")["drop_overlay_peer_down"] >= 2
+    finally:
+        subprocess.run(["kill", "-CONT", str(node_b)], check=True)
+    wait_for(lambda: cluster.status("node-a")["peers"][0]["up"], timeout=30, what="node-b back up")
+    result = ping(cluster, "a1", cluster.ip("b1"), count=2)
+    assert result.returncode == 0, result.stdout   # no restart needed
