@@ -132,6 +132,21 @@ def encapsulate(buf, i, s, length, peer, params, peer_ip, peer_vtep_mac):
 
 
 @njit(cache=True)
+def _to_local_pod(buf, meta, counters, i, s, dst, forwarded, params, port_mac, pod_keys, pod_port):
+    """Routed delivery to a pod of this node: gateway MAC -> pod MAC, TTL - 1 when forwarded."""
+    j = hashtable.find(pod_keys, dst)
+    if j < 0:
+        _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_HOST_UNREACHABLE)
+        return
+    port = pod_port[j]
+    write48(buf, i, s, port_mac[port])
+    write48(buf, i, s + 6, params[P_GW_MAC])
+    if forwarded:
+        _decrement_ttl(buf, i, s + ETH_LEN)
+    _decide(meta, counters, i, ACT_PORT, port, R_FORWARDED_ROUTED)
+
+
+@njit(cache=True)
 def _route(buf, meta, counters, i, s, length, from_pod, params, port_mac,
            pod_keys, pod_port, route_masks, route_keys, route_peer,
            peer_ip, peer_vtep_mac, peer_up):
@@ -145,16 +160,7 @@ def _route(buf, meta, counters, i, s, length, from_pod, params, port_mac,
         _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_TTL_EXCEEDED)
         return
     if (dst & params[P_LOCAL_MASK]) == params[P_LOCAL_NET]:
-        j = hashtable.find(pod_keys, dst)
-        if j < 0:
-            _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_HOST_UNREACHABLE)
-            return
-        port = pod_port[j]
-        write48(buf, i, s, port_mac[port])
-        write48(buf, i, s + 6, params[P_GW_MAC])
-        if from_pod:
-            _decrement_ttl(buf, i, ip)
-        _decide(meta, counters, i, ACT_PORT, port, R_FORWARDED_ROUTED)
+        _to_local_pod(buf, meta, counters, i, s, dst, from_pod, params, port_mac, pod_keys, pod_port)
         return
     peer = -1
     for m in range(route_masks.shape[0]):
@@ -285,15 +291,7 @@ def _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_
     if buf[i, ip + 8] <= 1:
         _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_TTL_EXCEEDED)
         return
-    k = hashtable.find(pod_keys, dst)
-    if k < 0:
-        _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_HOST_UNREACHABLE)
-        return
-    port = pod_port[k]
-    write48(buf, i, s, port_mac[port])
-    write48(buf, i, s + 6, params[P_GW_MAC])
-    _decrement_ttl(buf, i, ip)
-    _decide(meta, counters, i, ACT_PORT, port, R_FORWARDED_ROUTED)
+    _to_local_pod(buf, meta, counters, i, s, dst, True, params, port_mac, pod_keys, pod_port)
 
 
 @njit(cache=True)
