@@ -24,6 +24,18 @@ def new_prefix() -> str:
     return "vt" + secrets.token_hex(3)
 
 
+_used_underlays: set[tuple[int, int]] = set()
+
+
+def unique_underlay_octets() -> tuple[int, int]:
+    """Two random octets for 127.A.B.N: distinct within this run, unlikely to clash across runs."""
+    while True:
+        pair = (secrets.randbelow(250) + 2, secrets.randbelow(200) + 20)
+        if pair not in _used_underlays:
+            _used_underlays.add(pair)
+            return pair
+
+
 def list_netns() -> set[str]:
     try:
         return set(os.listdir("/run/netns"))
@@ -35,8 +47,8 @@ class Cluster:
     def __init__(self, tmp_path: Path, pods_per_node=(2, 2), port=4789, extra_pods=(),
                  mtu=1500):
         self.prefix = new_prefix()
-        octet = secrets.randbelow(200) + 20
-        self.nodes = [{"name": f"node-{chr(97 + k)}", "underlay": f"127.{octet}.{k + 1}.1",
+        a, b = unique_underlay_octets()
+        self.nodes = [{"name": f"node-{chr(97 + k)}", "underlay": f"127.{a}.{b}.{k + 1}",
                        "podCIDR": f"10.244.{k + 1}.0/24"} for k in range(len(pods_per_node))]
         self.pods = []
         for k, count in enumerate(pods_per_node):
