@@ -10,7 +10,8 @@ Tables (built by vrouter.tables, read here; the FDB is also learned into):
   pod_keys / pod_port                pod IPv4 -> local port
   route_masks, route_keys/route_peer remote node podCIDRs -> peer index (one hash per prefix length)
   peer_keys / peer_index             underlay IPv4 -> peer index (accepting overlay datagrams)
-  peer_ip, peer_vtep_mac, peer_up    per peer; peer_seen: second a datagram last came from it
+  peer_ip, peer_vtep_mac, peer_seen  per peer; peer_seen: second a datagram last came from it
+                                     (a peer silent for longer than P_PEER_DEAD_AFTER is down)
 """
 import numpy as np
 from numba import njit
@@ -22,7 +23,7 @@ from fastpath.checksum import (
 from fastpath.layout import (
     ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
     IN_GATEWAY, IN_OVERLAY, M_ACTION, M_IN_PORT, M_LEN, M_OUT, M_REASON, M_SRC_IP, M_START,
-    P_FDB_AGE, P_GW_IP, P_GW_MAC, P_LOCAL_MASK, P_LOCAL_NET, P_OVERLAY_PORT, P_POD_MTU,
+    P_FDB_AGE, P_GW_IP, P_PEER_DEAD_AFTER, P_GW_MAC, P_LOCAL_MASK, P_LOCAL_NET, P_OVERLAY_PORT, P_POD_MTU,
     P_UNDERLAY_IP, P_VNI, P_VTEP_MAC,
     R_DROP_BAD_IPV4_CHECKSUM, R_DROP_BAD_IPV4_HEADER, R_DROP_IPV6, R_DROP_OVERLAY_BAD_FLAGS,
     R_DROP_OVERLAY_BAD_INNER, R_DROP_OVERLAY_BAD_VNI, R_DROP_OVERLAY_PEER_DOWN,
@@ -149,7 +150,7 @@ def _to_local_pod(buf, meta, counters, i, s, dst, forwarded, params, port_mac, p
 @njit(cache=True)
 def _route(buf, meta, counters, i, s, length, from_pod, params, port_mac,
            pod_keys, pod_port, route_masks, route_keys, route_peer,
-           peer_ip, peer_vtep_mac, peer_up):
+           peer_ip, peer_vtep_mac, peer_seen, now):
     """L3 forwarding of an IPv4 frame addressed to the gateway (or decapsulated for us)."""
     ip = s + ETH_LEN
     dst = read32(buf, i, ip + 16)
@@ -174,7 +175,7 @@ def _route(buf, meta, counters, i, s, length, from_pod, params, port_mac,
     if read16(buf, i, ip + 2) > params[P_POD_MTU]:
         _decide(meta, counters, i, ACT_SLOW, peer, R_SLOW_FRAG_NEEDED)
         return
-    if from_pod and peer_up[peer] == 0:   # the node's own keepalives still go out
+    if from_pod and now - peer_seen[peer] > params[P_PEER_DEAD_AFTER]:   # keepalives still go
         _decide(meta, counters, i, ACT_DROP, peer, R_DROP_OVERLAY_PEER_DOWN)
         return
     if from_pod:
@@ -187,7 +188,7 @@ def _route(buf, meta, counters, i, s, length, from_pod, params, port_mac,
 @njit(cache=True)
 def _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac, port_ip,
               fdb_keys, fdb_vals, pod_keys, pod_port, route_masks, route_keys, route_peer,
-              peer_ip, peer_vtep_mac, peer_up):
+              peer_ip, peer_vtep_mac, peer_seen):
     if length < ETH_LEN:
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_RUNT)
         return
@@ -231,7 +232,7 @@ def _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac,
         fdb_vals[j, FDB_SEEN] = now
     if dst_mac == params[P_GW_MAC]:
         _route(buf, meta, counters, i, s, length, True, params, port_mac, pod_keys, pod_port,
-               route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_up)
+               route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen, now)
         return
     if (dst_mac >> 40) & 1:
         _decide(meta, counters, i, ACT_FLOOD, 0, R_FLOODED)
@@ -249,7 +250,7 @@ def _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac,
 
 @njit(cache=True)
 def _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_keys, pod_port,
-                  peer_keys, peer_index, peer_up, peer_seen):
+                  peer_keys, peer_index, peer_seen):
     """Validate a VXLAN datagram (RFC 7348) and deliver its inner frame to a local pod."""
     if length < VXLAN_HEADER_LEN + ETH_LEN:
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_OVERLAY_TRUNCATED)
@@ -266,8 +267,7 @@ def _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_
     if vni != params[P_VNI]:
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_OVERLAY_BAD_VNI)
         return
-    peer_up[peer_index[j]] = 1   # a datagram from a peer proves it is alive again
-    peer_seen[peer_index[j]] = now
+    peer_seen[peer_index[j]] = now   # a datagram from a peer proves it is alive
     s += VXLAN_HEADER_LEN
     length -= VXLAN_HEADER_LEN
     meta[i, M_START] = s
@@ -297,7 +297,7 @@ def _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_
 @njit(cache=True)
 def forward_batch(buf, meta, n, now, params, counters, port_mac, port_ip, fdb_keys, fdb_vals,
                   pod_keys, pod_port, route_masks, route_keys, route_peer,
-                  peer_keys, peer_index, peer_ip, peer_vtep_mac, peer_up, peer_seen):
+                  peer_keys, peer_index, peer_ip, peer_vtep_mac, peer_seen):
     for i in range(n):
         counters[R_RX_FRAMES] += 1
         s = meta[i, M_START]
@@ -306,14 +306,14 @@ def forward_batch(buf, meta, n, now, params, counters, port_mac, port_ip, fdb_ke
         if in_port >= 0:
             _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac, port_ip,
                       fdb_keys, fdb_vals, pod_keys, pod_port, route_masks, route_keys, route_peer,
-                      peer_ip, peer_vtep_mac, peer_up)
+                      peer_ip, peer_vtep_mac, peer_seen)
         elif in_port == IN_OVERLAY:
             _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_keys,
-                          pod_port, peer_keys, peer_index, peer_up, peer_seen)
+                          pod_port, peer_keys, peer_index, peer_seen)
         elif in_port == IN_GATEWAY and length >= ETH_LEN + 20:
             # built by the slow path: routed like a pod's packet, but it is not forwarded, so no TTL
             _route(buf, meta, counters, i, s, length, False, params, port_mac, pod_keys, pod_port,
-                   route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_up)
+                   route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen, now)
             if meta[i, M_ACTION] == ACT_SLOW:
                 # never loop back into the slow path with our own packets
                 counters[meta[i, M_REASON]] -= 1

@@ -42,6 +42,7 @@ P_UNDERLAY_IP = 9
 P_OVERLAY_PORT = 10
 P_CLUSTER_NET = 11
 P_CLUSTER_MASK = 12
+P_PEER_DEAD_AFTER = 13   # seconds without a datagram before a peer counts as down
 PARAM_COUNT = 16
 
 # counters: one uint64 each. Names are what `vrouter status` prints.

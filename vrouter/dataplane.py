@@ -10,11 +10,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.l2 import Ether
 
 from fastpath.forward import forward_batch
 from fastpath.layout import (
     ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, BATCH, COUNTER_COUNT, COUNTER_NAMES, HEADROOM,
-    IN_GATEWAY, IN_OVERLAY, M_IN_PORT, M_LEN, M_SRC_IP, M_START, META_COLS, VXLAN_HEADER_LEN,
+    IN_GATEWAY, IN_OVERLAY, M_IN_PORT, M_LEN, M_SRC_IP, M_START, META_COLS, P_PEER_DEAD_AFTER,
+    VXLAN_HEADER_LEN,
 )
 from vrouter import tables as tables_mod
 from vrouter.config import Cluster
@@ -53,6 +56,8 @@ class Dataplane:
         self.rx = Batch(batch_size, slot)
         self.gw = Batch(batch_size, slot)   # frames the gateway itself originates
         self.all_ports = list(range(len(self.pods)))
+        self.keepalive_frames = self._build_keepalives()
+        self.mark_peers_seen_now()   # peers start up, as the node assumes until they fall silent
 
     # --- loading a batch --------------------------------------------------------------------
 
@@ -124,26 +129,28 @@ class Dataplane:
 
     # --- overlay peer liveness ---------------------------------------------------------------
 
-    def keepalives(self) -> list:
+    def _build_keepalives(self) -> list[bytes]:
         """An ICMP echo from our VTEP address (podCIDR .0) to every peer's, over the overlay.
         vrouter peers and kernel (flannel-style) VTEPs both answer it; any answer marks the peer up."""
-        from scapy.layers.inet import ICMP, IP
-        from scapy.layers.l2 import Ether
         mine = str(self.node.pod_cidr.network_address)
         mac = self.node.gateway_mac
-        frames = [bytes(Ether(dst=mac, src=mac) / IP(src=mine, dst=str(p.pod_cidr.network_address))
-                        / ICMP(id=0x7672, seq=k)) for k, p in enumerate(self.peers)]
+        return [bytes(Ether(dst=mac, src=mac) / IP(src=mine, dst=str(p.pod_cidr.network_address))
+                      / ICMP(id=0x7672, seq=k)) for k, p in enumerate(self.peers)]
+
+    def keepalives(self) -> list:
         out: list = []
-        if frames:
-            self._collect(self.gw, self._load_gateway(frames), out)
+        if self.keepalive_frames:
+            self._collect(self.gw, self._load_gateway(self.keepalive_frames), out)
         return out
 
-    def mark_silent_peers_down(self, dead_after: float) -> None:
-        now = int(self.clock())
+    def mark_peers_seen_now(self) -> None:
+        """Give every peer a full grace period, e.g. when the node starts serving."""
+        self.tables.peer_seen[:] = int(self.clock())
+
+    def peer_is_up(self, k: int) -> bool:
+        """The fast path's own rule: heard from within the last P_PEER_DEAD_AFTER seconds."""
         t = self.tables
-        for k in range(len(self.peers)):
-            if now - int(t.peer_seen[k]) > dead_after:
-                t.peer_up[k] = 0
+        return int(self.clock()) - int(t.peer_seen[k]) <= int(t.params[P_PEER_DEAD_AFTER])
 
     # --- test and tool convenience ------------------------------------------------------------
 

@@ -28,7 +28,6 @@ log = logging.getLogger("vrouter.node")
 
 PROBE_INTERVAL = 0.2
 KEEPALIVE_INTERVAL = 1.0
-PEER_DEAD_AFTER = 3.0    # seconds without any datagram from a peer
 
 
 class Stop(Exception):
@@ -160,13 +159,11 @@ class Node:
             self.emit(probes)
             await trio.sleep(PROBE_INTERVAL)
 
-    async def watch_peers(self) -> None:
-        now = int(self.dp.clock())
-        self.dp.tables.peer_seen[:] = now   # every peer gets a grace period at start
+    async def send_keepalives(self) -> None:
+        self.dp.mark_peers_seen_now()   # the fast path compiled and pods attached meanwhile
         while True:
             self.emit(self.dp.keepalives())
             await trio.sleep(KEEPALIVE_INTERVAL)
-            self.dp.mark_silent_peers_down(PEER_DEAD_AFTER)
 
     # --- control ------------------------------------------------------------------------------
 
@@ -184,7 +181,7 @@ class Node:
                     nursery.start_soon(self.pump_tap, port_no)
                 nursery.start_soon(self.pump_overlay)
                 nursery.start_soon(self.probe_pods)
-                nursery.start_soon(self.watch_peers)
+                nursery.start_soon(self.send_keepalives)
                 nursery.start_soon(control.serve, state.socket_path(self.cluster.name, self.name),
                                    {"status": self.status})
                 log.info("node %s up: %d pods, underlay %s:%d", self.name, len(self.ports),

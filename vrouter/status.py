@@ -47,7 +47,7 @@ def node_status(node) -> dict:
         "fdb": sorted(fdb, key=lambda e: (e["port"], e["mac"])),
         "arp": neighbours,
         "peers": [{"node": p.name, "underlay": str(p.underlay), "podCIDR": str(p.pod_cidr),
-                   "vtepMAC": p.vtep_mac, "up": bool(t.peer_up[k])}
+                   "vtepMAC": p.vtep_mac, "up": dp.peer_is_up(k)}
                   for k, p in enumerate(dp.peers)],
         "counters": dp.counter_dict(),
     }

@@ -10,11 +10,12 @@ from fastpath import hashtable
 from fastpath.forward import FDB_PORT, FDB_STATIC
 from fastpath.layout import (
     PARAM_COUNT, P_CLUSTER_MASK, P_CLUSTER_NET, P_FDB_AGE, P_GW_IP, P_GW_MAC, P_LOCAL_MASK,
-    P_LOCAL_NET, P_OVERLAY_PORT, P_POD_MTU, P_PORT_COUNT, P_UNDERLAY_IP, P_VNI, P_VTEP_MAC,
+    P_LOCAL_NET, P_OVERLAY_PORT, P_PEER_DEAD_AFTER, P_POD_MTU, P_PORT_COUNT, P_UNDERLAY_IP, P_VNI, P_VTEP_MAC,
 )
 from vrouter.config import Cluster
 
 FDB_MIN_ENTRIES = 4096
+PEER_DEAD_AFTER = 3   # seconds without any datagram from a peer
 
 
 def mac_to_int(mac: str) -> int:
@@ -48,7 +49,6 @@ class Tables:
     peer_index: np.ndarray
     peer_ip: np.ndarray
     peer_vtep_mac: np.ndarray
-    peer_up: np.ndarray
     peer_seen: np.ndarray
 
     def as_args(self) -> tuple:
@@ -74,6 +74,7 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray) -> Tables:
     params[P_VTEP_MAC] = mac_to_int(node.vtep_mac)
     params[P_UNDERLAY_IP] = ip_to_int(node.underlay)
     params[P_OVERLAY_PORT] = cluster.overlay.port
+    params[P_PEER_DEAD_AFTER] = PEER_DEAD_AFTER
 
     port_mac = np.array([mac_to_int(p.mac) for p in pods], dtype=np.int64)
     port_ip = np.array([ip_to_int(p.ip) for p in pods], dtype=np.int64)
@@ -114,6 +115,5 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray) -> Tables:
         peer_index=peer_index,
         peer_ip=np.array([ip_to_int(p.underlay) for p in peers], dtype=np.int64),
         peer_vtep_mac=np.array([mac_to_int(p.vtep_mac) for p in peers], dtype=np.int64),
-        peer_up=np.ones(len(peers), dtype=np.int64),
         peer_seen=np.zeros(len(peers), dtype=np.int64),
     )
