@@ -9,35 +9,18 @@ ratio vrouter/kernel. Needs root, iperf3 and iproute2. Everything it creates is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pstats
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from tests.system.cluster import Cluster, new_prefix, wait_for
+from tests.system.cluster import Cluster, iperf3, new_prefix
 
 HERE = Path(__file__).resolve().parent
 KERNEL_SCRIPT = Path(os.environ.get("VROUTER_KERNEL_REF",
                                     HERE.parent.parent / "shared" / "reference" / "kernel-cluster.sh"))
-
-
-def netns_sh(netns: str, *cmd: str, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def iperf(server_ns: str, server_ip: str, client_ns: str, seconds: float, *args) -> dict:
-    netns_sh(server_ns, "iperf3", "-s", "-1", "-D")
-    wait_for(lambda: ":5201" in netns_sh(server_ns, "ss", "-ltn").stdout, what="iperf3 server")
-    result = netns_sh(client_ns, "iperf3", "-J", "-t", str(seconds), "-c", server_ip, *args,
-                      timeout=seconds + 60)
-    if result.returncode != 0:
-        raise RuntimeError(f"iperf3 failed: {result.stdout[-500:]} {result.stderr}")
-    return json.loads(result.stdout)
 
 
 def tcp_gbps(report: dict) -> float:
@@ -81,8 +64,8 @@ def main() -> int:
         }
         for where, (kernel_path, vrouter_path) in paths.items():
             for name, unit, extra, extract in TESTS:
-                k = extract(iperf(*kernel_path, args.seconds, *extra))
-                v = extract(iperf(*vrouter_path, args.seconds, *extra))
+                k = extract(iperf3(*kernel_path, *extra, seconds=args.seconds))
+                v = extract(iperf3(*vrouter_path, *extra, seconds=args.seconds))
                 rows.append((f"{where}: {name}", unit, k, v))
     finally:
         cluster.stop()

@@ -2,15 +2,12 @@
 import ipaddress
 import random
 
-import numpy as np
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
-from scapy.packet import Raw
 
 from fastpath.checksum import update16
-from fastpath.layout import IN_OVERLAY  # noqa: F401  (documents what process_datagrams feeds)
 from vrouter import config
 from vrouter.dataplane import OVERLAY_TARGET, Dataplane
 

@@ -5,6 +5,7 @@ runs do not collide; `stop` and the session finaliser leave nothing behind, also
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from vrouter import control, state
+from vrouter import config, control, state
 
 READY_TIMEOUT = 180.0   # the first start in a fresh clone compiles the fast path
 
@@ -34,6 +35,21 @@ def unique_underlay_octets() -> tuple[int, int]:
         if pair not in _used_underlays:
             _used_underlays.add(pair)
             return pair
+
+
+def netns_exec(netns: str, *cmd: str, timeout=60, check=False) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True,
+                          timeout=timeout, check=check)
+
+
+def iperf3(server_ns: str, server_ip: str, client_ns: str, *args: str, seconds: float = 1) -> dict:
+    """One iperf3 run between two namespaces (a one-off server); its JSON report."""
+    netns_exec(server_ns, "iperf3", "-s", "-1", "-D", check=True)
+    wait_for(lambda: ":5201" in netns_exec(server_ns, "ss", "-ltn").stdout, what="iperf3 server")
+    result = netns_exec(client_ns, "iperf3", "-J", "-t", f"{seconds:g}", "-c", server_ip, *args,
+                        timeout=seconds + 60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    return json.loads(result.stdout)
 
 
 def list_netns() -> set[str]:
@@ -61,6 +77,8 @@ class Cluster:
                     "nodes": self.nodes, "pods": self.pods}
         self.path = tmp_path / f"{self.prefix}.yaml"
         self.path.write_text(yaml.safe_dump(self.doc, sort_keys=False))
+        self.pod_ips = {p.name: str(p.ip)
+                        for p in config.load(self.path, check_host=False).pods}
         self.proc: subprocess.Popen | None = None
         self.netns_before = list_netns()
 
@@ -117,14 +135,11 @@ class Cluster:
         return f"{self.prefix}-{short}"
 
     def ip(self, short: str) -> str:
-        from vrouter import config
-        cluster = config.load(self.path, check_host=False)
-        return str(next(p.ip for p in cluster.pods if p.name in (short, self.pod(short))))
+        return self.pod_ips.get(short) or self.pod_ips[self.pod(short)]
 
     def sh(self, short: str, *cmd: str, timeout=60, check=False) -> subprocess.CompletedProcess:
         pod = short if short in list_netns() else self.pod(short)
-        return subprocess.run(["ip", "netns", "exec", pod, *cmd], capture_output=True, text=True,
-                              timeout=timeout, check=check)
+        return netns_exec(pod, *cmd, timeout=timeout, check=check)
 
     def counters(self, node: str) -> dict:
         return self.status(node)["counters"]

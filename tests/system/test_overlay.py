@@ -1,7 +1,6 @@
 """Cross-node traffic over the VXLAN overlay, seen from the pods and from the underlay."""
 import signal
 import subprocess
-import time
 
 from tests.system.test_pods import ping
 

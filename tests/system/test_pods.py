@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.system.cluster import list_netns, wait_for
+from tests.system.cluster import iperf3, list_netns, wait_for
 
 
 def ping(cluster, pod, dst, *extra, count=3):
@@ -50,12 +50,7 @@ def test_unused_pod_address_gets_host_unreachable_from_its_gateway(demo):
 
 
 def iperf(cluster, server, client, *args):
-    cluster.sh(server, "iperf3", "-s", "-1", "-D", check=True)
-    wait_for(lambda: ":5201" in cluster.sh(server, "ss", "-ltn").stdout, what="iperf3 server")
-    result = cluster.sh(client, "iperf3", "-J", "-t", "1", "-c", cluster.ip(server), *args,
-                        timeout=60)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-    return json.loads(result.stdout)
+    return iperf3(cluster.pod(server), cluster.ip(server), cluster.pod(client), *args)
 
 
 @pytest.mark.parametrize("server", ["a2", "b1"], ids=["same-node", "cross-node"])

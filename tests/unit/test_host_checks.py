@@ -1,5 +1,4 @@
 """Not root, or no TUN device: a clear message, exit code 1, nothing created."""
-import os
 
 import pytest
 
