@@ -1,4 +1,4 @@
-"""`vrouter run | up | down | status | check`."""
+"""`vrouter run | kernel-node | up | down | status | check`."""
 from __future__ import annotations
 
 import argparse
@@ -43,11 +43,7 @@ def cmd_run(args) -> int:
     from vrouter import node
     from vrouter.tap import HostError
     cluster = _load(args.config)
-    try:
-        cluster.node(args.node)
-    except KeyError:
-        print(f"vrouter: config error: {args.config}: nodes: no node named {args.node!r} "
-              f"(nodes: {', '.join(n.name for n in cluster.nodes)})", file=sys.stderr)
+    if _unknown_node(args, cluster):
         return EXIT_CONFIG
     try:
         node.run(cluster, args.node)
@@ -55,6 +51,39 @@ def cmd_run(args) -> int:
         print(f"vrouter: {exc}", file=sys.stderr)
         return EXIT_HOST
     return 0
+
+
+def cmd_kernel_node(args) -> int:
+    from vrouter import kernelnode
+    from vrouter.tap import HostError
+    cluster = _load(args.config, check_host=not args.down)
+    if _unknown_node(args, cluster):
+        return EXIT_CONFIG
+    try:
+        if args.down:
+            kernelnode.down(cluster, args.node)
+            print(f"kernel node {args.node}: removed")
+        else:
+            kernelnode.up(cluster, args.node)
+            node = cluster.node(args.node)
+            print(f"kernel node {args.node}: {kernelnode.BRIDGE} {node.gateway}/"
+                  f"{node.pod_cidr.prefixlen}, {kernelnode.VXLAN} vni {cluster.overlay.vni} "
+                  f"port {cluster.overlay.port} local {node.underlay}, "
+                  f"{len(cluster.pods_of(args.node))} pods")
+    except HostError as exc:
+        print(f"vrouter: {exc}", file=sys.stderr)
+        return EXIT_HOST
+    return 0
+
+
+def _unknown_node(args, cluster) -> bool:
+    try:
+        cluster.node(args.node)
+        return False
+    except KeyError:
+        print(f"vrouter: config error: {args.config}: nodes: no node named {args.node!r} "
+              f"(nodes: {', '.join(n.name for n in cluster.nodes)})", file=sys.stderr)
+        return True
 
 
 def cmd_up(args) -> int:
@@ -95,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--node", required=True, help="which node of the config this process is")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("kernel-node", help="serve one node with the Linux kernel (bridge + "
+                       "vxlan, as flannel programs it), in the current network namespace")
+    p.add_argument("config")
+    p.add_argument("--node", required=True)
+    p.add_argument("--down", action="store_true", help="remove what an earlier run set up")
+    p.set_defaults(func=cmd_kernel_node)
 
     p = sub.add_parser("up", help="start every node of a config on this machine (the demo)")
     p.add_argument("config", nargs="?", help="cluster file (default: configs/demo.yaml)")

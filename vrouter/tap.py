@@ -17,6 +17,7 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pytun import IFF_NO_PI, IFF_TAP, TunTapDevice
 
+from vrouter import netns
 from vrouter.config import Cluster, Pod
 
 POD_IFNAME = "eth0"
@@ -44,12 +45,14 @@ def netns_exists(pod: Pod) -> bool:
 
 
 def create_netns(name: str) -> None:
-    pr_netns.create(name)
+    try:
+        netns.create(name)
+    except OSError as exc:
+        raise HostError(f"cannot create network namespace {name!r}: {exc}") from None
 
 
 def remove_netns(name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        pr_netns.remove(name)
+    netns.remove(name)
 
 
 class PodPort:

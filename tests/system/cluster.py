@@ -61,10 +61,12 @@ def list_netns() -> set[str]:
 
 class Cluster:
     def __init__(self, tmp_path: Path, pods_per_node=(2, 2), port=4789, extra_pods=(),
-                 mtu=1500):
+                 mtu=1500, underlays=None):
         self.prefix = new_prefix()
-        a, b = unique_underlay_octets()
-        self.nodes = [{"name": f"node-{chr(97 + k)}", "underlay": f"127.{a}.{b}.{k + 1}",
+        if underlays is None:
+            a, b = unique_underlay_octets()
+            underlays = [f"127.{a}.{b}.{k + 1}" for k in range(len(pods_per_node))]
+        self.nodes = [{"name": f"node-{chr(97 + k)}", "underlay": underlays[k],
                        "podCIDR": f"10.244.{k + 1}.0/24"} for k in range(len(pods_per_node))]
         self.pods = []
         for k, count in enumerate(pods_per_node):
@@ -151,3 +153,74 @@ def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+class SplitCluster(Cluster):
+    """Two nodes as two machines: each in a network namespace of its own (PREFIX-u1, PREFIX-u2),
+    joined by a veth underlay 192.0.2.1/.2 (TEST-NET-1, only ever inside these namespaces).
+    Each node is served by vrouter (`vrouter run` under `ip netns exec`) or by the kernel
+    (`vrouter kernel-node` there)."""
+
+    UNDERLAY = ("192.0.2.1", "192.0.2.2")
+
+    def __init__(self, tmp_path: Path, kinds=("vrouter", "kernel"), pods_per_node=(1, 1)):
+        self.kinds = kinds
+        super().__init__(tmp_path, pods_per_node=pods_per_node, underlays=self.UNDERLAY)
+        self.hosts = [f"{self.prefix}-u{k + 1}" for k in range(len(kinds))]
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> "SplitCluster":
+        from pyroute2 import IPRoute
+        from pyroute2 import netns as pr_netns
+        for host in self.hosts:
+            pr_netns.create(host)
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=f"{self.prefix}x", kind="veth", peer={"ifname": f"{self.prefix}y"})
+            for k, (host, end) in enumerate(zip(self.hosts, "xy")):
+                index = ipr.link_lookup(ifname=f"{self.prefix}{end}")[0]
+                ipr.link("set", index=index, net_ns_fd=host, ifname="ul0")
+        for host, address in zip(self.hosts, self.UNDERLAY):
+            with IPRoute(netns=host) as ipr:
+                for name in ("lo", "ul0"):
+                    ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+                ipr.addr("add", index=ipr.link_lookup(ifname="ul0")[0], address=address,
+                         prefixlen=24)
+        for host, kind, node in zip(self.hosts, self.kinds, self.nodes):
+            command = "run" if kind == "vrouter" else "kernel-node"
+            argv = ["ip", "netns", "exec", host, sys.executable, "-m", "vrouter", command,
+                    str(self.path), "--node", node["name"]]
+            if kind == "vrouter":
+                self.procs[node["name"]] = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                                            stderr=subprocess.STDOUT, text=True)
+            else:
+                result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+                assert result.returncode == 0, result.stdout + result.stderr
+        deadline = time.monotonic() + READY_TIMEOUT
+        for name, proc in self.procs.items():
+            while not self._ready(name):
+                assert proc.poll() is None, f"node {name} exited:\n{proc.stdout.read()}"
+                assert time.monotonic() < deadline, f"node {name} not ready in time"
+                time.sleep(0.05)
+        return self
+
+    def stop(self, sig=signal.SIGINT) -> str:
+        from pyroute2 import netns as pr_netns
+        output = ""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(sig)
+                try:
+                    output += proc.communicate(timeout=60)[0]
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    output += proc.communicate()[0]
+        for host, kind, node in zip(self.hosts, self.kinds, self.nodes):
+            if kind == "kernel" and host in list_netns():
+                netns_exec(host, sys.executable, "-m", "vrouter", "kernel-node", str(self.path),
+                           "--node", node["name"], "--down")
+        subprocess.run([sys.executable, "-m", "vrouter", "down", str(self.path)],
+                       capture_output=True)
+        for host in self.hosts:
+            if host in list_netns():
+                pr_netns.remove(host)
+        return output

@@ -42,3 +42,18 @@ def test_a_leftover_namespace_is_reported_and_kept(tmp_path):
     finally:
         pr_netns.remove(clash)
     assert cluster.leftovers() == []
+
+
+def test_kernel_node_outside_a_namespace_of_its_own_is_refused_and_creates_nothing(tmp_path):
+    from pyroute2 import IPRoute
+    cluster = Cluster(tmp_path, pods_per_node=(1, 1))
+    before = list_netns()
+    result = vrouter("kernel-node", str(cluster.path), "--node", "node-b")
+    assert result.returncode == 1
+    # either guard may fire first, depending on whether pid 1's namespace is visible to us
+    assert ("network namespace of its own" in result.stderr
+            or "no interface in this network namespace carries node 'node-b'" in result.stderr), \
+        result.stderr
+    assert list_netns() == before
+    with IPRoute() as ipr:
+        assert not ipr.link_lookup(ifname="vr-br0") and not ipr.link_lookup(ifname="vr-vx0")
