@@ -16,10 +16,27 @@ import os
 from pyroute2 import netns as pr_netns
 
 CLONE_NEWNS = 0x00020000
+NETNS_DIR = "/run/netns"
 
 
-def _mount_ns_inode(pid: str) -> int:
-    return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+def _netns_dir_propagation(pid: str) -> dict[str, str]:
+    """The optional fields ("shared": id, "master": id) of /run/netns in pid's mountinfo."""
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == NETNS_DIR:
+                tags = fields[6:fields.index("-")]
+                return dict(tag.split(":", 1) for tag in tags if ":" in tag)
+    return {}
+
+
+def _candidates():
+    """Ancestors first (usually the shell that ran `ip netns exec`), then every process."""
+    pid = os.getppid()
+    while pid > 1:
+        yield str(pid)
+        pid = _parent_pid(pid)
+    yield from (entry for entry in os.listdir("/proc") if entry.isdigit())
 
 
 def _parent_pid(pid: int) -> int:
@@ -32,20 +49,25 @@ def _parent_pid(pid: int) -> int:
 
 @functools.lru_cache(maxsize=1)
 def publishing_mount_ns() -> int | None:
-    """An fd of the nearest ancestor's mount namespace when it differs from ours, else None.
+    """An fd of the mount namespace whose /run/netns ours is a slave of, else None.
 
-    The fd is kept open for the life of the process, so the namespace stays reachable for cleanup
-    even after that ancestor (say the shell that ran `ip netns exec`) has exited.
+    `ip netns exec` turns our /run/netns into a slave ("master:N") of the caller's shared one
+    ("shared:N"); we look for a process (preferably an ancestor) that still sees the shared one.
+    The fd is kept open for the life of the process, so the namespace stays reachable for
+    cleanup even after that process has exited.
     """
-    ours = _mount_ns_inode("self")
-    pid = os.getppid()
-    while pid > 1:
+    try:
+        master = _netns_dir_propagation("self").get("master")
+    except OSError:
+        return None
+    if master is None:
+        return None
+    for pid in _candidates():
         try:
-            if _mount_ns_inode(str(pid)) != ours:
+            if _netns_dir_propagation(pid).get("shared") == master:
                 return os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-            pid = _parent_pid(pid)
-        except OSError:
-            return None
+        except (OSError, ValueError):
+            continue   # gone meanwhile, or not ours to read
     return None
 
 

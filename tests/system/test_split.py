@@ -1,8 +1,12 @@
 """Nodes as separate machines: each in a network namespace of its own with a veth underlay, served
 by vrouter (`vrouter run` under `ip netns exec`) or by the Linux kernel (`vrouter kernel-node`)."""
-import pytest
+import subprocess
+import sys
 
-from tests.system.cluster import SplitCluster, iperf3, netns_exec
+import pytest
+from pyroute2 import netns as pr_netns
+
+from tests.system.cluster import SplitCluster, iperf3, list_netns, netns_exec, new_prefix, wait_for
 from tests.system.test_pods import ping
 
 
@@ -20,13 +24,8 @@ def split_cluster(tmp_path):
     for cluster in started:
         cluster.stop()
         problems += cluster.leftovers()
-        problems += [f"netns {h}" for h in cluster.hosts if h in netns_list()]
+        problems += [f"netns {h}" for h in cluster.hosts if h in list_netns()]
     assert not problems, f"left behind: {problems}"
-
-
-def netns_list():
-    from tests.system.cluster import list_netns
-    return list_netns()
 
 
 def both_ways(cluster):
@@ -53,3 +52,27 @@ def test_mixed_cluster_vrouter_and_kernel_node(split_cluster):
     assert peer["up"]
     kernel_side = netns_exec(cluster.hosts[1], "ip", "-d", "link", "show", "vr-vx0").stdout
     assert "vxlan id 1" in kernel_side and "dstport 4789" in kernel_side
+
+
+def test_pod_namespaces_are_published_even_when_the_caller_has_exited(tmp_path):
+    """`(ip netns exec HOST vrouter run ... &)` from a shell: the parent is gone at once, so the
+    node finds the mount namespace to publish in by /run/netns's peer group, not its parent."""
+    host, pod = new_prefix() + "-host", new_prefix() + "-pod"
+    out = tmp_path / "out"
+    helper = tmp_path / "helper.py"
+    helper.write_text(
+        "import os, sys, time\n"
+        "while os.getppid() == int(sys.argv[1]): time.sleep(0.01)   # until our shell has exited\n"
+        "from vrouter import netns\n"
+        f"netns.create({pod!r})\n"
+        f"open({str(out)!r}, 'w').write('x')\n")
+    pr_netns.create(host)
+    try:
+        subprocess.run(["sh", "-c", f"ip netns exec {host} {sys.executable} {helper} $$ &"],
+                       check=True, timeout=30)
+        wait_for(out.exists, timeout=30, what="the orphaned helper")
+        assert netns_exec(pod, "true").returncode == 0
+    finally:
+        pr_netns.remove(host)
+        if pod in list_netns():
+            pr_netns.remove(pod)
