@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from fastpath import hashtable
+from fastpath.nat import NAT_DONE, NAT_DROP_NO_LOCAL, NAT_PASS, NAT_REJECT, nat_stage
 from fastpath.checksum import (
     checksum, read16, read32, read48, update16, write16, write32, write48,
 )
@@ -32,7 +33,8 @@ from fastpath.layout import (
     R_DROP_SPOOFED_MAC, R_DROP_UNKNOWN_ETHERTYPE, R_FDB_LEARN_TABLE_FULL, R_FLOODED,
     R_FORWARDED_L2, R_FORWARDED_ROUTED, R_FROM_OVERLAY, R_RX_FRAMES, R_SLOW_ARP,
     R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE, R_SLOW_NO_ROUTE, R_SLOW_TO_GATEWAY,
-    R_SLOW_TTL_EXCEEDED, R_TO_OVERLAY, VXLAN_HEADER_LEN,
+    R_SLOW_TTL_EXCEEDED, R_TO_OVERLAY, VXLAN_HEADER_LEN, R_SLOW_SERVICE_REJECT,
+    R_DROP_SERVICE_NO_LOCAL_ENDPOINT, R_DROP_SERVICE_NO_SNAT_PORT,
 )
 
 FDB_PORT = 0
@@ -186,9 +188,28 @@ def _route(buf, meta, counters, i, s, length, from_pod, params, port_mac,
 
 
 @njit(cache=True)
+def _services(buf, meta, counters, i, ip, may_open, now, params, svc):
+    """Run the NAT stage; True when it decided the frame's fate (reject or drop)."""
+    (fe_keys, fe_vals, maglev, be_ip, be_port, ct_keys, ct_vals, aff_keys, aff_vals,
+     frag_keys, frag_vals) = svc
+    result = nat_stage(buf, i, ip, may_open, now, params[P_GW_IP], counters, fe_keys, fe_vals,
+                       maglev, be_ip, be_port, ct_keys, ct_vals, aff_keys, aff_vals,
+                       frag_keys, frag_vals)
+    if result == NAT_PASS or result == NAT_DONE:
+        return False
+    if result == NAT_REJECT:
+        _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_SERVICE_REJECT)
+    elif result == NAT_DROP_NO_LOCAL:
+        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_SERVICE_NO_LOCAL_ENDPOINT)
+    else:
+        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_SERVICE_NO_SNAT_PORT)
+    return True
+
+
+@njit(cache=True)
 def _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac, port_ip,
               fdb_keys, fdb_vals, pod_keys, pod_port, route_masks, route_keys, route_peer,
-              peer_ip, peer_vtep_mac, peer_seen):
+              peer_ip, peer_vtep_mac, peer_seen, svc):
     if length < ETH_LEN:
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_RUNT)
         return
@@ -230,6 +251,8 @@ def _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac,
     elif fdb_vals[j, FDB_STATIC] == 0:
         fdb_vals[j, FDB_PORT] = in_port
         fdb_vals[j, FDB_SEEN] = now
+    if _services(buf, meta, counters, i, ip, True, now, params, svc):
+        return
     if dst_mac == params[P_GW_MAC]:
         _route(buf, meta, counters, i, s, length, True, params, port_mac, pod_keys, pod_port,
                route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen, now)
@@ -250,7 +273,8 @@ def _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac,
 
 @njit(cache=True)
 def _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_keys, pod_port,
-                  peer_keys, peer_index, peer_seen):
+                  peer_keys, peer_index, peer_seen, route_masks, route_keys, route_peer,
+                  peer_ip, peer_vtep_mac, svc):
     """Validate a VXLAN datagram (RFC 7348) and deliver its inner frame to a local pod."""
     if length < VXLAN_HEADER_LEN + ETH_LEN:
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_OVERLAY_TRUNCATED)
@@ -285,6 +309,14 @@ def _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_OVERLAY_BAD_INNER)   # no transit routing
         return
     counters[R_FROM_OVERLAY] += 1
+    # replies of connections this node translated (their backends may live on other nodes)
+    if _services(buf, meta, counters, i, ip, False, now, params, svc):
+        return
+    dst = read32(buf, i, ip + 16)
+    if (dst & params[P_LOCAL_MASK]) != params[P_LOCAL_NET]:
+        _route(buf, meta, counters, i, s, length, True, params, port_mac, pod_keys, pod_port,
+               route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen, now)
+        return
     if dst == params[P_GW_IP] or dst == params[P_LOCAL_NET]:   # gateway, or our VTEP address
         _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_TO_GATEWAY)
         return
@@ -297,7 +329,11 @@ def _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_
 @njit(cache=True)
 def forward_batch(buf, meta, n, now, params, counters, port_mac, port_ip, fdb_keys, fdb_vals,
                   pod_keys, pod_port, route_masks, route_keys, route_peer,
-                  peer_keys, peer_index, peer_ip, peer_vtep_mac, peer_seen):
+                  peer_keys, peer_index, peer_ip, peer_vtep_mac, peer_seen,
+                  fe_keys, fe_vals, maglev, be_ip, be_port, ct_keys, ct_vals, aff_keys, aff_vals,
+                  frag_keys, frag_vals):
+    svc = (fe_keys, fe_vals, maglev, be_ip, be_port, ct_keys, ct_vals, aff_keys, aff_vals,
+           frag_keys, frag_vals)
     for i in range(n):
         counters[R_RX_FRAMES] += 1
         s = meta[i, M_START]
@@ -306,10 +342,11 @@ def forward_batch(buf, meta, n, now, params, counters, port_mac, port_ip, fdb_ke
         if in_port >= 0:
             _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac, port_ip,
                       fdb_keys, fdb_vals, pod_keys, pod_port, route_masks, route_keys, route_peer,
-                      peer_ip, peer_vtep_mac, peer_seen)
+                      peer_ip, peer_vtep_mac, peer_seen, svc)
         elif in_port == IN_OVERLAY:
             _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_keys,
-                          pod_port, peer_keys, peer_index, peer_seen)
+                          pod_port, peer_keys, peer_index, peer_seen, route_masks, route_keys,
+                          route_peer, peer_ip, peer_vtep_mac, svc)
         elif in_port == IN_GATEWAY and length >= ETH_LEN + 20:
             # built by the slow path: routed like a pod's packet, but it is not forwarded, so no TTL
             _route(buf, meta, counters, i, s, length, False, params, port_mac, pod_keys, pod_port,

@@ -79,6 +79,12 @@ COUNTER_NAMES = [
     "drop_slowpath_ratelimited",
     "drop_slowpath_ignored",
     "drop_tx_error",
+    "svc_new_flows",
+    "ct_translated",
+    "ct_evicted",
+    "slow_service_reject",
+    "drop_service_no_local_endpoint",
+    "drop_service_no_snat_port",
 ]
 COUNTER_COUNT = len(COUNTER_NAMES)
 
@@ -115,6 +121,12 @@ R_DROP_OVERLAY_PEER_DOWN = 28
 R_DROP_SLOWPATH_RATELIMITED = 29
 R_DROP_SLOWPATH_IGNORED = 30
 R_DROP_TX_ERROR = 31
+R_SVC_NEW_FLOWS = 32
+R_CT_TRANSLATED = 33
+R_CT_EVICTED = 34
+R_SLOW_SERVICE_REJECT = 35
+R_DROP_SERVICE_NO_LOCAL_ENDPOINT = 36
+R_DROP_SERVICE_NO_SNAT_PORT = 37
 assert all(globals()["R_" + n.upper()] == i for i, n in enumerate(COUNTER_NAMES))
 
 ETH_P_IP = 0x0800

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -87,6 +87,12 @@ class Pod:
 
 
 @dataclass(frozen=True)
+class ServiceOptions:
+    maglev_size: int = 16381        # prime; Maglev's M
+    max_flows: int = 65536          # tracked connections (two table entries each)
+
+
+@dataclass(frozen=True)
 class Cluster:
     source: str
     name: str
@@ -96,13 +102,21 @@ class Cluster:
     nodes: tuple[Node, ...]
     pods: tuple[Pod, ...]
     fdb_age: int = DEFAULT_FDB_AGE
-    objects: tuple[dict, ...] = field(default=(), compare=False)
+    services: tuple = ()          # services.Service, from the cluster file and --manifests
+    service_options: ServiceOptions = ServiceOptions()
+    manifests: str | None = None  # the --manifests directory, if any
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
             if node.name == name:
                 return node
         raise KeyError(name)
+
+    def service_by_key(self, key: str):
+        for service in self.services:
+            if service.key == key:
+                return service
+        raise KeyError(key)
 
     def pods_of(self, node_name: str) -> tuple[Pod, ...]:
         return tuple(p for p in self.pods if p.node == node_name)
@@ -175,46 +189,82 @@ def _join(where: str, key: str) -> str:
 
 # --- loading ------------------------------------------------------------------------------------
 
-def load(path: str | os.PathLike, check_host: bool = True) -> Cluster:
-    """Read and validate a cluster file. `check_host` also checks that named netns exist."""
+def load(path: str | os.PathLike, check_host: bool = True,
+         manifests: str | os.PathLike | None = None) -> Cluster:
+    """Read and validate a cluster file (and the Service manifests of a directory).
+    `check_host` also checks that named netns exist."""
     path = str(path)
+    text = _read(path)
+    extra = []
+    if manifests is not None:
+        directory = Path(manifests)
+        if not directory.is_dir():
+            raise ConfigError(str(manifests), "", "--manifests must name a directory")
+        for file in sorted(directory.iterdir()):
+            if file.suffix in (".yaml", ".yml", ".json"):
+                extra.append((str(file), _read(str(file))))
+    return parse(text, path, check_host=check_host, manifests=extra,
+                 manifests_dir=str(manifests) if manifests is not None else None)
+
+
+def _read(path: str) -> str:
     try:
-        text = Path(path).read_text()
+        return Path(path).read_text()
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read file: {exc.strerror}") from None
-    return parse(text, path, check_host=check_host)
 
 
-def parse(text: str, path: str = "<string>", check_host: bool = True) -> Cluster:
-    reader = _Reader(path)
+def _documents(text: str, path: str) -> list:
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        return [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(path, where, f"invalid YAML: {reason}") from None
+
+
+def parse(text: str, path: str = "<string>", check_host: bool = True,
+          manifests: list[tuple[str, str]] = (), manifests_dir: str | None = None) -> Cluster:
+    """`manifests`: (file name, text) pairs of further Kubernetes manifests."""
+    reader = _Reader(path)
+    documents = _documents(text, path)
     if not documents:
         reader.fail("", "the file is empty: expected a cluster document with cluster, nodes, pods")
     cluster_doc = reader.mapping(documents[0], "", {"cluster", "nodes", "pods"},
                                  required=("cluster", "nodes"))
-    objects = tuple(_check_object(reader, doc, n) for n, doc in enumerate(documents[1:], start=1))
-    return _build_cluster(reader, cluster_doc, objects, check_host)
+    parsed = []
+    for n, doc in enumerate(documents[1:], start=1):
+        parsed += _check_object(reader, doc, f"document {n + 1}", path)
+    for file, file_text in manifests:
+        for n, doc in enumerate(_documents(file_text, file)):
+            parsed += _check_object(_Reader(file), doc, f"document {n + 1}", file)
+    return _build_cluster(reader, cluster_doc, parsed, check_host, manifests_dir)
 
 
-def _check_object(reader: _Reader, doc, number: int) -> dict:
-    where = f"document {number + 1}"
+def _check_object(reader: _Reader, doc, where: str, source: str) -> list[dict]:
+    """One Kubernetes object (or a List of them) -> parsed Service fields."""
+    from vrouter import services
     if not isinstance(doc, dict) or "kind" not in doc:
         reader.fail(where, "expected a Kubernetes object with apiVersion and kind")
     kind = doc["kind"]
+    if kind == "List":
+        items = doc.get("items") or []
+        out = []
+        for k, item in enumerate(items):
+            out += _check_object(reader, item, f"{where}.items[{k}]", source)
+        return out
     if kind == "Service":
-        reader.fail(_join(where, "kind"), "Service objects are not supported yet")
-    reader.fail(_join(where, "kind"), f"unsupported Kubernetes kind {kind!r}")
+        return [services.parse(reader, doc, where, source)]
+    reader.fail(_join(where, "kind"), f"unsupported Kubernetes kind {kind!r} (vrouter reads "
+                "Service objects; pods are described in the cluster document)")
 
 
-def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool) -> Cluster:
+def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool,
+                   manifests_dir) -> Cluster:
+    from vrouter import services
     c = reader.mapping(doc["cluster"], "cluster",
-                       {"name", "podCIDR", "serviceCIDR", "overlay", "fdbAgeSeconds"},
+                       {"name", "podCIDR", "serviceCIDR", "overlay", "fdbAgeSeconds", "services"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
@@ -238,9 +288,26 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool) -> Clu
     if not isinstance(raw_pods, list):
         reader.fail("pods", "must be a list of pods")
     pods = _build_pods(reader, raw_pods, {nd.name: nd for nd in nodes}, check_host)
+    options = _build_service_options(reader, c.get("services", {}))
     return Cluster(source=reader.path, name=name, pod_cidr=pod_cidr, service_cidr=service_cidr,
                    overlay=overlay, nodes=tuple(nodes), pods=tuple(pods), fdb_age=fdb_age,
-                   objects=objects)
+                   services=tuple(services.allocate(parsed_services, service_cidr)),
+                   service_options=options, manifests=manifests_dir)
+
+
+def _is_prime(n: int) -> bool:
+    return n > 1 and all(n % k for k in range(2, int(n ** 0.5) + 1))
+
+
+def _build_service_options(reader: _Reader, raw) -> ServiceOptions:
+    o = reader.mapping(raw, "cluster.services", {"maglevTableSize", "maxFlows"})
+    size = reader.integer(o.get("maglevTableSize", 16381), "cluster.services.maglevTableSize",
+                          7, 1_000_003)
+    if not _is_prime(size):
+        reader.fail("cluster.services.maglevTableSize", f"{size} is not a prime (Maglev needs one,"
+                    " e.g. 251, 1021, 4093, 16381, 65521)")
+    flows = reader.integer(o.get("maxFlows", 65536), "cluster.services.maxFlows", 16, 1 << 24)
+    return ServiceOptions(maglev_size=size, max_flows=flows)
 
 
 def _build_overlay(reader: _Reader, raw) -> Overlay:

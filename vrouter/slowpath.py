@@ -18,7 +18,7 @@ from scapy.packet import Raw
 from fastpath.layout import (
     R_DROP_SLOWPATH_IGNORED, R_DROP_SLOWPATH_RATELIMITED, R_DROP_SPOOFED_IP, R_SLOW_ARP,
     R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE, R_SLOW_NO_ROUTE, R_SLOW_TO_GATEWAY,
-    R_SLOW_TTL_EXCEEDED,
+    R_SLOW_SERVICE_REJECT, R_SLOW_TTL_EXCEEDED,
 )
 from vrouter.config import Cluster
 
@@ -128,6 +128,8 @@ class SlowPath:
             return None
         if reason == R_SLOW_TO_GATEWAY:
             return self._to_gateway(ip)
+        if reason == R_SLOW_SERVICE_REJECT:
+            return self._refuse(ip)   # a service port without endpoints: refuse, never time out
         if reason == R_SLOW_TTL_EXCEEDED:
             return self._icmp_error(ip, 11, 0)
         if reason == R_SLOW_HOST_UNREACHABLE:
@@ -143,6 +145,10 @@ class SlowPath:
             echo = ip[ICMP]   # to the gateway, or to the VTEP address (peers' keepalives)
             return [IP(src=ip.dst, dst=ip.src, ttl=64)
                     / ICMP(type=0, id=echo.id, seq=echo.seq) / Raw(bytes(echo.payload))]
+        return self._refuse(ip)
+
+    def _refuse(self, ip):
+        """TCP RST from the address the client tried, or ICMP port unreachable for UDP."""
         if ip.haslayer(UDP):
             return self._icmp_error(ip, 3, 3)
         if ip.haslayer(TCP) and not ip[TCP].flags.R:
@@ -152,7 +158,7 @@ class SlowPath:
             else:
                 length = len(seg.payload) + (1 if seg.flags.S else 0) + (1 if seg.flags.F else 0)
                 rst = TCP(sport=seg.dport, dport=seg.sport, seq=0, ack=seg.seq + length, flags="RA")
-            return [IP(src=self.gateway, dst=ip.src, ttl=64) / rst]
+            return [IP(src=ip.dst, dst=ip.src, ttl=64) / rst]
         return None
 
     def _too_big(self, ip):

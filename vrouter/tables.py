@@ -50,12 +50,26 @@ class Tables:
     peer_ip: np.ndarray
     peer_vtep_mac: np.ndarray
     peer_seen: np.ndarray
+    # services (rebuilt on reload) and their state (kept across reloads)
+    fe_keys: np.ndarray
+    fe_vals: np.ndarray
+    maglev: np.ndarray
+    be_ip: np.ndarray
+    be_port: np.ndarray
+    ct_keys: np.ndarray
+    ct_vals: np.ndarray
+    aff_keys: np.ndarray
+    aff_vals: np.ndarray
+    frag_keys: np.ndarray
+    frag_vals: np.ndarray
 
     def as_args(self) -> tuple:
         return tuple(getattr(self, f.name) for f in fields(self))
 
 
 def build(cluster: Cluster, node_name: str, counters: np.ndarray) -> Tables:
+    from fastpath.nat import CT_COLS, new_state_table
+    from vrouter import servicetables
     node = cluster.node(node_name)
     pods = cluster.pods_of(node_name)
     peers = [n for n in cluster.nodes if n.name != node_name]
@@ -90,6 +104,7 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray) -> Tables:
         fdb_vals[j, FDB_STATIC] = 1
         pod_port[hashtable.find_or_claim(pod_keys, ip_to_int(pod.ip))] = port
 
+    flows = cluster.service_options.max_flows
     masks = sorted({ip_to_int(p.pod_cidr.netmask) for p in peers}, reverse=True)  # longest first
     route_keys = hashtable.new_keys(len(peers))
     route_peer = np.full(route_keys.shape[0], -1, dtype=np.int64)
@@ -116,4 +131,16 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray) -> Tables:
         peer_ip=np.array([ip_to_int(p.underlay) for p in peers], dtype=np.int64),
         peer_vtep_mac=np.array([mac_to_int(p.vtep_mac) for p in peers], dtype=np.int64),
         peer_seen=np.zeros(len(peers), dtype=np.int64),
+        **service_arrays(servicetables.build(cluster, node_name)),
+        **dict(zip(("ct_keys", "ct_vals"), new_state_table(2 * flows, CT_COLS))),
+        **dict(zip(("aff_keys", "aff_vals"), new_state_table(flows // 4, 3))),
+        **dict(zip(("frag_keys", "frag_vals"), new_state_table(1024, 3))),
     )
+
+
+def service_arrays(st) -> dict:
+    """The arrays of a servicetables.ServiceTables, by Tables field name."""
+    return {name: getattr(st, name) for name in SERVICE_FIELDS}
+
+
+SERVICE_FIELDS = ("fe_keys", "fe_vals", "maglev", "be_ip", "be_port")

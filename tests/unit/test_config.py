@@ -86,9 +86,9 @@ def test_bad_config_names_file_field_and_problem(edit, field, words):
     assert str(err.value).startswith(f"c.yaml: {field}: ")
 
 
-def test_service_documents_are_not_supported_yet():
-    text = BASE + "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\n"
-    with pytest.raises(config.ConfigError, match="not supported yet") as err:
+def test_other_kubernetes_kinds_are_refused():
+    text = BASE + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
+    with pytest.raises(config.ConfigError, match="unsupported Kubernetes kind 'Deployment'") as err:
         parse(text)
     assert err.value.field_path == "document 2.kind"
 

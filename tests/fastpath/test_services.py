@@ -1,0 +1,250 @@
+"""Services in the fast path: Maglev, connection tracking, NAT (scapy is the checksum oracle)."""
+import random
+
+import numpy as np
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+
+from fastpath import nat
+from fastpath.layout import COUNTER_COUNT
+from vrouter import config
+from vrouter.dataplane import OVERLAY_TARGET, Dataplane
+from vrouter.servicetables import maglev_row
+from vrouter.tables import ip_to_int
+
+GW_MAC = "02:76:0a:f4:01:01"
+A_IP, A_MAC = "10.244.1.2", "0a:58:0a:f4:01:02"    # web-1 (node-a, port 0)
+B_IP, B_MAC = "10.244.1.3", "0a:58:0a:f4:01:03"    # web-2 (node-a, port 1)
+REMOTE = "10.244.2.3"                                # web-3 (node-b)
+VIP = "10.96.0.10"
+
+SERVICE = """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports: [{name: tcp, port: 80, targetPort: 8080}, {name: udp, port: 53, protocol: UDP, targetPort: 5353}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  clusterIP: 10.96.0.11
+  selector: {app: nothing}
+  ports: [{name: t, port: 80}, {name: u, port: 80, protocol: UDP}]
+"""
+
+
+def make_dp(extra=SERVICE, **replace):
+    text = open("configs/demo.yaml").read() + extra
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a")
+
+
+@pytest.fixture
+def dp():
+    return make_dp()
+
+
+def to_vip(sport, proto="tcp", payload=b"hello", src=A_IP, src_mac=A_MAC, dport=None):
+    l4 = (TCP(sport=sport, dport=dport or 80, flags="S") if proto == "tcp"
+          else UDP(sport=sport, dport=dport or 53))
+    return Ether(src=src_mac, dst=GW_MAC) / IP(src=src, dst=VIP) / l4 / payload
+
+
+def inner(target, frame):
+    """The pod-level frame of an output: decapsulated when it goes over the overlay."""
+    if target >= OVERLAY_TARGET:
+        return Ether(bytes(IP(frame)[VXLAN].payload))
+    return Ether(frame)
+
+
+def assert_checksums_valid(pkt):
+    fresh = pkt.copy()
+    del fresh[IP].chksum
+    layer = TCP if pkt.haslayer(TCP) else UDP
+    del fresh[layer].chksum
+    fresh = Ether(bytes(fresh))
+    assert pkt[IP].chksum == fresh[IP].chksum
+    assert pkt[layer].chksum == fresh[layer].chksum
+
+
+def test_clusterip_connections_reach_every_endpoint_and_replies_come_back_from_the_vip(dp):
+    seen = set()
+    for sport in range(20000, 20060):
+        ((target, frame),) = dp.process([(0, bytes(to_vip(sport)))])
+        pkt = inner(target, frame)
+        hairpin = pkt[IP].dst == A_IP   # the client is a backend too: SNAT (see below)
+        assert pkt[TCP].dport == 8080 and pkt[IP].src == ("10.244.1.1" if hairpin else A_IP)
+        assert_checksums_valid(pkt)
+        seen.add(pkt[IP].dst)
+    assert seen == {A_IP, B_IP, REMOTE}   # every endpoint, local and remote
+    assert dp.counter_dict()["svc_new_flows"] == 60
+
+
+def test_reply_from_a_local_backend_is_reverse_translated(dp):
+    for sport in range(30000, 30100):
+        ((target, frame),) = dp.process([(0, bytes(to_vip(sport)))])
+        if inner(target, frame)[IP].dst == B_IP:
+            break
+    reply = Ether(src=B_MAC, dst=A_MAC) / IP(src=B_IP, dst=A_IP) / TCP(sport=8080, dport=sport,
+                                                                        flags="SA") / b"x"
+    ((target, frame),) = dp.process([(1, bytes(reply))])
+    pkt = Ether(frame)
+    assert target == 0
+    assert (pkt[IP].src, pkt[TCP].sport, pkt[IP].dst, pkt[TCP].dport) == (VIP, 80, A_IP, sport)
+    assert_checksums_valid(pkt)
+
+
+def test_reply_from_a_remote_backend_over_the_overlay_is_reverse_translated(dp):
+    for sport in range(31000, 31100):
+        ((target, frame),) = dp.process([(0, bytes(to_vip(sport, "udp")))])
+        if target >= OVERLAY_TARGET:
+            break
+    reply = (Ether(src="0e:76:0a:f4:02:00", dst="0e:76:0a:f4:01:00") /
+             IP(src=REMOTE, dst=A_IP, ttl=63) / UDP(sport=5353, dport=sport) / b"answer")
+    ((target, frame),) = dp.process_datagrams([(ip_to_int("127.0.0.12"),
+                                                bytes(VXLAN(vni=1, flags=0x08) / reply))])
+    pkt = Ether(frame)
+    assert target == 0
+    assert (pkt[IP].src, pkt[UDP].sport, pkt[UDP].dport) == (VIP, 53, sport)
+    assert bytes(pkt[UDP].payload) == b"answer"
+    assert_checksums_valid(pkt)
+
+
+def test_nat_checksums_match_scapy_over_many_random_flows():
+    rng = random.Random(11)
+    dp = make_dp()
+    for _ in range(300):
+        proto = rng.choice(["tcp", "udp"])
+        payload = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 200)))
+        frame = to_vip(rng.randrange(1, 65536), proto, payload)
+        if proto == "udp" and rng.random() < 0.2:
+            frame[UDP].chksum = 0   # "no checksum" must stay 0
+            frame = Ether(bytes(frame))
+        out = dp.process([(0, bytes(frame))])
+        ((target, data),) = out
+        pkt = inner(target, data)
+        if proto == "udp" and frame[UDP].chksum == 0:
+            assert pkt[UDP].chksum == 0
+        else:
+            assert_checksums_valid(pkt)
+        assert bytes(pkt[IP].payload.payload) == payload
+
+
+def test_hairpin_is_snatted_to_the_gateway_and_comes_back(dp):
+    # web-1 reaches the VIP until Maglev sends it to itself
+    for sport in range(40000, 40200):
+        ((target, frame),) = dp.process([(0, bytes(to_vip(sport)))])
+        pkt = inner(target, frame)
+        if pkt[IP].dst == A_IP:
+            break
+    assert target == 0 and pkt[IP].src == "10.244.1.1"   # SNAT: it would answer itself otherwise
+    reply = Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.244.1.1") / TCP(
+        sport=8080, dport=pkt[TCP].sport, flags="SA")
+    ((target, frame),) = dp.process([(0, bytes(reply))])
+    back = Ether(frame)
+    assert target == 0
+    assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == (VIP, 80, A_IP, sport)
+
+
+def test_no_endpoints_rejects_at_once(dp):
+    frame = Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.96.0.11") / TCP(sport=5, dport=80,
+                                                                                 flags="S")
+    ((target, out),) = dp.process([(0, bytes(frame))])
+    rst = Ether(out)
+    assert target == 0 and rst[IP].src == "10.96.0.11" and rst[TCP].flags == "RA"
+    frame = Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.96.0.11") / UDP(sport=5, dport=80)
+    ((target, out),) = dp.process([(0, bytes(frame))])
+    assert Ether(out)[ICMP].type == 3 and Ether(out)[ICMP].code == 3
+
+
+def test_client_ip_affinity_pins_every_connection_of_a_client():
+    dp = make_dp(extra=SERVICE.replace("  selector: {app: web}\n  ports: [{name: tcp",
+                                       "  selector: {app: web}\n  sessionAffinity: ClientIP\n"
+                                       "  ports: [{name: tcp", 1))
+    backends = {inner(*dp.process([(0, bytes(to_vip(sport)))])[0])[IP].dst
+                for sport in range(1000, 1050)}
+    assert len(backends) == 1
+
+
+def test_large_udp_payload_in_fragments_is_translated_whole(dp):
+    from scapy.layers.inet import fragment
+    datagram = IP(src=A_IP, dst=VIP, id=77) / UDP(sport=4444, dport=53) / (b"z" * 2000)
+    frames = [bytes(Ether(src=A_MAC, dst=GW_MAC) / f) for f in fragment(datagram, fragsize=1400)]
+    out = dp.process([(0, f) for f in frames])
+    pkts = [inner(t, f)[IP] for t, f in out]
+    assert len(pkts) == 2 and len({p.dst for p in pkts}) == 1 and pkts[0].dst != VIP
+    from scapy.layers.inet import defragment
+    (whole,) = defragment([IP(bytes(p)) for p in pkts])
+    whole = IP(bytes(whole))
+    assert whole[UDP].dport == 5353 and bytes(whole[UDP].payload) == b"z" * 2000
+    del whole[UDP].chksum
+    assert IP(bytes(whole))[UDP].chksum == IP(bytes(defragment([IP(bytes(p)) for p in pkts])[0]))[UDP].chksum
+
+
+# --- Maglev ------------------------------------------------------------------------------------
+
+def test_maglev_spreads_evenly_and_removal_moves_about_one_nth():
+    names = [f"default/web-{k}:8080" for k in range(10)]
+    before = maglev_row(names, 16381)
+    counts = np.bincount(before, minlength=10)
+    assert counts.min() > 16381 / 10 * 0.9 and counts.max() < 16381 / 10 * 1.1
+    after = maglev_row(names[:4] + names[5:], 16381)
+    # map old indices to names to compare the same backends
+    old = np.array(names)[before]
+    new = np.array(names[:4] + names[5:])[after]
+    moved = np.count_nonzero(old != new)
+    owned_by_removed = np.count_nonzero(old == names[4])
+    assert moved >= owned_by_removed
+    assert moved <= owned_by_removed * 1.5 + 16381 * 0.02   # little beyond the removed slots
+
+
+# --- conntrack tables -------------------------------------------------------------------------
+
+def test_conntrack_is_bounded_evicts_the_oldest_and_ignores_expired_entries():
+    keys, vals = nat.new_state_table(64, nat.CT_COLS)
+    counters = np.zeros(COUNTER_COUNT, dtype=np.uint64)
+    for k in range(1000):
+        j = nat.wclaim(keys, vals, nat.CT_EXPIRES, np.uint64(k + 1), np.uint64(7), 100, counters)
+        vals[j, nat.CT_EXPIRES] = 100 + k
+    assert keys.shape[0] == 64                              # bounded
+    assert counters[nat.R_CT_EVICTED] >= 1000 - 64          # the rest evicted, counted
+    assert nat.wfind(keys, vals, nat.CT_EXPIRES, np.uint64(1000), np.uint64(7), 100) >= 0  # newest
+    assert nat.wfind(keys, vals, nat.CT_EXPIRES, np.uint64(1), np.uint64(7), 100) < 0      # evicted
+    j = nat.wfind(keys, vals, nat.CT_EXPIRES, np.uint64(1000), np.uint64(7), 100)
+    assert nat.wfind(keys, vals, nat.CT_EXPIRES, np.uint64(1000), np.uint64(7),
+                     vals[j, nat.CT_EXPIRES] + 1) < 0       # expired: gone
+
+
+def ct_entry(dp, client_port):
+    t = dp.tables
+    k0, k1 = nat.tuple_key(ip_to_int(A_IP), ip_to_int(VIP), 6, client_port, 80)
+    return nat.wfind(t.ct_keys, t.ct_vals, nat.CT_EXPIRES, k0, k1, int(dp.clock()))
+
+
+def test_tcp_connections_time_out_by_state():
+    now = [1000.0]
+    dp = Dataplane(make_dp().cluster, "node-a", clock=lambda: now[0])
+    for sport in range(50000, 50100):
+        ((target, frame),) = dp.process([(0, bytes(to_vip(sport)))])
+        if target == 1:
+            break
+    j = ct_entry(dp, sport)
+    assert dp.tables.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_NEW
+    synack = Ether(src=B_MAC, dst=A_MAC) / IP(src=B_IP, dst=A_IP) / TCP(sport=8080, dport=sport,
+                                                                         flags="SA")
+    dp.process([(1, bytes(synack))])
+    assert dp.tables.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_ESTABLISHED
+    rst = to_vip(sport)
+    rst[TCP].flags = "R"
+    dp.process([(0, bytes(rst))])
+    assert dp.tables.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_CLOSED
+    now[0] += nat.T_TCP_CLOSED + 1
+    assert ct_entry(dp, sport) < 0

@@ -1,0 +1,161 @@
+"""Service manifests: what is accepted, what is allocated, which endpoints result, what is refused."""
+import textwrap
+from ipaddress import IPv4Address
+
+import pytest
+
+from vrouter import config, services
+
+CLUSTER = """
+cluster:
+  podCIDR: 10.244.0.0/16
+  serviceCIDR: 10.96.0.0/16
+nodes:
+  - {name: node-a, underlay: 127.0.0.11, podCIDR: 10.244.1.0/24}
+  - {name: node-b, underlay: 127.0.0.12, podCIDR: 10.244.2.0/24}
+pods:
+  - {name: web-1, node: node-a, labels: {app: web}, ports: [{name: http, containerPort: 8080}]}
+  - {name: web-2, node: node-b, labels: {app: web}, ports: [{name: http, containerPort: 8081}]}
+  - {name: web-3, node: node-b, labels: {app: web}}
+  - {name: other, node: node-a, namespace: prod, labels: {app: web}}
+"""
+
+
+def load(*docs, **kw):
+    text = CLUSTER + "".join("---\n" + textwrap.dedent(d) for d in docs)
+    return config.parse(text, "c.yaml", check_host=False, **kw)
+
+
+WEB = """
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports:
+    - {name: http, port: 80, targetPort: http}
+    - {name: raw, port: 81, targetPort: 9000, protocol: UDP}
+"""
+
+
+def test_endpoints_follow_selector_namespace_and_named_ports():
+    c = load(WEB)
+    (svc,) = c.services
+    http, raw = svc.ports
+    assert [(e.pod.name, e.port) for e in services.endpoints(svc, http, c.pods)] == \
+        [("web-1", 8080), ("web-2", 8081)]          # web-3 has no port named http; other: prod
+    assert [(e.pod.name, e.port) for e in services.endpoints(svc, raw, c.pods)] == \
+        [("web-1", 9000), ("web-2", 9000), ("web-3", 9000)]
+
+
+def test_cluster_ip_and_node_ports_are_allocated_deterministically():
+    np_svc = WEB.replace("name: web}", "name: web-np}").replace("spec:", "spec:\n  type: NodePort")
+    a, b = load(WEB, np_svc), load(np_svc, WEB)
+    ips = {s.name: s.cluster_ip for s in a.services}
+    assert ips == {s.name: s.cluster_ip for s in b.services}      # independent of order
+    assert all(IPv4Address("10.96.0.1") <= ip <= IPv4Address("10.96.255.254") for ip in ips.values())
+    ports = [p.node_port for p in a.service_by_key("default/web-np").ports]
+    assert all(30000 <= p <= 32767 for p in ports) and len(set(ports)) == 2
+    assert [p.node_port for p in a.service_by_key("default/web").ports] == [None, None]
+
+
+def test_given_values_are_kept_and_headless_has_no_address():
+    c = load("""
+        apiVersion: v1
+        kind: Service
+        metadata: {name: fixed}
+        spec:
+          type: LoadBalancer
+          clusterIP: 10.96.0.10
+          sessionAffinity: ClientIP
+          externalTrafficPolicy: Local
+          ports: [{port: 80, nodePort: 30080}]
+          selector: {app: web}
+        status: {loadBalancer: {ingress: [{ip: 192.0.2.10}]}}
+        """, """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: hl}
+        spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
+        """)
+    fixed, hl = c.services
+    assert fixed.cluster_ip == IPv4Address("10.96.0.10")
+    assert fixed.ports[0].node_port == 30080 and fixed.ports[0].target_port == 80
+    assert fixed.affinity_timeout == 10800 and fixed.external_policy == "Local"
+    assert fixed.external_ips == (IPv4Address("192.0.2.10"),)
+    assert hl.cluster_ip is None
+
+
+@pytest.mark.parametrize("edit, field, words", [
+    (("spec:", "spec:\n  type: ExternalName"), "document 2.spec.type", "DNS-only"),
+    (("spec:", "spec:\n  loadBalancerSourceRanges: [10.0.0.0/8]"),
+     "document 2.spec.loadBalancerSourceRanges", "not supported"),
+    (("spec:", "spec:\n  sessionAffinity: Sticky"), "document 2.spec.sessionAffinity", "not None or"),
+    (("spec:", "spec:\n  ipFamilies: [IPv6]"), "document 2.spec.ipFamilies", "IPv4-only"),
+    (("spec:", "spec:\n  clusterIP: 10.97.0.1"), "document 2.spec.clusterIP", "outside"),
+    (("spec:", "spec:\n  bogus: 1"), "document 2.spec.bogus", "unknown field"),
+    (("protocol: UDP", "protocol: SCTP"), "document 2.spec.ports[1].protocol", "not supported"),
+    (("{name: raw, ", "{"), "document 2.spec.ports[1].name", "several ports"),
+    (("port: 81, targetPort: 9000, protocol: UDP", "port: 80"), "document 2.spec.ports[1].port",
+     "TCP port 80 appears twice"),
+])
+def test_bad_service_names_field_and_problem(edit, field, words):
+    bad = WEB.replace(*edit)
+    with pytest.raises(config.ConfigError) as err:
+        load(bad)
+    assert err.value.field_path == field, err.value
+    assert words in err.value.problem
+
+
+def test_duplicate_given_node_port_is_refused():
+    svc = WEB.replace("spec:", "spec:\n  type: NodePort").replace("targetPort: http}",
+                                                                  "targetPort: http, nodePort: 30001}")
+    with pytest.raises(config.ConfigError, match="30001/TCP is already default/a's"):
+        load(svc.replace("name: web}", "name: a}"), svc.replace("name: web}", "name: b}"))
+
+
+def test_manifests_directory_errors_name_the_manifest_file(tmp_path):
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(CLUSTER)
+    manifests = tmp_path / "svc"
+    manifests.mkdir()
+    (manifests / "web.yaml").write_text(textwrap.dedent(WEB))
+    c = config.load(cluster, check_host=False, manifests=manifests)
+    assert [s.name for s in c.services] == ["web"]
+    (manifests / "bad.yaml").write_text(textwrap.dedent(WEB).replace("name: web}", "name: Bad}"))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(cluster, check_host=False, manifests=manifests)
+    assert err.value.path == str(manifests / "bad.yaml")
+    assert err.value.field_path == "document 1.metadata.name"
+
+
+def test_kubectl_list_output_is_accepted():
+    listing = """
+    apiVersion: v1
+    kind: List
+    items:
+      - apiVersion: v1
+        kind: Service
+        metadata: {name: web, namespace: default, uid: abc, resourceVersion: "1"}
+        spec:
+          clusterIP: 10.96.0.20
+          clusterIPs: [10.96.0.20]
+          ipFamilies: [IPv4]
+          ipFamilyPolicy: SingleStack
+          internalTrafficPolicy: Cluster
+          sessionAffinity: None
+          type: ClusterIP
+          selector: {app: web}
+          ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+        status: {loadBalancer: {}}
+    """
+    (svc,) = load(listing).services
+    assert svc.cluster_ip == IPv4Address("10.96.0.20")
+
+
+def test_maglev_table_size_must_be_prime():
+    with pytest.raises(config.ConfigError, match="not a prime") as err:
+        config.parse(CLUSTER.replace("serviceCIDR: 10.96.0.0/16",
+                                     "serviceCIDR: 10.96.0.0/16\n  services: {maglevTableSize: 1000}"),
+                     "c.yaml", check_host=False)
+    assert err.value.field_path == "cluster.services.maglevTableSize"

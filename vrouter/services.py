@@ -1,0 +1,318 @@
+"""Kubernetes `v1` Service manifests -> validated Service objects, and their endpoints.
+
+What vrouter implements is accepted exactly as Kubernetes spells it; a field it does not implement
+is an error naming the field (never silently different behaviour). Endpoints are computed as the
+endpoints controller does: pods in the Service's namespace whose labels match its selector, with
+named target ports resolved through each pod's `ports`.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+
+NODE_PORT_RANGE = (30000, 32767)
+DEFAULT_AFFINITY_TIMEOUT = 10800
+PROTOCOLS = {"TCP": 6, "UDP": 17}
+
+_SPEC_FIELDS = {
+    "type", "clusterIP", "clusterIPs", "ports", "selector", "sessionAffinity",
+    "sessionAffinityConfig", "externalTrafficPolicy", "internalTrafficPolicy", "externalIPs",
+    "loadBalancerIP", "ipFamilies", "ipFamilyPolicy", "publishNotReadyAddresses",
+    "allocateLoadBalancerNodePorts",
+}
+# fields Kubernetes has and vrouter does not implement: refused with the reason
+_UNSUPPORTED = {
+    "loadBalancerSourceRanges": "source ranges are not enforced by vrouter",
+    "healthCheckNodePort": "vrouter has no health-check node port",
+    "loadBalancerClass": "vrouter is the only load-balancer implementation here",
+    "externalName": "ExternalName Services are DNS-only; vrouter has no DNS",
+    "trafficDistribution": "topology-aware routing is not implemented",
+}
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    protocol: str
+    port: int
+    target_port: int | str
+    node_port: int | None
+
+    @property
+    def proto_number(self) -> int:
+        return PROTOCOLS[self.protocol]
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    namespace: str
+    type: str
+    cluster_ip: ipaddress.IPv4Address | None          # None: headless
+    ports: tuple[ServicePort, ...]
+    selector: tuple[tuple[str, str], ...]
+    external_ips: tuple[ipaddress.IPv4Address, ...]   # externalIPs + load-balancer addresses
+    affinity_timeout: int                            # 0: no session affinity
+    external_policy: str                             # Cluster | Local
+    internal_policy: str                             # Cluster | Local
+    source: str = ""                                 # file it came from
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    pod: object        # config.Pod
+    port: int
+
+
+def endpoints(service: Service, port: ServicePort, pods) -> list[Endpoint]:
+    """Ready endpoints of one service port, in a stable order (namespace/name of the pod)."""
+    if not service.selector:
+        return []   # a Service without selector has manually managed endpoints: none here
+    found = []
+    for pod in pods:
+        labels = dict(pod.labels)
+        if pod.namespace != service.namespace:
+            continue
+        if any(labels.get(k) != v for k, v in service.selector):
+            continue
+        if isinstance(port.target_port, int):
+            found.append(Endpoint(pod, port.target_port))
+            continue
+        for cp in pod.ports:   # a named port: only pods that declare it, with that protocol
+            if cp.name == port.target_port and cp.protocol == port.protocol:
+                found.append(Endpoint(pod, cp.container_port))
+                break
+    return sorted(found, key=lambda e: (e.pod.namespace, e.pod.name))
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+def parse(reader, doc: dict, where: str, source: str) -> dict:
+    """Validate one Service document; returns the fields for `allocate` (IPs/ports may be open)."""
+    reader.mapping(doc, where, {"apiVersion", "kind", "metadata", "spec", "status"},
+                   required=("metadata", "spec"))
+    if doc.get("apiVersion", "v1") != "v1":
+        reader.fail(f"{where}.apiVersion", f"{doc['apiVersion']!r}: Services are apiVersion v1")
+    meta = doc["metadata"]   # only name and namespace matter; the rest (labels, uid...) is ignored
+    if not isinstance(meta, dict) or "name" not in meta:
+        reader.fail(f"{where}.metadata", "must be a mapping with a name")
+    name = reader.string(meta["name"], f"{where}.metadata.name", _dns(), "a DNS label")
+    namespace = reader.string(meta.get("namespace", "default"), f"{where}.metadata.namespace",
+                              _dns(), "a DNS label")
+    w = f"{where}.spec"
+    spec = doc["spec"]
+    if not isinstance(spec, dict):
+        reader.fail(w, "must be a mapping")
+    for key in spec:
+        if key in _UNSUPPORTED:
+            reader.fail(f"{w}.{key}", f"not supported: {_UNSUPPORTED[key]}")
+    reader.mapping(spec, w, _SPEC_FIELDS)
+
+    kind = spec.get("type", "ClusterIP")
+    if kind == "ExternalName":
+        reader.fail(f"{w}.type", "ExternalName Services are DNS-only; vrouter has no DNS")
+    if kind not in ("ClusterIP", "NodePort", "LoadBalancer"):
+        reader.fail(f"{w}.type", f"{kind!r} is not a Service type (ClusterIP, NodePort, "
+                    "LoadBalancer)")
+    for key in ("ipFamilies",):
+        if key in spec and spec[key] != ["IPv4"]:
+            reader.fail(f"{w}.{key}", "vrouter is IPv4-only: use [IPv4]")
+    if spec.get("ipFamilyPolicy", "SingleStack") != "SingleStack":
+        reader.fail(f"{w}.ipFamilyPolicy", "vrouter is IPv4-only: use SingleStack")
+
+    cluster_ip = spec.get("clusterIP")
+    if "clusterIPs" in spec:
+        ips = spec["clusterIPs"]
+        if not isinstance(ips, list) or len(ips) != 1 or (cluster_ip and ips[0] != cluster_ip):
+            reader.fail(f"{w}.clusterIPs", "must be one address, equal to clusterIP (IPv4 only)")
+        cluster_ip = cluster_ip or ips[0]
+    headless = cluster_ip == "None"
+    if headless and kind != "ClusterIP":
+        reader.fail(f"{w}.clusterIP", "None (headless) is only valid for type ClusterIP")
+    if cluster_ip not in (None, "", "None"):
+        cluster_ip = reader.address(cluster_ip, f"{w}.clusterIP")
+    else:
+        cluster_ip = None
+
+    selector = spec.get("selector", {}) or {}
+    if not isinstance(selector, dict) or not all(isinstance(v, (str, int)) for v in selector.values()):
+        reader.fail(f"{w}.selector", "must be a mapping of label names to values")
+
+    ports = _ports(reader, spec.get("ports"), f"{w}.ports", kind, headless,
+                   spec.get("allocateLoadBalancerNodePorts", True))
+
+    affinity = spec.get("sessionAffinity", "None")
+    if affinity not in ("None", "ClientIP"):
+        reader.fail(f"{w}.sessionAffinity", f"{affinity!r} is not None or ClientIP")
+    timeout = 0
+    if affinity == "ClientIP":
+        cfg = reader.mapping(spec.get("sessionAffinityConfig", {}) or {},
+                             f"{w}.sessionAffinityConfig", {"clientIP"})
+        client = reader.mapping(cfg.get("clientIP", {}) or {}, f"{w}.sessionAffinityConfig.clientIP",
+                                {"timeoutSeconds"})
+        timeout = reader.integer(client.get("timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT),
+                                 f"{w}.sessionAffinityConfig.clientIP.timeoutSeconds", 1, 86400)
+    elif "sessionAffinityConfig" in spec:
+        reader.fail(f"{w}.sessionAffinityConfig", "only meaningful with sessionAffinity: ClientIP")
+
+    policies = {}
+    for key in ("externalTrafficPolicy", "internalTrafficPolicy"):
+        value = spec.get(key, "Cluster")
+        if value not in ("Cluster", "Local"):
+            reader.fail(f"{w}.{key}", f"{value!r} is not Cluster or Local")
+        policies[key] = value
+    if policies["externalTrafficPolicy"] == "Local" and kind == "ClusterIP" \
+            and not spec.get("externalIPs"):
+        reader.fail(f"{w}.externalTrafficPolicy", "only meaningful for NodePort, LoadBalancer "
+                    "or externalIPs")
+
+    external = []
+    for n, ip in enumerate(spec.get("externalIPs", []) or []):
+        external.append(reader.address(ip, f"{w}.externalIPs[{n}]"))
+    if "loadBalancerIP" in spec:
+        if kind != "LoadBalancer":
+            reader.fail(f"{w}.loadBalancerIP", "only valid for type LoadBalancer")
+        external.append(reader.address(spec["loadBalancerIP"], f"{w}.loadBalancerIP"))
+    if kind == "LoadBalancer":
+        status = reader.mapping(doc.get("status", {}) or {}, f"{where}.status", {"loadBalancer"})
+        lb = reader.mapping(status.get("loadBalancer", {}) or {}, f"{where}.status.loadBalancer",
+                            {"ingress"})
+        for n, item in enumerate(lb.get("ingress", []) or []):
+            entry = reader.mapping(item, f"{where}.status.loadBalancer.ingress[{n}]",
+                                   {"ip", "hostname", "ipMode", "ports"})
+            if "ip" not in entry:
+                reader.fail(f"{where}.status.loadBalancer.ingress[{n}]", "needs an ip "
+                            "(hostname ingress is not supported)")
+            external.append(reader.address(entry["ip"], f"{where}.status.loadBalancer.ingress[{n}].ip"))
+    if headless and external:
+        reader.fail(f"{w}.externalIPs", "a headless Service has no addresses to expose")
+
+    return dict(name=name, namespace=namespace, type=kind, cluster_ip=cluster_ip, headless=headless,
+                ports=ports, selector=tuple(sorted((k, str(v)) for k, v in selector.items())),
+                external_ips=tuple(dict.fromkeys(external)), affinity_timeout=timeout,
+                external_policy=policies["externalTrafficPolicy"],
+                internal_policy=policies["internalTrafficPolicy"], where=where, source=source)
+
+
+def _dns():
+    from vrouter.config import _DNS_LABEL
+    return _DNS_LABEL
+
+
+def _ports(reader, raw, where, kind, headless, allocate_node_ports):
+    if not isinstance(raw, list) or (not raw and not headless):
+        reader.fail(where, "must be a non-empty list of ports")
+    ports, names, seen = [], set(), set()
+    for n, item in enumerate(raw):
+        w = f"{where}[{n}]"
+        d = reader.mapping(item, w, {"name", "protocol", "port", "targetPort", "nodePort",
+                                     "appProtocol"}, required=("port",))
+        if len(raw) > 1 and "name" not in d:
+            reader.fail(f"{w}.name", "required when a Service has several ports")
+        name = reader.string(d.get("name", ""), f"{w}.name") if "name" in d else ""
+        if name in names:
+            reader.fail(f"{w}.name", f"duplicate port name {name!r}")
+        names.add(name)
+        protocol = d.get("protocol", "TCP")
+        if protocol not in PROTOCOLS:
+            reader.fail(f"{w}.protocol", f"{protocol!r} is not supported (TCP or UDP)")
+        port = reader.integer(d["port"], f"{w}.port", 1, 65535)
+        if (protocol, port) in seen:
+            reader.fail(f"{w}.port", f"{protocol} port {port} appears twice")
+        seen.add((protocol, port))
+        target = d.get("targetPort", port)
+        if isinstance(target, str) and not target.isdigit():
+            target = reader.string(target, f"{w}.targetPort")
+        else:
+            target = reader.integer(int(target), f"{w}.targetPort", 1, 65535)
+        node_port = None
+        if "nodePort" in d:
+            if kind == "ClusterIP":
+                reader.fail(f"{w}.nodePort", "only valid for type NodePort or LoadBalancer")
+            node_port = reader.integer(d["nodePort"], f"{w}.nodePort", *NODE_PORT_RANGE)
+        elif kind == "NodePort" or (kind == "LoadBalancer" and allocate_node_ports):
+            node_port = 0   # allocate
+        ports.append(ServicePort(name, protocol, port, target, node_port))
+    return tuple(ports)
+
+
+def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network) -> list[Service]:
+    """Give open clusterIPs and nodePorts deterministic values (hash of the name, then probing),
+    after every explicitly given one is known; report clashes between given ones."""
+    from vrouter.config import _Reader
+
+    class _Failer:
+        def fail(self, where, problem):
+            raise_for = current["source"]
+            _Reader(raise_for).fail(where, problem)
+
+    reader = _Failer()
+    current: dict = {}
+    used_ips: dict = {}
+    used_ports: dict = {}
+    keys: set = set()
+    for p in parsed:
+        current.update(p)
+        key = f"{p['namespace']}/{p['name']}"
+        if key in keys:
+            reader.fail(f"{p['where']}.metadata.name", f"duplicate Service {key}")
+        keys.add(key)
+        ip = p["cluster_ip"]
+        if ip is not None:
+            if ip not in service_cidr:
+                reader.fail(f"{p['where']}.spec.clusterIP", f"{ip} is outside cluster.serviceCIDR "
+                            f"{service_cidr}")
+            if ip in used_ips:
+                reader.fail(f"{p['where']}.spec.clusterIP", f"{ip} is already {used_ips[ip]}'s")
+            used_ips[ip] = key
+        for n, sp in enumerate(p["ports"]):
+            if sp.node_port:
+                if (sp.protocol, sp.node_port) in used_ports:
+                    reader.fail(f"{p['where']}.spec.ports[{n}].nodePort",
+                                f"{sp.node_port}/{sp.protocol} is already "
+                                f"{used_ports[(sp.protocol, sp.node_port)]}'s")
+                used_ports[(sp.protocol, sp.node_port)] = key
+    first = int(service_cidr.network_address) + 1
+    size = service_cidr.num_addresses - 2
+    services = []
+    for p in parsed:
+        current.update(p)
+        key = f"{p['namespace']}/{p['name']}"
+        ip = p["cluster_ip"]
+        if ip is None and not p["headless"]:
+            start = _stable_hash(key) % size
+            for k in range(size):
+                candidate = ipaddress.IPv4Address(first + (start + k) % size)
+                if candidate not in used_ips:
+                    ip = candidate
+                    break
+            else:
+                reader.fail(f"{p['where']}.spec.clusterIP", f"serviceCIDR {service_cidr} is full")
+            used_ips[ip] = key
+        ports = []
+        for sp in p["ports"]:
+            if sp.node_port == 0:
+                low, high = NODE_PORT_RANGE
+                start = _stable_hash(f"{key}/{sp.name}/{sp.protocol}") % (high - low + 1)
+                for k in range(high - low + 1):
+                    candidate = low + (start + k) % (high - low + 1)
+                    if (sp.protocol, candidate) not in used_ports:
+                        break
+                used_ports[(sp.protocol, candidate)] = key
+                sp = ServicePort(sp.name, sp.protocol, sp.port, sp.target_port, candidate)
+            ports.append(sp)
+        services.append(Service(
+            name=p["name"], namespace=p["namespace"], type=p["type"], cluster_ip=ip,
+            ports=tuple(ports), selector=p["selector"], external_ips=p["external_ips"],
+            affinity_timeout=p["affinity_timeout"], external_policy=p["external_policy"],
+            internal_policy=p["internal_policy"], source=p["source"]))
+    return services
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")

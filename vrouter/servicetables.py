@@ -1,0 +1,124 @@
+"""The control plane's side of Services: frontends, backends and Maglev rows for one node.
+
+Every node serves every Service (as kube-proxy does on each node): the node where a connection
+enters translates it. Frontends of one service port:
+  - clusterIP:port, over all endpoints (internalTrafficPolicy Local: this node's only);
+  - each externalIP / load-balancer address :port, over all endpoints with SNAT to the gateway
+    (externalTrafficPolicy Cluster), or over this node's endpoints keeping the client address
+    (Local; no local endpoint -> dropped, as Kubernetes does).
+A frontend whose service port has no endpoints at all rejects at once (TCP RST / ICMP port
+unreachable). Identical backend sets share one Maglev row.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fastpath import hashtable
+from fastpath.maglev import populate
+from fastpath.nat import FE_AFFINITY, FE_COLS, FE_EMPTY, FE_ID, FE_ROW, FE_SNAT
+from vrouter.config import Cluster
+from vrouter.services import endpoints
+from vrouter.tables import ip_to_int
+
+
+@dataclass
+class Frontend:
+    service: str
+    port_name: str
+    address: str
+    protocol: str
+    port: int
+    backends: list[str]       # "ip:port"
+    snat: bool
+    scope: str                # "cluster" or "node-local"
+
+
+@dataclass
+class ServiceTables:
+    fe_keys: np.ndarray
+    fe_vals: np.ndarray
+    maglev: np.ndarray
+    be_ip: np.ndarray
+    be_port: np.ndarray
+    frontends: list[Frontend] = field(default_factory=list)
+    backend_names: list[str] = field(default_factory=list)
+
+
+def frontend_key(ip: int, proto: int, port: int) -> int:
+    return (ip << 24) | (proto << 16) | port
+
+
+def maglev_row(names: list[str], size: int) -> np.ndarray:
+    """The Maglev table of backends named `names` (stable names: moves stay minimal)."""
+    digests = [hashlib.sha256(n.encode()).digest() for n in names]
+    offsets = np.array([int.from_bytes(d[:8], "big") % size for d in digests], dtype=np.int64)
+    skips = np.array([int.from_bytes(d[8:16], "big") % (size - 1) + 1 for d in digests],
+                     dtype=np.int64)
+    row = np.empty(size, dtype=np.int32)
+    populate(offsets, skips, row)
+    return row
+
+
+def build(cluster: Cluster, node_name: str) -> ServiceTables:
+    size = cluster.service_options.maglev_size
+    backends: dict[tuple[int, int], int] = {}
+    backend_names: list[str] = []
+    rows: dict[tuple, int] = {}
+    row_arrays: list[np.ndarray] = []
+    entries: list[tuple[int, list[int]]] = []
+    frontends: list[Frontend] = []
+
+    def row_for(eps) -> int:
+        if not eps:
+            return -1
+        members = tuple(sorted((e.pod.namespace, e.pod.name, e.port) for e in eps))
+        if members not in rows:
+            indices = []
+            for e in eps:
+                key = (ip_to_int(e.pod.ip), e.port)
+                if key not in backends:
+                    backends[key] = len(backend_names)
+                    backend_names.append(f"{e.pod.ip}:{e.port}")
+                indices.append(backends[key])
+            names = [f"{e.pod.namespace}/{e.pod.name}:{e.port}" for e in eps]
+            local = maglev_row(names, size)
+            row_arrays.append(np.array(indices, dtype=np.int32)[local])
+            rows[members] = len(row_arrays) - 1
+        return rows[members]
+
+    for service in cluster.services:
+        if service.cluster_ip is None:
+            continue   # headless: DNS only, nothing to proxy
+        for sp in service.ports:
+            every = endpoints(service, sp, cluster.pods)
+            local = [e for e in every if e.pod.node == node_name]
+            fe_id = len(entries)
+            internal = every if service.internal_policy == "Cluster" else local
+            external = every if service.external_policy == "Cluster" else local
+            addresses = [(service.cluster_ip, internal, False)]
+            addresses += [(ip, external, service.external_policy == "Cluster")
+                          for ip in service.external_ips]
+            for address, eps, snat in addresses:
+                row = row_for(eps)
+                values = [0] * FE_COLS
+                values[FE_ROW] = row
+                values[FE_AFFINITY] = service.affinity_timeout
+                values[FE_SNAT] = int(snat)
+                values[FE_ID] = fe_id
+                values[FE_EMPTY] = int(bool(every) and not eps)   # policy Local, none here: drop
+                entries.append((frontend_key(ip_to_int(address), sp.proto_number, sp.port), values))
+                scope = "node-local" if eps is local and eps is not every else "cluster"
+                frontends.append(Frontend(service.key, sp.name, str(address), sp.protocol, sp.port,
+                                          [f"{e.pod.ip}:{e.port}" for e in eps], snat, scope))
+
+    fe_keys = hashtable.new_keys(max(1, len(entries)))
+    fe_vals = np.zeros((fe_keys.shape[0], FE_COLS), dtype=np.int64)
+    for key, values in entries:
+        fe_vals[hashtable.find_or_claim(fe_keys, key)] = values
+    maglev = (np.stack(row_arrays) if row_arrays else np.full((1, size), -1, dtype=np.int32))
+    be_ip = np.array([ip for ip, _ in backends] or [0], dtype=np.int64)
+    be_port = np.array([port for _, port in backends] or [0], dtype=np.int64)
+    return ServiceTables(fe_keys, fe_vals, maglev, be_ip, be_port, frontends, backend_names)
