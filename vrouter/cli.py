@@ -1,4 +1,4 @@
-"""`vrouter run | kernel-node | up | down | status | check`."""
+"""`vrouter run | kernel-node | up | down | reload | status | check`."""
 from __future__ import annotations
 
 import argparse
@@ -22,27 +22,57 @@ def default_config() -> str:
     return str(resources.files("vrouter") / "data" / "demo.yaml")
 
 
-def _load(path: str, check_host: bool = True) -> config.Cluster:
+def _load(path: str, check_host: bool = True, manifests: str | None = None) -> config.Cluster:
     try:
-        return config.load(path, check_host=check_host)
+        return config.load(path, check_host=check_host, manifests=manifests)
     except config.ConfigError as exc:
         print(f"vrouter: config error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
 
 
 def cmd_check(args) -> int:
-    cluster = _load(args.config)
+    from vrouter.services import endpoints
+    cluster = _load(args.config, manifests=args.manifests)
     print(f"{args.config}: ok: cluster {cluster.name}, {len(cluster.nodes)} nodes, "
-          f"{len(cluster.pods)} pods")
+          f"{len(cluster.pods)} pods, {len(cluster.services)} services")
     for pod in cluster.pods:
         print(f"  {pod.name:<16} {pod.node:<10} {str(pod.ip):<15} {pod.mac}  netns {pod.netns}")
+    for svc in cluster.services:
+        print(f"  service {svc.key} {svc.type} {svc.cluster_ip or 'None (headless)'}"
+              + "".join(f" {ip}" for ip in svc.external_ips))
+        for sp in svc.ports:
+            eps = ", ".join(f"{e.pod.ip}:{e.port}" for e in endpoints(svc, sp, cluster.pods))
+            node_port = f" nodePort {sp.node_port}" if sp.node_port else ""
+            print(f"    {sp.name or '-'} {sp.port}/{sp.protocol}{node_port} -> {eps or 'no endpoints'}")
     return 0
+
+
+def cmd_reload(args) -> int:
+    cluster = _load(args.config or default_config(), manifests=args.manifests)   # fail early
+    failed = 0
+    for node in cluster.nodes:
+        try:
+            answer = control.request(state.socket_path(cluster.name, node.name), "reload")
+        except OSError:
+            print(f"vrouter: node {node.name!r} of cluster {cluster.name!r} is not running",
+                  file=sys.stderr)
+            failed = 1
+            continue
+        if answer.get("ok"):
+            print(f"{node.name}: reloaded: {answer['frontends']} frontends, {answer['backends']} "
+                  f"backends, {answer['removed_backends']} removed, "
+                  f"{answer['flushed_udp_flows']} UDP flows flushed")
+        else:
+            print(f"vrouter: {node.name}: reload refused, still running the old state: "
+                  f"{answer.get('error')}", file=sys.stderr)
+            failed = 1
+    return failed
 
 
 def cmd_run(args) -> int:
     from vrouter import node
     from vrouter.tap import HostError
-    cluster = _load(args.config)
+    cluster = _load(args.config, manifests=args.manifests)
     if _unknown_node(args, cluster):
         return EXIT_CONFIG
     try:
@@ -88,7 +118,8 @@ def _unknown_node(args, cluster) -> bool:
 
 def cmd_up(args) -> int:
     from vrouter import launcher
-    return launcher.up(_load(args.config or default_config()), args.timeout)
+    return launcher.up(_load(args.config or default_config(), manifests=args.manifests),
+                       args.timeout)
 
 
 def cmd_down(args) -> int:
@@ -123,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one node in the foreground")
     p.add_argument("config")
     p.add_argument("--node", required=True, help="which node of the config this process is")
+    p.add_argument("--manifests", metavar="DIR", help="also read Service manifests from DIR")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("kernel-node", help="serve one node with the Linux kernel (bridge + "
@@ -135,7 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start every node of a config on this machine (the demo)")
     p.add_argument("config", nargs="?", help="cluster file (default: configs/demo.yaml)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    p.add_argument("--manifests", metavar="DIR", help="also read Service manifests from DIR")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("reload", help="re-read Services and pod labels into the running nodes "
+                       "(as SIGHUP does); a bad config changes nothing")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--manifests", metavar="DIR")
+    p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("down", help="stop a cluster's nodes and remove what they left behind")
     p.add_argument("config", nargs="?")
@@ -150,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a cluster file and show the pods' addresses")
     p.add_argument("config")
+    p.add_argument("--manifests", metavar="DIR", help="also read Service manifests from DIR")
     p.set_defaults(func=cmd_check)
     return parser
 

@@ -19,6 +19,7 @@ from fastpath.layout import (
     IN_GATEWAY, IN_OVERLAY, M_IN_PORT, M_LEN, M_SRC_IP, M_START, META_COLS, P_PEER_DEAD_AFTER,
     VXLAN_HEADER_LEN,
 )
+from vrouter import servicetables
 from vrouter import tables as tables_mod
 from vrouter.config import Cluster
 from vrouter.slowpath import SlowPath
@@ -51,7 +52,8 @@ class Dataplane:
         self.peers = [n for n in cluster.nodes if n.name != node_name]
         self.clock = clock
         self.counters = np.zeros(COUNTER_COUNT, dtype=np.uint64)
-        self.tables = tables_mod.build(cluster, node_name, self.counters)
+        self.services = servicetables.build(cluster, node_name)   # also what status shows
+        self.tables = tables_mod.build(cluster, node_name, self.counters, self.services)
         self.slow = SlowPath(cluster, node_name, self.counters, clock=clock)
         self.rx = Batch(batch_size, slot)
         self.gw = Batch(batch_size, slot)   # frames the gateway itself originates
@@ -127,6 +129,34 @@ class Dataplane:
                 routed.extend(more)
         return routed
 
+    # --- reload ------------------------------------------------------------------------------
+
+    def reload(self, cluster: Cluster) -> dict:
+        """Swap in the Services of `cluster` (between batches, so atomically for the fast path).
+
+        Only Services and endpoints may change; anything else raises ValueError and the running
+        tables stay as they are. Established TCP connections keep their backends; UDP flows and
+        affinity entries to a removed backend are flushed, so the next packet of such a flow
+        chooses a live backend."""
+        def wiring(c):   # what the ports and tables are made of (labels and ports may change)
+            return ([(p.name, p.node, p.ip, p.mac, p.netns) for p in c.pods], c.nodes, c.overlay,
+                    c.service_options, c.fdb_age)
+        same = wiring(cluster) == wiring(self.cluster)
+        if not same:
+            raise ValueError("only Services and pod labels can change in a reload; nodes, pods, "
+                             "addresses, overlay and service options need a restart")
+        new = servicetables.build(cluster, self.node.name)
+        t = self.tables
+        old = set(zip(t.be_ip.tolist(), t.be_port.tolist()))
+        removed = old - set(zip(new.be_ip.tolist(), new.be_port.tolist()))
+        flushed = flush_backends(t, removed)
+        for name, array in tables_mod.service_arrays(new).items():
+            setattr(t, name, array)
+        self.cluster = cluster
+        self.services = new
+        return {"frontends": len(new.frontends), "backends": len(new.backend_names),
+                "removed_backends": len(removed), "flushed_udp_flows": flushed}
+
     # --- overlay peer liveness ---------------------------------------------------------------
 
     def _build_keepalives(self) -> list[bytes]:
@@ -178,3 +208,25 @@ class Dataplane:
 
     def counter_dict(self) -> dict[str, int]:
         return {name: int(v) for name, v in zip(COUNTER_NAMES, self.counters.tolist())}
+
+
+def flush_backends(t, removed: set[tuple[int, int]]) -> int:
+    """Forget UDP conntrack entries (both directions) and affinity entries of removed backends;
+    returns the number of UDP connections flushed."""
+    from fastpath.nat import AFF_IP, AFF_PORT, CT_DPORT, CT_DST, CT_STATE, ST_REPLY
+    if not removed:
+        return 0
+    gone = np.array([(ip << 16) | port for ip, port in removed], dtype=np.int64)
+    keys, vals = t.ct_keys, t.ct_vals
+    live = keys[:, 1] != 0
+    udp = ((keys[:, 1] >> np.uint64(32)) & np.uint64(0xFF)) == 17
+    reply = (vals[:, CT_STATE] & ST_REPLY) != 0
+    # original direction: rewritten *to* the backend; reply direction: keyed *from* it
+    to_backend = (vals[:, CT_DST] << 16) | vals[:, CT_DPORT]
+    from_backend = (((keys[:, 0] >> np.uint64(32)).astype(np.int64)) << 16) | \
+        ((keys[:, 1] >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.int64)
+    hit = live & udp & np.where(reply, np.isin(from_backend, gone), np.isin(to_backend, gone))
+    keys[hit] = 0
+    aff = (t.aff_keys[:, 1] != 0) & np.isin((t.aff_vals[:, AFF_IP] << 16) | t.aff_vals[:, AFF_PORT], gone)
+    t.aff_keys[aff] = 0
+    return int(np.count_nonzero(hit & ~reply))

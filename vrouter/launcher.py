@@ -23,7 +23,10 @@ def _interrupt(signum, frame):
 
 
 def node_command(cluster: Cluster, node_name: str) -> list[str]:
-    return [sys.executable, "-m", "vrouter", "run", cluster.source, "--node", node_name]
+    command = [sys.executable, "-m", "vrouter", "run", cluster.source, "--node", node_name]
+    if cluster.manifests:
+        command += ["--manifests", cluster.manifests]
+    return command
 
 
 def up(cluster: Cluster, timeout: float) -> int:

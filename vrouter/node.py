@@ -19,7 +19,7 @@ import trio
 
 from fastpath.layout import R_DROP_TX_ERROR
 from vrouter import control, state
-from vrouter.config import Cluster
+from vrouter.config import Cluster, ConfigError, load
 from vrouter.dataplane import OVERLAY_TARGET, Dataplane
 from vrouter.status import node_status
 from vrouter.tap import HostError, PodPort, attach_pod, check_host
@@ -174,8 +174,20 @@ class Node:
     def status(self, _request: dict) -> dict:
         return node_status(self)
 
+    def reload(self, _request: dict | None = None) -> dict:
+        """Re-read the cluster file (and manifests); on any problem keep running as before."""
+        try:
+            cluster = load(self.cluster.source, manifests=self.cluster.manifests)
+            summary = self.dp.reload(cluster)
+        except (ConfigError, ValueError) as exc:
+            log.warning("node %s: reload refused, keeping the running state: %s", self.name, exc)
+            return {"ok": False, "error": str(exc)}
+        self.cluster = cluster
+        log.info("node %s: reloaded: %s", self.name, summary)
+        return {"ok": True, **summary}
+
     async def main(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 for port_no in range(len(self.ports)):
                     nursery.start_soon(self.pump_tap, port_no)
@@ -183,10 +195,13 @@ class Node:
                 nursery.start_soon(self.probe_pods)
                 nursery.start_soon(self.send_keepalives)
                 nursery.start_soon(control.serve, state.socket_path(self.cluster.name, self.name),
-                                   {"status": self.status})
+                                   {"status": self.status, "reload": self.reload})
                 log.info("node %s up: %d pods, underlay %s:%d", self.name, len(self.ports),
                          self.node.underlay, self.cluster.overlay.port)
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        self.reload()
+                        continue
                     log.info("node %s: %s, shutting down", self.name, signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     break
@@ -197,6 +212,7 @@ def run(cluster: Cluster, node_name: str) -> None:
     check_host()
     policy = _Signals()
     previous = {s: signal.signal(s, policy) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)   # reload: not yet
     try:
         with contextlib.ExitStack() as stack:
             node = Node(cluster, node_name)

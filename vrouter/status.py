@@ -49,6 +49,12 @@ def node_status(node) -> dict:
         "peers": [{"node": p.name, "underlay": str(p.underlay), "podCIDR": str(p.pod_cidr),
                    "vtepMAC": p.vtep_mac, "up": dp.peer_is_up(k)}
                   for k, p in enumerate(dp.peers)],
+        "services": [{"service": f.service, "port": f.port_name, "frontend":
+                      f"{f.address}:{f.port}/{f.protocol}", "backends": f.backends,
+                      "snat": f.snat, "scope": f.scope} for f in dp.services.frontends],
+        "conntrack": {"entries": int(np.count_nonzero(
+                          (t.ct_keys[:, 1] != 0) & (t.ct_vals[:, 4] >= now))),
+                      "capacity": int(t.ct_keys.shape[0])},
         "counters": dp.counter_dict(),
     }
 
@@ -73,6 +79,15 @@ def render(status: dict, show_zero: bool = False) -> str:
         for p in status["peers"]:
             lines.append(f"    {p['node']:<12} {p['underlay']:<15} {p['podCIDR']:<18} "
                          f"vtep {p['vtepMAC']}  {'up' if p['up'] else 'DOWN'}")
+    if status.get("services"):
+        lines.append("  services:")
+        for f in status["services"]:
+            backends = ", ".join(f["backends"]) or "no endpoints"
+            extra = (" snat" if f["snat"] else "") + (" local" if f["scope"] != "cluster" else "")
+            lines.append(f"    {f['frontend']:<24} {f['service']}{'/' + f['port'] if f['port'] else ''}"
+                         f"{extra} -> {backends}")
+        ct = status["conntrack"]
+        lines.append(f"  conntrack: {ct['entries']} entries of {ct['capacity']}")
     lines.append("  counters:")
     for name, value in status["counters"].items():
         if value or show_zero:

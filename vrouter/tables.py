@@ -67,7 +67,8 @@ class Tables:
         return tuple(getattr(self, f.name) for f in fields(self))
 
 
-def build(cluster: Cluster, node_name: str, counters: np.ndarray) -> Tables:
+def build(cluster: Cluster, node_name: str, counters: np.ndarray, services=None) -> Tables:
+    """`services`: a prebuilt servicetables.ServiceTables (built here when None)."""
     from fastpath.nat import CT_COLS, new_state_table
     from vrouter import servicetables
     node = cluster.node(node_name)
@@ -105,6 +106,7 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray) -> Tables:
         pod_port[hashtable.find_or_claim(pod_keys, ip_to_int(pod.ip))] = port
 
     flows = cluster.service_options.max_flows
+    services = services or servicetables.build(cluster, node_name)
     masks = sorted({ip_to_int(p.pod_cidr.netmask) for p in peers}, reverse=True)  # longest first
     route_keys = hashtable.new_keys(len(peers))
     route_peer = np.full(route_keys.shape[0], -1, dtype=np.int64)
@@ -131,7 +133,7 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray) -> Tables:
         peer_ip=np.array([ip_to_int(p.underlay) for p in peers], dtype=np.int64),
         peer_vtep_mac=np.array([mac_to_int(p.vtep_mac) for p in peers], dtype=np.int64),
         peer_seen=np.zeros(len(peers), dtype=np.int64),
-        **service_arrays(servicetables.build(cluster, node_name)),
+        **service_arrays(services),
         **dict(zip(("ct_keys", "ct_vals"), new_state_table(2 * flows, CT_COLS))),
         **dict(zip(("aff_keys", "aff_vals"), new_state_table(flows // 4, 3))),
         **dict(zip(("frag_keys", "frag_vals"), new_state_table(1024, 3))),

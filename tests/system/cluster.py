@@ -61,8 +61,8 @@ def list_netns() -> set[str]:
 
 class Cluster:
     def __init__(self, tmp_path: Path, pods_per_node=(2, 2), port=4789, extra_pods=(),
-                 mtu=1500, underlays=None):
-        self.prefix = new_prefix()
+                 mtu=1500, underlays=None, services="", prefix=None):
+        self.prefix = prefix or new_prefix()
         if underlays is None:
             a, b = unique_underlay_octets()
             underlays = [f"127.{a}.{b}.{k + 1}" for k in range(len(pods_per_node))]
@@ -78,7 +78,7 @@ class Cluster:
                                 "overlay": {"vni": 1, "port": port, "mtu": mtu}},
                     "nodes": self.nodes, "pods": self.pods}
         self.path = tmp_path / f"{self.prefix}.yaml"
-        self.path.write_text(yaml.safe_dump(self.doc, sort_keys=False))
+        self.path.write_text(yaml.safe_dump(self.doc, sort_keys=False) + services)
         self.pod_ips = {p.name: str(p.ip)
                         for p in config.load(self.path, check_host=False).pods}
         self.proc: subprocess.Popen | None = None

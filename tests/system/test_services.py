@@ -1,0 +1,238 @@
+"""Kubernetes Services on real pods, Kubernetes e2e-style: every endpoint reached, replies from
+the service address, affinity, hairpin, and immediate refusal without endpoints."""
+import contextlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import yaml
+
+from tests.system.cluster import Cluster, new_prefix, wait_for
+
+SERVER = str(Path(__file__).with_name("echo_server.py"))
+TCP_PORT, UDP_PORT = 8080, 5353
+VIP, AFFINITY_VIP, EMPTY_VIP = "10.96.0.10", "10.96.0.12", "10.96.0.11"
+
+SERVICES = f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  clusterIP: {VIP}
+  selector: {{app: web}}
+  ports:
+    - {{name: http, port: 80, targetPort: http}}
+    - {{name: echo, port: 53, protocol: UDP, targetPort: {UDP_PORT}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sticky}}
+spec:
+  clusterIP: {AFFINITY_VIP}
+  selector: {{app: web}}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 60}}}}
+  ports: [{{port: 80, targetPort: {TCP_PORT}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty}}
+spec:
+  clusterIP: {EMPTY_VIP}
+  selector: {{app: nobody}}
+  ports: [{{name: t, port: 80}}, {{name: u, port: 80, protocol: UDP}}]
+"""
+
+CLIENT_SNIPPET = """
+import socket, sys
+proto, host, port, size, sport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if proto == "tcp":
+    s = socket.create_connection((host, port), timeout=3)
+    s.sendall(b"x" * size)
+    print(s.recv(65536).decode().strip())
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if sport:
+        s.bind(("0.0.0.0", sport))
+    s.settimeout(float(sys.argv[6]) if len(sys.argv) > 6 else 3)
+    s.sendto(b"y" * size, (host, port))
+    data = s.recv(65536)
+    head, _, payload = data.partition(b" ")
+    client, _, payload = payload.partition(b" ")
+    print(head.decode(), client.decode(), len(payload), payload == b"y" * size)
+"""
+
+
+WEB = {"labels": {"app": "web"}, "ports": [{"name": "http", "containerPort": TCP_PORT}]}
+
+
+def service_pods(prefix):
+    return [{"name": f"{prefix}-a1", "node": "node-a", **WEB},
+            {"name": f"{prefix}-a2", "node": "node-a", **WEB},
+            {"name": f"{prefix}-b1", "node": "node-b", **WEB},
+            {"name": f"{prefix}-b2", "node": "node-b", "labels": {"app": "client"}}]
+
+
+@contextlib.contextmanager
+def echo_servers(cluster, shorts=("a1", "a2", "b1")):
+    servers = []
+    try:
+        for short in shorts:
+            servers.append(subprocess.Popen(
+                ["ip", "netns", "exec", cluster.pod(short), sys.executable, SERVER, short,
+                 str(TCP_PORT), str(UDP_PORT)]))
+        for short in shorts:
+            wait_for(lambda: f":{TCP_PORT}" in cluster.sh(short, "ss", "-ltn").stdout,
+                     what=f"server in {short}")
+        yield
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def svc_cluster(tmp_path_factory):
+    prefix = new_prefix()
+    cluster = Cluster(tmp_path_factory.mktemp("svc"), pods_per_node=(0, 0),
+                      extra_pods=service_pods(prefix), services=SERVICES, prefix=prefix)
+    cluster.start()
+    try:
+        with echo_servers(cluster):
+            yield cluster
+    finally:
+        cluster.stop()
+        assert not cluster.leftovers()
+
+
+def client(cluster, short, proto, host, port, size=10, sport=0, wait=3.0):
+    result = cluster.sh(short, sys.executable, "-c", CLIENT_SNIPPET, proto, host, str(port),
+                        str(size), str(sport), str(wait), timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("client_pod", ["a2", "b2"], ids=["same-node", "other-node"])
+@pytest.mark.parametrize("proto, port", [("tcp", 80), ("udp", 53)])
+def test_clusterip_reaches_every_endpoint_and_keeps_the_client_address(svc_cluster, client_pod,
+                                                                      proto, port):
+    seen = set()
+    for _ in range(40):
+        backend, source = client(svc_cluster, client_pod, proto, VIP, port)[:2]
+        seen.add(backend)
+        if backend != client_pod:   # hairpin is SNATed (own test)
+            assert source == svc_cluster.ip(client_pod)   # pod -> ClusterIP keeps the pod's IP
+        if seen == {"a1", "a2", "b1"}:
+            break
+    assert seen == {"a1", "a2", "b1"}
+
+
+def test_large_udp_payload_through_the_clusterip_comes_back_intact(svc_cluster):
+    backend, _source, length, intact = client(svc_cluster, "b2", "udp", VIP, 53, size=2000)
+    assert length == "2000" and intact == "True"
+
+
+def test_client_ip_affinity_sends_one_client_to_one_backend(svc_cluster):
+    backends = {client(svc_cluster, "b2", "tcp", AFFINITY_VIP, 80)[0] for _ in range(15)}
+    assert len(backends) == 1
+
+
+def test_hairpin_a_backend_reaches_itself_through_its_service(svc_cluster):
+    for _ in range(60):
+        backend, source = client(svc_cluster, "a1", "tcp", VIP, 80)[:2]
+        if backend == "a1":
+            assert source == "10.244.1.1"   # SNAT to the gateway, or the reply would skip us
+            return
+    pytest.fail("Maglev never chose the client itself in 60 connections")
+
+
+def test_service_without_endpoints_refuses_at_once(svc_cluster):
+    tcp = svc_cluster.sh("b2", sys.executable, "-c",
+                         f"import socket; socket.create_connection(('{EMPTY_VIP}', 80), timeout=5)")
+    assert tcp.returncode != 0 and "ConnectionRefusedError" in tcp.stderr
+    udp = svc_cluster.sh("b2", sys.executable, "-c", (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); "
+        f"s.connect(('{EMPTY_VIP}', 80)); s.send(b'x'); s.recv(10)"))
+    assert udp.returncode != 0 and "ConnectionRefusedError" in udp.stderr   # ICMP port unreachable
+
+
+HOLD_CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+for line in sys.stdin:
+    s.sendall(b"hold " + line.encode())
+    print(s.recv(1000).decode().strip(), flush=True)
+"""
+
+
+def test_reload_removes_a_backend_udp_moves_on_tcp_survives(make_cluster, tmp_path):
+    prefix = new_prefix()
+    cluster = make_cluster(pods_per_node=(0, 0), extra_pods=service_pods(prefix),
+                           services=SERVICES, prefix=prefix)
+    with echo_servers(cluster):
+        # a long-lived TCP connection from b2 through the VIP, and its backend
+        hold = subprocess.Popen(["ip", "netns", "exec", cluster.pod("b2"), sys.executable, "-c",
+                                 HOLD_CLIENT, VIP, "80"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            hold.stdin.write("1\n")
+            hold.stdin.flush()
+            tcp_backend = hold.stdout.readline().split()[0]
+            # a UDP client with a fixed source port whose flow lands on another backend
+            for sport in range(40000, 40100):
+                udp_backend = client(cluster, "b2", "udp", VIP, 53, sport=sport)[0]
+                if udp_backend != tcp_backend:
+                    break
+            # remove the UDP flow's backend from the service (its label changes) and reload
+            text = cluster.path.read_text()
+            doc_end = text.index("---")
+            head = yaml.safe_load(text[:doc_end])
+            for pod in head["pods"]:
+                if pod["name"] == cluster.pod(udp_backend):
+                    pod["labels"] = {"app": "retired"}
+            cluster.path.write_text(yaml.safe_dump(head, sort_keys=False) + text[doc_end:])
+            result = subprocess.run([sys.executable, "-m", "vrouter", "reload", str(cluster.path)],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            # the pod was a backend twice (TCP 8080, UDP 5353); b2's node had one flow to it
+            assert "node-b: reloaded: 5 frontends, 4 backends, 2 removed, 1 UDP flows flushed" \
+                in result.stdout
+            # the next datagram of the same flow gets an answer from a live backend within 1 s
+            answer = client(cluster, "b2", "udp", VIP, 53, sport=sport, wait=1.0)[0]
+            assert answer not in (udp_backend,) and answer in {"a1", "a2", "b1"}
+            # the established TCP connection still talks to its backend
+            hold.stdin.write("2\n")
+            hold.stdin.flush()
+            assert hold.stdout.readline().split()[0] == tcp_backend
+        finally:
+            hold.kill()
+            hold.wait()
+
+
+def test_a_bad_reload_is_refused_and_the_old_state_keeps_serving(make_cluster):
+    prefix = new_prefix()
+    cluster = make_cluster(pods_per_node=(0, 0), extra_pods=service_pods(prefix),
+                           services=SERVICES, prefix=prefix)
+    good = cluster.path.read_text()
+    cluster.path.write_text(good.replace("sessionAffinity: ClientIP", "sessionAffinity: Sticky"))
+    status = subprocess.run([sys.executable, "-m", "vrouter", "reload", str(cluster.path)],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 2 and "sessionAffinity" in status.stderr
+    os_kill_hup(cluster)   # the same file through SIGHUP: the node refuses it and keeps going
+    with echo_servers(cluster):
+        assert client(cluster, "b2", "tcp", VIP, 80)[0] in {"a1", "a2", "b1"}
+    frontends = cluster.status("node-a")["services"]
+    assert any(f["frontend"] == f"{AFFINITY_VIP}:80/TCP" for f in frontends)
+
+
+def os_kill_hup(cluster):
+    import os
+    import signal
+    for node in ("node-a", "node-b"):
+        os.kill(cluster.status(node)["pid"], signal.SIGHUP)
+    # the nodes still answer their control socket after handling it
+    for node in ("node-a", "node-b"):
+        assert cluster.status(node)["ready"]
