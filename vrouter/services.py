@@ -11,6 +11,8 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
+from vrouter.config import _DNS_LABEL, ConfigError
+
 NODE_PORT_RANGE = (30000, 32767)
 DEFAULT_AFFINITY_TIMEOUT = 10800
 PROTOCOLS = {"TCP": 6, "UDP": 17}
@@ -101,9 +103,9 @@ def parse(reader, doc: dict, where: str, source: str) -> dict:
     meta = doc["metadata"]   # only name and namespace matter; the rest (labels, uid...) is ignored
     if not isinstance(meta, dict) or "name" not in meta:
         reader.fail(f"{where}.metadata", "must be a mapping with a name")
-    name = reader.string(meta["name"], f"{where}.metadata.name", _dns(), "a DNS label")
+    name = reader.string(meta["name"], f"{where}.metadata.name", _DNS_LABEL, "a DNS label")
     namespace = reader.string(meta.get("namespace", "default"), f"{where}.metadata.namespace",
-                              _dns(), "a DNS label")
+                              _DNS_LABEL, "a DNS label")
     w = f"{where}.spec"
     spec = doc["spec"]
     if not isinstance(spec, dict):
@@ -199,11 +201,6 @@ def parse(reader, doc: dict, where: str, source: str) -> dict:
                 internal_policy=policies["internalTrafficPolicy"], where=where, source=source)
 
 
-def _dns():
-    from vrouter.config import _DNS_LABEL
-    return _DNS_LABEL
-
-
 def _ports(reader, raw, where, kind, headless, allocate_node_ports):
     if not isinstance(raw, list) or (not raw and not headless):
         reader.fail(where, "must be a non-empty list of ports")
@@ -244,44 +241,35 @@ def _ports(reader, raw, where, kind, headless, allocate_node_ports):
 def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network) -> list[Service]:
     """Give open clusterIPs and nodePorts deterministic values (hash of the name, then probing),
     after every explicitly given one is known; report clashes between given ones."""
-    from vrouter.config import _Reader
-
-    class _Failer:
-        def fail(self, where, problem):
-            raise_for = current["source"]
-            _Reader(raise_for).fail(where, problem)
-
-    reader = _Failer()
-    current: dict = {}
     used_ips: dict = {}
     used_ports: dict = {}
     keys: set = set()
     for p in parsed:
-        current.update(p)
         key = f"{p['namespace']}/{p['name']}"
         if key in keys:
-            reader.fail(f"{p['where']}.metadata.name", f"duplicate Service {key}")
+            raise ConfigError(p["source"], f"{p['where']}.metadata.name",
+                              f"duplicate Service {key}")
         keys.add(key)
         ip = p["cluster_ip"]
         if ip is not None:
             if ip not in service_cidr:
-                reader.fail(f"{p['where']}.spec.clusterIP", f"{ip} is outside cluster.serviceCIDR "
-                            f"{service_cidr}")
+                raise ConfigError(p["source"], f"{p['where']}.spec.clusterIP",
+                                  f"{ip} is outside cluster.serviceCIDR {service_cidr}")
             if ip in used_ips:
-                reader.fail(f"{p['where']}.spec.clusterIP", f"{ip} is already {used_ips[ip]}'s")
+                raise ConfigError(p["source"], f"{p['where']}.spec.clusterIP",
+                                  f"{ip} is already {used_ips[ip]}'s")
             used_ips[ip] = key
         for n, sp in enumerate(p["ports"]):
             if sp.node_port:
                 if (sp.protocol, sp.node_port) in used_ports:
-                    reader.fail(f"{p['where']}.spec.ports[{n}].nodePort",
-                                f"{sp.node_port}/{sp.protocol} is already "
-                                f"{used_ports[(sp.protocol, sp.node_port)]}'s")
+                    raise ConfigError(p["source"], f"{p['where']}.spec.ports[{n}].nodePort",
+                                      f"{sp.node_port}/{sp.protocol} is already "
+                                      f"{used_ports[(sp.protocol, sp.node_port)]}'s")
                 used_ports[(sp.protocol, sp.node_port)] = key
     first = int(service_cidr.network_address) + 1
     size = service_cidr.num_addresses - 2
     services = []
     for p in parsed:
-        current.update(p)
         key = f"{p['namespace']}/{p['name']}"
         ip = p["cluster_ip"]
         if ip is None and not p["headless"]:
@@ -292,7 +280,8 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network) -> list[Se
                     ip = candidate
                     break
             else:
-                reader.fail(f"{p['where']}.spec.clusterIP", f"serviceCIDR {service_cidr} is full")
+                raise ConfigError(p["source"], f"{p['where']}.spec.clusterIP",
+                                  f"serviceCIDR {service_cidr} is full")
             used_ips[ip] = key
         ports = []
         for sp in p["ports"]:
