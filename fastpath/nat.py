@@ -205,23 +205,23 @@ def _track(buf, i, l4, proto, j, ct_keys, ct_vals, now):
 
 
 @njit(cache=True)
-def _choose_backend(fe, src, dst, proto, sport, dport, now, fe_vals, maglev, be_ip, be_port,
-                    aff_keys, aff_vals, counters):
-    """(backend ip, port) for a new connection: affinity first, else Maglev on the 5-tuple."""
+def _choose_backend(fe, src, k0, k1, now, fe_vals, maglev, be_ip, be_port, aff_keys, aff_vals,
+                    counters):
+    """(backend ip, port) for a new connection: affinity first, else Maglev on the 5-tuple
+    (k0, k1: the connection's conntrack key, which is that 5-tuple)."""
     affinity = fe_vals[fe, FE_AFFINITY]
+    client = np.uint64(src)
+    frontend = np.uint64(fe_vals[fe, FE_ID] + 1)
     if affinity > 0:
-        a = wfind(aff_keys, aff_vals, AFF_EXPIRES, np.uint64(src), np.uint64(fe_vals[fe, FE_ID] + 1), now)
+        a = wfind(aff_keys, aff_vals, AFF_EXPIRES, client, frontend, now)
         if a >= 0:
             aff_vals[a, AFF_EXPIRES] = now + affinity
             return aff_vals[a, AFF_IP], aff_vals[a, AFF_PORT]
-    h = _mix((np.uint64(src) << np.uint64(32)) | np.uint64(dst),
-             (np.uint64(proto) << np.uint64(32)) | (np.uint64(sport) << np.uint64(16)) | np.uint64(dport))
     row = fe_vals[fe, FE_ROW]
-    b = maglev[row, np.int64(h % np.uint64(maglev.shape[1]))]
+    b = maglev[row, np.int64(_mix(k0, k1) % np.uint64(maglev.shape[1]))]
     ip, port = be_ip[b], be_port[b]
     if affinity > 0:
-        a = wclaim(aff_keys, aff_vals, AFF_EXPIRES, np.uint64(src), np.uint64(fe_vals[fe, FE_ID] + 1),
-                   now, counters)
+        a = wclaim(aff_keys, aff_vals, AFF_EXPIRES, client, frontend, now, counters)
         aff_vals[a, AFF_IP] = ip
         aff_vals[a, AFF_PORT] = port
         aff_vals[a, AFF_EXPIRES] = now + affinity
@@ -279,8 +279,8 @@ def nat_stage(buf, i, ip, may_open, now, gw_ip, counters, fe_keys, fe_vals, magl
             return NAT_PASS
         if fe_vals[fe, FE_ROW] < 0:
             return NAT_DROP_NO_LOCAL if fe_vals[fe, FE_EMPTY] == 1 else NAT_REJECT
-        b_ip, b_port = _choose_backend(fe, src, dst, proto, sport, dport, now, fe_vals, maglev,
-                                       be_ip, be_port, aff_keys, aff_vals, counters)
+        b_ip, b_port = _choose_backend(fe, src, k0, k1, now, fe_vals, maglev, be_ip, be_port,
+                                       aff_keys, aff_vals, counters)
         new_src, new_sport = src, sport
         if fe_vals[fe, FE_SNAT] == 1 or b_ip == src:   # external (policy Cluster), or hairpin
             new_src = gw_ip

@@ -96,12 +96,14 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
             every = endpoints(service, sp, cluster.pods)
             local = [e for e in every if e.pod.node == node_name]
             fe_id = len(entries)
-            internal = every if service.internal_policy == "Cluster" else local
-            external = every if service.external_policy == "Cluster" else local
-            addresses = [(service.cluster_ip, internal, False)]
-            addresses += [(ip, external, service.external_policy == "Cluster")
+            internal_local = service.internal_policy == "Local"
+            external_local = service.external_policy == "Local"
+            internal = local if internal_local else every
+            external = local if external_local else every
+            addresses = [(service.cluster_ip, internal, False, internal_local)]
+            addresses += [(ip, external, not external_local, external_local)
                           for ip in service.external_ips]
-            for address, eps, snat in addresses:
+            for address, eps, snat, node_local in addresses:
                 row = row_for(eps)
                 values = [0] * FE_COLS
                 values[FE_ROW] = row
@@ -110,7 +112,7 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
                 values[FE_ID] = fe_id
                 values[FE_EMPTY] = int(bool(every) and not eps)   # policy Local, none here: drop
                 entries.append((frontend_key(ip_to_int(address), sp.proto_number, sp.port), values))
-                scope = "node-local" if eps is local and eps is not every else "cluster"
+                scope = "node-local" if node_local else "cluster"
                 frontends.append(Frontend(service.key, sp.name, str(address), sp.protocol, sp.port,
                                           [f"{e.pod.ip}:{e.port}" for e in eps], snat, scope))
 
