@@ -203,6 +203,9 @@ class SplitCluster(Cluster):
                 time.sleep(0.05)
         return self
 
+    def leftovers(self) -> list[str]:
+        return super().leftovers() + [f"netns {h}" for h in self.hosts if h in list_netns()]
+
     def stop(self, sig=signal.SIGINT) -> str:
         from pyroute2 import netns as pr_netns
         output = ""

@@ -17,8 +17,8 @@ def make_cluster(tmp_path):
     """Start clusters on demand; each is stopped and checked for leftovers, even on failure."""
     started = []
 
-    def make(**kw) -> Cluster:
-        cluster = Cluster(tmp_path, **kw)
+    def make(cls=Cluster, **kw) -> Cluster:
+        cluster = cls(tmp_path, **kw)
         started.append(cluster)
         return cluster.start()
 

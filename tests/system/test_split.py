@@ -3,29 +3,10 @@ by vrouter (`vrouter run` under `ip netns exec`) or by the Linux kernel (`vroute
 import subprocess
 import sys
 
-import pytest
 from pyroute2 import netns as pr_netns
 
 from tests.system.cluster import SplitCluster, iperf3, list_netns, netns_exec, new_prefix, wait_for
 from tests.system.test_pods import ping
-
-
-@pytest.fixture
-def split_cluster(tmp_path):
-    started = []
-
-    def make(kinds) -> SplitCluster:
-        cluster = SplitCluster(tmp_path, kinds=kinds)
-        started.append(cluster)
-        return cluster.start()
-
-    yield make
-    problems = []
-    for cluster in started:
-        cluster.stop()
-        problems += cluster.leftovers()
-        problems += [f"netns {h}" for h in cluster.hosts if h in list_netns()]
-    assert not problems, f"left behind: {problems}"
 
 
 def both_ways(cluster):
@@ -37,15 +18,15 @@ def both_ways(cluster):
         assert report["end"]["sum_received"]["bytes"] > 100_000, f"{src} -> {dst}"
 
 
-def test_vrouter_nodes_in_namespaces_of_their_own(split_cluster):
-    cluster = split_cluster(("vrouter", "vrouter"))
+def test_vrouter_nodes_in_namespaces_of_their_own(make_cluster):
+    cluster = make_cluster(SplitCluster, kinds=("vrouter", "vrouter"))
     both_ways(cluster)
     # the pods are visible machine-wide although the nodes run under `ip netns exec`
     assert netns_exec(cluster.pod("a1"), "true").returncode == 0
 
 
-def test_mixed_cluster_vrouter_and_kernel_node(split_cluster):
-    cluster = split_cluster(("vrouter", "kernel"))
+def test_mixed_cluster_vrouter_and_kernel_node(make_cluster):
+    cluster = make_cluster(SplitCluster, kinds=("vrouter", "kernel"))
     both_ways(cluster)
     # the vrouter node's keepalives are answered by the kernel's VTEP address
     (peer,) = cluster.status("node-a")["peers"]
