@@ -323,3 +323,23 @@ def new_state_table(entries: int, cols: int):
     while size < entries:
         size *= 2
     return np.zeros((size, 2), dtype=np.uint64), np.zeros((size, cols), dtype=np.int64)
+
+
+def flush_backends(ct_keys, ct_vals, aff_keys, aff_vals, removed) -> int:
+    """Forget UDP conntrack entries (both directions) and affinity entries of removed backends
+    (a set of (ip, port)); returns the number of UDP connections flushed. Control plane, numpy."""
+    if not removed:
+        return 0
+    gone = np.array([(ip << 16) | port for ip, port in removed], dtype=np.int64)
+    live = ct_keys[:, 1] != 0
+    udp = ((ct_keys[:, 1] >> np.uint64(32)) & np.uint64(0xFF)) == 17
+    reply = (ct_vals[:, CT_STATE] & ST_REPLY) != 0
+    # original direction: rewritten *to* the backend; reply direction: keyed *from* it
+    to_backend = (ct_vals[:, CT_DST] << 16) | ct_vals[:, CT_DPORT]
+    from_backend = (((ct_keys[:, 0] >> np.uint64(32)).astype(np.int64)) << 16) | \
+        ((ct_keys[:, 1] >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.int64)
+    hit = live & udp & np.where(reply, np.isin(from_backend, gone), np.isin(to_backend, gone))
+    ct_keys[hit] = 0
+    aff = (aff_keys[:, 1] != 0) & np.isin((aff_vals[:, AFF_IP] << 16) | aff_vals[:, AFF_PORT], gone)
+    aff_keys[aff] = 0
+    return int(np.count_nonzero(hit & ~reply))

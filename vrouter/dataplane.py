@@ -19,6 +19,7 @@ from fastpath.layout import (
     IN_GATEWAY, IN_OVERLAY, M_IN_PORT, M_LEN, M_SRC_IP, M_START, META_COLS, P_PEER_DEAD_AFTER,
     VXLAN_HEADER_LEN,
 )
+from fastpath.nat import flush_backends
 from vrouter import servicetables
 from vrouter import tables as tables_mod
 from vrouter.config import Cluster
@@ -149,7 +150,7 @@ class Dataplane:
         t = self.tables
         old = set(zip(t.be_ip.tolist(), t.be_port.tolist()))
         removed = old - set(zip(new.be_ip.tolist(), new.be_port.tolist()))
-        flushed = flush_backends(t, removed)
+        flushed = flush_backends(t.ct_keys, t.ct_vals, t.aff_keys, t.aff_vals, removed)
         for name, array in tables_mod.service_arrays(new).items():
             setattr(t, name, array)
         self.cluster = cluster
@@ -209,24 +210,3 @@ class Dataplane:
     def counter_dict(self) -> dict[str, int]:
         return {name: int(v) for name, v in zip(COUNTER_NAMES, self.counters.tolist())}
 
-
-def flush_backends(t, removed: set[tuple[int, int]]) -> int:
-    """Forget UDP conntrack entries (both directions) and affinity entries of removed backends;
-    returns the number of UDP connections flushed."""
-    from fastpath.nat import AFF_IP, AFF_PORT, CT_DPORT, CT_DST, CT_STATE, ST_REPLY
-    if not removed:
-        return 0
-    gone = np.array([(ip << 16) | port for ip, port in removed], dtype=np.int64)
-    keys, vals = t.ct_keys, t.ct_vals
-    live = keys[:, 1] != 0
-    udp = ((keys[:, 1] >> np.uint64(32)) & np.uint64(0xFF)) == 17
-    reply = (vals[:, CT_STATE] & ST_REPLY) != 0
-    # original direction: rewritten *to* the backend; reply direction: keyed *from* it
-    to_backend = (vals[:, CT_DST] << 16) | vals[:, CT_DPORT]
-    from_backend = (((keys[:, 0] >> np.uint64(32)).astype(np.int64)) << 16) | \
-        ((keys[:, 1] >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.int64)
-    hit = live & udp & np.where(reply, np.isin(from_backend, gone), np.isin(to_backend, gone))
-    keys[hit] = 0
-    aff = (t.aff_keys[:, 1] != 0) & np.isin((t.aff_vals[:, AFF_IP] << 16) | t.aff_vals[:, AFF_PORT], gone)
-    t.aff_keys[aff] = 0
-    return int(np.count_nonzero(hit & ~reply))
