@@ -12,6 +12,12 @@ Tables (built by vrouter.tables, read here; the FDB is also learned into):
   peer_keys / peer_index             underlay IPv4 -> peer index (accepting overlay datagrams)
   peer_ip, peer_vtep_mac, peer_seen  per peer; peer_seen: second a datagram last came from it
                                      (a peer silent for longer than P_PEER_DEAD_AFTER is down)
+  nb_keys / nb_mac                   outside network neighbours: IPv4 -> MAC (other nodes and the
+                                     outside host preset; others gleaned from what they send us)
+  the services tables                see fastpath.nat
+
+Ports: 0..P-1 are the pods' TAPs, P (P_UPLINK_PORT) is the node's TAP on the outside network,
+where the node is a host with its node address (NodePorts) and a router for its pods.
 """
 import numpy as np
 from numba import njit
@@ -24,8 +30,9 @@ from fastpath.checksum import (
 from fastpath.layout import (
     ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
     IN_GATEWAY, IN_OVERLAY, M_ACTION, M_IN_PORT, M_LEN, M_OUT, M_REASON, M_SRC_IP, M_START,
-    P_FDB_AGE, P_GW_IP, P_PEER_DEAD_AFTER, P_GW_MAC, P_LOCAL_MASK, P_LOCAL_NET, P_OVERLAY_PORT, P_POD_MTU,
-    P_UNDERLAY_IP, P_VNI, P_VTEP_MAC,
+    P_FDB_AGE, P_GW_IP, P_PEER_DEAD_AFTER, P_GW_MAC, P_LOCAL_MASK, P_LOCAL_NET, P_OVERLAY_PORT,
+    P_POD_MTU, P_UNDERLAY_IP, P_VNI, P_VTEP_MAC, P_NODE_IP, P_NODE_MAC, P_OUTSIDE_MASK,
+    P_OUTSIDE_NET, P_UPLINK_PORT,
     R_DROP_BAD_IPV4_CHECKSUM, R_DROP_BAD_IPV4_HEADER, R_DROP_IPV6, R_DROP_OVERLAY_BAD_FLAGS,
     R_DROP_OVERLAY_BAD_INNER, R_DROP_OVERLAY_BAD_VNI, R_DROP_OVERLAY_PEER_DOWN,
     R_DROP_OVERLAY_TRUNCATED, R_DROP_OVERLAY_UNKNOWN_SOURCE, R_DROP_OVERSIZE, R_DROP_RUNT,
@@ -34,7 +41,8 @@ from fastpath.layout import (
     R_FORWARDED_L2, R_FORWARDED_ROUTED, R_FROM_OVERLAY, R_RX_FRAMES, R_SLOW_ARP,
     R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE, R_SLOW_NO_ROUTE, R_SLOW_TO_GATEWAY,
     R_SLOW_TTL_EXCEEDED, R_TO_OVERLAY, VXLAN_HEADER_LEN, R_SLOW_SERVICE_REJECT,
-    R_DROP_SERVICE_NO_LOCAL_ENDPOINT, R_DROP_SERVICE_NO_SNAT_PORT,
+    R_DROP_SERVICE_NO_LOCAL_ENDPOINT, R_DROP_SERVICE_NO_SNAT_PORT, R_DROP_OUTSIDE_NOT_FOR_US,
+    R_FROM_OUTSIDE, R_OUTSIDE_NEIGHBOUR_TABLE_FULL, R_SLOW_OUTSIDE_ARP_NEEDED, R_TO_OUTSIDE,
 )
 
 FDB_PORT = 0
@@ -150,13 +158,42 @@ def _to_local_pod(buf, meta, counters, i, s, dst, forwarded, params, port_mac, p
 
 
 @njit(cache=True)
+def _to_outside(buf, meta, counters, i, s, dst, forwarded, params, nb_keys, nb_mac):
+    """Out of the uplink to an outside host (another node, the outside namespace)."""
+    j = hashtable.find(nb_keys, dst)
+    if j < 0:
+        # the slow path asks with ARP; this packet is dropped, as routers do while resolving
+        _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_OUTSIDE_ARP_NEEDED)
+        return
+    write48(buf, i, s, nb_mac[j])
+    write48(buf, i, s + 6, params[P_NODE_MAC])
+    if forwarded:
+        _decrement_ttl(buf, i, s + ETH_LEN)
+    _decide(meta, counters, i, ACT_PORT, params[P_UPLINK_PORT], R_TO_OUTSIDE)
+
+
+@njit(cache=True)
+def _glean(nb_keys, nb_mac, ip, mac, params, counters):
+    """Remember an on-link outside host's MAC from a frame it sent us (spares an ARP round trip
+    for the replies we route back to it)."""
+    if ip == 0 or (ip & params[P_OUTSIDE_MASK]) != params[P_OUTSIDE_NET]:
+        return
+    j = hashtable.find_or_claim(nb_keys, ip)
+    if j < 0:
+        counters[R_OUTSIDE_NEIGHBOUR_TABLE_FULL] += 1
+        return
+    nb_mac[j] = mac
+
+
+@njit(cache=True)
 def _route(buf, meta, counters, i, s, length, from_pod, params, port_mac,
            pod_keys, pod_port, route_masks, route_keys, route_peer,
-           peer_ip, peer_vtep_mac, peer_seen, now):
-    """L3 forwarding of an IPv4 frame addressed to the gateway (or decapsulated for us)."""
+           peer_ip, peer_vtep_mac, peer_seen, nb_keys, nb_mac, now):
+    """L3 forwarding of an IPv4 frame addressed to the gateway (or decapsulated for us).
+    `from_pod`: the packet is being forwarded (TTL checked and decremented), not our own."""
     ip = s + ETH_LEN
     dst = read32(buf, i, ip + 16)
-    if dst == params[P_GW_IP]:
+    if dst == params[P_GW_IP] or dst == params[P_NODE_IP]:
         _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_TO_GATEWAY)
         return
     if from_pod and buf[i, ip + 8] <= 1:
@@ -164,6 +201,9 @@ def _route(buf, meta, counters, i, s, length, from_pod, params, port_mac,
         return
     if (dst & params[P_LOCAL_MASK]) == params[P_LOCAL_NET]:
         _to_local_pod(buf, meta, counters, i, s, dst, from_pod, params, port_mac, pod_keys, pod_port)
+        return
+    if (dst & params[P_OUTSIDE_MASK]) == params[P_OUTSIDE_NET]:
+        _to_outside(buf, meta, counters, i, s, dst, from_pod, params, nb_keys, nb_mac)
         return
     peer = -1
     for m in range(route_masks.shape[0]):
@@ -207,40 +247,55 @@ def _services(buf, meta, counters, i, ip, may_open, now, params, svc):
 
 
 @njit(cache=True)
-def _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac, port_ip,
-              fdb_keys, fdb_vals, pod_keys, pod_port, route_masks, route_keys, route_peer,
-              peer_ip, peer_vtep_mac, peer_seen, svc):
+def _frame_problem(buf, meta, counters, i, s, length):
+    """True (and decided: dropped) when the frame is a runt, truncated, or from a multicast MAC."""
     if length < ETH_LEN:
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_RUNT)
-        return
+        return True
     if s + length >= buf.shape[1]:
         # the read filled the whole slot: the frame was truncated
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_OVERSIZE)
+        return True
+    if (read48(buf, i, s + 6) >> 40) & 1:
+        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_SOURCE_MAC_MULTICAST)
+        return True
+    return False
+
+
+@njit(cache=True)
+def _not_ipv4(buf, meta, counters, i, s, length, ethertype):
+    """True (and decided) unless the frame carries a sane IPv4 packet; ARP goes to the slow path."""
+    if ethertype == ETH_P_ARP:
+        _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_ARP)
+        return True
+    if ethertype == ETH_P_IPV6:
+        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_IPV6)
+        return True
+    if ethertype != ETH_P_IP:
+        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_UNKNOWN_ETHERTYPE)
+        return True
+    problem = ipv4_problem(buf, i, s + ETH_LEN, length - ETH_LEN)
+    if problem >= 0:
+        _decide(meta, counters, i, ACT_DROP, 0, problem)
+        return True
+    return False
+
+
+@njit(cache=True)
+def _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac, port_ip,
+              fdb_keys, fdb_vals, pod_keys, pod_port, route_masks, route_keys, route_peer,
+              peer_ip, peer_vtep_mac, peer_seen, nb_keys, nb_mac, svc):
+    if _frame_problem(buf, meta, counters, i, s, length):
         return
     dst_mac = read48(buf, i, s)
     src_mac = read48(buf, i, s + 6)
-    if (src_mac >> 40) & 1:
-        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_SOURCE_MAC_MULTICAST)
-        return
     j = hashtable.find(fdb_keys, src_mac)
     if j >= 0 and fdb_vals[j, FDB_STATIC] == 1 and fdb_vals[j, FDB_PORT] != in_port:
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_SPOOFED_MAC)
         return
-    ethertype = read16(buf, i, s + 12)
-    if ethertype == ETH_P_ARP:
-        _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_ARP)
-        return
-    if ethertype == ETH_P_IPV6:
-        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_IPV6)
-        return
-    if ethertype != ETH_P_IP:
-        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_UNKNOWN_ETHERTYPE)
+    if _not_ipv4(buf, meta, counters, i, s, length, read16(buf, i, s + 12)):
         return
     ip = s + ETH_LEN
-    problem = ipv4_problem(buf, i, ip, length - ETH_LEN)
-    if problem >= 0:
-        _decide(meta, counters, i, ACT_DROP, 0, problem)
-        return
     if read32(buf, i, ip + 12) != port_ip[in_port]:
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_SPOOFED_IP)
         return
@@ -255,7 +310,8 @@ def _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac,
         return
     if dst_mac == params[P_GW_MAC]:
         _route(buf, meta, counters, i, s, length, True, params, port_mac, pod_keys, pod_port,
-               route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen, now)
+               route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen,
+               nb_keys, nb_mac, now)
         return
     if (dst_mac >> 40) & 1:
         _decide(meta, counters, i, ACT_FLOOD, 0, R_FLOODED)
@@ -272,9 +328,43 @@ def _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac,
 
 
 @njit(cache=True)
+def _from_outside(buf, meta, counters, i, s, length, now, params, port_mac, pod_keys, pod_port,
+                  route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen,
+                  nb_keys, nb_mac, svc):
+    """A frame from the outside network: the node is a host there (its node address, NodePorts,
+    load-balancer addresses it announces) and the router to its pods."""
+    if _frame_problem(buf, meta, counters, i, s, length):
+        return
+    dst_mac = read48(buf, i, s)
+    src_mac = read48(buf, i, s + 6)
+    ethertype = read16(buf, i, s + 12)
+    broadcast = dst_mac == 0xFFFFFFFFFFFF
+    if dst_mac != params[P_NODE_MAC] and not (broadcast and ethertype == ETH_P_ARP):
+        # another host's frame the outside bridge flooded to us, or multicast chatter
+        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_OUTSIDE_NOT_FOR_US)
+        return
+    if ethertype == ETH_P_ARP and length >= ETH_LEN + 28:
+        _glean(nb_keys, nb_mac, read32(buf, i, s + 28), read48(buf, i, s + 22), params, counters)
+    if _not_ipv4(buf, meta, counters, i, s, length, ethertype):
+        return
+    ip = s + ETH_LEN
+    src = read32(buf, i, ip + 12)
+    if (src & params[P_LOCAL_MASK]) == params[P_LOCAL_NET]:
+        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_SPOOFED_IP)   # our own pods are not out there
+        return
+    _glean(nb_keys, nb_mac, src, src_mac, params, counters)
+    counters[R_FROM_OUTSIDE] += 1
+    if _services(buf, meta, counters, i, ip, True, now, params, svc):
+        return
+    _route(buf, meta, counters, i, s, length, True, params, port_mac, pod_keys, pod_port,
+           route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen,
+           nb_keys, nb_mac, now)
+
+
+@njit(cache=True)
 def _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_keys, pod_port,
                   peer_keys, peer_index, peer_seen, route_masks, route_keys, route_peer,
-                  peer_ip, peer_vtep_mac, svc):
+                  peer_ip, peer_vtep_mac, nb_keys, nb_mac, svc):
     """Validate a VXLAN datagram (RFC 7348) and deliver its inner frame to a local pod."""
     if length < VXLAN_HEADER_LEN + ETH_LEN:
         _decide(meta, counters, i, ACT_DROP, 0, R_DROP_OVERLAY_TRUNCATED)
@@ -315,7 +405,8 @@ def _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_
     dst = read32(buf, i, ip + 16)
     if (dst & params[P_LOCAL_MASK]) != params[P_LOCAL_NET]:
         _route(buf, meta, counters, i, s, length, True, params, port_mac, pod_keys, pod_port,
-               route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen, now)
+               route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen,
+               nb_keys, nb_mac, now)
         return
     if dst == params[P_GW_IP] or dst == params[P_LOCAL_NET]:   # gateway, or our VTEP address
         _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_TO_GATEWAY)
@@ -329,29 +420,39 @@ def _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_
 @njit(cache=True)
 def forward_batch(buf, meta, n, now, params, counters, port_mac, port_ip, fdb_keys, fdb_vals,
                   pod_keys, pod_port, route_masks, route_keys, route_peer,
-                  peer_keys, peer_index, peer_ip, peer_vtep_mac, peer_seen,
+                  peer_keys, peer_index, peer_ip, peer_vtep_mac, peer_seen, nb_keys, nb_mac,
                   fe_keys, fe_vals, maglev, be_ip, be_port, ct_keys, ct_vals, aff_keys, aff_vals,
                   frag_keys, frag_vals):
     svc = (fe_keys, fe_vals, maglev, be_ip, be_port, ct_keys, ct_vals, aff_keys, aff_vals,
            frag_keys, frag_vals)
+    uplink = params[P_UPLINK_PORT]
     for i in range(n):
         counters[R_RX_FRAMES] += 1
         s = meta[i, M_START]
         length = meta[i, M_LEN]
         in_port = meta[i, M_IN_PORT]
-        if in_port >= 0:
+        if in_port == uplink:
+            _from_outside(buf, meta, counters, i, s, length, now, params, port_mac, pod_keys,
+                          pod_port, route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac,
+                          peer_seen, nb_keys, nb_mac, svc)
+        elif in_port >= 0:
             _from_pod(buf, meta, counters, i, s, length, in_port, now, params, port_mac, port_ip,
                       fdb_keys, fdb_vals, pod_keys, pod_port, route_masks, route_keys, route_peer,
-                      peer_ip, peer_vtep_mac, peer_seen, svc)
+                      peer_ip, peer_vtep_mac, peer_seen, nb_keys, nb_mac, svc)
         elif in_port == IN_OVERLAY:
             _from_overlay(buf, meta, counters, i, s, length, now, params, port_mac, pod_keys,
                           pod_port, peer_keys, peer_index, peer_seen, route_masks, route_keys,
-                          route_peer, peer_ip, peer_vtep_mac, svc)
+                          route_peer, peer_ip, peer_vtep_mac, nb_keys, nb_mac, svc)
         elif in_port == IN_GATEWAY and length >= ETH_LEN + 20:
-            # built by the slow path: routed like a pod's packet, but it is not forwarded, so no TTL
+            # built by the slow path: routed like a pod's packet, but it is not forwarded, so no
+            # TTL; an ICMP error about a translated connection is translated first
+            _services(buf, meta, counters, i, s + ETH_LEN, False, now, params, svc)
             _route(buf, meta, counters, i, s, length, False, params, port_mac, pod_keys, pod_port,
-                   route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen, now)
+                   route_masks, route_keys, route_peer, peer_ip, peer_vtep_mac, peer_seen,
+                   nb_keys, nb_mac, now)
             if meta[i, M_ACTION] == ACT_SLOW:
+                if meta[i, M_REASON] == R_SLOW_OUTSIDE_ARP_NEEDED:
+                    continue   # the slow path asks for the address (and drops this one)
                 # never loop back into the slow path with our own packets
                 counters[meta[i, M_REASON]] -= 1
                 _decide(meta, counters, i, ACT_DROP, 0, R_DROP_SLOWPATH_IGNORED)

@@ -11,7 +11,7 @@ BATCH = 64
 # meta columns
 M_START = 0      # offset of the frame's first byte inside its slot
 M_LEN = 1        # frame length in bytes
-M_IN_PORT = 2    # ingress port (>= 0 a pod port, IN_OVERLAY for decapsulated frames)
+M_IN_PORT = 2    # ingress port (>= 0 a pod port or the uplink, IN_OVERLAY for decapsulated frames)
 M_ACTION = 3     # ACT_* decided by the fast path
 M_OUT = 4        # egress pod port, or overlay peer index for ACT_OVERLAY
 M_REASON = 5     # counter index explaining the decision (R_*)
@@ -23,7 +23,7 @@ IN_GATEWAY = -3     # frame originated by the node itself (slow path replies, IC
 
 # actions
 ACT_DROP = 0
-ACT_PORT = 1       # write to one pod port
+ACT_PORT = 1       # write to one port: a pod's, or the uplink (P_UPLINK_PORT)
 ACT_FLOOD = 2      # write to every pod port but the ingress one
 ACT_SLOW = 3       # hand to the scapy slow path, M_REASON says why
 ACT_OVERLAY = 4    # send over the overlay to peer M_OUT (outer headers already written)
@@ -43,7 +43,12 @@ P_OVERLAY_PORT = 10
 P_CLUSTER_NET = 11
 P_CLUSTER_MASK = 12
 P_PEER_DEAD_AFTER = 13   # seconds without a datagram before a peer counts as down
-PARAM_COUNT = 16
+P_UPLINK_PORT = 14       # port number of the node's interface on the outside network (= pod count)
+P_NODE_IP = 15           # the node's address there (NodePorts)
+P_NODE_MAC = 16
+P_OUTSIDE_NET = 17       # cluster.nodeNetwork
+P_OUTSIDE_MASK = 18
+PARAM_COUNT = 24
 
 # counters: one uint64 each. Names are what `vrouter status` prints.
 COUNTER_NAMES = [
@@ -85,6 +90,12 @@ COUNTER_NAMES = [
     "slow_service_reject",
     "drop_service_no_local_endpoint",
     "drop_service_no_snat_port",
+    "to_outside",
+    "from_outside",
+    "slow_outside_arp_needed",
+    "drop_outside_not_for_us",
+    "ct_icmp_translated",
+    "outside_neighbour_table_full",
 ]
 COUNTER_COUNT = len(COUNTER_NAMES)
 
@@ -127,6 +138,12 @@ R_CT_EVICTED = 34
 R_SLOW_SERVICE_REJECT = 35
 R_DROP_SERVICE_NO_LOCAL_ENDPOINT = 36
 R_DROP_SERVICE_NO_SNAT_PORT = 37
+R_TO_OUTSIDE = 38
+R_FROM_OUTSIDE = 39
+R_SLOW_OUTSIDE_ARP_NEEDED = 40
+R_DROP_OUTSIDE_NOT_FOR_US = 41
+R_CT_ICMP_TRANSLATED = 42
+R_OUTSIDE_NEIGHBOUR_TABLE_FULL = 43
 assert all(globals()["R_" + n.upper()] == i for i, n in enumerate(COUNTER_NAMES))
 
 ETH_P_IP = 0x0800

@@ -21,7 +21,7 @@ from numba import njit
 from fastpath import hashtable
 from fastpath.checksum import read16, read32, update16, update32, write16, write32
 from fastpath.layout import (
-    R_CT_EVICTED, R_CT_TRANSLATED, R_SVC_NEW_FLOWS,
+    R_CT_EVICTED, R_CT_ICMP_TRANSLATED, R_CT_TRANSLATED, R_SVC_NEW_FLOWS,
 )
 
 WINDOW = 8
@@ -240,6 +240,70 @@ def _snat_port(src_ip, want, b_ip, b_port, proto, now, ct_keys, ct_vals):
 
 
 @njit(cache=True)
+def _icmp_error(buf, i, ip, now, counters, ct_keys, ct_vals):
+    """Translate an ICMP error (unreachable, time exceeded, ...) about a tracked connection.
+
+    The error quotes a packet as it was on the wire after translation, travelling the other way
+    than the error. Reversing the quoted 5-tuple gives the conntrack key of a packet going the
+    error's way; that entry's rewrite, applied mirrored to the quote, restores the addresses the
+    receiver knows (the service address instead of the backend's, the client's instead of the
+    gateway's), and the error goes to the quoted packet's original sender. An error sent by the
+    endpoint itself then also comes from the service address, as the client expects."""
+    end = ip + read16(buf, i, ip + 2)
+    icmp = ip + np.int64(buf[i, ip] & 0x0F) * 4
+    q = icmp + 8
+    if q + 28 > end:
+        return NAT_PASS
+    kind = buf[i, icmp]
+    if not (kind == 3 or kind == 4 or kind == 5 or kind == 11 or kind == 12):
+        return NAT_PASS
+    q_ihl = np.int64(buf[i, q] & 0x0F) * 4
+    q_proto = np.int64(buf[i, q + 9])
+    if (buf[i, q] >> 4) != 4 or q_ihl < 20 or q + q_ihl + 8 > end \
+            or (q_proto != 6 and q_proto != 17) or (read16(buf, i, q + 6) & 0x1FFF) != 0:
+        return NAT_PASS
+    q_src = read32(buf, i, q + 12)
+    q_dst = read32(buf, i, q + 16)
+    q_l4 = q + q_ihl
+    q_sport = read16(buf, i, q_l4)
+    q_dport = read16(buf, i, q_l4 + 2)
+    k0, k1 = tuple_key(q_dst, q_src, q_proto, q_dport, q_sport)
+    j = wfind(ct_keys, ct_vals, CT_EXPIRES, k0, k1, now)
+    if j < 0:
+        return NAT_PASS
+    new_src, new_sport = ct_vals[j, CT_DST], ct_vals[j, CT_DPORT]   # the quote, mirrored
+    new_dst, new_dport = ct_vals[j, CT_SRC], ct_vals[j, CT_SPORT]
+    icmp_check = read16(buf, i, icmp + 2)
+    # the quoted IPv4 header (its checksum is part of the ICMP payload too)
+    old_q_check = read16(buf, i, q + 10)
+    q_check = update32(update32(old_q_check, q_src, new_src), q_dst, new_dst)
+    write16(buf, i, q + 10, q_check)
+    write32(buf, i, q + 12, new_src)
+    write32(buf, i, q + 16, new_dst)
+    icmp_check = update32(update32(icmp_check, q_src, new_src), q_dst, new_dst)
+    icmp_check = update16(icmp_check, old_q_check, q_check)
+    # the quoted ports, and the quoted L4 checksum when the quote reaches it
+    write16(buf, i, q_l4, new_sport)
+    write16(buf, i, q_l4 + 2, new_dport)
+    icmp_check = update16(update16(icmp_check, q_sport, new_sport), q_dport, new_dport)
+    off = q_l4 + (16 if q_proto == 6 else 6)
+    if off + 2 <= end:
+        old_c = read16(buf, i, off)
+        if q_proto == 6 or old_c != 0:
+            c = update32(update32(old_c, q_src, new_src), q_dst, new_dst)
+            c = update16(update16(c, q_sport, new_sport), q_dport, new_dport)
+            if q_proto == 17 and c == 0:
+                c = 0xFFFF
+            write16(buf, i, off, c)
+            icmp_check = update16(icmp_check, old_c, c)
+    write16(buf, i, icmp + 2, icmp_check)
+    outer_src = read32(buf, i, ip + 12)
+    rewrite(buf, i, ip, new_dst if outer_src == q_dst else outer_src, 0, new_src, 0, False)
+    counters[R_CT_ICMP_TRANSLATED] += 1
+    return NAT_DONE
+
+
+@njit(cache=True)
 def nat_stage(buf, i, ip, may_open, now, gw_ip, counters, fe_keys, fe_vals, maglev, be_ip,
               be_port, ct_keys, ct_vals, aff_keys, aff_vals, frag_keys, frag_vals):
     """Translate one valid IPv4 packet if it belongs to a service connection; see NAT_*.
@@ -247,6 +311,8 @@ def nat_stage(buf, i, ip, may_open, now, gw_ip, counters, fe_keys, fe_vals, magl
     `may_open`: the packet may start a new connection (it comes from a local pod or from
     outside, not from the overlay, where the sender's node has translated it already)."""
     proto = np.int64(buf[i, ip + 9])
+    if proto == 1 and (read16(buf, i, ip + 6) & 0x3FFF) == 0:
+        return _icmp_error(buf, i, ip, now, counters, ct_keys, ct_vals)
     if proto != 6 and proto != 17:
         return NAT_PASS
     frag = read16(buf, i, ip + 6)

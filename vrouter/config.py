@@ -18,6 +18,7 @@ from fastpath.layout import OVERLAY_OVERHEAD
 
 NETNS_RUN_DIR = "/run/netns"
 DEFAULT_FDB_AGE = 300
+DEFAULT_NODE_NETWORK = "172.18.0.0/24"   # as a kind cluster's docker network
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -52,6 +53,12 @@ class Node:
     underlay: ipaddress.IPv4Address
     pod_cidr: ipaddress.IPv4Network
     vtep_mac: str
+    address: ipaddress.IPv4Address   # the node's address on the outside network (NodePorts)
+
+    @property
+    def mac(self) -> str:
+        """The MAC of the node's outside interface."""
+        return mac_from_ip("02:76", self.address)
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -105,6 +112,21 @@ class Cluster:
     services: tuple = ()          # services.Service, from the cluster file and --manifests
     service_options: ServiceOptions = ServiceOptions()
     manifests: str | None = None  # the --manifests directory, if any
+    node_network: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_NODE_NETWORK)
+
+    @property
+    def outside_netns(self) -> str:
+        """The namespace that plays the world outside the cluster (see vrouter/outside.py)."""
+        return f"{self.name}-outside"
+
+    @property
+    def outside_host(self) -> ipaddress.IPv4Address:
+        """The outside namespace's own address on the node network: its first host address."""
+        return self.node_network.network_address + 1
+
+    @property
+    def outside_host_mac(self) -> str:
+        return mac_from_ip("02:76", self.outside_host)
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -264,7 +286,8 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
                    manifests_dir) -> Cluster:
     from vrouter import services
     c = reader.mapping(doc["cluster"], "cluster",
-                       {"name", "podCIDR", "serviceCIDR", "overlay", "fdbAgeSeconds", "services"},
+                       {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
+                        "services"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
@@ -273,6 +296,10 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     service_cidr = reader.network(c.get("serviceCIDR", "10.96.0.0/16"), "cluster.serviceCIDR")
     if pod_cidr.overlaps(service_cidr):
         reader.fail("cluster.serviceCIDR", f"{service_cidr} overlaps cluster.podCIDR {pod_cidr}")
+    node_network = reader.network(c.get("nodeNetwork", DEFAULT_NODE_NETWORK), "cluster.nodeNetwork")
+    for other, field in ((pod_cidr, "cluster.podCIDR"), (service_cidr, "cluster.serviceCIDR")):
+        if node_network.overlaps(other):
+            reader.fail("cluster.nodeNetwork", f"{node_network} overlaps {field} {other}")
     overlay = _build_overlay(reader, c.get("overlay", {}))
     fdb_age = reader.integer(c.get("fdbAgeSeconds", DEFAULT_FDB_AGE), "cluster.fdbAgeSeconds",
                              1, 86400)
@@ -280,19 +307,39 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     raw_nodes = doc["nodes"]
     if not isinstance(raw_nodes, list) or not raw_nodes:
         reader.fail("nodes", "must be a non-empty list of nodes")
+    if len(raw_nodes) > node_network.num_addresses - 3:
+        reader.fail("cluster.nodeNetwork", f"{node_network} has no room for {len(raw_nodes)} nodes "
+                    "and the outside host")
     nodes = []
     for n, raw in enumerate(raw_nodes):
-        nodes.append(_build_node(reader, raw, f"nodes[{n}]", n, pod_cidr, nodes))
+        nodes.append(_build_node(reader, raw, f"nodes[{n}]", n, pod_cidr, node_network, nodes))
 
     raw_pods = doc.get("pods", []) or []
     if not isinstance(raw_pods, list):
         reader.fail("pods", "must be a list of pods")
     pods = _build_pods(reader, raw_pods, {nd.name: nd for nd in nodes}, check_host)
+    for pod in pods:
+        if pod.netns == f"{name}-outside":
+            reader.fail("pods", f"pod {pod.name!r} would take the name of the cluster's outside "
+                        "namespace")
     options = _build_service_options(reader, c.get("services", {}))
+    allocated = services.allocate(parsed_services, service_cidr)
+    _check_external_ips(allocated, nodes, node_network)
     return Cluster(source=reader.path, name=name, pod_cidr=pod_cidr, service_cidr=service_cidr,
                    overlay=overlay, nodes=tuple(nodes), pods=tuple(pods), fdb_age=fdb_age,
-                   services=tuple(services.allocate(parsed_services, service_cidr)),
-                   service_options=options, manifests=manifests_dir)
+                   services=tuple(allocated), service_options=options, manifests=manifests_dir,
+                   node_network=node_network)
+
+
+def _check_external_ips(services, nodes, node_network) -> None:
+    """An external or load-balancer address must not be a node's or the outside host's."""
+    taken = {n.address: f"node {n.name!r}'s address" for n in nodes}
+    taken[node_network.network_address + 1] = "the outside host's address"
+    for service in services:
+        for ip in service.external_ips:
+            if ip in taken:
+                raise ConfigError(service.source, f"Service {service.key}",
+                                  f"external address {ip} is {taken[ip]}")
 
 
 def _is_prime(n: int) -> bool:
@@ -320,8 +367,8 @@ def _build_overlay(reader: _Reader, raw) -> Overlay:
     )
 
 
-def _build_node(reader: _Reader, raw, where, index, cluster_cidr, earlier) -> Node:
-    d = reader.mapping(raw, where, {"name", "underlay", "podCIDR", "vtepMAC"},
+def _build_node(reader: _Reader, raw, where, index, cluster_cidr, node_network, earlier) -> Node:
+    d = reader.mapping(raw, where, {"name", "underlay", "podCIDR", "vtepMAC", "address"},
                        required=("name", "underlay", "podCIDR"))
     name = reader.string(d["name"], f"{where}.name", _DNS_LABEL,
                          "a DNS label (lowercase letters, digits, '-')")
@@ -341,7 +388,31 @@ def _build_node(reader: _Reader, raw, where, index, cluster_cidr, earlier) -> No
                         f"{cidr} overlaps node {other.name!r}'s podCIDR {other.pod_cidr}")
     vtep_mac = (reader.mac(d["vtepMAC"], f"{where}.vtepMAC") if "vtepMAC" in d
                 else mac_from_ip("0e:76", cidr.network_address))
-    return Node(name=name, index=index, underlay=underlay, pod_cidr=cidr, vtep_mac=vtep_mac)
+    address = _node_address(reader, d, where, index, node_network, earlier)
+    return Node(name=name, index=index, underlay=underlay, pod_cidr=cidr, vtep_mac=vtep_mac,
+                address=address)
+
+
+def _node_address(reader, d, where, index, node_network, earlier):
+    """Given, or the node's place in config order: .2, .3, ... (.1 is the outside host)."""
+    if "address" not in d:
+        candidate = node_network.network_address + 2 + index
+        if any(n.address == candidate for n in earlier):
+            reader.fail(f"{where}.address", f"the default address {candidate} is taken by an "
+                        "earlier node's explicit address; give this node one too")
+        return candidate
+    address = reader.address(d["address"], f"{where}.address")
+    if address not in node_network:
+        reader.fail(f"{where}.address", f"{address} is outside cluster.nodeNetwork {node_network}")
+    reserved = (node_network.network_address, node_network.network_address + 1,
+                node_network.broadcast_address)
+    if address in reserved:
+        reader.fail(f"{where}.address", f"{address} is the network, broadcast or outside host "
+                    f"address of {node_network}")
+    for other in earlier:
+        if other.address == address:
+            reader.fail(f"{where}.address", f"{address} is already node {other.name!r}'s address")
+    return address
 
 
 _POD_FIELDS = {"name", "namespace", "node", "ip", "mac", "labels", "netns", "ports"}

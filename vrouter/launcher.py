@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from vrouter import control, state
+from vrouter import control, outside, state
 from vrouter.config import Cluster
 from vrouter.tap import HostError, check_host, remove_netns
 
@@ -124,6 +124,8 @@ def down(cluster: Cluster, quiet: bool = False) -> int:
             if not quiet:
                 print(f"removed network namespace {name}")
         state.remove_traces(cluster.name, node.name)
+    if outside.release(cluster) and not quiet:   # left behind by nodes killed with SIGKILL
+        print(f"removed network namespace {cluster.outside_netns}")
     return 0
 
 
@@ -131,7 +133,7 @@ def summary(cluster: Cluster) -> str:
     lines = [f"vrouter: cluster {cluster.name!r} is up ({cluster.source})", ""]
     for node in cluster.nodes:
         lines.append(f"  node {node.name}: podCIDR {node.pod_cidr}, gateway {node.gateway}, "
-                     f"underlay {node.underlay}:{cluster.overlay.port}")
+                     f"underlay {node.underlay}:{cluster.overlay.port}, address {node.address}")
         for pod in cluster.pods_of(node.name):
             lines.append(f"    pod {pod.namespace}/{pod.name:<14} {str(pod.ip):<15} netns {pod.netns}")
     pods = cluster.pods
@@ -145,6 +147,13 @@ def summary(cluster: Cluster) -> str:
         lines.append(f"  ip netns exec {b.netns} iperf3 -s -D && ip netns exec {a.netns} iperf3 -c {b.ip}")
     if pods:
         lines.append(f"  ip netns exec {pods[0].netns} tcpdump -ni eth0")
+    lines.append(f"  ip netns exec {cluster.outside_netns} ping -c 3 {cluster.nodes[0].address}"
+                 "     # a node, from outside the cluster")
+    exposed = [(s, sp) for s in cluster.services for sp in s.ports if sp.node_port]
+    if exposed:
+        service, sp = exposed[0]
+        lines.append(f"  ip netns exec {cluster.outside_netns} curl {cluster.nodes[0].address}:"
+                     f"{sp.node_port}     # NodePort of {service.key}")
     lines.append(f"  tcpdump -ni lo udp port {cluster.overlay.port}       # the VXLAN overlay")
     lines.append(f"  vrouter status {cluster.source}")
     lines += ["", "Ctrl-C stops the cluster and removes its namespaces and TAP devices."]

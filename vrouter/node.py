@@ -18,7 +18,7 @@ import time
 import trio
 
 from fastpath.layout import R_DROP_TX_ERROR
-from vrouter import control, state
+from vrouter import control, outside, state
 from vrouter.config import Cluster, ConfigError, load
 from vrouter.dataplane import OVERLAY_TARGET, Dataplane
 from vrouter.status import node_status
@@ -60,6 +60,8 @@ class Node:
         self.node = cluster.node(node_name)
         self.dp = Dataplane(cluster, node_name)
         self.ports: list[PodPort] = []
+        self.uplink: outside.UplinkPort | None = None
+        self.tx: list = []   # what a port number writes to: the pods' TAPs, then the uplink
         self.created_netns: list[str] = []
         self.udp: socket.socket | None = None
         self.raw: socket.socket | None = None
@@ -76,6 +78,8 @@ class Node:
             self.ports.append(attach_pod(self.cluster, pod, stack, self.created_netns))
             state.write_record(self.cluster.name, self.name, self.created_netns)
         state.write_record(self.cluster.name, self.name, self.created_netns)
+        self.uplink = outside.attach(self.cluster, self.node, stack)
+        self.tx = [*self.ports, self.uplink]
 
     def _open_overlay(self, stack: contextlib.ExitStack) -> None:
         addr = str(self.node.underlay)
@@ -104,14 +108,14 @@ class Node:
         for target, frame in out:
             try:
                 if target < OVERLAY_TARGET:
-                    self.ports[target].file.write(frame)
+                    self.tx[target].file.write(frame)
                 else:
                     self.raw.sendto(frame, (self.peer_addrs[target - OVERLAY_TARGET], 0))
             except OSError:
                 self.dp.counters[R_DROP_TX_ERROR] += 1
 
     async def pump_tap(self, port_no: int) -> None:
-        port = self.ports[port_no]
+        port = self.tx[port_no]
         views = self.dp.rx.rx_views
         batch = len(views)
         while True:
@@ -183,21 +187,24 @@ class Node:
             log.warning("node %s: reload refused, keeping the running state: %s", self.name, exc)
             return {"ok": False, "error": str(exc)}
         self.cluster = cluster
+        self.emit(self.dp.slow.announce(self.dp.services.announced))
         log.info("node %s: reloaded: %s", self.name, summary)
         return {"ok": True, **summary}
 
     async def main(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
-                for port_no in range(len(self.ports)):
+                for port_no in range(len(self.tx)):
                     nursery.start_soon(self.pump_tap, port_no)
+                self.emit(self.dp.slow.announce(self.dp.services.announced))
                 nursery.start_soon(self.pump_overlay)
                 nursery.start_soon(self.probe_pods)
                 nursery.start_soon(self.send_keepalives)
                 nursery.start_soon(control.serve, state.socket_path(self.cluster.name, self.name),
                                    {"status": self.status, "reload": self.reload})
-                log.info("node %s up: %d pods, underlay %s:%d", self.name, len(self.ports),
-                         self.node.underlay, self.cluster.overlay.port)
+                log.info("node %s up: %d pods, underlay %s:%d, address %s in %s", self.name,
+                         len(self.ports), self.node.underlay, self.cluster.overlay.port,
+                         self.node.address, self.cluster.outside_netns)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         self.reload()

@@ -273,7 +273,7 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network) -> list[Se
         key = f"{p['namespace']}/{p['name']}"
         ip = p["cluster_ip"]
         if ip is None and not p["headless"]:
-            start = _stable_hash(key) % size
+            start = stable_hash(key) % size
             for k in range(size):
                 candidate = ipaddress.IPv4Address(first + (start + k) % size)
                 if candidate not in used_ips:
@@ -287,7 +287,7 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network) -> list[Se
         for sp in p["ports"]:
             if sp.node_port == 0:
                 low, high = NODE_PORT_RANGE
-                start = _stable_hash(f"{key}/{sp.name}/{sp.protocol}") % (high - low + 1)
+                start = stable_hash(f"{key}/{sp.name}/{sp.protocol}") % (high - low + 1)
                 for k in range(high - low + 1):
                     candidate = low + (start + k) % (high - low + 1)
                     if (sp.protocol, candidate) not in used_ports:
@@ -303,5 +303,5 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network) -> list[Se
     return services
 
 
-def _stable_hash(text: str) -> int:
+def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")

@@ -3,9 +3,12 @@
 Every node serves every Service (as kube-proxy does on each node): the node where a connection
 enters translates it. Frontends of one service port:
   - clusterIP:port, over all endpoints (internalTrafficPolicy Local: this node's only);
-  - each externalIP / load-balancer address :port, over all endpoints with SNAT to the gateway
-    (externalTrafficPolicy Cluster), or over this node's endpoints keeping the client address
-    (Local; no local endpoint -> dropped, as Kubernetes does).
+  - each externalIP / load-balancer address :port, and this node's address :nodePort, over all
+    endpoints with SNAT to the gateway (externalTrafficPolicy Cluster), or over this node's
+    endpoints keeping the client address (Local; no local endpoint -> dropped, as Kubernetes does).
+External addresses inside cluster.nodeNetwork are announced on the outside network by one node
+(it answers ARP for them, as MetalLB's layer-2 mode does): a stable choice among the nodes that
+may serve them (all, or with policy Local those with a local endpoint).
 A frontend whose service port has no endpoints at all rejects at once (TCP RST / ICMP port
 unreachable). Identical backend sets share one Maglev row.
 """
@@ -20,7 +23,7 @@ from fastpath import hashtable
 from fastpath.maglev import populate
 from fastpath.nat import FE_AFFINITY, FE_COLS, FE_EMPTY, FE_ID, FE_ROW, FE_SNAT
 from vrouter.config import Cluster
-from vrouter.services import endpoints
+from vrouter.services import stable_hash, endpoints
 from vrouter.tables import ip_to_int
 
 
@@ -45,6 +48,18 @@ class ServiceTables:
     be_port: np.ndarray
     frontends: list[Frontend] = field(default_factory=list)
     backend_names: list[str] = field(default_factory=list)
+    announced: list[str] = field(default_factory=list)   # addresses this node answers ARP for
+
+
+def announcer(cluster: Cluster, service, address) -> str | None:
+    """The node that announces `address` of `service` on the outside network, or None."""
+    nodes = [n.name for n in cluster.nodes]
+    if service.external_policy == "Local":
+        serving = {e.pod.node for sp in service.ports for e in endpoints(service, sp, cluster.pods)}
+        nodes = [n for n in nodes if n in serving]
+    if not nodes:
+        return None
+    return nodes[stable_hash(f"{service.key}/{address}") % len(nodes)]
 
 
 def frontend_key(ip: int, proto: int, port: int) -> int:
@@ -89,9 +104,13 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
             rows[members] = len(row_arrays) - 1
         return rows[members]
 
+    node_address = cluster.node(node_name).address
+    announced = []
     for service in cluster.services:
         if service.cluster_ip is None:
             continue   # headless: DNS only, nothing to proxy
+        announced += [str(ip) for ip in service.external_ips if ip in cluster.node_network
+                      and announcer(cluster, service, ip) == node_name]
         for sp in service.ports:
             every = endpoints(service, sp, cluster.pods)
             local = [e for e in every if e.pod.node == node_name]
@@ -103,7 +122,11 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
             addresses = [(service.cluster_ip, internal, False, internal_local)]
             addresses += [(ip, external, not external_local, external_local)
                           for ip in service.external_ips]
-            for address, eps, snat, node_local in addresses:
+            ports = [sp.port] * len(addresses)
+            if sp.node_port:
+                addresses.append((node_address, external, not external_local, external_local))
+                ports.append(sp.node_port)
+            for (address, eps, snat, node_local), port in zip(addresses, ports):
                 row = row_for(eps)
                 values = [0] * FE_COLS
                 values[FE_ROW] = row
@@ -111,9 +134,9 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
                 values[FE_SNAT] = int(snat)
                 values[FE_ID] = fe_id
                 values[FE_EMPTY] = int(bool(every) and not eps)   # policy Local, none here: drop
-                entries.append((frontend_key(ip_to_int(address), sp.proto_number, sp.port), values))
+                entries.append((frontend_key(ip_to_int(address), sp.proto_number, port), values))
                 scope = "node-local" if node_local else "cluster"
-                frontends.append(Frontend(service.key, sp.name, str(address), sp.protocol, sp.port,
+                frontends.append(Frontend(service.key, sp.name, str(address), sp.protocol, port,
                                           [f"{e.pod.ip}:{e.port}" for e in eps], snat, scope))
 
     fe_keys = hashtable.new_keys(max(1, len(entries)))
@@ -123,4 +146,5 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
     maglev = (np.stack(row_arrays) if row_arrays else np.full((1, size), -1, dtype=np.int32))
     be_ip = np.array([ip for ip, _ in backends] or [0], dtype=np.int64)
     be_port = np.array([port for _, port in backends] or [0], dtype=np.int64)
-    return ServiceTables(fe_keys, fe_vals, maglev, be_ip, be_port, frontends, backend_names)
+    return ServiceTables(fe_keys, fe_vals, maglev, be_ip, be_port, frontends, backend_names,
+                         sorted(set(announced)))

@@ -1,7 +1,7 @@
 """The slow path: scapy handles what the fast path flags (ARP, traffic to the gateway, ICMP errors).
 
 Sans-IO: frames in, frames out. `handle` returns
-  - l2: [(port, frame)] to write to a pod port as they are (ARP replies), and
+  - l2: [(port, frame)] to write to a port as they are (ARP replies and requests), and
   - routed: [frame] IPv4 frames the gateway originates, addressed to the gateway MAC; the data
     plane runs them through the fast path so that they reach local pods or go over the overlay.
 """
@@ -17,8 +17,8 @@ from scapy.packet import Raw
 
 from fastpath.layout import (
     R_DROP_SLOWPATH_IGNORED, R_DROP_SLOWPATH_RATELIMITED, R_DROP_SPOOFED_IP, R_SLOW_ARP,
-    R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE, R_SLOW_NO_ROUTE, R_SLOW_TO_GATEWAY,
-    R_SLOW_SERVICE_REJECT, R_SLOW_TTL_EXCEEDED,
+    R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE, R_SLOW_NO_ROUTE, R_SLOW_OUTSIDE_ARP_NEEDED,
+    R_SLOW_TO_GATEWAY, R_SLOW_SERVICE_REJECT, R_SLOW_TTL_EXCEEDED,
 )
 from vrouter.config import Cluster
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 ICMP_ERROR_TYPES = {3, 4, 5, 11, 12}
 ICMP_QUOTE_LIMIT = 576 - 20 - 8   # RFC 1812 4.3.2.3: the error datagram stays within 576 bytes
+ARP_RETRY = 1.0   # seconds between two ARP requests for the same outside address
 
 
 class TokenBucket:
@@ -60,6 +61,25 @@ class SlowPath:
         self.mac_of_ip = {str(p.ip): p.mac for p in self.pods}
         self.answered: set[int] = set()   # ports whose pod answered the gateway's ARP probe
         self.neighbours: dict[str, tuple[str, int, float]] = {}   # ip -> (mac, port, last seen)
+        # the outside network: our uplink port, where we are a host with the node address
+        self.clock = clock
+        self.uplink = len(self.pods)
+        self.node_address = str(node.address)
+        self.node_mac = node.mac
+        self.node_network = cluster.node_network
+        self.announced: set[str] = set()   # load-balancer addresses we answer ARP for
+        self.asked: dict[str, float] = {}   # outside address -> when we last asked with ARP
+
+    def announce(self, addresses) -> list:
+        """Answer ARP for these external addresses from now on; returns gratuitous ARPs for the
+        node address and every address newly ours, so the outside learns them at once."""
+        new = set(addresses) - self.announced
+        self.announced = set(addresses)
+        return [(self.uplink, self._garp(ip)) for ip in [self.node_address, *sorted(new)]]
+
+    def _garp(self, ip: str) -> bytes:
+        return bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=self.node_mac)
+                     / ARP(op=1, hwsrc=self.node_mac, psrc=ip, hwdst="00:00:00:00:00:00", pdst=ip))
 
     # --- entry point ---------------------------------------------------------------------------
 
@@ -70,7 +90,11 @@ class SlowPath:
             return [], []
         try:
             if reason == R_SLOW_ARP:
+                if in_port == self.uplink:
+                    return self._arp_outside(frame), []
                 return self._arp(frame, in_port), []
+            if reason == R_SLOW_OUTSIDE_ARP_NEEDED:
+                return self._resolve(frame), []
             routed = self._ip(frame, reason)
         except Exception:   # a malformed frame must never take the node down
             log.debug("slow path could not handle a frame", exc_info=True)
@@ -119,6 +143,31 @@ class SlowPath:
         reply = Ether(dst=arp.hwsrc, src=answer) / ARP(
             op=2, hwsrc=answer, psrc=arp.pdst, hwdst=arp.hwsrc, pdst=arp.psrc)
         return [(in_port, bytes(reply))]
+
+    # --- ARP on the outside network: the node as a host there -----------------------------------
+
+    def _arp_outside(self, frame: bytes):
+        """Answer requests for the node address and the addresses we announce; the fast path has
+        already learned the sender. Requests for other hosts on the bridge are not ours."""
+        arp = Ether(frame).getlayer(ARP)
+        if arp is None or arp.op != 1 or arp.hwtype != 1 or arp.ptype != 0x0800:
+            return []
+        if arp.pdst != self.node_address and arp.pdst not in self.announced:
+            return []
+        reply = Ether(dst=arp.hwsrc, src=self.node_mac) / ARP(
+            op=2, hwsrc=self.node_mac, psrc=arp.pdst, hwdst=arp.hwsrc, pdst=arp.psrc)
+        return [(self.uplink, bytes(reply))]
+
+    def _resolve(self, frame: bytes):
+        """A packet for an outside address we have no MAC for: ask (at most once a second)."""
+        dst = Ether(frame)[IP].dst
+        now = self.clock()
+        if now - self.asked.get(dst, -ARP_RETRY) < ARP_RETRY:
+            return []
+        self.asked[dst] = now
+        request = Ether(dst="ff:ff:ff:ff:ff:ff", src=self.node_mac) / ARP(
+            op=1, hwsrc=self.node_mac, psrc=self.node_address, pdst=dst)
+        return [(self.uplink, bytes(request))]
 
     # --- IPv4: the gateway as a host, and the ICMP errors a router owes -------------------------
 
@@ -175,7 +224,10 @@ class SlowPath:
         if not self._may_send_error(ip):
             return None
         quote = bytes(ip)[:ICMP_QUOTE_LIMIT]
-        return [IP(src=self.gateway, dst=ip.src, ttl=64)
+        # a router answers from the interface the packet came in on
+        src = self.node_address if ipaddress.IPv4Address(ip.src) in self.node_network \
+            else self.gateway
+        return [IP(src=src, dst=ip.src, ttl=64)
                 / ICMP(type=icmp_type, code=code, nexthopmtu=nexthopmtu) / Raw(quote)]
 
     def _may_send_error(self, ip) -> bool:

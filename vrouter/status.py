@@ -1,13 +1,27 @@
 """What `vrouter status` shows: a node's ports, MAC table, ARP entries, peers and counters."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 
 import numpy as np
 
 from fastpath.forward import FDB_PORT, FDB_SEEN, FDB_STATIC
-from vrouter.tables import int_to_mac
+from vrouter.tables import int_to_mac, ip_to_int
+
+
+def _outside(node) -> dict:
+    t = node.dp.tables
+    known = np.nonzero(t.nb_keys)[0].tolist()
+    neighbours = sorted((int(t.nb_keys[j]), int_to_mac(int(t.nb_mac[j]))) for j in known)
+    return {"netns": node.cluster.outside_netns,
+            "interface": node.uplink.ifname if node.uplink else None,
+            "address": f"{node.node.address}/{node.cluster.node_network.prefixlen}",
+            "mac": node.node.mac,
+            "announced": sorted(node.dp.slow.announced, key=ip_to_int),
+            "neighbours": [{"ip": str(ipaddress.IPv4Address(ip)), "mac": mac}
+                           for ip, mac in neighbours]}
 
 
 def node_status(node) -> dict:
@@ -46,6 +60,7 @@ def node_status(node) -> dict:
                    "mac": p.pod.mac, "ip": str(p.pod.ip)} for k, p in enumerate(node.ports)],
         "fdb": sorted(fdb, key=lambda e: (e["port"], e["mac"])),
         "arp": neighbours,
+        "outside": _outside(node),
         "peers": [{"node": p.name, "underlay": str(p.underlay), "podCIDR": str(p.pod_cidr),
                    "vtepMAC": p.vtep_mac, "up": dp.peer_is_up(k)}
                   for k, p in enumerate(dp.peers)],
@@ -74,6 +89,11 @@ def render(status: dict, show_zero: bool = False) -> str:
     lines.append("  arp:")
     for e in status["arp"]:
         lines.append(f"    {e['ip']:<15} {e['mac']}  {e['what']}")
+    o = status["outside"]
+    lines.append(f"  outside: {o['address']} {o['mac']} on {o['interface']} in {o['netns']}"
+                 + (f", announcing {', '.join(o['announced'])}" if o["announced"] else ""))
+    for e in o["neighbours"]:
+        lines.append(f"    {e['ip']:<15} {e['mac']}")
     if status["peers"]:
         lines.append("  overlay peers:")
         for p in status["peers"]:

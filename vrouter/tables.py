@@ -10,11 +10,13 @@ from fastpath import hashtable
 from fastpath.forward import FDB_PORT, FDB_STATIC
 from fastpath.layout import (
     PARAM_COUNT, P_CLUSTER_MASK, P_CLUSTER_NET, P_FDB_AGE, P_GW_IP, P_GW_MAC, P_LOCAL_MASK,
-    P_LOCAL_NET, P_OVERLAY_PORT, P_PEER_DEAD_AFTER, P_POD_MTU, P_PORT_COUNT, P_UNDERLAY_IP, P_VNI, P_VTEP_MAC,
+    P_LOCAL_NET, P_NODE_IP, P_NODE_MAC, P_OUTSIDE_MASK, P_OUTSIDE_NET, P_OVERLAY_PORT,
+    P_PEER_DEAD_AFTER, P_POD_MTU, P_PORT_COUNT, P_UNDERLAY_IP, P_UPLINK_PORT, P_VNI, P_VTEP_MAC,
 )
 from vrouter.config import Cluster
 
 FDB_MIN_ENTRIES = 4096
+NEIGHBOUR_MIN_ENTRIES = 1024
 PEER_DEAD_AFTER = 3   # seconds without any datagram from a peer
 
 
@@ -50,6 +52,8 @@ class Tables:
     peer_ip: np.ndarray
     peer_vtep_mac: np.ndarray
     peer_seen: np.ndarray
+    nb_keys: np.ndarray
+    nb_mac: np.ndarray
     # services (rebuilt on reload) and their state (kept across reloads)
     fe_keys: np.ndarray
     fe_vals: np.ndarray
@@ -90,6 +94,11 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray, services=None)
     params[P_UNDERLAY_IP] = ip_to_int(node.underlay)
     params[P_OVERLAY_PORT] = cluster.overlay.port
     params[P_PEER_DEAD_AFTER] = PEER_DEAD_AFTER
+    params[P_UPLINK_PORT] = len(pods)
+    params[P_NODE_IP] = ip_to_int(node.address)
+    params[P_NODE_MAC] = mac_to_int(node.mac)
+    params[P_OUTSIDE_NET] = ip_to_int(cluster.node_network.network_address)
+    params[P_OUTSIDE_MASK] = ip_to_int(cluster.node_network.netmask)
 
     port_mac = np.array([mac_to_int(p.mac) for p in pods], dtype=np.int64)
     port_ip = np.array([ip_to_int(p.ip) for p in pods], dtype=np.int64)
@@ -116,6 +125,13 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray, services=None)
         route_peer[hashtable.find_or_claim(route_keys, ip_to_int(peer.pod_cidr.network_address))] = k
         peer_index[hashtable.find_or_claim(peer_keys, ip_to_int(peer.underlay))] = k
 
+    # outside neighbours: the other nodes and the outside host are known; the rest is gleaned
+    nb_keys = hashtable.new_keys(max(NEIGHBOUR_MIN_ENTRIES, 2 * len(cluster.nodes)))
+    nb_mac = np.zeros(nb_keys.shape[0], dtype=np.int64)
+    known = [(n.address, n.mac) for n in peers] + [(cluster.outside_host, cluster.outside_host_mac)]
+    for address, mac in known:
+        nb_mac[hashtable.find_or_claim(nb_keys, ip_to_int(address))] = mac_to_int(mac)
+
     return Tables(
         params=params,
         counters=counters,
@@ -133,6 +149,8 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray, services=None)
         peer_ip=np.array([ip_to_int(p.underlay) for p in peers], dtype=np.int64),
         peer_vtep_mac=np.array([mac_to_int(p.vtep_mac) for p in peers], dtype=np.int64),
         peer_seen=np.zeros(len(peers), dtype=np.int64),
+        nb_keys=nb_keys,
+        nb_mac=nb_mac,
         **service_arrays(services),
         **dict(zip(("ct_keys", "ct_vals"), new_state_table(2 * flows, CT_COLS))),
         **dict(zip(("aff_keys", "aff_vals"), new_state_table(flows // 4, 3))),

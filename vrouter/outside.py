@@ -1,0 +1,162 @@
+"""The outside network: a namespace that plays the hosts outside the cluster, and each node's
+interface on it (what a node's eth0 on the data-centre LAN is in a real cluster).
+
+The namespace CLUSTER-outside holds a bridge `br0` with the first address of cluster.nodeNetwork
+(172.18.0.1 by default). Every vrouter node adds one TAP to that bridge: the TAP's kernel end is a
+bridge port, and the node answers on it as the host with its node address (172.18.0.2, .3, ...),
+so `ip netns exec CLUSTER-outside curl 172.18.0.2:NODEPORT` reaches a NodePort. The namespace also
+routes each node's podCIDR via the node's address, as a cloud VPC route table would.
+
+Nodes start and stop independently, so the namespace is shared: the first node to attach creates
+it and the last one to leave removes it, both under one lock; `vrouter down` removes one that
+nodes killed with SIGKILL left behind (their TAPs vanished with them, so its bridge is empty).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import os
+import secrets
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+from pytun import IFF_NO_PI, IFF_TAP, TunTapDevice
+
+from vrouter import netns, state
+from vrouter.config import Cluster, Node
+from vrouter.tap import HostError
+
+BRIDGE = "br0"
+
+
+class UplinkPort:
+    """A node's TAP on the outside bridge: its fd (non-blocking) for the node's I/O loop."""
+
+    def __init__(self, tap: TunTapDevice, ifname: str):
+        self.tap = tap
+        self.ifname = ifname
+        self.fd = tap.fileno()
+        os.set_blocking(self.fd, False)
+        self.file = io.FileIO(self.fd, "r+b", closefd=False)
+
+    def close(self) -> None:
+        self.file.close()
+        self.tap.close()
+
+
+@contextlib.contextmanager
+def _locked():
+    """One machine-wide lock for creating, joining and removing outside namespaces."""
+    state.STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state.STATE_ROOT, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def interface_name(node: Node) -> str:
+    """The node's bridge port as seen in the outside namespace (interface names: 15 chars)."""
+    return node.name if len(node.name) <= 15 else f"node{node.index}"
+
+
+def attach(cluster: Cluster, node: Node, stack: contextlib.ExitStack) -> UplinkPort:
+    """Create the node's TAP on the outside bridge (and the namespace, if it is the first)."""
+    with _locked():
+        _ensure_namespace(cluster)
+        tap = TunTapDevice(name="vru" + secrets.token_hex(5), flags=IFF_TAP | IFF_NO_PI)
+        port = UplinkPort(tap, interface_name(node))
+        stack.callback(detach, cluster, node, port)
+        path = os.path.join(netns.NETNS_DIR, cluster.outside_netns)
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=tap.name)[0]
+            try:
+                ipr.link("set", index=index, net_ns_fd=path, ifname=port.ifname)
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    raise HostError(f"{cluster.outside_netns} already has an interface "
+                                    f"{port.ifname!r}: is node {node.name!r} running already?") \
+                        from None
+                raise
+        with IPRoute(netns=path) as ipr:
+            bridge = ipr.link_lookup(ifname=BRIDGE)[0]
+            index = ipr.link_lookup(ifname=port.ifname)[0]
+            ipr.link("set", index=index, master=bridge, mtu=cluster.overlay.pod_mtu, state="up")
+            ipr.route("replace", dst=str(node.pod_cidr), gateway=str(node.address))
+        return port
+
+
+def detach(cluster: Cluster, node: Node, port: UplinkPort) -> None:
+    with _locked():
+        port.close()   # the TAP, and with it the bridge port, vanishes
+        path = os.path.join(netns.NETNS_DIR, cluster.outside_netns)
+        if not os.path.exists(path):
+            return
+        with IPRoute(netns=path) as ipr:
+            with contextlib.suppress(NetlinkError):
+                ipr.route("del", dst=str(node.pod_cidr), gateway=str(node.address))
+        _remove_if_unused(cluster)
+
+
+def release(cluster: Cluster) -> bool:
+    """Remove the outside namespace if no node is attached any more (`vrouter down`)."""
+    with _locked():
+        return _remove_if_unused(cluster)
+
+
+def _remove_if_unused(cluster: Cluster) -> bool:
+    path = os.path.join(netns.NETNS_DIR, cluster.outside_netns)
+    if not os.path.exists(path):
+        return False
+    with IPRoute(netns=path) as ipr:
+        found = ipr.link_lookup(ifname=BRIDGE)
+        if not found:
+            return False   # not ours: never delete a namespace we did not make
+        if any(link.get("master") == found[0] for link in ipr.get_links()):
+            return False
+    netns.remove(cluster.outside_netns)
+    return True
+
+
+def _ensure_namespace(cluster: Cluster) -> None:
+    path = os.path.join(netns.NETNS_DIR, cluster.outside_netns)
+    if os.path.exists(path):
+        with IPRoute(netns=path) as ipr:
+            if not ipr.link_lookup(ifname=BRIDGE):
+                raise HostError(f"network namespace {cluster.outside_netns!r} exists but is not "
+                                "a vrouter outside network (no br0); remove or rename it")
+        return
+    try:
+        netns.create(cluster.outside_netns)
+    except OSError as exc:
+        raise HostError(f"cannot create network namespace {cluster.outside_netns!r}: {exc}") \
+            from None
+    try:
+        _quiet_ipv6(path)
+        with IPRoute(netns=path) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            ipr.link("add", ifname=BRIDGE, kind="bridge")
+            bridge = ipr.link_lookup(ifname=BRIDGE)[0]
+            ipr.link("set", index=bridge, address=cluster.outside_host_mac,
+                     mtu=cluster.overlay.pod_mtu, state="up")
+            ipr.addr("add", index=bridge, address=str(cluster.outside_host),
+                     prefixlen=cluster.node_network.prefixlen)
+    except Exception:
+        netns.remove(cluster.outside_netns)
+        raise
+
+
+def _quiet_ipv6(path: str) -> None:
+    """IPv4 only, as the pods: no router solicitations or MLD reports on the bridge."""
+    pr_netns.pushns(path)
+    try:
+        for scope in ("all", "default"):
+            with contextlib.suppress(OSError), \
+                    open(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6", "w") as f:
+                f.write("1")
+    finally:
+        pr_netns.popns()
