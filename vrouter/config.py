@@ -323,23 +323,13 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
             reader.fail("pods", f"pod {pod.name!r} would take the name of the cluster's outside "
                         "namespace")
     options = _build_service_options(reader, c.get("services", {}))
-    allocated = services.allocate(parsed_services, service_cidr)
-    _check_external_ips(allocated, nodes, node_network)
+    reserved = {n.address: f"the address of node {n.name!r}" for n in nodes}
+    reserved[node_network.network_address + 1] = "the outside host's address"
+    allocated = services.allocate(parsed_services, service_cidr, reserved)
     return Cluster(source=reader.path, name=name, pod_cidr=pod_cidr, service_cidr=service_cidr,
                    overlay=overlay, nodes=tuple(nodes), pods=tuple(pods), fdb_age=fdb_age,
                    services=tuple(allocated), service_options=options, manifests=manifests_dir,
                    node_network=node_network)
-
-
-def _check_external_ips(services, nodes, node_network) -> None:
-    """An external or load-balancer address must not be a node's or the outside host's."""
-    taken = {n.address: f"node {n.name!r}'s address" for n in nodes}
-    taken[node_network.network_address + 1] = "the outside host's address"
-    for service in services:
-        for ip in service.external_ips:
-            if ip in taken:
-                raise ConfigError(service.source, f"Service {service.key}",
-                                  f"external address {ip} is {taken[ip]}")
 
 
 def _is_prime(n: int) -> bool:

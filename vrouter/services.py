@@ -238,9 +238,12 @@ def _ports(reader, raw, where, kind, headless, allocate_node_ports):
     return tuple(ports)
 
 
-def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network) -> list[Service]:
+def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network,
+             reserved: dict | None = None) -> list[Service]:
     """Give open clusterIPs and nodePorts deterministic values (hash of the name, then probing),
-    after every explicitly given one is known; report clashes between given ones."""
+    after every explicitly given one is known; report clashes between given ones, and external
+    addresses that are `reserved` ({address: whose}, e.g. node addresses)."""
+    reserved = reserved or {}
     used_ips: dict = {}
     used_ports: dict = {}
     keys: set = set()
@@ -250,6 +253,10 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network) -> list[Se
             raise ConfigError(p["source"], f"{p['where']}.metadata.name",
                               f"duplicate Service {key}")
         keys.add(key)
+        for address in p["external_ips"]:
+            if address in reserved:
+                raise ConfigError(p["source"], f"{p['where']}.spec",
+                                  f"external address {address} is {reserved[address]}")
         ip = p["cluster_ip"]
         if ip is not None:
             if ip not in service_cidr:

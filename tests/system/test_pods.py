@@ -130,7 +130,7 @@ def test_spoofed_and_malformed_frames_are_dropped_and_counted(demo):
 
 def test_sigterm_removes_namespaces_taps_and_processes(make_cluster):
     cluster = make_cluster(pods_per_node=(1, 1))
-    names = {cluster.pod("a1"), cluster.pod("b1")}
+    names = {cluster.pod("a1"), cluster.pod("b1"), f"{cluster.prefix}-outside"}
     assert names <= list_netns()
     output = cluster.stop(signal.SIGTERM)
     assert cluster.proc.returncode == 0, output
@@ -145,11 +145,12 @@ def test_killed_nodes_are_cleaned_up_by_vrouter_down(make_cluster):
     cluster.proc.wait()
     for pid in pids:
         subprocess.run(["kill", "-9", str(pid)])
-    assert cluster.pod("a1") in list_netns()
+    assert {cluster.pod("a1"), f"{cluster.prefix}-outside"} <= list_netns()
     down = subprocess.run([sys.executable, "-m", "vrouter", "down", str(cluster.path)],
                           capture_output=True, text=True)
     assert down.returncode == 0
     assert f"removed network namespace {cluster.pod('a1')}" in down.stdout
+    assert f"removed network namespace {cluster.prefix}-outside" in down.stdout
     assert cluster.leftovers() == []
 
 

@@ -46,6 +46,41 @@ spec:
   ports: [{{name: t, port: 80}}, {{name: u, port: 80, protocol: UDP}}]
 """
 
+# what the outside network sees: NodePorts (policy Cluster), a load-balancer address (policy
+# Local), and a service port whose backends do not listen (their ICMP errors come back translated)
+NODE_A, NODE_B, OUTSIDE_HOST, LB_IP, DEAD_VIP = (
+    "172.18.0.2", "172.18.0.3", "172.18.0.1", "172.18.0.100", "10.96.0.13")
+OUTSIDE_SERVICES = SERVICES + f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-nodeport}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports:
+    - {{name: http, port: 80, targetPort: http, nodePort: 30080}}
+    - {{name: echo, port: 53, protocol: UDP, targetPort: {UDP_PORT}, nodePort: 30053}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-lb}}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http, nodePort: 30081}}]
+status: {{loadBalancer: {{ingress: [{{ip: {LB_IP}}}]}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: deaf}}
+spec:
+  clusterIP: {DEAD_VIP}
+  selector: {{app: web}}
+  ports: [{{port: 53, protocol: UDP, targetPort: 9999}}]
+"""
+
 CLIENT_SNIPPET = """
 import socket, sys
 proto, host, port, size, sport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -98,7 +133,7 @@ def echo_servers(cluster, shorts=("a1", "a2", "b1")):
 def svc_cluster(tmp_path_factory):
     prefix = new_prefix()
     cluster = Cluster(tmp_path_factory.mktemp("svc"), pods_per_node=(0, 0),
-                      extra_pods=service_pods(prefix), services=SERVICES, prefix=prefix)
+                      extra_pods=service_pods(prefix), services=OUTSIDE_SERVICES, prefix=prefix)
     cluster.start()
     try:
         with echo_servers(cluster):
@@ -157,6 +192,65 @@ def test_service_without_endpoints_refuses_at_once(svc_cluster):
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); "
         f"s.connect(('{EMPTY_VIP}', 80)); s.send(b'x'); s.recv(10)"))
     assert udp.returncode != 0 and "ConnectionRefusedError" in udp.stderr   # ICMP port unreachable
+
+
+def test_udp_to_a_backend_that_does_not_listen_is_refused_through_the_service(svc_cluster):
+    # the backend's ICMP port unreachable quotes the translated datagram; only once translated
+    # back (from the service address, quoting the VIP) does the client's socket accept it
+    udp = svc_cluster.sh("b2", sys.executable, "-c", (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); "
+        f"s.connect(('{DEAD_VIP}', 53)); s.send(b'x'); s.recv(10)"))
+    assert udp.returncode != 0 and "ConnectionRefusedError" in udp.stderr
+    assert sum(svc_cluster.counters(n)["ct_icmp_translated"] for n in ("node-a", "node-b")) >= 1
+
+
+# --- from outside the cluster ----------------------------------------------------------------
+
+def outside(cluster):
+    return f"{cluster.prefix}-outside"
+
+
+@pytest.mark.parametrize("proto, port", [("tcp", 30080), ("udp", 30053)])
+@pytest.mark.parametrize("node, gateway", [(NODE_A, "10.244.1.1"), (NODE_B, "10.244.2.1")])
+def test_nodeport_from_outside_reaches_every_endpoint_and_hides_the_client(svc_cluster, proto,
+                                                                          port, node, gateway):
+    seen = set()
+    for _ in range(40):
+        backend, source = client(svc_cluster, outside(svc_cluster), proto, node, port)[:2]
+        assert source == gateway   # externalTrafficPolicy Cluster: SNAT to the entry node
+        seen.add(backend)
+        if seen == {"a1", "a2", "b1"}:
+            break
+    assert seen == {"a1", "a2", "b1"}
+
+
+def test_load_balancer_address_with_policy_local_keeps_the_client_address(svc_cluster):
+    announcer = [n for n in ("node-a", "node-b")
+                 if LB_IP in svc_cluster.status(n)["outside"]["announced"]]
+    assert len(announcer) == 1   # one node answers ARP for it, as MetalLB's layer-2 mode
+    local = {"node-a": {"a1", "a2"}, "node-b": {"b1"}}[announcer[0]]
+    seen = set()
+    for _ in range(20):
+        backend, source = client(svc_cluster, outside(svc_cluster), "tcp", LB_IP, 80)[:2]
+        assert source == OUTSIDE_HOST and backend in local
+        seen.add(backend)
+    assert seen == local
+    for node, pods in ((NODE_A, {"a1", "a2"}), (NODE_B, {"b1"})):   # its NodePort, per node
+        backend, source = client(svc_cluster, outside(svc_cluster), "tcp", node, 30081)[:2]
+        assert source == OUTSIDE_HOST and backend in pods
+
+
+def test_a_pod_reaches_another_nodes_nodeport_over_the_outside_network(svc_cluster):
+    before = svc_cluster.counters("node-b")["to_outside"]
+    backend, source = client(svc_cluster, "b2", "tcp", NODE_A, 30080)[:2]
+    assert backend in {"a1", "a2", "b1"} and source == "10.244.1.1"
+    assert svc_cluster.counters("node-b")["to_outside"] > before
+
+
+def test_the_outside_host_pings_nodes_and_pods(svc_cluster):
+    for target in (NODE_A, NODE_B, svc_cluster.ip("a1"), svc_cluster.ip("b2")):
+        ping = svc_cluster.sh(outside(svc_cluster), "ping", "-c", "1", "-W", "2", target)
+        assert ping.returncode == 0, ping.stdout
 
 
 HOLD_CLIENT = """

@@ -74,6 +74,19 @@ def test_the_shipped_demo_config_is_valid():
     (("underlay: 127.0.0.12", "underlay: 127.0.0.11"), "nodes[1].underlay", "already node 'node-a'"),
     (("underlay: 127.0.0.12", "underlay: 127.0.0.300"), "nodes[1].underlay", "not a valid IPv4 address"),
     (("serviceCIDR: 10.96.0.0/16", "serviceCIDR: 10.240.0.0/12"), "cluster.serviceCIDR", "overlaps"),
+    (("serviceCIDR: 10.96.0.0/16", "serviceCIDR: 10.96.0.0/16\n  nodeNetwork: 10.96.7.0/24"),
+     "cluster.nodeNetwork", "overlaps cluster.serviceCIDR"),
+    (("serviceCIDR: 10.96.0.0/16", "serviceCIDR: 10.96.0.0/16\n  nodeNetwork: 172.18.0.0/30"),
+     "cluster.nodeNetwork", "no room for 2 nodes"),
+    (("podCIDR: 10.244.2.0/24}", "podCIDR: 10.244.2.0/24, address: 172.19.0.3}"),
+     "nodes[1].address", "outside cluster.nodeNetwork 172.18.0.0/24"),
+    (("podCIDR: 10.244.2.0/24}", "podCIDR: 10.244.2.0/24, address: 172.18.0.1}"),
+     "nodes[1].address", "outside host"),
+    (("podCIDR: 10.244.2.0/24}", "podCIDR: 10.244.2.0/24, address: 172.18.0.2}"),
+     "nodes[1].address", "already node 'node-a'"),
+    (("podCIDR: 10.244.1.0/24}", "podCIDR: 10.244.1.0/24, address: 172.18.0.3}"),
+     "nodes[1].address", "taken by an earlier node"),
+    (("name: client", "name: c-outside"), "pods", "outside namespace"),
 ])
 def test_bad_config_names_file_field_and_problem(edit, field, words):
     old, new = edit
@@ -84,6 +97,31 @@ def test_bad_config_names_file_field_and_problem(edit, field, words):
     assert err.value.field_path == field
     assert words in err.value.problem
     assert str(err.value).startswith(f"c.yaml: {field}: ")
+
+
+def test_node_addresses_default_to_config_order_on_the_node_network():
+    c = parse(BASE)
+    assert [n.address for n in c.nodes] == [IPv4Address("172.18.0.2"), IPv4Address("172.18.0.3")]
+    assert c.node("node-a").mac == "02:76:ac:12:00:02"
+    assert (c.outside_netns, c.outside_host) == ("c-outside", IPv4Address("172.18.0.1"))
+    c = parse(BASE.replace("serviceCIDR: 10.96.0.0/16",
+                           "serviceCIDR: 10.96.0.0/16\n  nodeNetwork: 192.168.50.0/24").replace(
+        "podCIDR: 10.244.2.0/24}", "podCIDR: 10.244.2.0/24, address: 192.168.50.77}"))
+    assert [str(n.address) for n in c.nodes] == ["192.168.50.2", "192.168.50.77"]
+
+
+def test_an_external_address_may_not_be_a_node_address():
+    text = BASE + textwrap.dedent("""
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web}
+        spec: {selector: {app: web}, externalIPs: [172.18.0.3], ports: [{port: 80}]}
+        """)
+    with pytest.raises(config.ConfigError, match="172.18.0.3 is the address of node 'node-b'") \
+            as err:
+        parse(text)
+    assert err.value.field_path == "document 2.spec"
 
 
 def test_other_kubernetes_kinds_are_refused():
