@@ -337,6 +337,15 @@ def nat_stage(buf, i, ip, may_open, now, gw_ip, counters, fe_keys, fe_vals, magl
     dport = read16(buf, i, l4 + 2)
     k0, k1 = tuple_key(src, dst, proto, sport, dport)
     j = wfind(ct_keys, ct_vals, CT_EXPIRES, k0, k1, now)
+    if j >= 0 and proto == 6 and (ct_vals[j, CT_STATE] & ST_CLOSED) and (buf[i, l4 + 13] & 0x02):
+        # a SYN on a closed connection's tuple starts a new connection (as Linux conntrack
+        # does): forget the old one, or its reply entry would rewrite a direct connection that
+        # happens to reuse the backend's 4-tuple
+        p = _partner(ct_keys, ct_vals, j, proto, now)
+        if p >= 0:
+            ct_vals[p, CT_EXPIRES] = now - 1
+        ct_vals[j, CT_EXPIRES] = now - 1
+        j = -1
     if j < 0:
         if not may_open:
             return NAT_PASS

@@ -248,3 +248,28 @@ def test_tcp_connections_time_out_by_state():
     assert dp.tables.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_CLOSED
     now[0] += nat.T_TCP_CLOSED + 1
     assert ct_entry(dp, sport) < 0
+
+
+def test_a_syn_on_a_closed_connections_tuple_starts_afresh():
+    dp = make_dp()
+    for sport in range(51000, 51100):
+        ((target, frame),) = dp.process([(0, bytes(to_vip(sport)))])
+        if target == 1:
+            break
+    synack = Ether(src=B_MAC, dst=GW_MAC) / IP(src=B_IP, dst=A_IP) / TCP(sport=8080, dport=sport,
+                                                                          flags="SA")
+    dp.process([(1, bytes(synack))])
+    rst = to_vip(sport)
+    rst[TCP].flags = "R"
+    dp.process([(0, bytes(rst))])   # closed: both entries linger for T_TCP_CLOSED
+    # a direct connection to the backend on the same 4-tuple: its SYN-ACK is not the old reply
+    direct = Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst=B_IP) / TCP(sport=sport, dport=8080,
+                                                                          flags="S")
+    ((target, frame),) = dp.process([(0, bytes(direct))])
+    assert target == 1 and Ether(frame)[IP].dst == B_IP
+    ((target, frame),) = dp.process([(1, bytes(synack))])
+    assert target == 0 and Ether(frame)[IP].src == B_IP and Ether(frame)[TCP].sport == 8080
+    # and a new SYN to the service on the old tuple is a new connection (a new Maglev choice)
+    new_flows = dp.counter_dict()["svc_new_flows"]
+    dp.process([(0, bytes(to_vip(sport)))])
+    assert dp.counter_dict()["svc_new_flows"] == new_flows + 1
