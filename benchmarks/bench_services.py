@@ -8,7 +8,9 @@ kube-proxy-style iptables rules on node 1 to the two pods of node 2. The vrouter
 same shape: a client pod on node-a, two backends on node-b, and a Service 10.96.0.10:5201 over
 them. Both run the same tool (benchmarks/tcp_load.py): one bulk TCP connection (Gbit/s) and
 connections opened and closed by several threads (connections per second), each once to the
-ClusterIP and once straight to a backend pod, so the cost of the service itself shows too.
+ClusterIP and once straight to a backend pod, so the cost of the service itself shows too. The
+direct runs use another server port (5202): otherwise their 4-tuples would collide with the
+ClusterIP runs' connections still remembered by conntrack (both the kernel's and vrouter's).
 Needs root, iproute2 and iptables; everything it creates is removed at the end.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from benchmarks.bench_pods import KERNEL_SCRIPT
 from tests.system.cluster import Cluster, netns_exec, new_prefix, wait_for
 
 TOOL = str(Path(__file__).with_name("tcp_load.py"))
-VIP, PORT = "10.96.0.10", 5201
+VIP, PORT, DIRECT_PORT = "10.96.0.10", 5201, 5202
 SERVICE = f"""
 ---
 apiVersion: v1
@@ -74,17 +76,17 @@ def main() -> int:
         for _client, backends, _direct in setups.values():
             for netns in backends:
                 servers.append(subprocess.Popen(["ip", "netns", "exec", netns, sys.executable,
-                                                 TOOL, "serve", str(PORT)]))
+                                                 TOOL, "serve", str(PORT), str(DIRECT_PORT)]))
                 wait_for(lambda: f":{PORT}" in netns_exec(netns, "ss", "-ltn").stdout,
                          what=f"server in {netns}")
         timeout = args.seconds + 60
         for target in ("ClusterIP", "pod IP"):
             results = {}
             for name, (client, _backends, direct) in setups.items():
-                host = VIP if target == "ClusterIP" else direct
-                stream = run_tool(client, "stream", host, str(PORT), f"{args.seconds:g}",
+                host, port = (VIP, PORT) if target == "ClusterIP" else (direct, DIRECT_PORT)
+                stream = run_tool(client, "stream", host, str(port), f"{args.seconds:g}",
                                   timeout=timeout)
-                rate = run_tool(client, "connect", host, str(PORT), f"{args.seconds:g}",
+                rate = run_tool(client, "connect", host, str(port), f"{args.seconds:g}",
                                 str(args.threads), timeout=timeout)
                 results[name] = (stream["gbps"], rate["per_second"], rate["failed"])
             k, v = results["kernel"], results["vrouter"]

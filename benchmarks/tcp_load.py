@@ -1,6 +1,6 @@
 """A small TCP load tool run inside pods, the same for vrouter and for the kernel reference.
 
-    python3 tcp_load.py serve PORT                      sink: count bytes, report them at EOF
+    python3 tcp_load.py serve PORT [PORT...]            sink: count bytes, report them at EOF
     python3 tcp_load.py stream HOST PORT SECONDS        one connection, bulk send -> Gbit/s
     python3 tcp_load.py connect HOST PORT SECONDS N     N threads open and close connections -> /s
 
@@ -17,7 +17,13 @@ import time
 CHUNK = 256 * 1024
 
 
-def serve(port: int) -> None:
+def serve(ports: list[int]) -> None:
+    for port in ports[1:]:
+        threading.Thread(target=_accept, args=(port,), daemon=True).start()
+    _accept(ports[0])
+
+
+def _accept(port: int) -> None:
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("0.0.0.0", port))
@@ -85,7 +91,7 @@ def connect(host: str, port: int, seconds: float, threads: int) -> dict:
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "serve":
-        serve(int(sys.argv[2]))
+        serve([int(p) for p in sys.argv[2:]])
     elif mode == "stream":
         print(json.dumps(stream(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))
     elif mode == "connect":
