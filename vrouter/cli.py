@@ -35,6 +35,11 @@ def cmd_check(args) -> int:
     cluster = _load(args.config, manifests=args.manifests)
     print(f"{args.config}: ok: cluster {cluster.name}, {len(cluster.nodes)} nodes, "
           f"{len(cluster.pods)} pods, {len(cluster.services)} services")
+    print(f"  outside network {cluster.node_network} in netns {cluster.outside_netns} "
+          f"(host {cluster.outside_host})")
+    for node in cluster.nodes:
+        print(f"  node {node.name:<11} address {str(node.address):<15} podCIDR {node.pod_cidr}  "
+              f"underlay {node.underlay}")
     for pod in cluster.pods:
         print(f"  {pod.name:<16} {pod.node:<10} {str(pod.ip):<15} {pod.mac}  netns {pod.netns}")
     for svc in cluster.services:
