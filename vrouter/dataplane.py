@@ -158,6 +158,11 @@ class Dataplane:
         return {"frontends": len(new.frontends), "backends": len(new.backend_names),
                 "removed_backends": len(removed), "flushed_udp_flows": flushed}
 
+    def announce(self) -> list:
+        """Gratuitous ARPs for the node address and any load-balancer address newly ours (the
+        slow path answers ARP for exactly the announced ones from now on)."""
+        return self.slow.announce(self.services.announced)
+
     # --- overlay peer liveness ---------------------------------------------------------------
 
     def _build_keepalives(self) -> list[bytes]:

@@ -187,7 +187,7 @@ class Node:
             log.warning("node %s: reload refused, keeping the running state: %s", self.name, exc)
             return {"ok": False, "error": str(exc)}
         self.cluster = cluster
-        self.emit(self.dp.slow.announce(self.dp.services.announced))
+        self.emit(self.dp.announce())
         log.info("node %s: reloaded: %s", self.name, summary)
         return {"ok": True, **summary}
 
@@ -196,7 +196,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 for port_no in range(len(self.tx)):
                     nursery.start_soon(self.pump_tap, port_no)
-                self.emit(self.dp.slow.announce(self.dp.services.announced))
+                self.emit(self.dp.announce())
                 nursery.start_soon(self.pump_overlay)
                 nursery.start_soon(self.probe_pods)
                 nursery.start_soon(self.send_keepalives)

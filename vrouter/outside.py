@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import io
 import os
 import secrets
 
@@ -27,24 +26,17 @@ from pytun import IFF_NO_PI, IFF_TAP, TunTapDevice
 
 from vrouter import netns, state
 from vrouter.config import Cluster, Node
-from vrouter.tap import HostError
+from vrouter.tap import HostError, TapPort
 
 BRIDGE = "br0"
 
 
-class UplinkPort:
-    """A node's TAP on the outside bridge: its fd (non-blocking) for the node's I/O loop."""
+class UplinkPort(TapPort):
+    """A node's TAP on the outside bridge, named `ifname` there."""
 
     def __init__(self, tap: TunTapDevice, ifname: str):
-        self.tap = tap
+        super().__init__(tap)
         self.ifname = ifname
-        self.fd = tap.fileno()
-        os.set_blocking(self.fd, False)
-        self.file = io.FileIO(self.fd, "r+b", closefd=False)
-
-    def close(self) -> None:
-        self.file.close()
-        self.tap.close()
 
 
 @contextlib.contextmanager

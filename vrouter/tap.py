@@ -55,13 +55,12 @@ def remove_netns(name: str) -> None:
     netns.remove(name)
 
 
-class PodPort:
-    """One attached pod: its TAP fd (non-blocking) and what `vrouter status` shows of it."""
+class TapPort:
+    """A TAP device the node reads and writes: its fd, non-blocking. Closing the fd (also when the
+    process dies) removes the device."""
 
-    def __init__(self, pod: Pod, tap: TunTapDevice, ifindex: int):
-        self.pod = pod
+    def __init__(self, tap: TunTapDevice):
         self.tap = tap
-        self.ifindex = ifindex
         self.fd = tap.fileno()
         os.set_blocking(self.fd, False)
         # FileIO returns None instead of raising on EAGAIN, which keeps the drain loop cheap
@@ -70,6 +69,15 @@ class PodPort:
     def close(self) -> None:
         self.file.close()
         self.tap.close()
+
+
+class PodPort(TapPort):
+    """One attached pod: its TAP and what `vrouter status` shows of it."""
+
+    def __init__(self, pod: Pod, tap: TunTapDevice, ifindex: int):
+        super().__init__(tap)
+        self.pod = pod
+        self.ifindex = ifindex
 
 
 def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,

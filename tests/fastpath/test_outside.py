@@ -10,7 +10,8 @@ from scapy.layers.l2 import ARP, Ether
 from tests.fastpath.test_services import (
     A_IP, A_MAC, B_IP, B_MAC, GW_MAC, REMOTE, VIP, assert_checksums_valid, inner, make_dp, to_vip,
 )
-from vrouter.dataplane import OVERLAY_TARGET
+from vrouter import config
+from vrouter.dataplane import OVERLAY_TARGET, Dataplane
 
 UPLINK = 2                                   # node-a has two pods: ports 0, 1, then the uplink
 NODE_IP, NODE_MAC = "172.18.0.2", "02:76:ac:12:00:02"
@@ -67,7 +68,7 @@ def arp_who_has(ip, src_ip=OUT_IP, src_mac=OUT_MAC):
 
 
 def test_the_node_answers_arp_for_its_address_and_the_addresses_it_announces(dp):
-    dp.slow.announce(dp.services.announced)
+    dp.announce()
     assert dp.services.announced == [LB_IP]   # policy Local: only node-a has endpoints
     for ip in (NODE_IP, LB_IP):
         ((port, frame),) = dp.process([(UPLINK, arp_who_has(ip))])
@@ -75,6 +76,21 @@ def test_the_node_answers_arp_for_its_address_and_the_addresses_it_announces(dp)
         assert port == UPLINK and reply[ARP].op == 2
         assert (reply[ARP].psrc, reply[ARP].hwsrc, reply[ARP].pdst) == (ip, NODE_MAC, OUT_IP)
     assert dp.process([(UPLINK, arp_who_has("172.18.0.3"))]) == []   # node-b's: not ours
+
+
+def test_a_reload_that_moves_the_last_local_endpoint_moves_the_announcement(dp):
+    assert [Ether(f)[ARP].psrc for _p, f in dp.announce()] == [NODE_IP, LB_IP]
+    text = open("configs/demo.yaml").read() + SERVICES
+    text = text.replace("{name: web-1, node: node-a, labels: {app: web}}",
+                        "{name: web-1, node: node-a, labels: {app: retired}}")
+    text = text.replace("{name: web-2, node: node-a, labels: {app: web}}",
+                        "{name: web-2, node: node-a, labels: {app: retired}}")
+    dp.reload(config.parse(text, "demo.yaml", check_host=False))
+    assert dp.services.announced == []            # only node-b has endpoints now
+    assert [Ether(f)[ARP].psrc for _p, f in dp.announce()] == [NODE_IP]
+    assert dp.process([(UPLINK, arp_who_has(LB_IP))]) == []
+    node_b = Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-b")
+    assert node_b.services.announced == [LB_IP]
 
 
 def test_gratuitous_arps_announce_the_node_and_new_addresses_once(dp):
@@ -233,3 +249,11 @@ def test_icmp_errors_about_unknown_flows_pass_unchanged(dp):
     ((target, frame),) = dp.process([(1, bytes(error))])
     assert target == 0 and Ether(frame)[IPerror].dst == B_IP
     assert dp.counter_dict()["ct_icmp_translated"] == 0
+
+
+def test_errors_about_outside_packets_come_from_the_node_address(dp):
+    expiring = Ether(src=OUT_MAC, dst=NODE_MAC) / IP(src=OUT_IP, dst=A_IP, ttl=1) / UDP(dport=9)
+    ((target, frame),) = dp.process([(UPLINK, bytes(expiring))])
+    error = Ether(frame)
+    assert target == UPLINK and error[ICMP].type == 11
+    assert (error[IP].src, error[IP].dst, error.dst) == (NODE_IP, OUT_IP, OUT_MAC)
