@@ -11,7 +11,8 @@ reloads):
   aff_keys / aff_vals          ClientIP session affinity: (client, frontend) -> backend, expiry
   frag_keys / frag_vals        first fragment's translation, for the fragments that follow it
 
-The state tables are bounded: a key lives in one of CT_WINDOW slots after its hash; inserting into
+Each state table's keys and values are views of one array, an entry's key and values sharing a
+cache line (see new_state_table). The state tables are bounded: a key lives in one of CT_WINDOW slots after its hash; inserting into
 a full window evicts the entry that expires first (counted). Lookups ignore expired entries, so
 nothing needs sweeping.
 """
@@ -392,12 +393,24 @@ def nat_stage(buf, i, ip, may_open, now, gw_ip, counters, fe_keys, fe_vals, magl
     return NAT_DONE
 
 
+CACHE_LINE = 64
+
+
 def new_state_table(entries: int, cols: int):
-    """Keys and values of a windowed state table with at least `entries` slots."""
+    """Keys and values of a windowed state table with at least `entries` slots.
+
+    Both are views into one array whose rows hold an entry's key (2 words) and its values side
+    by side, padded to whole 64-byte cache lines and aligned to one: a lookup that finds its key
+    has its values in the same cache line (conntrack: 2 + 6 words, exactly one line)."""
     size = 64
     while size < entries:
         size *= 2
-    return np.zeros((size, 2), dtype=np.uint64), np.zeros((size, cols), dtype=np.int64)
+    words = CACHE_LINE // 8
+    width = -(-(2 + cols) // words) * words
+    raw = np.zeros(size * width + words, dtype=np.int64)
+    skip = (-raw.ctypes.data % CACHE_LINE) // 8
+    rows = raw[skip:skip + size * width].reshape(size, width)
+    return rows[:, :2].view(np.uint64), rows[:, 2:2 + cols]
 
 
 def flush_backends(ct_keys, ct_vals, aff_keys, aff_vals, removed) -> int:

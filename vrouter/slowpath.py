@@ -99,7 +99,7 @@ class SlowPath:
         except Exception:   # a malformed frame must never take the node down
             log.debug("slow path could not handle a frame", exc_info=True)
             routed = None
-        if not routed:
+        if routed is None:   # nothing we answer ([] means: handled, nothing to send)
             self.counters[R_DROP_SLOWPATH_IGNORED] += 1
             return [], []
         return [], [bytes(Ether(dst=self.gateway_mac, src=self.gateway_mac) / p) for p in routed]
@@ -190,6 +190,8 @@ class SlowPath:
         return None
 
     def _to_gateway(self, ip):
+        if ip.haslayer(ICMP) and ip[ICMP].type == 0:
+            return []   # an answer to our keepalives: the fast path has marked the peer alive
         if ip.haslayer(ICMP) and ip[ICMP].type == 8:
             echo = ip[ICMP]   # to the gateway, or to the VTEP address (peers' keepalives)
             return [IP(src=ip.dst, dst=ip.src, ttl=64)
