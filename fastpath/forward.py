@@ -350,7 +350,8 @@ def _from_outside(buf, meta, counters, i, s, length, now, params, port_mac, pod_
     ip = s + ETH_LEN
     src = read32(buf, i, ip + 12)
     if (src & params[P_LOCAL_MASK]) == params[P_LOCAL_NET]:
-        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_SPOOFED_IP)   # our own pods are not out there
+        # our own pods are not out there
+        _decide(meta, counters, i, ACT_DROP, 0, R_DROP_SPOOFED_IP)
         return
     _glean(nb_keys, nb_mac, src, src_mac, params, counters)
     counters[R_FROM_OUTSIDE] += 1

@@ -12,9 +12,9 @@ reloads):
   frag_keys / frag_vals        first fragment's translation, for the fragments that follow it
 
 Each state table's keys and values are views of one array, an entry's key and values sharing a
-cache line (see new_state_table). The state tables are bounded: a key lives in one of CT_WINDOW slots after its hash; inserting into
-a full window evicts the entry that expires first (counted). Lookups ignore expired entries, so
-nothing needs sweeping.
+cache line (see new_state_table). The tables are bounded: a key lives in one of WINDOW slots after
+its hash; inserting into a full window evicts the entry that expires first (counted). Lookups
+ignore expired entries, so nothing needs sweeping.
 """
 import numpy as np
 from numba import njit

@@ -60,10 +60,14 @@ def attach(cluster: Cluster, node: Node, stack: contextlib.ExitStack) -> UplinkP
     """Create the node's TAP on the outside bridge (and the namespace, if it is the first)."""
     with _locked():
         _ensure_namespace(cluster)
-        tap = TunTapDevice(name="vru" + secrets.token_hex(5), flags=IFF_TAP | IFF_NO_PI)
+        try:
+            tap = TunTapDevice(name="vru" + secrets.token_hex(5), flags=IFF_TAP | IFF_NO_PI)
+        except Exception:
+            _remove_if_unused(cluster)
+            raise
         port = UplinkPort(tap, interface_name(node))
         stack.callback(detach, cluster, node, port)
-        path = os.path.join(netns.NETNS_DIR, cluster.outside_netns)
+        path = _path(cluster)
         with IPRoute() as ipr:
             index = ipr.link_lookup(ifname=tap.name)[0]
             try:
@@ -85,7 +89,7 @@ def attach(cluster: Cluster, node: Node, stack: contextlib.ExitStack) -> UplinkP
 def detach(cluster: Cluster, node: Node, port: UplinkPort) -> None:
     with _locked():
         port.close()   # the TAP, and with it the bridge port, vanishes
-        path = os.path.join(netns.NETNS_DIR, cluster.outside_netns)
+        path = _path(cluster)
         if not os.path.exists(path):
             return
         with IPRoute(netns=path) as ipr:
@@ -100,8 +104,12 @@ def release(cluster: Cluster) -> bool:
         return _remove_if_unused(cluster)
 
 
+def _path(cluster: Cluster) -> str:
+    return os.path.join(netns.NETNS_DIR, cluster.outside_netns)
+
+
 def _remove_if_unused(cluster: Cluster) -> bool:
-    path = os.path.join(netns.NETNS_DIR, cluster.outside_netns)
+    path = _path(cluster)
     if not os.path.exists(path):
         return False
     with IPRoute(netns=path) as ipr:
@@ -115,7 +123,7 @@ def _remove_if_unused(cluster: Cluster) -> bool:
 
 
 def _ensure_namespace(cluster: Cluster) -> None:
-    path = os.path.join(netns.NETNS_DIR, cluster.outside_netns)
+    path = _path(cluster)
     if os.path.exists(path):
         with IPRoute(netns=path) as ipr:
             if not ipr.link_lookup(ifname=BRIDGE):
