@@ -148,17 +148,24 @@ def rewrite(buf, i, ip, new_src, new_sport, new_dst, new_dport, has_l4):
     off = l4 + 16 if proto == 6 else l4 + 6
     old_sport = read16(buf, i, l4)
     old_dport = read16(buf, i, l4 + 2)
-    c = read16(buf, i, off)
-    if proto == 6 or c != 0:   # a UDP checksum of 0 means "none" and stays so
-        c = update32(c, old_src, new_src)
-        c = update32(c, old_dst, new_dst)
-        c = update16(c, old_sport, new_sport)
-        c = update16(c, old_dport, new_dport)
-        if proto == 17 and c == 0:
-            c = 0xFFFF
-        write16(buf, i, off, c)
+    write16(buf, i, off, _l4_checksum(read16(buf, i, off), proto, old_src, new_src, old_dst,
+                                      new_dst, old_sport, new_sport, old_dport, new_dport))
     write16(buf, i, l4, new_sport)
     write16(buf, i, l4 + 2, new_dport)
+
+
+@njit(cache=True, inline="always")
+def _l4_checksum(c, proto, old_src, new_src, old_dst, new_dst, old_sport, new_sport, old_dport,
+                 new_dport):
+    """A TCP or UDP checksum after its 5-tuple changed (RFC 1624; the pseudo-header holds the
+    addresses). A UDP checksum of 0 means "none" and stays so."""
+    if proto == 17 and c == 0:
+        return c
+    c = update32(update32(c, old_src, new_src), old_dst, new_dst)
+    c = update16(update16(c, old_sport, new_sport), old_dport, new_dport)
+    if proto == 17 and c == 0:
+        c = 0xFFFF
+    return c
 
 
 @njit(cache=True)
@@ -288,15 +295,12 @@ def _icmp_error(buf, i, ip, now, counters, ct_keys, ct_vals):
     write16(buf, i, q_l4 + 2, new_dport)
     icmp_check = update16(update16(icmp_check, q_sport, new_sport), q_dport, new_dport)
     off = q_l4 + (16 if q_proto == 6 else 6)
-    if off + 2 <= end:
+    if off + 2 <= end and (q_proto == 6 or read16(buf, i, off) != 0):   # quoted and in use
         old_c = read16(buf, i, off)
-        if q_proto == 6 or old_c != 0:
-            c = update32(update32(old_c, q_src, new_src), q_dst, new_dst)
-            c = update16(update16(c, q_sport, new_sport), q_dport, new_dport)
-            if q_proto == 17 and c == 0:
-                c = 0xFFFF
-            write16(buf, i, off, c)
-            icmp_check = update16(icmp_check, old_c, c)
+        c = _l4_checksum(old_c, q_proto, q_src, new_src, q_dst, new_dst, q_sport, new_sport,
+                         q_dport, new_dport)
+        write16(buf, i, off, c)
+        icmp_check = update16(icmp_check, old_c, c)
     write16(buf, i, icmp + 2, icmp_check)
     outer_src = read32(buf, i, ip + 12)
     rewrite(buf, i, ip, new_dst if outer_src == q_dst else outer_src, 0, new_src, 0, False)
