@@ -116,13 +116,11 @@ class Cluster:
 
     @property
     def outside_netns(self) -> str:
-        """The namespace that plays the world outside the cluster (see vrouter/outside.py)."""
-        return f"{self.name}-outside"
+        return outside_netns_name(self.name)
 
     @property
     def outside_host(self) -> ipaddress.IPv4Address:
-        """The outside namespace's own address on the node network: its first host address."""
-        return self.node_network.network_address + 1
+        return outside_host_address(self.node_network)
 
     @property
     def outside_host_mac(self) -> str:
@@ -142,6 +140,16 @@ class Cluster:
 
     def pods_of(self, node_name: str) -> tuple[Pod, ...]:
         return tuple(p for p in self.pods if p.node == node_name)
+
+
+def outside_netns_name(cluster_name: str) -> str:
+    """The namespace that plays the world outside the cluster (see vrouter/outside.py)."""
+    return f"{cluster_name}-outside"
+
+
+def outside_host_address(node_network: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """The outside namespace's own address on the node network: its first host address."""
+    return node_network.network_address + 1
 
 
 def mac_from_ip(prefix: str, ip: ipaddress.IPv4Address) -> str:
@@ -319,12 +327,12 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
         reader.fail("pods", "must be a list of pods")
     pods = _build_pods(reader, raw_pods, {nd.name: nd for nd in nodes}, check_host)
     for pod in pods:
-        if pod.netns == f"{name}-outside":
+        if pod.netns == outside_netns_name(name):
             reader.fail("pods", f"pod {pod.name!r} would take the name of the cluster's outside "
                         "namespace")
     options = _build_service_options(reader, c.get("services", {}))
     reserved = {n.address: f"the address of node {n.name!r}" for n in nodes}
-    reserved[node_network.network_address + 1] = "the outside host's address"
+    reserved[outside_host_address(node_network)] = "the outside host's address"
     allocated = services.allocate(parsed_services, service_cidr, reserved)
     return Cluster(source=reader.path, name=name, pod_cidr=pod_cidr, service_cidr=service_cidr,
                    overlay=overlay, nodes=tuple(nodes), pods=tuple(pods), fdb_age=fdb_age,
@@ -394,7 +402,7 @@ def _node_address(reader, d, where, index, node_network, earlier):
     address = reader.address(d["address"], f"{where}.address")
     if address not in node_network:
         reader.fail(f"{where}.address", f"{address} is outside cluster.nodeNetwork {node_network}")
-    reserved = (node_network.network_address, node_network.network_address + 1,
+    reserved = (node_network.network_address, outside_host_address(node_network),
                 node_network.broadcast_address)
     if address in reserved:
         reader.fail(f"{where}.address", f"{address} is the network, broadcast or outside host "
