@@ -186,24 +186,24 @@ def _glean(nb_keys, nb_mac, ip, mac, params, counters):
 
 
 @njit(cache=True)
-def _route(buf, meta, counters, i, s, length, from_pod, params, port_mac,
+def _route(buf, meta, counters, i, s, length, forwarded, params, port_mac,
            pod_keys, pod_port, route_masks, route_keys, route_peer,
            peer_ip, peer_vtep_mac, peer_seen, nb_keys, nb_mac, now):
     """L3 forwarding of an IPv4 frame addressed to the gateway (or decapsulated for us).
-    `from_pod`: the packet is being forwarded (TTL checked and decremented), not our own."""
+    `forwarded`: a packet passing through (TTL checked and decremented), not one we originate."""
     ip = s + ETH_LEN
     dst = read32(buf, i, ip + 16)
     if dst == params[P_GW_IP] or dst == params[P_NODE_IP]:
         _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_TO_GATEWAY)
         return
-    if from_pod and buf[i, ip + 8] <= 1:
+    if forwarded and buf[i, ip + 8] <= 1:
         _decide(meta, counters, i, ACT_SLOW, 0, R_SLOW_TTL_EXCEEDED)
         return
     if (dst & params[P_LOCAL_MASK]) == params[P_LOCAL_NET]:
-        _to_local_pod(buf, meta, counters, i, s, dst, from_pod, params, port_mac, pod_keys, pod_port)
+        _to_local_pod(buf, meta, counters, i, s, dst, forwarded, params, port_mac, pod_keys, pod_port)
         return
     if (dst & params[P_OUTSIDE_MASK]) == params[P_OUTSIDE_NET]:
-        _to_outside(buf, meta, counters, i, s, dst, from_pod, params, nb_keys, nb_mac)
+        _to_outside(buf, meta, counters, i, s, dst, forwarded, params, nb_keys, nb_mac)
         return
     peer = -1
     for m in range(route_masks.shape[0]):
@@ -217,10 +217,10 @@ def _route(buf, meta, counters, i, s, length, from_pod, params, port_mac,
     if read16(buf, i, ip + 2) > params[P_POD_MTU]:
         _decide(meta, counters, i, ACT_SLOW, peer, R_SLOW_FRAG_NEEDED)
         return
-    if from_pod and now - peer_seen[peer] > params[P_PEER_DEAD_AFTER]:   # keepalives still go
+    if forwarded and now - peer_seen[peer] > params[P_PEER_DEAD_AFTER]:   # keepalives still go
         _decide(meta, counters, i, ACT_DROP, peer, R_DROP_OVERLAY_PEER_DOWN)
         return
-    if from_pod:
+    if forwarded:
         _decrement_ttl(buf, i, ip)
     meta[i, M_START] = encapsulate(buf, i, s, length, peer, params, peer_ip, peer_vtep_mac)
     meta[i, M_LEN] = length + OUTER_IP_UDP_VXLAN

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from fastpath.forward import FDB_PORT, FDB_SEEN, FDB_STATIC
+from fastpath.nat import CT_EXPIRES
 from vrouter.tables import int_to_mac, ip_to_int
 
 
@@ -68,7 +69,7 @@ def node_status(node) -> dict:
                       f"{f.address}:{f.port}/{f.protocol}", "backends": f.backends,
                       "snat": f.snat, "scope": f.scope} for f in dp.services.frontends],
         "conntrack": {"entries": int(np.count_nonzero(
-                          (t.ct_keys[:, 1] != 0) & (t.ct_vals[:, 4] >= now))),
+                          (t.ct_keys[:, 1] != 0) & (t.ct_vals[:, CT_EXPIRES] >= now))),
                       "capacity": int(t.ct_keys.shape[0])},
         "counters": dp.counter_dict(),
     }

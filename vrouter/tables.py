@@ -8,6 +8,7 @@ import numpy as np
 
 from fastpath import hashtable
 from fastpath.forward import FDB_PORT, FDB_STATIC
+from fastpath.nat import CT_COLS, new_state_table
 from fastpath.layout import (
     PARAM_COUNT, P_CLUSTER_MASK, P_CLUSTER_NET, P_FDB_AGE, P_GW_IP, P_GW_MAC, P_LOCAL_MASK,
     P_LOCAL_NET, P_NODE_IP, P_NODE_MAC, P_OUTSIDE_MASK, P_OUTSIDE_NET, P_OVERLAY_PORT,
@@ -73,8 +74,7 @@ class Tables:
 
 def build(cluster: Cluster, node_name: str, counters: np.ndarray, services=None) -> Tables:
     """`services`: a prebuilt servicetables.ServiceTables (built here when None)."""
-    from fastpath.nat import CT_COLS, new_state_table
-    from vrouter import servicetables
+    from vrouter import servicetables   # it imports this module
     node = cluster.node(node_name)
     pods = cluster.pods_of(node_name)
     peers = [n for n in cluster.nodes if n.name != node_name]
