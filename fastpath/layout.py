@@ -1,154 +1,121 @@
-"""Batch buffer layout and the numeric codes shared by the fast path and its Python callers.
+"""Batch layout and the numeric codes shared by the fast path and its Python callers.
 
-Frames live in one preallocated 2-D uint8 array, one row ("slot") per frame. A received frame
-starts at HEADROOM inside its slot so that outer headers (VXLAN: 50 bytes) can be prepended in
-place. Per-frame facts live in the int64 `meta` array, one row per slot, columns below.
+Input: frames live in one preallocated 2-D uint8 array `buf`, one row ("slot") per read; a row
+may hold several frames (a UDP GRO train of VXLAN datagrams). Per-frame facts live in the int64
+`meta` array, one row per frame, columns M_*. A frame read from a TAP starts at HEADROOM; the
+10-byte virtio-net header the TAP put in front of it was parsed into the M_V* columns, and on
+the way out a header is written into the headroom again.
+
+Output: the fast path fills `out.rows` (columns O_*), one row per write or send: a frame to a
+port, a flood, a VXLAN datagram or a GSO train of them (segments are built in `out.data`), or a
+frame for the slow path (copied into `out.slow`). One input frame may so become many outputs.
+
+Counters and their R_* constants are declared in fastpath.reasons.
 """
 
-HEADROOM = 128
-BATCH = 64
+VNET_HDR_LEN = 10          # struct virtio_net_hdr, without num_buffers
+VXLAN_HEADER_LEN = 8
+HEADROOM = 128             # room in front of a frame: virtio-net header, VXLAN header
+BATCH = 64                 # reads (TAP frames or overlay datagrams/trains) per batch
+SLOT = HEADROOM + 65664    # a whole 64 KiB super-frame (or GRO train) plus its headers
+TRAIN_MAX_SEGMENTS = 64    # what the kernel accepts in one UDP GSO send (UDP_MAX_SEGMENTS)
+UDP_PAYLOAD_MAX = 65507    # the largest UDP payload over IPv4: also the largest GSO train
+FRAMES_MAX = BATCH * TRAIN_MAX_SEGMENTS   # frames one batch can hold (all trains full)
 
-# meta columns
-M_START = 0      # offset of the frame's first byte inside its slot
-M_LEN = 1        # frame length in bytes
-M_IN_PORT = 2    # ingress port (>= 0 a pod port or the uplink, IN_OVERLAY for decapsulated frames)
-M_ACTION = 3     # ACT_* decided by the fast path
-M_OUT = 4        # egress pod port, or overlay peer index for ACT_OVERLAY
-M_REASON = 5     # counter index explaining the decision (R_*)
-M_SRC_IP = 6     # outer source address of an overlay datagram (set by the I/O layer)
-META_COLS = 7
+ETH_LEN = 14
+ETH_P_IP = 0x0800
+ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
+OVERLAY_OVERHEAD = 50      # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
-IN_OVERLAY = -2     # frame came out of a VXLAN datagram
-IN_GATEWAY = -3     # frame originated by the node itself (slow path replies, ICMP errors)
+# --- meta columns (one row per input frame) ---------------------------------------------------
+M_ROW = 0          # buffer row holding the frame
+M_START = 1        # offset of the frame's first byte inside its row
+M_LEN = 2          # frame length in bytes
+M_IN_PORT = 3      # ingress: a pod port, the uplink, IN_OVERLAY or IN_GATEWAY
+M_SRC_IP = 4       # outer source address of an overlay datagram
+M_VFLAGS = 5       # virtio-net header: flags (VNET_F_*)
+M_GSO_TYPE = 6     # gso_type (GSO_*)
+M_GSO_SIZE = 7     # gso_size: payload bytes per segment
+M_CSUM_START = 8   # csum_start: offset of the L4 header from the frame start
+M_CSUM_OFFSET = 9  # csum_offset: offset of the checksum field from csum_start
+M_HDR_LEN = 10     # hdr_len as given (checked, never trusted: lengths come from the packet)
+M_ACTION = 11      # ACT_* decided by the fast path
+M_OUT = 12         # egress port, or overlay peer for ACT_OVERLAY
+M_REASON = 13      # the verdict's counter index (R_*)
+M_SOCKET = 14      # overlay: which of the node's send sockets (outer UDP source port)
+META_COLS = 16
 
-# actions
+IN_OVERLAY = -2    # frame came out of a VXLAN datagram
+IN_GATEWAY = -3    # frame originated by the node itself (slow path replies, ICMP errors)
+
+# --- actions (final verdicts of the stage loop) -----------------------------------------------
 ACT_DROP = 0
 ACT_PORT = 1       # write to one port: a pod's, or the uplink (P_UPLINK_PORT)
 ACT_FLOOD = 2      # write to every pod port but the ingress one
 ACT_SLOW = 3       # hand to the scapy slow path, M_REASON says why
-ACT_OVERLAY = 4    # send over the overlay to peer M_OUT (outer headers already written)
+ACT_OVERLAY = 4    # send over the overlay to peer M_OUT (VXLAN header written in front)
 
-# params vector: scalars of the node, one int64 each
+# --- output rows --------------------------------------------------------------------------------
+O_KIND = 0         # OUT_*
+O_SRC = 1          # SRC_FRAMES (a row of the input buffer) or SRC_DATA (out.data)
+O_ROW = 2          # input buffer row (SRC_FRAMES)
+O_START = 3        # first byte: a frame (TAP), a VXLAN datagram or train (overlay), or in out.slow
+O_LEN = 4
+O_TARGET = 5       # port (OUT_PORT), ingress port to skip (OUT_FLOOD), peer (OUT_OVERLAY)
+O_SEGMENT = 6      # OUT_OVERLAY: datagram size of a GSO train (0: a single datagram)
+O_SOCKET = 7       # OUT_OVERLAY: send socket
+O_FRAME = 8        # the input frame (meta row) this came from: its virtio-net fields
+O_REASON = 9       # OUT_SLOW: why
+O_IN_PORT = 10     # OUT_SLOW: where it came from
+O_DONE = 11        # 1: merged into an earlier row by GRO, nothing to write
+OUT_COLS = 12
+
+OUT_PORT = 1
+OUT_FLOOD = 2
+OUT_OVERLAY = 3
+OUT_SLOW = 4
+
+SRC_FRAMES = 0
+SRC_DATA = 1
+
+# out.fill: how much of the output batch is used
+F_ROWS = 0
+F_DATA = 1
+F_SLOW = 2
+FILL_COLS = 4
+
+OUT_ROWS = FRAMES_MAX + 4 * BATCH
+OUT_DATA = 6 << 20         # segments of the super-frames of one batch
+SLOW_DATA = 2 << 20        # copies of the frames for the slow path
+
+# --- virtio-net header (include/uapi/linux/virtio_net.h) ---------------------------------------
+VNET_F_NEEDS_CSUM = 1      # the L4 checksum field holds only the pseudo-header sum
+VNET_F_DATA_VALID = 2
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3                # UFO: not supported (refused by TUNSETOFFLOAD flags we set)
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5             # USO
+GSO_ECN = 0x80
+
+# --- params vector: scalars of the node, one int64 each ----------------------------------------
 P_GW_MAC = 0
 P_GW_IP = 1
-P_LOCAL_NET = 2
+P_LOCAL_NET = 2            # the node's podCIDR (its network address is the VTEP address)
 P_LOCAL_MASK = 3
-P_PORT_COUNT = 4
-P_FDB_AGE = 5        # seconds a learned MAC stays valid
+P_PORT_COUNT = 4           # pod ports
+P_FDB_AGE = 5              # seconds a learned MAC stays valid
 P_POD_MTU = 6
 P_VNI = 7
 P_VTEP_MAC = 8
-P_UNDERLAY_IP = 9
-P_OVERLAY_PORT = 10
+P_SOCKETS = 9              # overlay send sockets (outer UDP source ports) to spread flows over
 P_CLUSTER_NET = 11
 P_CLUSTER_MASK = 12
-P_PEER_DEAD_AFTER = 13   # seconds without a datagram before a peer counts as down
-P_UPLINK_PORT = 14       # port number of the node's interface on the outside network (= pod count)
-P_NODE_IP = 15           # the node's address there (NodePorts)
+P_PEER_DEAD_AFTER = 13     # seconds without a datagram before a peer counts as down
+P_UPLINK_PORT = 14         # port number of the node's interface on the outside network
+P_NODE_IP = 15             # the node's address there (NodePorts)
 P_NODE_MAC = 16
-P_OUTSIDE_NET = 17       # cluster.nodeNetwork
+P_OUTSIDE_NET = 17         # cluster.nodeNetwork
 P_OUTSIDE_MASK = 18
 PARAM_COUNT = 24
-
-# counters: one uint64 each. Names are what `vrouter status` prints.
-COUNTER_NAMES = [
-    "rx_frames",
-    "forwarded_l2",
-    "forwarded_routed",
-    "flooded",
-    "to_overlay",
-    "from_overlay",
-    "slow_arp",
-    "slow_to_gateway",
-    "slow_ttl_exceeded",
-    "slow_host_unreachable",
-    "slow_no_route",
-    "slow_frag_needed",
-    "drop_runt",
-    "drop_oversize",
-    "drop_unknown_ethertype",
-    "drop_ipv6",
-    "drop_bad_ipv4_header",
-    "drop_bad_ipv4_checksum",
-    "drop_source_mac_multicast",
-    "drop_spoofed_mac",
-    "drop_spoofed_ip",
-    "drop_same_port",
-    "fdb_learn_table_full",
-    "drop_overlay_unknown_source",
-    "drop_overlay_bad_vni",
-    "drop_overlay_bad_flags",
-    "drop_overlay_truncated",
-    "drop_overlay_bad_inner",
-    "drop_overlay_peer_down",
-    "drop_slowpath_ratelimited",
-    "drop_slowpath_ignored",
-    "drop_tx_error",
-    "svc_new_flows",
-    "ct_translated",
-    "ct_evicted",
-    "slow_service_reject",
-    "drop_service_no_local_endpoint",
-    "drop_service_no_snat_port",
-    "to_outside",
-    "from_outside",
-    "slow_outside_arp_needed",
-    "drop_outside_not_for_us",
-    "ct_icmp_translated",
-    "outside_neighbour_table_full",
-]
-COUNTER_COUNT = len(COUNTER_NAMES)
-
-# Index of each counter, checked against COUNTER_NAMES below.
-R_RX_FRAMES = 0
-R_FORWARDED_L2 = 1
-R_FORWARDED_ROUTED = 2
-R_FLOODED = 3
-R_TO_OVERLAY = 4
-R_FROM_OVERLAY = 5
-R_SLOW_ARP = 6
-R_SLOW_TO_GATEWAY = 7
-R_SLOW_TTL_EXCEEDED = 8
-R_SLOW_HOST_UNREACHABLE = 9
-R_SLOW_NO_ROUTE = 10
-R_SLOW_FRAG_NEEDED = 11
-R_DROP_RUNT = 12
-R_DROP_OVERSIZE = 13
-R_DROP_UNKNOWN_ETHERTYPE = 14
-R_DROP_IPV6 = 15
-R_DROP_BAD_IPV4_HEADER = 16
-R_DROP_BAD_IPV4_CHECKSUM = 17
-R_DROP_SOURCE_MAC_MULTICAST = 18
-R_DROP_SPOOFED_MAC = 19
-R_DROP_SPOOFED_IP = 20
-R_DROP_SAME_PORT = 21
-R_FDB_LEARN_TABLE_FULL = 22
-R_DROP_OVERLAY_UNKNOWN_SOURCE = 23
-R_DROP_OVERLAY_BAD_VNI = 24
-R_DROP_OVERLAY_BAD_FLAGS = 25
-R_DROP_OVERLAY_TRUNCATED = 26
-R_DROP_OVERLAY_BAD_INNER = 27
-R_DROP_OVERLAY_PEER_DOWN = 28
-R_DROP_SLOWPATH_RATELIMITED = 29
-R_DROP_SLOWPATH_IGNORED = 30
-R_DROP_TX_ERROR = 31
-R_SVC_NEW_FLOWS = 32
-R_CT_TRANSLATED = 33
-R_CT_EVICTED = 34
-R_SLOW_SERVICE_REJECT = 35
-R_DROP_SERVICE_NO_LOCAL_ENDPOINT = 36
-R_DROP_SERVICE_NO_SNAT_PORT = 37
-R_TO_OUTSIDE = 38
-R_FROM_OUTSIDE = 39
-R_SLOW_OUTSIDE_ARP_NEEDED = 40
-R_DROP_OUTSIDE_NOT_FOR_US = 41
-R_CT_ICMP_TRANSLATED = 42
-R_OUTSIDE_NEIGHBOUR_TABLE_FULL = 43
-assert all(globals()["R_" + n.upper()] == i for i, n in enumerate(COUNTER_NAMES))
-
-ETH_P_IP = 0x0800
-ETH_P_ARP = 0x0806
-ETH_P_IPV6 = 0x86DD
-
-VXLAN_HEADER_LEN = 8
-OVERLAY_OVERHEAD = 50   # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8

@@ -18,6 +18,7 @@ from fastpath.layout import OVERLAY_OVERHEAD
 
 NETNS_RUN_DIR = "/run/netns"
 DEFAULT_FDB_AGE = 300
+DEFAULT_BUSY_POLL_US = 200   # see the README's latency notes
 DEFAULT_NODE_NETWORK = "172.18.0.0/24"   # as a kind cluster's docker network
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -113,6 +114,7 @@ class Cluster:
     service_options: ServiceOptions = ServiceOptions()
     manifests: str | None = None  # the --manifests directory, if any
     node_network: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_NODE_NETWORK)
+    busy_poll_us: int = DEFAULT_BUSY_POLL_US   # keep polling this long after traffic (0: never)
 
     @property
     def outside_netns(self) -> str:
@@ -295,7 +297,7 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     from vrouter import services
     c = reader.mapping(doc["cluster"], "cluster",
                        {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
-                        "services"},
+                        "services", "busyPollMicroseconds"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
@@ -311,6 +313,8 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     overlay = _build_overlay(reader, c.get("overlay", {}))
     fdb_age = reader.integer(c.get("fdbAgeSeconds", DEFAULT_FDB_AGE), "cluster.fdbAgeSeconds",
                              1, 86400)
+    busy_poll = reader.integer(c.get("busyPollMicroseconds", DEFAULT_BUSY_POLL_US),
+                               "cluster.busyPollMicroseconds", 0, 1_000_000)
 
     raw_nodes = doc["nodes"]
     if not isinstance(raw_nodes, list) or not raw_nodes:
@@ -337,7 +341,7 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     return Cluster(source=reader.path, name=name, pod_cidr=pod_cidr, service_cidr=service_cidr,
                    overlay=overlay, nodes=tuple(nodes), pods=tuple(pods), fdb_age=fdb_age,
                    services=tuple(allocated), service_options=options, manifests=manifests_dir,
-                   node_network=node_network)
+                   node_network=node_network, busy_poll_us=busy_poll)
 
 
 def _is_prime(n: int) -> bool:

@@ -5,6 +5,7 @@ plain blocking code for the CLI and the launcher.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import socket
 from pathlib import Path
@@ -47,6 +48,8 @@ async def _answer(conn, handlers) -> None:
                 handler = handlers.get(request.get("cmd"))
                 answer = (handler(request) if handler
                           else {"error": f"unknown command {request.get('cmd')!r}"})
+                if inspect.isawaitable(answer):
+                    answer = await answer
             except Exception as exc:   # a bad request gets an answer, never kills the node
                 answer = {"error": f"{type(exc).__name__}: {exc}"}
             await stream.send_all(json.dumps(answer).encode() + b"\n")

@@ -1,52 +1,72 @@
-"""A node's data plane, sans-IO: batches of frames in, (target, frame) pairs out.
+"""A node's data plane, sans-IO: its tables, batch buffers and slow path.
 
-The I/O layer reads frames straight into `buf` slots (see `rx_view`), fills the meta columns with
-`load_received`/`load_datagrams`, calls `run(n)` and writes what it returns. Targets are pod port
-numbers (0..P-1) or OVERLAY_TARGET + peer index. Returned frames may be views into `buf`: write
-them before the next batch is read.
+The node's I/O (vrouter.node with fastpath.io) reads into `rx`, calls the fast path and writes
+the output batch itself. Tests and tools use `process` / `process_tap` / `process_datagrams`:
+frames in, (target, bytes) out, with the slow path's answers (and the packets the gateway
+originates, routed through the fast path again) included. Targets are port numbers (pods
+0..P-1, then the uplink) or OVERLAY_TARGET + peer index.
 """
 from __future__ import annotations
 
+import struct
 import time
+from typing import NamedTuple
 
 import numpy as np
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
-from fastpath.forward import forward_batch
+from fastpath.conntrack import CT_EXPIRES, flush_backends, live_entries
+from fastpath.dispatch import forward
+from fastpath.groups import Frames, Output
 from fastpath.layout import (
-    ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, BATCH, COUNTER_COUNT, COUNTER_NAMES, HEADROOM,
-    IN_GATEWAY, IN_OVERLAY, M_IN_PORT, M_LEN, M_SRC_IP, M_START, META_COLS, P_PEER_DEAD_AFTER,
+    BATCH, F_ROWS, FILL_COLS, FRAMES_MAX, HEADROOM, IN_GATEWAY, IN_OVERLAY, M_CSUM_OFFSET,
+    M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START,
+    M_VFLAGS, META_COLS, O_DONE, O_FRAME, O_IN_PORT, O_KIND, O_LEN, O_REASON, O_ROW, O_SEGMENT,
+    O_SOCKET, O_SRC, O_START, O_TARGET, OUT_COLS, OUT_DATA, OUT_FLOOD, OUT_OVERLAY, OUT_PORT,
+    OUT_ROWS, OUT_SLOW, P_PEER_DEAD_AFTER, SLOT, SLOW_DATA, SRC_DATA, VNET_HDR_LEN,
     VXLAN_HEADER_LEN,
 )
-from fastpath.nat import flush_backends
+from fastpath.reasons import COUNTER_COUNT, COUNTER_NAMES
+from fastpath.stages.bridge import fdb_is_live
+from fastpath.stages.ingress import FDB_PORT, FDB_SEEN, FDB_STATIC
 from vrouter import servicetables
 from vrouter import tables as tables_mod
 from vrouter.config import Cluster
 from vrouter.slowpath import SlowPath
 
 OVERLAY_TARGET = 1 << 20
-DEFAULT_SLOT = HEADROOM + 65536   # room for any frame a TAP can deliver
+VNET_HEADER = struct.Struct("<BBHHHH")   # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+VNET_COLUMNS = (M_VFLAGS, M_GSO_TYPE, M_HDR_LEN, M_GSO_SIZE, M_CSUM_START, M_CSUM_OFFSET)
+NO_VNET = bytes(VNET_HDR_LEN)
 
 
-class Batch:
-    """One preallocated batch: frames in rows of `buf`, per-frame facts in `meta`."""
+class Emitted(NamedTuple):
+    """One write or send of the data plane, as tests see it."""
+    target: int        # port, or OVERLAY_TARGET + peer
+    data: bytes        # the frame (ports) or one VXLAN datagram (overlay)
+    vnet: bytes        # ports: the virtio-net header written in front of the frame
+    socket: int        # overlay: which send socket (outer UDP source port)
 
-    def __init__(self, rows: int, slot: int):
-        self.buf = np.zeros((rows, slot), dtype=np.uint8)
-        self.meta = np.zeros((rows, META_COLS), dtype=np.int64)
-        self.rows = [memoryview(self.buf[i]) for i in range(rows)]
-        # where a TAP read lands (the frame) and where a VXLAN datagram lands (8 bytes earlier)
-        self.rx_views = [row[HEADROOM:] for row in self.rows]
-        self.overlay_views = [row[HEADROOM - VXLAN_HEADER_LEN:] for row in self.rows]
 
-    def frame(self, i: int, start: int, length: int) -> memoryview:
-        return self.rows[i][start:start + length]
+def new_frames(rows: int = BATCH, slot: int = SLOT) -> Frames:
+    return Frames(np.zeros((rows, slot), dtype=np.uint8),
+                  np.zeros((FRAMES_MAX, META_COLS), dtype=np.int64))
+
+
+def new_output() -> Output:
+    return Output(np.zeros((OUT_ROWS, OUT_COLS), dtype=np.int64),
+                  np.zeros((1, OUT_DATA), dtype=np.uint8),
+                  np.zeros((1, SLOW_DATA), dtype=np.uint8),
+                  np.zeros(FILL_COLS, dtype=np.int64))
+
+
+def vnet_header(meta_row) -> bytes:
+    return VNET_HEADER.pack(*(int(meta_row[c]) for c in VNET_COLUMNS))
 
 
 class Dataplane:
-    def __init__(self, cluster: Cluster, node_name: str, batch_size: int = BATCH,
-                 slot: int = DEFAULT_SLOT, clock=time.monotonic):
+    def __init__(self, cluster: Cluster, node_name: str, clock=time.monotonic):
         self.cluster = cluster
         self.node = cluster.node(node_name)
         self.pods = cluster.pods_of(node_name)
@@ -56,79 +76,147 @@ class Dataplane:
         self.services = servicetables.build(cluster, node_name)   # also what status shows
         self.tables = tables_mod.build(cluster, node_name, self.counters, self.services)
         self.slow = SlowPath(cluster, node_name, self.counters, clock=clock)
-        self.rx = Batch(batch_size, slot)
-        self.gw = Batch(batch_size, slot)   # frames the gateway itself originates
+        self.rx = new_frames()
+        self.gw = new_frames()   # frames the gateway itself originates
+        self.out = new_output()
         self.all_ports = list(range(len(self.pods)))
         self.keepalive_frames = self._build_keepalives()
         self.mark_peers_seen_now()   # peers start up, as the node assumes until they fall silent
 
-    # --- loading a batch --------------------------------------------------------------------
-
-    def load_received(self, lengths: list[int], in_port: int) -> int:
-        """Frames read from pod port `in_port` into rx.rx_views[0..n-1]."""
-        n = len(lengths)
-        meta = self.rx.meta
-        meta[:n, M_START] = HEADROOM
-        meta[:n, M_LEN] = lengths
-        meta[:n, M_IN_PORT] = in_port
-        return n
-
-    def load_datagrams(self, lengths: list[int], sources: list[int]) -> int:
-        """VXLAN datagrams read into rx.overlay_views[0..n-1], with their outer source addresses."""
-        n = len(lengths)
-        meta = self.rx.meta
-        meta[:n, M_START] = HEADROOM - VXLAN_HEADER_LEN
-        meta[:n, M_LEN] = lengths
-        meta[:n, M_IN_PORT] = IN_OVERLAY
-        meta[:n, M_SRC_IP] = sources
-        return n
-
-    # --- running it -------------------------------------------------------------------------
+    @property
+    def now(self) -> int:
+        return int(self.clock())
 
     def warm_up(self) -> None:
         """Compile the fast path (or load it from numba's cache) before the node reports ready."""
-        self._forward(self.rx, 0)
+        forward(self.rx, 0, 0, self.now, self.tables, self.out)
 
-    def run(self, n: int) -> list:
-        out: list = []
-        if n:
-            self._forward(self.rx, n)
-            routed = self._collect(self.rx, n, out)
-            while routed:   # the gateway's own packets, routed like any other
-                chunk, routed = routed[:len(self.gw.rows)], routed[len(self.gw.rows):]
-                self._collect(self.gw, self._load_gateway(chunk), out)
-        return out
+    # --- the slow path and the gateway's own packets -------------------------------------------
 
-    def _forward(self, batch: Batch, n: int) -> None:
-        forward_batch(batch.buf, batch.meta, n, int(self.clock()), *self.tables.as_args())
+    def slow_items(self, out: Output) -> list[tuple[bytes, int, int]]:
+        """(frame, in_port, reason) of the output batch's rows for the slow path."""
+        rows = out.rows[:out.fill[F_ROWS]]
+        items = []
+        for r in np.nonzero(rows[:, O_KIND] == OUT_SLOW)[0].tolist():
+            start, length = int(rows[r, O_START]), int(rows[r, O_LEN])
+            items.append((out.slow[0, start:start + length].tobytes(), int(rows[r, O_IN_PORT]),
+                          int(rows[r, O_REASON])))
+        return items
 
-    def _load_gateway(self, frames: list[bytes]) -> int:
-        batch = self.gw
-        for i, frame in enumerate(frames):
-            batch.rx_views[i][:len(frame)] = frame
-            batch.meta[i, M_START] = HEADROOM
-            batch.meta[i, M_LEN] = len(frame)
-            batch.meta[i, M_IN_PORT] = IN_GATEWAY
-        self._forward(batch, len(frames))
+    def handle_slow(self, items) -> tuple[list, list[bytes]]:
+        """Run the slow path: ([(port, frame)] to write as they are, [frames to route])."""
+        l2: list = []
+        routed: list[bytes] = []
+        for frame, in_port, reason in items:
+            answer, more = self.slow.handle(frame, in_port, reason)
+            l2.extend(answer)
+            routed.extend(more)
+        return l2, routed
+
+    def load_gateway(self, frames: list[bytes]) -> int:
+        """Put frames the gateway originates into the `gw` batch (at most BATCH)."""
+        meta = self.gw.meta
+        for k, frame in enumerate(frames):
+            self.gw.buf[k, HEADROOM:HEADROOM + len(frame)] = np.frombuffer(frame, np.uint8)
+            meta[k, :] = 0
+            meta[k, M_ROW] = k
+            meta[k, M_START] = HEADROOM
+            meta[k, M_LEN] = len(frame)
+            meta[k, M_IN_PORT] = IN_GATEWAY
         return len(frames)
 
-    def _collect(self, batch: Batch, n: int, out: list) -> list[bytes]:
-        """Turn the fast path's decisions into output; returns frames the slow path wants routed."""
+    # --- running batches in tests and tools ---------------------------------------------------
+
+    def run(self, frames: Frames, n: int) -> list[Emitted]:
+        """Forward n loaded frames, answer what goes to the slow path, then route what the
+        gateway originates; everything written or sent, in order."""
+        emitted: list[Emitted] = []
         routed: list[bytes] = []
-        for i, (start, length, in_port, action, target, reason, _src) in enumerate(
-                batch.meta[:n].tolist()):
-            if action == ACT_PORT:
-                out.append((target, batch.frame(i, start, length)))
-            elif action == ACT_OVERLAY:
-                out.append((OVERLAY_TARGET + target, batch.frame(i, start, length)))
-            elif action == ACT_FLOOD:
-                frame = batch.frame(i, start, length)
-                out.extend((port, frame) for port in self.all_ports if port != in_port)
-            elif action == ACT_SLOW:
-                l2, more = self.slow.handle(bytes(batch.frame(i, start, length)), in_port, reason)
-                out.extend(l2)
-                routed.extend(more)
-        return routed
+        i = 0
+        while True:
+            self.out.fill[:] = 0
+            i = forward(frames, i, n, self.now, self.tables, self.out)
+            emitted += self.collect(frames, self.out)
+            l2, more = self.handle_slow(self.slow_items(self.out))
+            emitted += [Emitted(port, frame, NO_VNET, 0) for port, frame in l2]
+            routed += more
+            if i >= n:
+                break
+        for first in range(0, len(routed), BATCH):
+            emitted += self.run(self.gw, self.load_gateway(routed[first:first + BATCH]))
+        return emitted
+
+    def collect(self, frames: Frames, out: Output) -> list[Emitted]:
+        """The output batch as (target, bytes) records: flood copies and GSO trains expanded."""
+        emitted = []
+        for r in range(int(out.fill[F_ROWS])):
+            kind, src, row, start, length, target, segment, sock, frame, _reason, _in, done = \
+                out.rows[r].tolist()
+            if done or kind == OUT_SLOW:
+                continue
+            data = (out.data[0] if src == SRC_DATA else frames.buf[row])[start:start + length]
+            if kind == OUT_OVERLAY:
+                size = segment or length
+                for k in range(0, length, size):
+                    emitted.append(Emitted(OVERLAY_TARGET + target, data[k:k + size].tobytes(),
+                                           b"", sock))
+                continue
+            vnet = vnet_header(frames.meta[frame])
+            ports = [target] if kind == OUT_PORT else \
+                [p for p in self.all_ports if p != target]
+            emitted += [Emitted(p, data.tobytes(), vnet, 0) for p in ports]
+        return emitted
+
+    def _load(self, items, in_port_of) -> int:
+        meta = self.rx.meta
+        for k, (in_port, frame, vnet) in enumerate(items):
+            self.rx.buf[k, HEADROOM:HEADROOM + len(frame)] = np.frombuffer(frame, np.uint8)
+            meta[k, :] = 0
+            meta[k, M_ROW] = k
+            meta[k, M_START] = HEADROOM
+            meta[k, M_LEN] = len(frame)
+            meta[k, M_IN_PORT] = in_port
+            for column, value in zip(VNET_COLUMNS, VNET_HEADER.unpack(vnet)):
+                meta[k, column] = value
+        return len(items)
+
+    def process(self, frames: list[tuple[int, bytes]], detail: bool = False) -> list:
+        """Run (in_port, frame) pairs (no virtio-net header) through the data plane.
+        Returns (target, bytes) pairs, or Emitted records with `detail`."""
+        out = []
+        for first in range(0, len(frames), BATCH):
+            chunk = [(p, f, NO_VNET) for p, f in frames[first:first + BATCH]]
+            out += self.run(self.rx, self._load(chunk, None))
+        return out if detail else [(e.target, e.data) for e in out]
+
+    def process_tap(self, in_port: int, reads: list[bytes]) -> list[Emitted]:
+        """Run what reads of port `in_port`'s TAP returned (virtio-net header + frame)."""
+        out = []
+        for first in range(0, len(reads), BATCH):
+            chunk = [(in_port, r[VNET_HDR_LEN:], r[:VNET_HDR_LEN]) for r in reads[first:first + BATCH]]
+            out += self.run(self.rx, self._load(chunk, None))
+        return out
+
+    def process_datagrams(self, datagrams: list[tuple[int, bytes]], segment: int = 0,
+                          detail: bool = False) -> list:
+        """Run (outer_source_ip_int, vxlan_payload) pairs through the data plane. `segment`:
+        each payload is a UDP GRO train of datagrams of this size (0: one datagram)."""
+        meta, buf = self.rx.meta, self.rx.buf
+        n = 0
+        for row, (source, payload) in enumerate(datagrams):
+            base = HEADROOM - VXLAN_HEADER_LEN
+            buf[row, base:base + len(payload)] = np.frombuffer(payload, np.uint8)
+            size = segment or len(payload)
+            for k in range(0, len(payload), size):
+                meta[n, :] = 0
+                meta[n, M_ROW] = row
+                meta[n, M_START] = base + k + VXLAN_HEADER_LEN
+                meta[n, M_LEN] = min(size, len(payload) - k) - VXLAN_HEADER_LEN
+                meta[n, M_IN_PORT] = IN_OVERLAY
+                meta[n, M_SRC_IP] = source
+                n += 1
+        out = self.run(self.rx, n)
+        return out if detail else [(e.target, e.data) for e in out]
 
     # --- reload ------------------------------------------------------------------------------
 
@@ -141,18 +229,17 @@ class Dataplane:
         chooses a live backend."""
         def wiring(c):   # what the ports and tables are made of (labels and ports may change)
             return ([(p.name, p.node, p.ip, p.mac, p.netns) for p in c.pods], c.nodes, c.overlay,
-                    c.service_options, c.fdb_age)
-        same = wiring(cluster) == wiring(self.cluster)
-        if not same:
+                    c.service_options, c.fdb_age, c.busy_poll_us)
+        if wiring(cluster) != wiring(self.cluster):
             raise ValueError("only Services and pod labels can change in a reload; nodes, pods, "
-                             "addresses, overlay and service options need a restart")
+                             "addresses, overlay, service options and busy-polling need a restart")
         new = servicetables.build(cluster, self.node.name)
         t = self.tables
-        old = set(zip(t.be_ip.tolist(), t.be_port.tolist()))
+        old = set(zip(t.services.be_ip.tolist(), t.services.be_port.tolist()))
         removed = old - set(zip(new.be_ip.tolist(), new.be_port.tolist()))
-        flushed = flush_backends(t.ct_keys, t.ct_vals, t.aff_keys, t.aff_vals, removed)
-        for name, array in tables_mod.service_arrays(new).items():
-            setattr(t, name, array)
+        ct = t.conntrack
+        flushed = flush_backends(ct.ct_keys, ct.ct_vals, ct.aff_keys, ct.aff_vals, removed)
+        self.tables = t._replace(services=new.group)
         self.cluster = cluster
         self.services = new
         return {"frontends": len(new.frontends), "backends": len(new.backend_names),
@@ -173,45 +260,43 @@ class Dataplane:
         return [bytes(Ether(dst=mac, src=mac) / IP(src=mine, dst=str(p.pod_cidr.network_address))
                       / ICMP(id=0x7672, seq=k)) for k, p in enumerate(self.peers)]
 
-    def keepalives(self) -> list:
-        out: list = []
-        if self.keepalive_frames:
-            self._collect(self.gw, self._load_gateway(self.keepalive_frames), out)
-        return out
+    def keepalives(self) -> list[Emitted]:
+        if not self.keepalive_frames:
+            return []
+        return self.run(self.gw, self.load_gateway(self.keepalive_frames))
 
     def mark_peers_seen_now(self) -> None:
         """Give every peer a full grace period, e.g. when the node starts serving."""
-        self.tables.peer_seen[:] = int(self.clock())
+        self.tables.peers.peer_seen[:] = self.now
 
     def peer_is_up(self, k: int) -> bool:
         """The fast path's own rule: heard from within the last P_PEER_DEAD_AFTER seconds."""
         t = self.tables
-        return int(self.clock()) - int(t.peer_seen[k]) <= int(t.params[P_PEER_DEAD_AFTER])
+        return self.now - int(t.peers.peer_seen[k]) <= int(t.params[P_PEER_DEAD_AFTER])
 
-    # --- test and tool convenience ------------------------------------------------------------
+    # --- reading the tables (status) -----------------------------------------------------------
 
-    def process(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-        """Run (in_port, frame) pairs through the data plane; in_port IN_OVERLAY takes
-        (source_ip_int, datagram) tuples via `process_datagrams` instead. Returns copies."""
-        out = []
-        for first in range(0, len(frames), len(self.rx.rows)):
-            chunk = frames[first:first + len(self.rx.rows)]
-            meta = self.rx.meta
-            for i, (in_port, frame) in enumerate(chunk):
-                self.rx.rx_views[i][:len(frame)] = frame
-                meta[i, M_START] = HEADROOM
-                meta[i, M_LEN] = len(frame)
-                meta[i, M_IN_PORT] = in_port
-            out.extend((t, bytes(f)) for t, f in self.run(len(chunk)))
-        return out
+    def fdb_entries(self) -> list[dict]:
+        """Live MAC table entries: mac, port, static, age (None for static)."""
+        b, now, age = self.tables.bridge, self.now, self.cluster.fdb_age
+        entries = []
+        for j in np.nonzero(b.fdb_keys)[0].tolist():
+            static, seen = int(b.fdb_vals[j, FDB_STATIC]), int(b.fdb_vals[j, FDB_SEEN])
+            if fdb_is_live(static, seen, now, age):
+                entries.append({"mac": tables_mod.int_to_mac(int(b.fdb_keys[j])),
+                                "port": int(b.fdb_vals[j, FDB_PORT]), "static": bool(static),
+                                "age": None if static else now - seen})
+        return entries
 
-    def process_datagrams(self, datagrams: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-        """Run (outer_source_ip_int, vxlan_payload) pairs through the data plane."""
-        for i, (_src, payload) in enumerate(datagrams):
-            self.rx.overlay_views[i][:len(payload)] = payload
-        n = self.load_datagrams([len(p) for _s, p in datagrams], [s for s, _p in datagrams])
-        return [(t, bytes(f)) for t, f in self.run(n)]
+    def conntrack_fill(self) -> dict:
+        ct = self.tables.conntrack
+        return {"entries": live_entries(ct.ct_keys, ct.ct_vals, CT_EXPIRES, self.now),
+                "capacity": int(ct.ct_keys.shape[0])}
+
+    def outside_neighbours(self) -> list[tuple[int, str]]:
+        o = self.tables.outside
+        return sorted((int(o.nb_keys[j]), tables_mod.int_to_mac(int(o.nb_mac[j])))
+                      for j in np.nonzero(o.nb_keys)[0].tolist())
 
     def counter_dict(self) -> dict[str, int]:
         return {name: int(v) for name, v in zip(COUNTER_NAMES, self.counters.tolist())}
-

@@ -17,16 +17,15 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
-from pytun import IFF_NO_PI, IFF_TAP, TunTapDevice
+from pytun import TunTapDevice
 
 from vrouter import netns, state
 from vrouter.config import Cluster, Node
-from vrouter.tap import HostError, TapPort
+from vrouter.tap import HostError, TapPort, open_tap
 
 BRIDGE = "br0"
 
@@ -34,8 +33,8 @@ BRIDGE = "br0"
 class UplinkPort(TapPort):
     """A node's TAP on the outside bridge, named `ifname` there."""
 
-    def __init__(self, tap: TunTapDevice, ifname: str):
-        super().__init__(tap)
+    def __init__(self, tap: TunTapDevice, uso: bool, ifname: str):
+        super().__init__(tap, uso)
         self.ifname = ifname
 
 
@@ -61,11 +60,11 @@ def attach(cluster: Cluster, node: Node, stack: contextlib.ExitStack) -> UplinkP
     with _locked():
         _ensure_namespace(cluster)
         try:
-            tap = TunTapDevice(name="vru" + secrets.token_hex(5), flags=IFF_TAP | IFF_NO_PI)
+            tap, uso = open_tap("vru")
         except Exception:
             _remove_if_unused(cluster)
             raise
-        port = UplinkPort(tap, interface_name(node))
+        port = UplinkPort(tap, uso, interface_name(node))
         stack.callback(detach, cluster, node, port)
         path = _path(cluster)
         with IPRoute() as ipr:

@@ -21,7 +21,8 @@ import numpy as np
 
 from fastpath import hashtable
 from fastpath.maglev import populate
-from fastpath.nat import FE_AFFINITY, FE_COLS, FE_EMPTY, FE_ID, FE_ROW, FE_SNAT
+from fastpath.groups import Services
+from fastpath.stages.services import FE_AFFINITY, FE_COLS, FE_EMPTY, FE_ID, FE_ROW, FE_SNAT
 from vrouter.config import Cluster
 from vrouter.services import stable_hash, endpoints
 from vrouter.tables import ip_to_int
@@ -49,6 +50,11 @@ class ServiceTables:
     frontends: list[Frontend] = field(default_factory=list)
     backend_names: list[str] = field(default_factory=list)
     announced: list[str] = field(default_factory=list)   # addresses this node answers ARP for
+
+    @property
+    def group(self) -> Services:
+        """The arrays as the fast path takes them."""
+        return Services(self.fe_keys, self.fe_vals, self.maglev, self.be_ip, self.be_port)
 
 
 def announcer(cluster: Cluster, service, address) -> str | None:

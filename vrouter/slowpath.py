@@ -15,7 +15,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from fastpath.layout import (
+from fastpath.reasons import (
     R_DROP_SLOWPATH_IGNORED, R_DROP_SLOWPATH_RATELIMITED, R_DROP_SPOOFED_IP, R_SLOW_ARP,
     R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE, R_SLOW_NO_ROUTE, R_SLOW_OUTSIDE_ARP_NEEDED,
     R_SLOW_TO_GATEWAY, R_SLOW_SERVICE_REJECT, R_SLOW_TTL_EXCEEDED,

@@ -5,17 +5,11 @@ import ipaddress
 import os
 import time
 
-import numpy as np
-
-from fastpath.forward import FDB_PORT, FDB_SEEN, FDB_STATIC
-from fastpath.nat import CT_EXPIRES
-from vrouter.tables import int_to_mac, ip_to_int
+from vrouter.tables import ip_to_int
 
 
 def _outside(node) -> dict:
-    t = node.dp.tables
-    known = np.nonzero(t.nb_keys)[0].tolist()
-    neighbours = sorted((int(t.nb_keys[j]), int_to_mac(int(t.nb_mac[j]))) for j in known)
+    neighbours = node.dp.outside_neighbours()
     return {"netns": node.cluster.outside_netns,
             "interface": node.uplink.ifname if node.uplink else None,
             "address": f"{node.node.address}/{node.cluster.node_network.prefixlen}",
@@ -27,18 +21,8 @@ def _outside(node) -> dict:
 
 def node_status(node) -> dict:
     dp = node.dp
-    t = dp.tables
-    now = int(dp.clock())
     pods = dp.pods
-    fdb = []
-    for j in np.nonzero(t.fdb_keys)[0].tolist():
-        static = bool(t.fdb_vals[j, FDB_STATIC])
-        age = None if static else now - int(t.fdb_vals[j, FDB_SEEN])
-        if age is not None and age > node.cluster.fdb_age:
-            continue   # aged out: the fast path ignores it too
-        port = int(t.fdb_vals[j, FDB_PORT])
-        fdb.append({"mac": int_to_mac(int(t.fdb_keys[j])), "port": port, "pod": pods[port].name,
-                    "static": static, "age": age})
+    fdb = [{**e, "pod": pods[e["port"]].name} for e in dp.fdb_entries()]
     neighbours = [{"ip": str(node.node.gateway), "mac": node.node.gateway_mac, "port": None,
                    "what": "gateway (this node)"}]
     for port, pod in enumerate(pods):
@@ -68,9 +52,7 @@ def node_status(node) -> dict:
         "services": [{"service": f.service, "port": f.port_name, "frontend":
                       f"{f.address}:{f.port}/{f.protocol}", "backends": f.backends,
                       "snat": f.snat, "scope": f.scope} for f in dp.services.frontends],
-        "conntrack": {"entries": int(np.count_nonzero(
-                          (t.ct_keys[:, 1] != 0) & (t.ct_vals[:, CT_EXPIRES] >= now))),
-                      "capacity": int(t.ct_keys.shape[0])},
+        "conntrack": dp.conntrack_fill(),
         "counters": dp.counter_dict(),
     }
 

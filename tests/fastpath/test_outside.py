@@ -8,7 +8,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import ARP, Ether
 
 from tests.fastpath.test_services import (
-    A_IP, A_MAC, B_IP, B_MAC, GW_MAC, REMOTE, VIP, assert_checksums_valid, inner, make_dp, to_vip,
+    A_IP, A_MAC, B_IP, B_MAC, GW_MAC, REMOTE, VIP, assert_checksums_valid, first_flow, inner,
+    make_dp, to_vip,
 )
 from vrouter import config
 from vrouter.dataplane import OVERLAY_TARGET, Dataplane
@@ -198,12 +199,9 @@ def assert_icmp_checksums_valid(pkt):
 
 
 def test_port_unreachable_from_a_backend_reaches_the_client_as_if_from_the_service(dp):
-    for sport in range(43000, 43100):
-        sent = to_vip(sport, "udp", b"query")
-        ((target, frame),) = dp.process([(0, bytes(sent))])
-        pkt = inner(target, frame)
-        if pkt[IP].dst == B_IP:
-            break
+    sport, _target, pkt = first_flow(dp, range(43000, 43100), lambda t, p: p[IP].dst == B_IP,
+                                     "udp")
+    sent = to_vip(sport, "udp")
     error = icmp_error_about(pkt, B_IP, A_IP, B_MAC, GW_MAC, full=True)
     ((target, frame),) = dp.process([(1, bytes(error))])
     got = Ether(frame)

@@ -7,8 +7,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from fastpath import nat
-from fastpath.layout import COUNTER_COUNT
+from fastpath import conntrack as nat
+from fastpath.reasons import COUNTER_COUNT, R_CT_EVICTED
 from vrouter import config
 from vrouter.dataplane import OVERLAY_TARGET, Dataplane
 from vrouter.servicetables import maglev_row
@@ -61,8 +61,19 @@ def to_vip(sport, proto="tcp", payload=b"hello", src=A_IP, src_mac=A_MAC, dport=
 def inner(target, frame):
     """The pod-level frame of an output: decapsulated when it goes over the overlay."""
     if target >= OVERLAY_TARGET:
-        return Ether(bytes(IP(frame)[VXLAN].payload))
+        return Ether(bytes(VXLAN(frame).payload))
     return Ether(frame)
+
+
+def first_flow(dp, sports, wanted, proto="tcp"):
+    """Open flows from A to the VIP until `wanted(target, pkt)` holds for the translated packet;
+    returns (sport, target, pkt). Fails the test when no source port in `sports` gives one."""
+    for sport in sports:
+        ((target, frame),) = dp.process([(0, bytes(to_vip(sport, proto)))])
+        pkt = inner(target, frame)
+        if wanted(target, pkt):
+            return sport, target, pkt
+    pytest.fail(f"no flow from source ports {sports} satisfied {wanted.__doc__ or wanted}")
 
 
 def assert_checksums_valid(pkt):
@@ -89,10 +100,7 @@ def test_clusterip_connections_reach_every_endpoint_and_replies_come_back_from_t
 
 
 def test_reply_from_a_local_backend_is_reverse_translated(dp):
-    for sport in range(30000, 30100):
-        ((target, frame),) = dp.process([(0, bytes(to_vip(sport)))])
-        if inner(target, frame)[IP].dst == B_IP:
-            break
+    sport, _target, _pkt = first_flow(dp, range(30000, 30100), lambda t, p: p[IP].dst == B_IP)
     reply = Ether(src=B_MAC, dst=A_MAC) / IP(src=B_IP, dst=A_IP) / TCP(sport=8080, dport=sport,
                                                                         flags="SA") / b"x"
     ((target, frame),) = dp.process([(1, bytes(reply))])
@@ -103,10 +111,8 @@ def test_reply_from_a_local_backend_is_reverse_translated(dp):
 
 
 def test_reply_from_a_remote_backend_over_the_overlay_is_reverse_translated(dp):
-    for sport in range(31000, 31100):
-        ((target, frame),) = dp.process([(0, bytes(to_vip(sport, "udp")))])
-        if target >= OVERLAY_TARGET:
-            break
+    sport, _target, _pkt = first_flow(dp, range(31000, 31100),
+                                      lambda t, p: t >= OVERLAY_TARGET, "udp")
     reply = (Ether(src="0e:76:0a:f4:02:00", dst="0e:76:0a:f4:01:00") /
              IP(src=REMOTE, dst=A_IP, ttl=63) / UDP(sport=5353, dport=sport) / b"answer")
     ((target, frame),) = dp.process_datagrams([(ip_to_int("127.0.0.12"),
@@ -140,11 +146,7 @@ def test_nat_checksums_match_scapy_over_many_random_flows():
 
 def test_hairpin_is_snatted_to_the_gateway_and_comes_back(dp):
     # web-1 reaches the VIP until Maglev sends it to itself
-    for sport in range(40000, 40200):
-        ((target, frame),) = dp.process([(0, bytes(to_vip(sport)))])
-        pkt = inner(target, frame)
-        if pkt[IP].dst == A_IP:
-            break
+    sport, target, pkt = first_flow(dp, range(40000, 40200), lambda t, p: p[IP].dst == A_IP)
     assert target == 0 and pkt[IP].src == "10.244.1.1"   # SNAT: it would answer itself otherwise
     reply = Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.244.1.1") / TCP(
         sport=8080, dport=pkt[TCP].sport, flags="SA")
@@ -215,7 +217,7 @@ def test_conntrack_is_bounded_evicts_the_oldest_and_ignores_expired_entries():
         j = nat.wclaim(keys, vals, nat.CT_EXPIRES, np.uint64(k + 1), np.uint64(7), 100, counters)
         vals[j, nat.CT_EXPIRES] = 100 + k
     assert keys.shape[0] == 64                              # bounded
-    assert counters[nat.R_CT_EVICTED] >= 1000 - 64          # the rest evicted, counted
+    assert counters[R_CT_EVICTED] >= 1000 - 64          # the rest evicted, counted
     assert nat.wfind(keys, vals, nat.CT_EXPIRES, np.uint64(1000), np.uint64(7), 100) >= 0  # newest
     assert nat.wfind(keys, vals, nat.CT_EXPIRES, np.uint64(1), np.uint64(7), 100) < 0      # evicted
     j = nat.wfind(keys, vals, nat.CT_EXPIRES, np.uint64(1000), np.uint64(7), 100)
@@ -224,7 +226,7 @@ def test_conntrack_is_bounded_evicts_the_oldest_and_ignores_expired_entries():
 
 
 def ct_entry(dp, client_port):
-    t = dp.tables
+    t = dp.tables.conntrack
     k0, k1 = nat.tuple_key(ip_to_int(A_IP), ip_to_int(VIP), 6, client_port, 80)
     return nat.wfind(t.ct_keys, t.ct_vals, nat.CT_EXPIRES, k0, k1, int(dp.clock()))
 
@@ -232,30 +234,24 @@ def ct_entry(dp, client_port):
 def test_tcp_connections_time_out_by_state():
     now = [1000.0]
     dp = Dataplane(make_dp().cluster, "node-a", clock=lambda: now[0])
-    for sport in range(50000, 50100):
-        ((target, frame),) = dp.process([(0, bytes(to_vip(sport)))])
-        if target == 1:
-            break
+    sport, _target, _pkt = first_flow(dp, range(50000, 50100), lambda t, p: t == 1)
     j = ct_entry(dp, sport)
-    assert dp.tables.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_NEW
+    assert dp.tables.conntrack.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_NEW
     synack = Ether(src=B_MAC, dst=A_MAC) / IP(src=B_IP, dst=A_IP) / TCP(sport=8080, dport=sport,
                                                                          flags="SA")
     dp.process([(1, bytes(synack))])
-    assert dp.tables.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_ESTABLISHED
+    assert dp.tables.conntrack.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_ESTABLISHED
     rst = to_vip(sport)
     rst[TCP].flags = "R"
     dp.process([(0, bytes(rst))])
-    assert dp.tables.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_CLOSED
+    assert dp.tables.conntrack.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_CLOSED
     now[0] += nat.T_TCP_CLOSED + 1
     assert ct_entry(dp, sport) < 0
 
 
 def test_a_syn_on_a_closed_connections_tuple_starts_afresh():
     dp = make_dp()
-    for sport in range(51000, 51100):
-        ((target, frame),) = dp.process([(0, bytes(to_vip(sport)))])
-        if target == 1:
-            break
+    sport, _target, _pkt = first_flow(dp, range(51000, 51100), lambda t, p: t == 1)
     synack = Ether(src=B_MAC, dst=GW_MAC) / IP(src=B_IP, dst=A_IP) / TCP(sport=8080, dport=sport,
                                                                           flags="SA")
     dp.process([(1, bytes(synack))])

@@ -4,7 +4,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from fastpath.layout import (
+from fastpath.reasons import (
     COUNTER_COUNT, R_DROP_SLOWPATH_IGNORED, R_DROP_SLOWPATH_RATELIMITED, R_DROP_SPOOFED_IP,
     R_SLOW_ARP, R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE, R_SLOW_TO_GATEWAY,
     R_SLOW_TTL_EXCEEDED,

@@ -1,0 +1,182 @@
+"""The fast path's dispatch loop: every frame of a batch walks the stages (fastpath.stages) until
+one gives a verdict; the verdict is counted here, once, and turned into output rows.
+
+    forward(frames, first, n, now, tables, out) -> index of the first frame not processed
+
+Frames first..n-1 of `frames` go in; `out` (fastpath.layout, O_*) fills with what to write and
+send. When it is about to run out of room, forward stops early: write the output and call again
+from the returned index. No I/O here: fastpath.io writes the output batch, vrouter.dataplane
+reads it in tests and for the slow path.
+"""
+from numba import njit
+
+from fastpath.ipv4 import complete_checksum
+from fastpath.layout import (
+    ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, ETH_LEN, F_DATA, F_ROWS, F_SLOW,
+    GSO_NONE, IN_GATEWAY, IN_OVERLAY, M_ACTION, M_GSO_TYPE, M_IN_PORT, M_LEN, M_OUT, M_REASON,
+    M_ROW, M_SOCKET, M_START, M_VFLAGS, O_DONE, O_FRAME, O_IN_PORT, O_KIND, O_LEN, O_REASON,
+    O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_FLOOD, OUT_OVERLAY, OUT_PORT,
+    OUT_SLOW, P_UPLINK_PORT, P_VNI, SRC_DATA, SRC_FRAMES, TRAIN_MAX_SEGMENTS, VNET_F_NEEDS_CSUM,
+    VXLAN_HEADER_LEN,
+)
+from fastpath.reasons import (
+    R_DROP_NO_ROOM, R_DROP_RUNT, R_DROP_SLOWPATH_IGNORED, R_RX_FRAMES, R_SLOW_OUTSIDE_ARP_NEEDED,
+)
+from fastpath.stages import (
+    DONE, S_BRIDGE, S_GATEWAY_IN, S_OUTSIDE_IN, S_OVERLAY_IN, S_POD_IN, S_ROUTE, S_SERVICES,
+    S_SWITCH, S_TO_OVERLAY, finish,
+)
+from fastpath.stages.bridge import bridge_stage, switch
+from fastpath.stages.gro import coalesce
+from fastpath.stages.gso import segment, space_needed
+from fastpath.stages.ingress import gateway_in, pod_in
+from fastpath.stages.outside import outside_in
+from fastpath.stages.overlay import overlay_in, to_overlay, write_vxlan_header
+from fastpath.stages.route import route_stage
+from fastpath.stages.services import services_stage
+
+# what must be left in the output batch before another frame is taken (the worst single frame)
+ROWS_RESERVE = 2 * TRAIN_MAX_SEGMENTS
+
+
+@njit(cache=True)
+def first_stage(in_port, uplink):
+    if 0 <= in_port < uplink:
+        return S_POD_IN
+    if in_port == uplink:
+        return S_OUTSIDE_IN
+    if in_port == IN_OVERLAY:
+        return S_OVERLAY_IN
+    if in_port == IN_GATEWAY:
+        return S_GATEWAY_IN
+    return DONE
+
+
+@njit(cache=True)
+def run_stages(buf, meta, i, now, tables):
+    """Walk frame i through the stages until one finishes it (verdict in M_ACTION/M_REASON)."""
+    params, counters = tables.params, tables.counters
+    stage = first_stage(meta[i, M_IN_PORT], params[P_UPLINK_PORT])
+    if stage == DONE:
+        finish(meta, i, ACT_DROP, 0, R_DROP_RUNT)   # no such port: cannot happen from the I/O
+    while stage != DONE:
+        if stage == S_POD_IN:
+            stage = pod_in(buf, meta, i, now, params, counters, tables.ports, tables.bridge)
+        elif stage == S_OUTSIDE_IN:
+            stage = outside_in(buf, meta, i, params, counters, tables.outside)
+        elif stage == S_OVERLAY_IN:
+            stage = overlay_in(buf, meta, i, now, params, counters, tables.peers)
+        elif stage == S_GATEWAY_IN:
+            stage = gateway_in(buf, meta, i)
+        elif stage == S_SERVICES:
+            stage = services_stage(buf, meta, i, now, params, counters, tables.services,
+                                   tables.conntrack)
+        elif stage == S_SWITCH:
+            stage = switch(buf, meta, i, params)
+        elif stage == S_BRIDGE:
+            stage = bridge_stage(buf, meta, i, now, params, tables.bridge)
+        elif stage == S_ROUTE:
+            stage = route_stage(buf, meta, i, params, tables.ports, tables.routes, tables.outside)
+        elif stage == S_TO_OVERLAY:
+            stage = to_overlay(buf, meta, i, now, params, tables.peers)
+        else:
+            stage = DONE
+
+
+@njit(cache=True)
+def _add_row(out, kind, src, row, start, length, target, frame):
+    r = out.fill[F_ROWS]
+    out.rows[r, :] = 0
+    out.rows[r, O_KIND] = kind
+    out.rows[r, O_SRC] = src
+    out.rows[r, O_ROW] = row
+    out.rows[r, O_START] = start
+    out.rows[r, O_LEN] = length
+    out.rows[r, O_TARGET] = target
+    out.rows[r, O_FRAME] = frame
+    out.fill[F_ROWS] = r + 1
+    return r
+
+
+@njit(cache=True)
+def _to_slow_path(buf, meta, i, out, counters):
+    """Copy the frame out of the batch (the writes that follow may reuse its bytes) and give
+    the slow path a complete checksum to read."""
+    row, s, length = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN]
+    pos = out.fill[F_SLOW]
+    out.slow[0, pos:pos + length] = buf[row, s:s + length]
+    if meta[i, M_VFLAGS] & VNET_F_NEEDS_CSUM:
+        complete_checksum(out.slow, 0, pos + ETH_LEN, counters)
+    out.fill[F_SLOW] = pos + length
+    r = _add_row(out, OUT_SLOW, SRC_DATA, 0, pos, length, 0, i)
+    out.rows[r, O_REASON] = meta[i, M_REASON]
+    out.rows[r, O_IN_PORT] = meta[i, M_IN_PORT]
+
+
+@njit(cache=True)
+def _emit(buf, meta, i, action, params, out, counters):
+    """Output rows for frame i's verdict."""
+    row, s, length = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN]
+    if action == ACT_PORT:
+        _add_row(out, OUT_PORT, SRC_FRAMES, row, s, length, meta[i, M_OUT], i)
+    elif action == ACT_FLOOD:
+        _add_row(out, OUT_FLOOD, SRC_FRAMES, row, s, length, meta[i, M_IN_PORT], i)
+    elif action == ACT_SLOW:
+        _to_slow_path(buf, meta, i, out, counters)
+    elif action == ACT_OVERLAY:
+        if meta[i, M_GSO_TYPE] != GSO_NONE:
+            segment(buf, meta, i, params[P_VNI], out, counters)
+            return
+        if meta[i, M_VFLAGS] & VNET_F_NEEDS_CSUM:   # the wire carries complete checksums
+            complete_checksum(buf, row, s + ETH_LEN, counters)
+        write_vxlan_header(buf, row, s - VXLAN_HEADER_LEN, params[P_VNI])
+        r = _add_row(out, OUT_OVERLAY, SRC_FRAMES, row, s - VXLAN_HEADER_LEN,
+                     length + VXLAN_HEADER_LEN, meta[i, M_OUT], i)
+        out.rows[r, O_SOCKET] = meta[i, M_SOCKET]
+
+
+@njit(cache=True)
+def _room(buf, meta, i, out):
+    """Is there room in the output batch for whatever frame i becomes?"""
+    if out.fill[F_ROWS] + ROWS_RESERVE > out.rows.shape[0]:
+        return False
+    if out.fill[F_SLOW] + meta[i, M_LEN] > out.slow.shape[1]:
+        return False
+    if meta[i, M_GSO_TYPE] != GSO_NONE:   # a super-frame may be segmented: worst case
+        need, _trains = space_needed(buf, meta, i)
+        return out.fill[F_DATA] + need <= out.data.shape[1]
+    return True
+
+
+@njit(cache=True)
+def forward(frames, first, n, now, tables, out):
+    """Run frames first..n-1 through the stages into `out`; returns the next frame to run (n
+    when all are done). GRO then merges the overlay segments of this call's output rows."""
+    buf, meta = frames.buf, frames.meta
+    params, counters = tables.params, tables.counters
+    first_row = out.fill[F_ROWS]
+    i = first
+    while i < n:
+        if not _room(buf, meta, i, out):
+            if out.fill[F_ROWS] == 0 and out.fill[F_DATA] == 0 and out.fill[F_SLOW] == 0:
+                # it does not fit even into an empty batch (a super-frame of tiny segments)
+                counters[R_RX_FRAMES] += 1
+                counters[R_DROP_NO_ROOM] += 1
+                i += 1
+                continue
+            break
+        counters[R_RX_FRAMES] += 1
+        meta[i, M_ACTION] = ACT_DROP
+        run_stages(buf, meta, i, now, tables)
+        action, reason = meta[i, M_ACTION], meta[i, M_REASON]
+        if meta[i, M_IN_PORT] == IN_GATEWAY and action == ACT_SLOW \
+                and reason != R_SLOW_OUTSIDE_ARP_NEEDED:
+            # never loop back into the slow path with the node's own packets (except to ask
+            # for an outside neighbour, which drops this packet anyway)
+            action, reason = ACT_DROP, R_DROP_SLOWPATH_IGNORED
+            finish(meta, i, action, 0, reason)
+        counters[reason] += 1
+        _emit(buf, meta, i, action, params, out, counters)
+        i += 1
+    coalesce(buf, meta, out, first_row, counters)
+    return i

@@ -1,0 +1,122 @@
+"""The fast path's tables, grouped by the stage that reads them.
+
+Each group is a namedtuple of numpy arrays (numba passes one as a single typed argument). The
+control plane (vrouter.tables, vrouter.servicetables) builds them; the fast path reads them and
+updates in place only what it learns (MAC table, neighbours, peer liveness, conntrack). A reload
+swaps a whole group between two batches. Dtypes and dimensions are part of the compiled
+signature: keep them as the builders make them.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Ports(NamedTuple):
+    """Local pod ports: who is on port p (anti-spoofing, routed delivery)."""
+    port_mac: np.ndarray        # int64[P]
+    port_ip: np.ndarray         # int64[P]
+
+
+class Bridge(NamedTuple):
+    """The MAC table: MAC -> port, static flag, last-seen second (columns FDB_*)."""
+    fdb_keys: np.ndarray        # uint64[N], open addressing (fastpath.hashtable)
+    fdb_vals: np.ndarray        # int64[N, 3]
+
+
+class Routes(NamedTuple):
+    """Where an IPv4 destination lives: a local pod's port, or a peer's podCIDR."""
+    pod_keys: np.ndarray        # uint64: pod IPv4 -> index into pod_port
+    pod_port: np.ndarray        # int64
+    route_masks: np.ndarray     # int64: prefix masks of peers' podCIDRs, longest first
+    route_keys: np.ndarray      # uint64: podCIDR network address -> index into route_peer
+    route_peer: np.ndarray      # int64
+
+
+class Peers(NamedTuple):
+    """The other nodes, as VXLAN peers."""
+    peer_keys: np.ndarray       # uint64: underlay IPv4 -> index into peer_index
+    peer_index: np.ndarray      # int64
+    peer_ip: np.ndarray         # int64[K]
+    peer_vtep_mac: np.ndarray   # int64[K]
+    peer_seen: np.ndarray       # int64[K]: second a datagram last came from the peer
+
+
+class Outside(NamedTuple):
+    """Neighbours on the outside network: IPv4 -> MAC (preset and gleaned)."""
+    nb_keys: np.ndarray         # uint64
+    nb_mac: np.ndarray          # int64
+
+
+class Services(NamedTuple):
+    """Service frontends and backends (rebuilt on reload), see fastpath.stages.services."""
+    fe_keys: np.ndarray         # uint64
+    fe_vals: np.ndarray         # int64[N, FE_COLS]
+    maglev: np.ndarray          # int32[rows, M]
+    be_ip: np.ndarray           # int64
+    be_port: np.ndarray         # int64
+
+
+class Conntrack(NamedTuple):
+    """Connection state (kept across reloads), see fastpath.conntrack."""
+    ct_keys: np.ndarray         # uint64[N, 2] (views into one cache-line-aligned array)
+    ct_vals: np.ndarray         # int64[N, CT_COLS]
+    aff_keys: np.ndarray
+    aff_vals: np.ndarray
+    frag_keys: np.ndarray
+    frag_vals: np.ndarray
+
+
+class Tables(NamedTuple):
+    params: np.ndarray          # int64[PARAM_COUNT], P_*
+    counters: np.ndarray        # uint64[COUNTER_COUNT], R_*
+    ports: Ports
+    bridge: Bridge
+    routes: Routes
+    peers: Peers
+    outside: Outside
+    services: Services
+    conntrack: Conntrack
+
+
+class Frames(NamedTuple):
+    """An input batch: frames in rows of `buf`, one `meta` row each (see fastpath.layout)."""
+    buf: np.ndarray             # uint8[rows, SLOT]
+    meta: np.ndarray            # int64[FRAMES_MAX, META_COLS]
+
+
+class Output(NamedTuple):
+    """An output batch (see fastpath.layout, O_*)."""
+    rows: np.ndarray            # int64[OUT_ROWS, OUT_COLS]
+    data: np.ndarray            # uint8[1, OUT_DATA]: GSO segments, VXLAN-encapsulated
+    slow: np.ndarray            # uint8[1, SLOW_DATA]: copies of frames for the slow path
+    fill: np.ndarray            # int64[FILL_COLS]: rows, data and slow bytes used (F_*)
+
+
+class Io(NamedTuple):
+    """The node's file descriptors and the memory fastpath.io hands to the kernel."""
+    tap_fds: np.ndarray         # int64[ports]: TAP fd of each port (pods, then the uplink)
+    sock_fds: np.ndarray        # int64[sockets]: overlay send sockets (one UDP source port each)
+    peer_addrs: np.ndarray      # uint64[peers * 2]: struct sockaddr_in of each peer
+    fd_port: np.ndarray         # int64[65536]: fd -> port, or FD_OVERLAY / FD_WAKE / FD_NONE
+    events: np.ndarray          # uint8: struct epoll_event[]
+    clock: np.ndarray           # int64[2]: struct timespec
+    epfd: int
+    event_stride: int           # sizeof(struct epoll_event): 12 on x86-64, 16 elsewhere
+
+
+class TxRing(NamedTuple):
+    """sendmmsg() and writev() arguments, reused for every output batch."""
+    msgs: np.ndarray            # uint64[OUT_ROWS * 8]: struct mmsghdr[]
+    iovs: np.ndarray            # uint64[OUT_ROWS * 2]: struct iovec[], one per message
+    cmsgs: np.ndarray           # uint64[OUT_ROWS * 4]: a UDP_SEGMENT cmsg per message
+    queue: np.ndarray           # int64[OUT_ROWS]: output rows waiting for sendmmsg
+    vnet: np.ndarray            # uint8[16]: the virtio-net header of the next TAP write
+    tap_iov: np.ndarray         # uint64[4]: struct iovec[2] for writev(header, frame)
+
+
+class RxRing(NamedTuple):
+    """recvmmsg() arguments for the overlay socket: one message per input buffer row."""
+    msgs: np.ndarray            # uint64[BATCH * 8]: struct mmsghdr[]
+    iovs: np.ndarray            # uint64[BATCH * 2]
+    addrs: np.ndarray           # uint64[BATCH * 2]: struct sockaddr_in (the sender)
+    cmsgs: np.ndarray           # uint64[BATCH * 4]: the UDP_GRO cmsg (segment size)

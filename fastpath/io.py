@@ -1,0 +1,353 @@
+"""The node's I/O edge, compiled: system calls made from numba, so that no Python runs per frame.
+
+`serve` waits in epoll_wait (with the GIL released) for the node's TAPs and overlay socket,
+reads a batch from each ready one (TAP: read() per frame; overlay: one recvmmsg, UDP GRO trains
+split into datagrams), runs the fast path (fastpath.dispatch) and writes its output batch (TAP:
+writev() of virtio-net header + frame; overlay: one sendmmsg per send socket, GSO trains with a
+UDP_SEGMENT cmsg). It returns to Python only when Python is needed: frames for the slow path, a
+control request (the wake-up eventfd), or a timeout. After traffic it keeps polling without
+sleeping for a bounded time (busy-polling, as Linux's busy_poll): waking a sleeping thread costs
+tens of microseconds on a VM.
+
+libc is reached through numba ExternalFunction declarations (resolved by symbol name, so the
+compiled code can be cached). The kernel structures (mmsghdr, iovec, cmsghdr, sockaddr_in,
+epoll_event) live in numpy arrays that vrouter.nodeio builds and fills with addresses once;
+their layout here is Linux x86-64/aarch64 (64-bit pointers, little-endian).
+"""
+import numpy as np
+from numba import njit, types
+
+from fastpath.dispatch import forward
+from fastpath.layout import (
+    F_DATA, F_ROWS, F_SLOW, HEADROOM, IN_OVERLAY, M_CSUM_OFFSET, M_CSUM_START, M_GSO_SIZE,
+    M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START, M_VFLAGS, O_DONE, O_FRAME,
+    O_KIND, O_LEN, O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_FLOOD, OUT_OVERLAY,
+    OUT_PORT, OUT_SLOW, P_PORT_COUNT, SLOT, SRC_DATA, VNET_HDR_LEN, VXLAN_HEADER_LEN,
+)
+from fastpath.reasons import (
+    R_BUSY_POLLS, R_DROP_TX_ERROR, R_RX_SYSCALLS, R_TX_DATAGRAMS, R_TX_FRAMES, R_TX_SYSCALLS,
+)
+
+_ssize = types.intp
+c_read = types.ExternalFunction("read", _ssize(types.intc, types.uintp, types.uintp))
+c_writev = types.ExternalFunction("writev", _ssize(types.intc, types.uintp, types.intc))
+c_recvmmsg = types.ExternalFunction(
+    "recvmmsg", types.intc(types.intc, types.uintp, types.uintc, types.intc, types.uintp))
+c_sendmmsg = types.ExternalFunction(
+    "sendmmsg", types.intc(types.intc, types.uintp, types.uintc, types.intc))
+c_epoll_wait = types.ExternalFunction(
+    "epoll_wait", types.intc(types.intc, types.uintp, types.intc, types.intc))
+c_clock_gettime = types.ExternalFunction("clock_gettime", types.intc(types.intc, types.uintp))
+c_errno = types.ExternalFunction("__errno_location", types.CPointer(types.intc)())
+
+EINTR = 4
+EAGAIN = 11
+MSG_DONTWAIT = 0x40
+CLOCK_MONOTONIC = 1
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+IOV_MAX = 1024
+
+# kernel structure sizes, in 8-byte words
+MMSG_WORDS = 8        # struct mmsghdr: msghdr (56 bytes) + msg_len, padded
+CMSG_WORDS = 4        # one cmsghdr with up to 8 bytes of data (CMSG_SPACE(4) = 24, rounded)
+SOCKADDR_WORDS = 2    # struct sockaddr_in
+# struct msghdr fields (word index)
+MH_NAME, MH_NAMELEN, MH_IOV, MH_IOVLEN, MH_CONTROL, MH_CONTROLLEN, MH_FLAGS, MH_LEN = range(8)
+
+# fd_port values for what is not a port
+FD_NONE = -1
+FD_OVERLAY = -2
+FD_WAKE = -3
+
+# serve() results
+WHY_SLOW = 1          # out holds frames for the slow path (out.fill[F_SLOW] > 0)
+WHY_WAKE = 2          # the wake-up eventfd is readable: a control request
+WHY_TIMEOUT = 3       # nothing happened for the wait time
+WHY_ERROR = 4         # epoll_wait failed
+
+# state[] columns (kept between serve() calls)
+ST_PENDING_PORT = 0   # a batch interrupted by slow-path frames: its ingress (or FD_NONE)
+ST_PENDING_NEXT = 1   # ... its next frame
+ST_PENDING_N = 2      # ... and its frame count
+ST_SPIN_UNTIL = 3     # monotonic ns until which to busy-poll
+ST_SPIN_NS = 4        # busy-poll window after traffic (0: off)
+ST_TIMEOUT_MS = 5     # longest sleep in epoll_wait before returning WHY_TIMEOUT (-1: forever)
+ST_NOW = 6            # the fast path's clock (seconds), as of the last wake-up
+STATE_COLS = 8
+
+
+@njit(cache=True, inline="always")
+def _errno():
+    return c_errno()[0]
+
+
+@njit(cache=True)
+def monotonic_ns(ts):
+    c_clock_gettime(CLOCK_MONOTONIC, ts.ctypes.data)
+    return ts[0] * 1_000_000_000 + ts[1]
+
+
+@njit(cache=True)
+def read_tap(fd, port, frames, counters):
+    """Read up to a batch of frames (each behind its virtio-net header) from a TAP, one per row,
+    into meta rows 0..n-1; returns n."""
+    buf, meta = frames.buf, frames.meta
+    base = buf.ctypes.data
+    room = SLOT - HEADROOM + VNET_HDR_LEN
+    n = 0
+    while n < buf.shape[0]:
+        got = c_read(fd, base + n * SLOT + HEADROOM - VNET_HDR_LEN, room)
+        if got <= 0:
+            break
+        counters[R_RX_SYSCALLS] += 1
+        h = HEADROOM - VNET_HDR_LEN
+        meta[n, :] = 0
+        meta[n, M_ROW] = n
+        meta[n, M_START] = HEADROOM
+        meta[n, M_LEN] = got - VNET_HDR_LEN
+        meta[n, M_IN_PORT] = port
+        meta[n, M_VFLAGS] = buf[n, h]
+        meta[n, M_GSO_TYPE] = buf[n, h + 1]
+        meta[n, M_HDR_LEN] = np.int64(buf[n, h + 2]) | (np.int64(buf[n, h + 3]) << 8)
+        meta[n, M_GSO_SIZE] = np.int64(buf[n, h + 4]) | (np.int64(buf[n, h + 5]) << 8)
+        meta[n, M_CSUM_START] = np.int64(buf[n, h + 6]) | (np.int64(buf[n, h + 7]) << 8)
+        meta[n, M_CSUM_OFFSET] = np.int64(buf[n, h + 8]) | (np.int64(buf[n, h + 9]) << 8)
+        n += 1
+    return n
+
+
+@njit(cache=True)
+def recv_overlay(fd, frames, rx, counters):
+    """One recvmmsg of up to a batch of VXLAN datagrams (or UDP GRO trains of them, one per
+    row); every datagram becomes a frame (meta row) starting after its VXLAN header. Returns the
+    frame count."""
+    buf, meta = frames.buf, frames.meta
+    msgs = rx.msgs
+    count = msgs.shape[0] // MMSG_WORDS
+    for k in range(count):   # the kernel overwrote these with what it returned last time
+        m = k * MMSG_WORDS
+        msgs[m + MH_NAMELEN] = SOCKADDR_WORDS * 8
+        msgs[m + MH_CONTROLLEN] = CMSG_WORDS * 8
+        msgs[m + MH_FLAGS] = 0
+    got = c_recvmmsg(fd, msgs.ctypes.data, count, MSG_DONTWAIT, 0)
+    if got <= 0:
+        return 0
+    counters[R_RX_SYSCALLS] += 1
+    n = 0
+    for k in range(got):
+        m = k * MMSG_WORDS
+        length = np.int64(msgs[m + MH_LEN] & np.uint64(0xFFFFFFFF))
+        addr = rx.addrs[k * SOCKADDR_WORDS]
+        source = np.int64((addr >> np.uint64(32)) & np.uint64(0xFFFFFFFF))   # sin_addr, network order
+        source = ((source & 0xFF) << 24) | ((source & 0xFF00) << 8) | ((source >> 8) & 0xFF00) \
+            | ((source >> 24) & 0xFF)
+        size = length
+        c = k * CMSG_WORDS
+        if msgs[m + MH_CONTROLLEN] >= 20:
+            level_type = rx.cmsgs[c + 1]
+            if level_type == np.uint64(SOL_UDP) | (np.uint64(UDP_GRO) << np.uint64(32)):
+                size = np.int64(rx.cmsgs[c + 2] & np.uint64(0xFFFFFFFF))
+        if size <= 0:
+            size = length
+        base = HEADROOM - VXLAN_HEADER_LEN
+        for first in range(0, length, size):
+            meta[n, :] = 0
+            meta[n, M_ROW] = k
+            meta[n, M_START] = base + first + VXLAN_HEADER_LEN
+            meta[n, M_LEN] = min(size, length - first) - VXLAN_HEADER_LEN
+            meta[n, M_IN_PORT] = IN_OVERLAY
+            meta[n, M_SRC_IP] = source
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def _write_tap(fd, buf, row, start, length, meta, i, tx, counters):
+    """writev(virtio-net header, frame): the header from the frame's meta row."""
+    h = tx.vnet
+    h[0] = meta[i, M_VFLAGS]
+    h[1] = meta[i, M_GSO_TYPE]
+    h[2] = meta[i, M_HDR_LEN] & 0xFF
+    h[3] = meta[i, M_HDR_LEN] >> 8
+    h[4] = meta[i, M_GSO_SIZE] & 0xFF
+    h[5] = meta[i, M_GSO_SIZE] >> 8
+    h[6] = meta[i, M_CSUM_START] & 0xFF
+    h[7] = meta[i, M_CSUM_START] >> 8
+    h[8] = meta[i, M_CSUM_OFFSET] & 0xFF
+    h[9] = meta[i, M_CSUM_OFFSET] >> 8
+    iov = tx.tap_iov
+    iov[0] = np.uint64(h.ctypes.data)
+    iov[1] = np.uint64(VNET_HDR_LEN)
+    iov[2] = np.uint64(buf.ctypes.data + row * buf.shape[1] + start)
+    iov[3] = np.uint64(length)
+    counters[R_TX_SYSCALLS] += 1
+    if c_writev(fd, iov.ctypes.data, 2) < 0:
+        counters[R_DROP_TX_ERROR] += 1
+    else:
+        counters[R_TX_FRAMES] += 1
+
+
+@njit(cache=True)
+def _flush_socket(fd, tx, first, count, counters):
+    sent = 0
+    while sent < count:
+        got = c_sendmmsg(fd, tx.msgs.ctypes.data + (first + sent) * MMSG_WORDS * 8,
+                         min(count - sent, IOV_MAX), MSG_DONTWAIT)
+        counters[R_TX_SYSCALLS] += 1
+        if got <= 0:
+            counters[R_DROP_TX_ERROR] += count - sent
+            return
+        sent += got
+
+
+@njit(cache=True)
+def write_out(frames, out, io, tx, tables):
+    """Write the output batch: TAP frames in order, then every VXLAN datagram and GSO train with
+    one sendmmsg per send socket. Rows for the slow path are left to Python."""
+    buf, meta = frames.buf, frames.meta
+    rows = out.rows
+    counters = tables.counters
+    ports = tables.params[P_PORT_COUNT]
+    queued = 0
+    for r in range(out.fill[F_ROWS]):
+        kind = rows[r, O_KIND]
+        if rows[r, O_DONE] or kind == OUT_SLOW:
+            continue
+        if kind == OUT_PORT:
+            _write_tap(io.tap_fds[rows[r, O_TARGET]], buf, rows[r, O_ROW], rows[r, O_START],
+                       rows[r, O_LEN], meta, rows[r, O_FRAME], tx, counters)
+        elif kind == OUT_FLOOD:
+            for port in range(ports):
+                if port != rows[r, O_TARGET]:
+                    _write_tap(io.tap_fds[port], buf, rows[r, O_ROW], rows[r, O_START],
+                               rows[r, O_LEN], meta, rows[r, O_FRAME], tx, counters)
+        elif kind == OUT_OVERLAY:
+            tx.queue[queued] = r
+            queued += 1
+    if queued == 0:
+        return
+    # one sendmmsg per socket, the messages of each socket side by side in tx.msgs
+    k = 0
+    for sock in range(io.sock_fds.shape[0]):
+        first = k
+        for q in range(queued):
+            r = tx.queue[q]
+            if rows[r, O_SOCKET] != sock:
+                continue
+            if rows[r, O_SRC] == SRC_DATA:
+                address = out.data.ctypes.data + rows[r, O_START]
+            else:
+                address = buf.ctypes.data + rows[r, O_ROW] * buf.shape[1] + rows[r, O_START]
+            m = k * MMSG_WORDS
+            tx.iovs[2 * k] = np.uint64(address)
+            tx.iovs[2 * k + 1] = np.uint64(rows[r, O_LEN])
+            tx.msgs[m + MH_NAME] = np.uint64(io.peer_addrs.ctypes.data
+                                             + rows[r, O_TARGET] * SOCKADDR_WORDS * 8)
+            segment = rows[r, O_SEGMENT]
+            if segment > 0:   # a GSO train: the kernel cuts it into datagrams of this size
+                c = k * CMSG_WORDS
+                tx.cmsgs[c] = np.uint64(18)   # CMSG_LEN(sizeof(u16))
+                tx.cmsgs[c + 1] = np.uint64(SOL_UDP) | (np.uint64(UDP_SEGMENT) << np.uint64(32))
+                tx.cmsgs[c + 2] = np.uint64(segment)
+                tx.msgs[m + MH_CONTROL] = np.uint64(tx.cmsgs.ctypes.data + c * 8)
+                tx.msgs[m + MH_CONTROLLEN] = np.uint64(CMSG_WORDS * 8)
+                counters[R_TX_DATAGRAMS] += (rows[r, O_LEN] + segment - 1) // segment
+            else:
+                tx.msgs[m + MH_CONTROL] = 0
+                tx.msgs[m + MH_CONTROLLEN] = 0
+                counters[R_TX_DATAGRAMS] += 1
+            k += 1
+        if k > first:
+            _flush_socket(io.sock_fds[sock], tx, first, k - first, counters)
+
+
+@njit(cache=True)
+def _run_batch(frames, first, n, now, tables, out, io, tx, state, port):
+    """Forward and write frames first..n-1; stop early when the slow path has frames to see
+    (remembering where to go on). Returns True when the batch is done."""
+    i = first
+    while i < n:
+        out.fill[F_ROWS] = 0
+        out.fill[F_DATA] = 0
+        out.fill[F_SLOW] = 0
+        i = forward(frames, i, n, now, tables, out)
+        write_out(frames, out, io, tx, tables)
+        if out.fill[F_SLOW] > 0:
+            if i < n:
+                state[ST_PENDING_PORT] = port
+                state[ST_PENDING_NEXT] = i
+                state[ST_PENDING_N] = n
+            return i >= n
+    return True
+
+
+@njit(cache=True, nogil=True)
+def serve(frames, tables, out, io, tx, rx, state):
+    """Move traffic until Python is needed; returns WHY_*. When it returns WHY_SLOW, `out`
+    holds the frames for the slow path and state[ST_PENDING_*] where the batch goes on."""
+    counters = tables.counters
+    events = io.events
+    stride = io.event_stride
+    if state[ST_PENDING_PORT] != FD_NONE:   # finish a batch the slow path interrupted
+        port = state[ST_PENDING_PORT]
+        state[ST_PENDING_PORT] = FD_NONE
+        if not _run_batch(frames, state[ST_PENDING_NEXT], state[ST_PENDING_N], state[ST_NOW],
+                          tables, out, io, tx, state, port):
+            return WHY_SLOW
+        if out.fill[F_SLOW] > 0:
+            return WHY_SLOW
+    while True:
+        now_ns = monotonic_ns(io.clock)
+        spinning = now_ns < state[ST_SPIN_UNTIL]
+        ready = c_epoll_wait(io.epfd, events.ctypes.data, events.shape[0] // stride,
+                             0 if spinning else state[ST_TIMEOUT_MS])
+        if ready < 0:
+            if _errno() == EINTR:
+                continue
+            return WHY_ERROR
+        if ready == 0:
+            if spinning:
+                counters[R_BUSY_POLLS] += 1
+                continue
+            return WHY_TIMEOUT
+        now = monotonic_ns(io.clock) // 1_000_000_000
+        state[ST_NOW] = now
+        woken = False
+        for e in range(ready):
+            p = e * stride + 4   # the epoll_data: the fd (Python's epoll.register sets it)
+            fd = np.int64(events[p]) | (np.int64(events[p + 1]) << 8) \
+                | (np.int64(events[p + 2]) << 16) | (np.int64(events[p + 3]) << 24)
+            port = io.fd_port[fd]
+            if port == FD_WAKE:
+                woken = True
+                continue
+            if port == FD_OVERLAY:
+                n = recv_overlay(fd, frames, rx, counters)
+            elif port >= 0:
+                n = read_tap(fd, port, frames, counters)
+            else:
+                continue
+            if n == 0:
+                continue
+            state[ST_SPIN_UNTIL] = monotonic_ns(io.clock) + state[ST_SPIN_NS]
+            if not _run_batch(frames, 0, n, now, tables, out, io, tx, state, port):
+                return WHY_SLOW
+            if out.fill[F_SLOW] > 0:
+                return WHY_SLOW
+        if woken:
+            return WHY_WAKE
+
+
+@njit(cache=True)
+def write_gateway(frames, first, n, now, tables, out, io, tx):
+    """Forward and write frames first..n-1 that the gateway originated (slow-path answers,
+    keepalives); returns the next frame to run. Their own slow-path verdicts (only: resolve an
+    outside neighbour) stay in `out` for Python."""
+    out.fill[F_ROWS] = 0
+    out.fill[F_DATA] = 0
+    out.fill[F_SLOW] = 0
+    i = forward(frames, first, n, now, tables, out)
+    write_out(frames, out, io, tx, tables)
+    return i

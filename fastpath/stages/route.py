@@ -1,0 +1,49 @@
+"""L3: the gateway routes IPv4 to a local pod, the outside network, or a peer's podCIDR."""
+from numba import njit
+
+from fastpath import hashtable
+from fastpath.checksum import read32, write48
+from fastpath.ipv4 import decrement_ttl
+from fastpath.layout import (
+    ACT_PORT, ACT_SLOW, ETH_LEN, IN_GATEWAY, M_IN_PORT, M_OUT, M_ROW, M_START, P_GW_IP, P_GW_MAC,
+    P_LOCAL_MASK, P_LOCAL_NET, P_NODE_IP, P_OUTSIDE_MASK, P_OUTSIDE_NET,
+)
+from fastpath.reasons import (
+    R_FORWARDED_ROUTED, R_SLOW_HOST_UNREACHABLE, R_SLOW_NO_ROUTE, R_SLOW_TO_GATEWAY,
+    R_SLOW_TTL_EXCEEDED,
+)
+from fastpath.stages import S_TO_OVERLAY, finish
+from fastpath.stages.outside import to_outside
+
+
+@njit(cache=True)
+def route_stage(buf, meta, i, params, ports, routes, outside):
+    """`forwarded` packets pass through (TTL checked and decremented); the gateway's own
+    (IN_GATEWAY) are originated here."""
+    row, s = meta[i, M_ROW], meta[i, M_START]
+    forwarded = meta[i, M_IN_PORT] != IN_GATEWAY
+    ip = s + ETH_LEN
+    dst = read32(buf, row, ip + 16)
+    if dst == params[P_GW_IP] or dst == params[P_NODE_IP] or dst == params[P_LOCAL_NET]:
+        return finish(meta, i, ACT_SLOW, 0, R_SLOW_TO_GATEWAY)   # gateway, node or VTEP address
+    if forwarded and buf[row, ip + 8] <= 1:
+        return finish(meta, i, ACT_SLOW, 0, R_SLOW_TTL_EXCEEDED)
+    if (dst & params[P_LOCAL_MASK]) == params[P_LOCAL_NET]:
+        j = hashtable.find(routes.pod_keys, dst)
+        if j < 0:
+            return finish(meta, i, ACT_SLOW, 0, R_SLOW_HOST_UNREACHABLE)
+        port = routes.pod_port[j]
+        write48(buf, row, s, ports.port_mac[port])
+        write48(buf, row, s + 6, params[P_GW_MAC])
+        if forwarded:
+            decrement_ttl(buf, row, ip)
+        return finish(meta, i, ACT_PORT, port, R_FORWARDED_ROUTED)
+    if (dst & params[P_OUTSIDE_MASK]) == params[P_OUTSIDE_NET]:
+        return to_outside(buf, meta, i, dst, forwarded, params, outside)
+    masks = routes.route_masks
+    for m in range(masks.shape[0]):
+        j = hashtable.find(routes.route_keys, dst & masks[m])
+        if j >= 0:
+            meta[i, M_OUT] = routes.route_peer[j]
+            return S_TO_OVERLAY
+    return finish(meta, i, ACT_SLOW, 0, R_SLOW_NO_ROUTE)

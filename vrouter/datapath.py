@@ -1,0 +1,183 @@
+"""The node's data-path thread: it owns the TAPs and overlay sockets while it runs.
+
+It loops over fastpath.io.serve, which sleeps in epoll_wait with the GIL released and moves
+traffic in compiled code; serve comes back to Python only for the slow path (scapy), for requests
+from the control side (trio), and once a second. Everything that touches the tables (status,
+reload, keepalives, ARP probes) runs here, between two batches, submitted with `call` (or
+`run` from trio), so the fast path never sees a half-made change.
+
+Why a thread and not a trio task per fd: waking trio for a frame costs ~100 us on this machine
+class, a raw epoll wake-up ~40-60 us, and busy-polling after traffic (state ST_SPIN_NS) removes
+even that for the reply of a request; see the README's latency notes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import threading
+from typing import Callable
+
+import trio
+
+from fastpath.io import (
+    FD_OVERLAY, FD_WAKE, WHY_ERROR, WHY_SLOW, serve, write_gateway,
+)
+from fastpath.layout import BATCH
+from fastpath.reasons import R_DROP_TX_ERROR
+from vrouter.dataplane import Dataplane
+from vrouter.nodeio import new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring
+
+log = logging.getLogger("vrouter.datapath")
+
+
+class Datapath:
+    def __init__(self, dp: Dataplane, taps: list, overlay, overlay_port: int,
+                 busy_poll_us: int):
+        self.dp = dp
+        self.taps = taps                     # port number -> TapPort (pods, then the uplink)
+        self.overlay = overlay
+        self.epoll = select.epoll()
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        fd_port = new_fd_port()
+        for port, tap in enumerate(taps):
+            fd_port[tap.fd] = port
+            self.epoll.register(tap.fd, select.EPOLLIN)
+        fd_port[overlay.rx.fileno()] = FD_OVERLAY
+        self.epoll.register(overlay.rx.fileno(), select.EPOLLIN)
+        fd_port[self.wake_fd] = FD_WAKE
+        self.epoll.register(self.wake_fd, select.EPOLLIN)
+        peers = [(str(p.underlay), overlay_port) for p in dp.peers]
+        self.io = new_io(self.epoll.fileno(), [t.fd for t in taps],
+                         [s.fileno() for s in overlay.tx], peers, fd_port)
+        self.tx = new_tx_ring()
+        self.rx = new_rx_ring(dp.rx)
+        self.state = new_state(busy_poll_us)
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.stopping = False
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="datapath", daemon=True)
+        self.on_failure: Callable[[], None] = lambda: None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) every compiled entry point on the real
+        structures, before the node reports ready: serve returns at once for a pending wake-up."""
+        self.dp.warm_up()
+        write_gateway(self.dp.gw, 0, 0, self.dp.now, self.dp.tables, self.dp.out, self.io, self.tx)
+        self.wake()
+        serve(self.dp.rx, self.dp.tables, self.dp.out, self.io, self.tx, self.rx, self.state)
+        self._drain_wake()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (it finishes its batch) and wait for it."""
+        self.stopping = True
+        self.wake()
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+        self.epoll.close()
+        os.close(self.wake_fd)
+
+    def wake(self) -> None:
+        os.eventfd_write(self.wake_fd, 1)
+
+    def _drain_wake(self) -> None:
+        try:
+            os.eventfd_read(self.wake_fd)
+        except BlockingIOError:
+            pass
+
+    # --- requests from the control side ----------------------------------------------------------
+
+    def call(self, fn: Callable[[], object], done: Callable[[object, BaseException | None], None]
+             = lambda result, error: None) -> None:
+        """Run fn() in the data-path thread between two batches; then done(result, error)."""
+        self.requests.put((fn, done))
+        self.wake()
+
+    async def run(self, fn: Callable[[], object]):
+        """From trio: run fn() in the data-path thread and return its result."""
+        token = trio.lowlevel.current_trio_token()
+        finished = trio.Event()
+        box: list = []
+
+        def done(result, error):
+            box.append((result, error))
+            token.run_sync_soon(finished.set)
+
+        self.call(fn, done)
+        await finished.wait()
+        result, error = box[0]
+        if error is not None:
+            raise error
+        return result
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                fn, done = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                result, error = fn(), None
+            except Exception as exc:   # the caller gets it; the data path goes on
+                result, error = None, exc
+            try:
+                done(result, error)
+            except RuntimeError:
+                pass   # trio has already finished (shutdown)
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        dp = self.dp
+        try:
+            while not self.stopping:
+                why = serve(dp.rx, dp.tables, dp.out, self.io, self.tx, self.rx, self.state)
+                if why == WHY_SLOW:
+                    self._slow_path()
+                elif why == WHY_ERROR:
+                    raise OSError("epoll_wait failed in the data path")
+                else:
+                    self._drain_wake()
+                self._serve_requests()
+        except BaseException as exc:
+            self.failure = exc
+            log.exception("the data path failed")
+            self.on_failure()
+
+    def _slow_path(self) -> None:
+        dp = self.dp
+        items = dp.slow_items(dp.out)
+        dp.out.fill[:] = 0
+        l2, routed = dp.handle_slow(items)
+        self.write_l2(l2)
+        self.route(routed)
+
+    # --- frames the node originates ----------------------------------------------------------------
+
+    def write_l2(self, frames: list[tuple[int, bytes]]) -> None:
+        """Write (port, frame) pairs as they are (ARP, from the slow path)."""
+        for port, frame in frames:
+            try:
+                self.taps[port].write(frame)
+            except OSError:
+                self.dp.counters[R_DROP_TX_ERROR] += 1
+
+    def route(self, frames: list[bytes]) -> None:
+        """Route packets the gateway originates (echo replies, ICMP errors, keepalives) through
+        the fast path; ARP requests it needs for outside neighbours go out too."""
+        dp = self.dp
+        for first in range(0, len(frames), BATCH):
+            n = dp.load_gateway(frames[first:first + BATCH])
+            i = 0
+            while i < n:
+                i = write_gateway(dp.gw, i, n, dp.now, dp.tables, dp.out, self.io, self.tx)
+                items = dp.slow_items(dp.out)
+                dp.out.fill[:] = 0
+                self.write_l2(dp.handle_slow(items)[0])
