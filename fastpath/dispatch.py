@@ -20,7 +20,7 @@ from fastpath.layout import (
     VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import (
-    R_DROP_NO_ROOM, R_DROP_RUNT, R_DROP_SLOWPATH_IGNORED, R_RX_FRAMES, R_SLOW_OUTSIDE_ARP_NEEDED,
+    R_DROP_NO_ROOM, R_DROP_RUNT, R_DROP_OWN_UNROUTABLE, R_RX_FRAMES, R_SLOW_OUTSIDE_ARP_NEEDED,
 )
 from fastpath.stages import (
     DONE, S_BRIDGE, S_GATEWAY_IN, S_OUTSIDE_IN, S_OVERLAY_IN, S_POD_IN, S_ROUTE, S_SERVICES,
@@ -173,7 +173,7 @@ def forward(frames, first, n, now, tables, out):
                 and reason != R_SLOW_OUTSIDE_ARP_NEEDED:
             # never loop back into the slow path with the node's own packets (except to ask
             # for an outside neighbour, which drops this packet anyway)
-            action, reason = ACT_DROP, R_DROP_SLOWPATH_IGNORED
+            action, reason = ACT_DROP, R_DROP_OWN_UNROUTABLE
             finish(meta, i, action, 0, reason)
         counters[reason] += 1
         _emit(buf, meta, i, action, params, out, counters)

@@ -193,27 +193,32 @@ class Dataplane:
         """Run what reads of port `in_port`'s TAP returned (virtio-net header + frame)."""
         out = []
         for first in range(0, len(reads), BATCH):
-            chunk = [(in_port, r[VNET_HDR_LEN:], r[:VNET_HDR_LEN]) for r in reads[first:first + BATCH]]
+            chunk = [(in_port, r[VNET_HDR_LEN:], r[:VNET_HDR_LEN].ljust(VNET_HDR_LEN, b"\0"))
+                     for r in reads[first:first + BATCH]]
             out += self.run(self.rx, self._load(chunk, None))
         return out
 
-    def process_datagrams(self, datagrams: list[tuple[int, bytes]], segment: int = 0,
+    def process_datagrams(self, datagrams: list[tuple[int, object]], segment: int = 0,
                           detail: bool = False) -> list:
-        """Run (outer_source_ip_int, vxlan_payload) pairs through the data plane. `segment`:
-        each payload is a UDP GRO train of datagrams of this size (0: one datagram)."""
+        """Run (outer_source_ip_int, payload) pairs through the data plane, one receive buffer
+        row each. A payload is one VXLAN datagram; or, with `segment`, a UDP GRO train cut into
+        datagrams of that size; or a list of datagrams lying back to back in the row."""
         meta, buf = self.rx.meta, self.rx.buf
         n = 0
         for row, (source, payload) in enumerate(datagrams):
-            base = HEADROOM - VXLAN_HEADER_LEN
-            buf[row, base:base + len(payload)] = np.frombuffer(payload, np.uint8)
-            size = segment or len(payload)
-            for k in range(0, len(payload), size):
+            if isinstance(payload, (bytes, bytearray)):
+                size = segment or len(payload)
+                payload = [payload[k:k + size] for k in range(0, len(payload), size)]
+            position = HEADROOM - VXLAN_HEADER_LEN
+            for datagram in payload:
+                buf[row, position:position + len(datagram)] = np.frombuffer(datagram, np.uint8)
                 meta[n, :] = 0
                 meta[n, M_ROW] = row
-                meta[n, M_START] = base + k + VXLAN_HEADER_LEN
-                meta[n, M_LEN] = min(size, len(payload) - k) - VXLAN_HEADER_LEN
+                meta[n, M_START] = position + VXLAN_HEADER_LEN
+                meta[n, M_LEN] = len(datagram) - VXLAN_HEADER_LEN
                 meta[n, M_IN_PORT] = IN_OVERLAY
                 meta[n, M_SRC_IP] = source
+                position += len(datagram)
                 n += 1
         out = self.run(self.rx, n)
         return out if detail else [(e.target, e.data) for e in out]

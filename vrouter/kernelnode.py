@@ -16,7 +16,6 @@ import hashlib
 import os
 
 from pyroute2 import IPRoute
-from pyroute2.ethtool import Ethtool
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
@@ -127,21 +126,6 @@ def _add_pod(ipr: IPRoute, cluster: Cluster, pod: Pod, bridge: int) -> None:
     configure_pod_side(pod, cluster.overlay.pod_mtu, node.gateway, node.pod_cidr.prefixlen)
 
 
-def _complete_checksums_before(ifname: str) -> None:
-    """Pods' veths leave TCP/UDP checksums to "hardware", and a veth underlay hands such packets
-    on unfinished; a vrouter peer (userspace) would then deliver bad checksums. Without checksum
-    offload on the VXLAN device, the kernel finishes them before encapsulation, as a NIC would."""
-    ethtool = Ethtool()
-    try:
-        features = ethtool.get_features(ifname)
-        for name, feature in features.features.items():
-            if name.startswith("tx-checksum"):
-                feature.enable = False
-        ethtool.set_features(ifname, features)
-    finally:
-        ethtool.close()
-
-
 def vtep_address(node: Node) -> str:
     return str(node.pod_cidr.network_address)
 
@@ -160,7 +144,6 @@ def _add_vxlan(ipr: IPRoute, cluster: Cluster, node: Node) -> None:
                             "(another node here?): a kernel node needs a namespace of its own") \
                 from None
         raise
-    _complete_checksums_before(VXLAN)
     ipr.addr("add", index=index, address=vtep_address(node), prefixlen=32)
     for peer in cluster.nodes:
         if peer.name == node.name:

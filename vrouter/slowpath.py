@@ -16,7 +16,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from fastpath.reasons import (
-    R_DROP_SLOWPATH_IGNORED, R_DROP_SLOWPATH_RATELIMITED, R_DROP_SPOOFED_IP, R_SLOW_ARP,
+    R_SLOWPATH_IGNORED, R_SLOWPATH_RATELIMITED, R_SLOWPATH_ARP_SPOOFED, R_SLOW_ARP,
     R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE, R_SLOW_NO_ROUTE, R_SLOW_OUTSIDE_ARP_NEEDED,
     R_SLOW_TO_GATEWAY, R_SLOW_SERVICE_REJECT, R_SLOW_TTL_EXCEEDED,
 )
@@ -86,7 +86,7 @@ class SlowPath:
     def handle(self, frame: bytes, in_port: int, reason: int):
         """Process one flagged frame. Returns (l2, routed); see the module docstring."""
         if not self.bucket.take():
-            self.counters[R_DROP_SLOWPATH_RATELIMITED] += 1
+            self.counters[R_SLOWPATH_RATELIMITED] += 1
             return [], []
         try:
             if reason == R_SLOW_ARP:
@@ -100,7 +100,7 @@ class SlowPath:
             log.debug("slow path could not handle a frame", exc_info=True)
             routed = None
         if routed is None:   # nothing we answer ([] means: handled, nothing to send)
-            self.counters[R_DROP_SLOWPATH_IGNORED] += 1
+            self.counters[R_SLOWPATH_IGNORED] += 1
             return [], []
         return [], [bytes(Ether(dst=self.gateway_mac, src=self.gateway_mac) / p) for p in routed]
 
@@ -119,11 +119,11 @@ class SlowPath:
         pkt = Ether(frame)
         arp = pkt.getlayer(ARP)
         if arp is None or arp.hwtype != 1 or arp.ptype != 0x0800 or in_port < 0:
-            self.counters[R_DROP_SLOWPATH_IGNORED] += 1
+            self.counters[R_SLOWPATH_IGNORED] += 1
             return []
         own_ip = self.port_ip[in_port]
         if arp.psrc not in (own_ip, "0.0.0.0"):
-            self.counters[R_DROP_SPOOFED_IP] += 1   # ARP claiming another address
+            self.counters[R_SLOWPATH_ARP_SPOOFED] += 1   # ARP claiming another address
             return []
         if arp.psrc == own_ip:
             self.neighbours[own_ip] = (arp.hwsrc, in_port, time.time())
@@ -138,7 +138,7 @@ class SlowPath:
         elif arp.pdst in self.mac_of_ip and arp.pdst != own_ip:
             answer = self.mac_of_ip[arp.pdst]
         else:
-            self.counters[R_DROP_SLOWPATH_IGNORED] += 1   # not ours to answer, and we never flood ARP
+            self.counters[R_SLOWPATH_IGNORED] += 1   # not ours to answer, and we never flood ARP
             return []
         reply = Ether(dst=arp.hwsrc, src=answer) / ARP(
             op=2, hwsrc=answer, psrc=arp.pdst, hwdst=arp.hwsrc, pdst=arp.psrc)

@@ -26,12 +26,18 @@ TCP_FIN_PSH = 0x09
 
 @njit(cache=True)
 def space_needed(buf, meta, i):
-    """Bytes of out.data and output rows that segmenting frame i takes."""
+    """Bytes of out.data and output rows that segmenting frame i would take. It runs before the
+    frame is checked: for a header that makes no sense it answers (0, 0), and the ingress
+    stage drops the frame."""
     row, s = meta[i, M_ROW], meta[i, M_START]
+    mss = meta[i, M_GSO_SIZE]
+    if mss <= 0 or meta[i, M_LEN] < ETH_LEN + 20:
+        return 0, 0
     ip = s + ETH_LEN
     headers = ETH_LEN + header_len(buf, row, ip) + l4_header_len(buf, row, ip)
-    mss = meta[i, M_GSO_SIZE]
     payload = meta[i, M_LEN] - headers
+    if payload <= 0:
+        return 0, 0
     segments = (payload + mss - 1) // mss
     datagram = VXLAN_HEADER_LEN + headers + mss
     per_train = min(TRAIN_MAX_SEGMENTS, UDP_PAYLOAD_MAX // datagram)

@@ -5,7 +5,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
 from fastpath.reasons import (
-    COUNTER_COUNT, R_DROP_SLOWPATH_IGNORED, R_DROP_SLOWPATH_RATELIMITED, R_DROP_SPOOFED_IP,
+    COUNTER_COUNT, R_SLOWPATH_IGNORED, R_SLOWPATH_RATELIMITED, R_SLOWPATH_ARP_SPOOFED,
     R_SLOW_ARP, R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE, R_SLOW_TO_GATEWAY,
     R_SLOW_TTL_EXCEEDED,
 )
@@ -54,12 +54,12 @@ def test_arp_suppression_answers_for_a_known_pod(slow):
 
 def test_arp_for_unknown_address_gets_no_answer_and_is_counted(slow):
     assert slow.handle(who_has("10.244.1.77"), 0, R_SLOW_ARP) == ([], [])
-    assert slow.counters[R_DROP_SLOWPATH_IGNORED] == 1
+    assert slow.counters[R_SLOWPATH_IGNORED] == 1
 
 
 def test_arp_claiming_another_pods_address_is_dropped(slow):
     assert slow.handle(who_has(GW, sender_ip=B_IP), 0, R_SLOW_ARP) == ([], [])
-    assert slow.counters[R_DROP_SPOOFED_IP] == 1
+    assert slow.counters[R_SLOWPATH_ARP_SPOOFED] == 1
 
 
 def test_arp_reply_to_probe_marks_pod_answered(slow):
@@ -123,7 +123,7 @@ def test_no_icmp_error_about_an_icmp_error(slow):
 
 def test_malformed_frame_is_counted_not_raised(slow):
     assert slow.handle(b"\x00" * 20, 0, R_SLOW_TO_GATEWAY) == ([], [])
-    assert slow.counters[R_DROP_SLOWPATH_IGNORED] == 1
+    assert slow.counters[R_SLOWPATH_IGNORED] == 1
 
 
 def test_rate_limit_caps_slow_path_work():
@@ -134,6 +134,6 @@ def test_rate_limit_caps_slow_path_work():
     frame = who_has(GW)
     answered = sum(1 for _ in range(20) if slow.handle(frame, 0, R_SLOW_ARP)[0])
     assert answered == 5
-    assert slow.counters[R_DROP_SLOWPATH_RATELIMITED] == 15
+    assert slow.counters[R_SLOWPATH_RATELIMITED] == 15
     now[0] = 1.0   # a second later the bucket has refilled (capped at the burst)
     assert sum(1 for _ in range(20) if slow.handle(frame, 0, R_SLOW_ARP)[0]) == 5
