@@ -7,9 +7,13 @@ old stage compiled into it. So the cache lives in a directory named after a hash
 source file here (stages/ included), and any edit starts a fresh one.
 """
 import hashlib
+import shutil
+import time
 from pathlib import Path
 
 import numba
+
+STALE_AFTER = 3600   # seconds: a cache of older sources is removed once nothing can still use it
 
 
 def _cache_dir() -> str:
@@ -18,7 +22,19 @@ def _cache_dir() -> str:
     for source in sorted(here.rglob("*.py")):
         digest.update(str(source.relative_to(here)).encode() + b"\0" + source.read_bytes())
     base = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else here / "__pycache__"
-    return str(base / f"numba-{digest.hexdigest()[:16]}")
+    current = base / f"numba-{digest.hexdigest()[:16]}"
+    _prune(base, current)
+    return str(current)
+
+
+def _prune(base: Path, current: Path) -> None:
+    """Caches of earlier sources pile up with every edit: remove those untouched for an hour."""
+    try:
+        for old in base.glob("numba-*"):
+            if old != current and time.time() - old.stat().st_mtime > STALE_AFTER:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        pass   # a read-only install: nothing to tidy
 
 
 # read by each @njit(cache=True) function when its module is imported, i.e. after this line

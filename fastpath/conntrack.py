@@ -49,7 +49,7 @@ FRAG_DST = 1
 FRAG_EXPIRES = 2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def mix(a, b):
     h = np.uint64(a) * np.uint64(0x9E3779B97F4A7C15)
     h ^= np.uint64(b) + np.uint64(0x632BE59BD9B4E019) + (h << np.uint64(6)) + (h >> np.uint64(2))
@@ -58,7 +58,7 @@ def mix(a, b):
     return h
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def wfind(keys, vals, exp_col, k0, k1, now):
     """Slot of a live entry with key (k0, k1), or -1."""
     mask = keys.shape[0] - 1
@@ -70,7 +70,7 @@ def wfind(keys, vals, exp_col, k0, k1, now):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def wclaim(keys, vals, exp_col, k0, k1, now, counters, protect=-1):
     """A slot for key (k0, k1): its own, else a free or expired one, else (evicting, counted)
     the live entry that expires first; never the slot `protect`."""
@@ -97,14 +97,14 @@ def wclaim(keys, vals, exp_col, k0, k1, now, counters, protect=-1):
     return free
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def tuple_key(src, dst, proto, sport, dport):
     k0 = (np.uint64(src) << np.uint64(32)) | np.uint64(dst)
     k1 = (np.uint64(proto) << np.uint64(32)) | (np.uint64(sport) << np.uint64(16)) | np.uint64(dport)
     return k0, k1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def timeout_of(proto, state):
     if proto == 6:
         if state & ST_CLOSED:
@@ -113,7 +113,7 @@ def timeout_of(proto, state):
     return T_UDP_REPLIED if state & ST_SEEN_REPLY else T_UDP_NEW
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def partner(ct_keys, ct_vals, j, proto, now):
     """The other direction's entry: keyed by the reverse of the tuple this entry rewrites to."""
     k0, k1 = tuple_key(ct_vals[j, CT_DST], ct_vals[j, CT_SRC], proto,
@@ -121,7 +121,7 @@ def partner(ct_keys, ct_vals, j, proto, now):
     return wfind(ct_keys, ct_vals, CT_EXPIRES, k0, k1, now)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def track(buf, row, l4, proto, j, ct_keys, ct_vals, now):
     """Advance the connection's state with this packet and refresh both entries' expiry."""
     state = ct_vals[j, CT_STATE]

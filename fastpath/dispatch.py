@@ -10,11 +10,12 @@ reads it in tests and for the slow path.
 """
 from numba import njit
 
+from fastpath.checksum import copy_bytes
 from fastpath.ipv4 import complete_checksum
 from fastpath.layout import (
     ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, ETH_LEN, F_DATA, F_ROWS, F_SLOW,
     GSO_NONE, IN_GATEWAY, IN_OVERLAY, M_ACTION, M_GSO_TYPE, M_IN_PORT, M_LEN, M_OUT, M_REASON,
-    M_ROW, M_SOCKET, M_START, M_VFLAGS, O_DONE, O_FRAME, O_IN_PORT, O_KIND, O_LEN, O_REASON,
+    M_OWN, M_ROW, M_SOCKET, M_START, M_VFLAGS, O_DONE, O_FRAME, O_IN_PORT, O_KIND, O_LEN, O_REASON,
     O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_FLOOD, OUT_OVERLAY, OUT_PORT,
     OUT_SLOW, P_UPLINK_PORT, P_VNI, SRC_DATA, SRC_FRAMES, TRAIN_MAX_SEGMENTS, VNET_F_NEEDS_CSUM,
     VXLAN_HEADER_LEN,
@@ -24,12 +25,13 @@ from fastpath.reasons import (
 )
 from fastpath.stages import (
     DONE, S_BRIDGE, S_GATEWAY_IN, S_OUTSIDE_IN, S_OVERLAY_IN, S_POD_IN, S_ROUTE, S_SERVICES,
-    S_SWITCH, S_TO_OVERLAY, finish,
+    S_LOCAL, S_SWITCH, S_TO_OVERLAY, finish,
 )
 from fastpath.stages.bridge import bridge_stage, switch
 from fastpath.stages.gro import coalesce
 from fastpath.stages.gso import segment, space_needed
 from fastpath.stages.ingress import gateway_in, pod_in
+from fastpath.stages.local import local_stage
 from fastpath.stages.outside import outside_in
 from fastpath.stages.overlay import overlay_in, to_overlay, write_vxlan_header
 from fastpath.stages.route import route_stage
@@ -39,7 +41,7 @@ from fastpath.stages.services import services_stage
 ROWS_RESERVE = 2 * TRAIN_MAX_SEGMENTS
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def first_stage(in_port, uplink):
     if 0 <= in_port < uplink:
         return S_POD_IN
@@ -52,7 +54,7 @@ def first_stage(in_port, uplink):
     return DONE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def run_stages(buf, meta, i, now, tables):
     """Walk frame i through the stages until one finishes it (verdict in M_ACTION/M_REASON)."""
     params, counters = tables.params, tables.counters
@@ -79,11 +81,13 @@ def run_stages(buf, meta, i, now, tables):
             stage = route_stage(buf, meta, i, params, tables.ports, tables.routes, tables.outside)
         elif stage == S_TO_OVERLAY:
             stage = to_overlay(buf, meta, i, now, params, tables.peers)
+        elif stage == S_LOCAL:
+            stage = local_stage(buf, meta, i, params, counters)
         else:
             stage = DONE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _add_row(out, kind, src, row, start, length, target, frame):
     r = out.fill[F_ROWS]
     out.rows[r, :] = 0
@@ -98,13 +102,13 @@ def _add_row(out, kind, src, row, start, length, target, frame):
     return r
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _to_slow_path(buf, meta, i, out, counters):
     """Copy the frame out of the batch (the writes that follow may reuse its bytes) and give
     the slow path a complete checksum to read."""
     row, s, length = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN]
     pos = out.fill[F_SLOW]
-    out.slow[0, pos:pos + length] = buf[row, s:s + length]
+    copy_bytes(out.slow, 0, pos, buf, row, s, length)
     if meta[i, M_VFLAGS] & VNET_F_NEEDS_CSUM:
         complete_checksum(out.slow, 0, pos + ETH_LEN, counters)
     out.fill[F_SLOW] = pos + length
@@ -113,7 +117,7 @@ def _to_slow_path(buf, meta, i, out, counters):
     out.rows[r, O_IN_PORT] = meta[i, M_IN_PORT]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _emit(buf, meta, i, action, params, out, counters):
     """Output rows for frame i's verdict."""
     row, s, length = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN]
@@ -135,7 +139,7 @@ def _emit(buf, meta, i, action, params, out, counters):
         out.rows[r, O_SOCKET] = meta[i, M_SOCKET]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _room(buf, meta, i, out):
     """Is there room in the output batch for whatever frame i becomes?"""
     if out.fill[F_ROWS] + ROWS_RESERVE > out.rows.shape[0]:
@@ -148,7 +152,7 @@ def _room(buf, meta, i, out):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def forward(frames, first, n, now, tables, out):
     """Run frames first..n-1 through the stages into `out`; returns the next frame to run (n
     when all are done). GRO then merges the overlay segments of this call's output rows."""
@@ -169,8 +173,7 @@ def forward(frames, first, n, now, tables, out):
         meta[i, M_ACTION] = ACT_DROP
         run_stages(buf, meta, i, now, tables)
         action, reason = meta[i, M_ACTION], meta[i, M_REASON]
-        if meta[i, M_IN_PORT] == IN_GATEWAY and action == ACT_SLOW \
-                and reason != R_SLOW_OUTSIDE_ARP_NEEDED:
+        if meta[i, M_OWN] and action == ACT_SLOW and reason != R_SLOW_OUTSIDE_ARP_NEEDED:
             # never loop back into the slow path with the node's own packets (except to ask
             # for an outside neighbour, which drops this packet anyway)
             action, reason = ACT_DROP, R_DROP_OWN_UNROUTABLE

@@ -9,13 +9,13 @@ from numba import njit
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def slot_of(key, mask):
     h = np.uint64(key) * _GOLDEN
     return np.int64((h >> np.uint64(29)) & np.uint64(mask))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def find(keys, key):
     """Index of `key` in the table, or -1."""
     mask = keys.shape[0] - 1
@@ -31,7 +31,7 @@ def find(keys, key):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def find_or_claim(keys, key):
     """Index of `key`, claiming an empty slot for it if absent; -1 when the table is full."""
     mask = keys.shape[0] - 1

@@ -25,11 +25,12 @@ from fastpath.layout import (
     OUT_PORT, OUT_SLOW, P_PORT_COUNT, SLOT, SRC_DATA, VNET_HDR_LEN, VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import (
-    R_BUSY_POLLS, R_DROP_TX_ERROR, R_RX_SYSCALLS, R_TX_DATAGRAMS, R_TX_FRAMES, R_TX_SYSCALLS,
+    R_BUSY_POLLS, R_DROP_TX_ERROR, R_WAKEUPS, R_RX_SYSCALLS, R_TX_DATAGRAMS, R_TX_FRAMES, R_TX_SYSCALLS,
 )
 
 _ssize = types.intp
 c_read = types.ExternalFunction("read", _ssize(types.intc, types.uintp, types.uintp))
+c_write = types.ExternalFunction("write", _ssize(types.intc, types.uintp, types.uintp))
 c_writev = types.ExternalFunction("writev", _ssize(types.intc, types.uintp, types.intc))
 c_recvmmsg = types.ExternalFunction(
     "recvmmsg", types.intc(types.intc, types.uintp, types.uintc, types.intc, types.uintp))
@@ -39,6 +40,7 @@ c_epoll_wait = types.ExternalFunction(
     "epoll_wait", types.intc(types.intc, types.uintp, types.intc, types.intc))
 c_clock_gettime = types.ExternalFunction("clock_gettime", types.intc(types.intc, types.uintp))
 c_errno = types.ExternalFunction("__errno_location", types.CPointer(types.intc)())
+c_sched_yield = types.ExternalFunction("sched_yield", types.intc())
 
 EINTR = 4
 EAGAIN = 11
@@ -78,18 +80,18 @@ ST_NOW = 6            # the fast path's clock (seconds), as of the last wake-up
 STATE_COLS = 8
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def _errno():
     return c_errno()[0]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def monotonic_ns(ts):
     c_clock_gettime(CLOCK_MONOTONIC, ts.ctypes.data)
     return ts[0] * 1_000_000_000 + ts[1]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def read_tap(fd, port, frames, counters):
     """Read up to a batch of frames (each behind its virtio-net header) from a TAP, one per row,
     into meta rows 0..n-1; returns n."""
@@ -118,7 +120,7 @@ def read_tap(fd, port, frames, counters):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def recv_overlay(fd, frames, rx, counters):
     """One recvmmsg of up to a batch of VXLAN datagrams (or UDP GRO trains of them, one per
     row); every datagram becomes a frame (meta row) starting after its VXLAN header. Returns the
@@ -163,33 +165,47 @@ def recv_overlay(fd, frames, rx, counters):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
+def _vnet_header(h, at, meta, i):
+    """The frame's virtio-net header (little-endian) into h[at:at + 10]."""
+    h[at] = meta[i, M_VFLAGS]
+    h[at + 1] = meta[i, M_GSO_TYPE]
+    h[at + 2] = meta[i, M_HDR_LEN] & 0xFF
+    h[at + 3] = meta[i, M_HDR_LEN] >> 8
+    h[at + 4] = meta[i, M_GSO_SIZE] & 0xFF
+    h[at + 5] = meta[i, M_GSO_SIZE] >> 8
+    h[at + 6] = meta[i, M_CSUM_START] & 0xFF
+    h[at + 7] = meta[i, M_CSUM_START] >> 8
+    h[at + 8] = meta[i, M_CSUM_OFFSET] & 0xFF
+    h[at + 9] = meta[i, M_CSUM_OFFSET] >> 8
+
+
+@njit(cache=True, _nrt=False)
 def _write_tap(fd, buf, row, start, length, meta, i, tx, counters):
-    """writev(virtio-net header, frame): the header from the frame's meta row."""
-    h = tx.vnet
-    h[0] = meta[i, M_VFLAGS]
-    h[1] = meta[i, M_GSO_TYPE]
-    h[2] = meta[i, M_HDR_LEN] & 0xFF
-    h[3] = meta[i, M_HDR_LEN] >> 8
-    h[4] = meta[i, M_GSO_SIZE] & 0xFF
-    h[5] = meta[i, M_GSO_SIZE] >> 8
-    h[6] = meta[i, M_CSUM_START] & 0xFF
-    h[7] = meta[i, M_CSUM_START] >> 8
-    h[8] = meta[i, M_CSUM_OFFSET] & 0xFF
-    h[9] = meta[i, M_CSUM_OFFSET] >> 8
-    iov = tx.tap_iov
-    iov[0] = np.uint64(h.ctypes.data)
-    iov[1] = np.uint64(VNET_HDR_LEN)
-    iov[2] = np.uint64(buf.ctypes.data + row * buf.shape[1] + start)
-    iov[3] = np.uint64(length)
+    """One write of virtio-net header + frame. A frame alone in its row (from a TAP or the
+    gateway) gets its header in the headroom in front of it and one write(); a frame in a row
+    of overlay datagrams must not overwrite the end of the datagram before it, so it goes with
+    writev(header, frame)."""
     counters[R_TX_SYSCALLS] += 1
-    if c_writev(fd, iov.ctypes.data, 2) < 0:
+    if meta[i, M_IN_PORT] != IN_OVERLAY:
+        _vnet_header(buf[row], start - VNET_HDR_LEN, meta, i)
+        done = c_write(fd, buf.ctypes.data + row * buf.shape[1] + start - VNET_HDR_LEN,
+                       length + VNET_HDR_LEN)
+    else:
+        _vnet_header(tx.vnet, 0, meta, i)
+        iov = tx.tap_iov
+        iov[0] = np.uint64(tx.vnet.ctypes.data)
+        iov[1] = np.uint64(VNET_HDR_LEN)
+        iov[2] = np.uint64(buf.ctypes.data + row * buf.shape[1] + start)
+        iov[3] = np.uint64(length)
+        done = c_writev(fd, iov.ctypes.data, 2)
+    if done < 0:
         counters[R_DROP_TX_ERROR] += 1
     else:
         counters[R_TX_FRAMES] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _flush_socket(fd, tx, first, count, counters):
     sent = 0
     while sent < count:
@@ -202,7 +218,7 @@ def _flush_socket(fd, tx, first, count, counters):
         sent += got
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def write_out(frames, out, io, tx, tables):
     """Write the output batch: TAP frames in order, then every VXLAN datagram and GSO train with
     one sendmmsg per send socket. Rows for the slow path are left to Python."""
@@ -263,7 +279,7 @@ def write_out(frames, out, io, tx, tables):
             _flush_socket(io.sock_fds[sock], tx, first, k - first, counters)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _run_batch(frames, first, n, now, tables, out, io, tx, state, port):
     """Forward and write frames first..n-1; stop early when the slow path has frames to see
     (remembering where to go on). Returns True when the batch is done."""
@@ -283,7 +299,7 @@ def _run_batch(frames, first, n, now, tables, out, io, tx, state, port):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def serve(frames, tables, out, io, tx, rx, state):
     """Move traffic until Python is needed; returns WHY_*. When it returns WHY_SLOW, `out`
     holds the frames for the slow path and state[ST_PENDING_*] where the batch goes on."""
@@ -308,10 +324,12 @@ def serve(frames, tables, out, io, tx, rx, state):
                 continue
             return WHY_ERROR
         if ready == 0:
-            if spinning:
+            if spinning:   # let whatever else is runnable here (a pod, the other node) go first
                 counters[R_BUSY_POLLS] += 1
+                c_sched_yield()
                 continue
             return WHY_TIMEOUT
+        counters[R_WAKEUPS] += 1
         now = monotonic_ns(io.clock) // 1_000_000_000
         state[ST_NOW] = now
         woken = False
@@ -340,7 +358,7 @@ def serve(frames, tables, out, io, tx, rx, state):
             return WHY_WAKE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def write_gateway(frames, first, n, now, tables, out, io, tx):
     """Forward and write frames first..n-1 that the gateway originated (slow-path answers,
     keepalives); returns the next frame to run. Their own slow-path verdicts (only: resolve an

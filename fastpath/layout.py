@@ -44,6 +44,8 @@ M_ACTION = 11      # ACT_* decided by the fast path
 M_OUT = 12         # egress port, or overlay peer for ACT_OVERLAY
 M_REASON = 13      # the verdict's counter index (R_*)
 M_SOCKET = 14      # overlay: which of the node's send sockets (outer UDP source port)
+M_OWN = 15         # 1: the node's own packet (built by the gateway, or an echo answer): it is
+                   # routed but not forwarded (no TTL decrement) and never sent to the slow path
 META_COLS = 16
 
 IN_OVERLAY = -2    # frame came out of a VXLAN datagram

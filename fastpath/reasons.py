@@ -27,6 +27,7 @@ COUNTERS = (
     Counter("flooded", FORWARD, "broadcast, multicast or unknown unicast, sent to every pod port"),
     Counter("to_overlay", FORWARD, "routed to another node over VXLAN"),
     Counter("to_outside", FORWARD, "routed out of the node's port on the outside network"),
+    Counter("to_node", FORWARD, "for the node itself and consumed there (keepalive answers)"),
     # --- verdicts: handed to the scapy slow path --------------------------------------------------
     Counter("slow_arp", SLOW, "ARP, answered by the slow path"),
     Counter("slow_to_gateway", SLOW, "addressed to the gateway, node or VTEP address"),
@@ -72,6 +73,7 @@ COUNTERS = (
     Counter("slowpath_ratelimited", EVENT, "slow-path frames skipped: its token bucket was empty"),
     Counter("slowpath_ignored", EVENT, "slow-path frames it had nothing to say about"),
     Counter("slowpath_arp_spoofed", EVENT, "ARP claiming an address its port may not use"),
+    Counter("echo_answered", EVENT, "pings to the gateway, node or VTEP address answered"),
     Counter("gso_superframes", EVENT, "super-frames (TSO/USO) received from TAPs"),
     Counter("gso_segments", EVENT, "segments cut from super-frames for the overlay"),
     Counter("gro_coalesced", EVENT, "overlay segments merged into a super-frame for a pod"),
@@ -82,6 +84,7 @@ COUNTERS = (
     Counter("tx_datagrams", EVENT, "VXLAN datagrams sent (a GSO train counts each)"),
     Counter("tx_syscalls", EVENT, "write/sendmmsg calls that sent them"),
     Counter("rx_syscalls", EVENT, "read/recvmmsg calls that returned data"),
+    Counter("wakeups", EVENT, "times epoll_wait returned ready file descriptors"),
     Counter("busy_polls", EVENT, "empty polls while busy-polling after traffic"),
 )
 

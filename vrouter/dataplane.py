@@ -167,7 +167,8 @@ class Dataplane:
             emitted += [Emitted(p, data.tobytes(), vnet, 0) for p in ports]
         return emitted
 
-    def _load(self, items, in_port_of) -> int:
+    def load_frames(self, items) -> int:
+        """(in_port, frame, virtio-net header) triples into the rx batch, one row each."""
         meta = self.rx.meta
         for k, (in_port, frame, vnet) in enumerate(items):
             self.rx.buf[k, HEADROOM:HEADROOM + len(frame)] = np.frombuffer(frame, np.uint8)
@@ -186,7 +187,7 @@ class Dataplane:
         out = []
         for first in range(0, len(frames), BATCH):
             chunk = [(p, f, NO_VNET) for p, f in frames[first:first + BATCH]]
-            out += self.run(self.rx, self._load(chunk, None))
+            out += self.run(self.rx, self.load_frames(chunk))
         return out if detail else [(e.target, e.data) for e in out]
 
     def process_tap(self, in_port: int, reads: list[bytes]) -> list[Emitted]:
@@ -195,22 +196,17 @@ class Dataplane:
         for first in range(0, len(reads), BATCH):
             chunk = [(in_port, r[VNET_HDR_LEN:], r[:VNET_HDR_LEN].ljust(VNET_HDR_LEN, b"\0"))
                      for r in reads[first:first + BATCH]]
-            out += self.run(self.rx, self._load(chunk, None))
+            out += self.run(self.rx, self.load_frames(chunk))
         return out
 
-    def process_datagrams(self, datagrams: list[tuple[int, object]], segment: int = 0,
-                          detail: bool = False) -> list:
-        """Run (outer_source_ip_int, payload) pairs through the data plane, one receive buffer
-        row each. A payload is one VXLAN datagram; or, with `segment`, a UDP GRO train cut into
-        datagrams of that size; or a list of datagrams lying back to back in the row."""
+    def load_datagrams(self, rows: list[tuple[int, list[bytes]]]) -> int:
+        """(outer source IPv4 as int, [VXLAN datagrams]) per rx row, the datagrams back to back
+        as a UDP GRO train lies in a receive buffer; returns the frame count."""
         meta, buf = self.rx.meta, self.rx.buf
         n = 0
-        for row, (source, payload) in enumerate(datagrams):
-            if isinstance(payload, (bytes, bytearray)):
-                size = segment or len(payload)
-                payload = [payload[k:k + size] for k in range(0, len(payload), size)]
+        for row, (source, datagrams) in enumerate(rows):
             position = HEADROOM - VXLAN_HEADER_LEN
-            for datagram in payload:
+            for datagram in datagrams:
                 buf[row, position:position + len(datagram)] = np.frombuffer(datagram, np.uint8)
                 meta[n, :] = 0
                 meta[n, M_ROW] = row
@@ -220,7 +216,20 @@ class Dataplane:
                 meta[n, M_SRC_IP] = source
                 position += len(datagram)
                 n += 1
-        out = self.run(self.rx, n)
+        return n
+
+    def process_datagrams(self, datagrams: list[tuple[int, object]], segment: int = 0,
+                          detail: bool = False) -> list:
+        """Run (outer_source_ip_int, payload) pairs through the data plane, one receive buffer
+        row each. A payload is one VXLAN datagram; or, with `segment`, a UDP GRO train cut into
+        datagrams of that size; or a list of datagrams lying back to back in the row."""
+        rows = []
+        for source, payload in datagrams:
+            if isinstance(payload, (bytes, bytearray)):
+                size = segment or len(payload)
+                payload = [payload[k:k + size] for k in range(0, len(payload), size)]
+            rows.append((source, payload))
+        out = self.run(self.rx, self.load_datagrams(rows))
         return out if detail else [(e.target, e.data) for e in out]
 
     # --- reload ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ thread between two batches.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -82,6 +83,11 @@ class Node:
                                  self.cluster.overlay.port, self.cluster.busy_poll_us)
         stack.callback(self.datapath.stop)   # before the TAPs and sockets close
         self.datapath.warm_up()
+        # everything loaded so far (scapy, numba, pyroute2: ~10^5 objects) lives as long as the
+        # node: keep it out of the collector's full passes, which otherwise stall the data path
+        # for milliseconds every few seconds
+        gc.collect()
+        gc.freeze()
 
     # --- timers -------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ fastpath.dispatch runs them; the order is:
   -> switch -> bridge                                 pods only: L2 by destination MAC...
             -> route                                  ...or L3 when addressed to the gateway
   -> to_overlay                                       a remote node: MTU, liveness, encapsulation
+  -> local (-> route)                                  for the node itself: echo answered in place
 
 Verdicts that deliver then become output rows; super-frames for the overlay are segmented
 (fastpath.stages.gso) and overlay segments for pods coalesced (fastpath.stages.gro).
@@ -24,12 +25,13 @@ S_SWITCH = 5
 S_BRIDGE = 6
 S_ROUTE = 7
 S_TO_OVERLAY = 8
+S_LOCAL = 9
 STAGE_NAMES = ("pod_in", "outside_in", "overlay_in", "gateway_in", "services", "switch", "bridge",
-               "route", "to_overlay")
+               "route", "to_overlay", "local")
 DONE = -1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def finish(meta, i, action, out, reason):
     """End the frame's walk through the stages with a verdict; returns DONE."""
     meta[i, M_ACTION] = action

@@ -9,7 +9,7 @@ from fastpath.stages import S_BRIDGE, S_ROUTE, finish
 from fastpath.stages.ingress import FDB_PORT, FDB_SEEN, FDB_STATIC
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def switch(buf, meta, i, params):
     """The gateway's MAC means "route me"; anything else is bridged."""
     if read48(buf, meta[i, M_ROW], meta[i, M_START]) == params[P_GW_MAC]:
@@ -17,7 +17,7 @@ def switch(buf, meta, i, params):
     return S_BRIDGE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def bridge_stage(buf, meta, i, now, params, bridge):
     """MAC table lookup: a known, unexpired MAC goes to its port; broadcast, multicast and
     unknown unicast are flooded, as a bridge does."""

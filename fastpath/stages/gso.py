@@ -10,7 +10,9 @@ Checksums are complete on the wire: the super-frame's partial checksum is not us
 import numpy as np
 from numba import njit
 
-from fastpath.checksum import checksum, l4_checksum, read16, read32, write16, write32
+from fastpath.checksum import (
+    checksum, copy_bytes, l4_checksum, read16, read32, write16, write32,
+)
 from fastpath.ipv4 import header_len, l4_header_len
 from fastpath.layout import (
     ETH_LEN, F_DATA, F_ROWS, M_GSO_SIZE, M_LEN, M_OUT, M_ROW, M_SOCKET, M_START, O_KIND, O_LEN,
@@ -24,7 +26,7 @@ TCP_CWR = 0x80
 TCP_FIN_PSH = 0x09
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def space_needed(buf, meta, i):
     """Bytes of out.data and output rows that segmenting frame i would take. It runs before the
     frame is checked: for a header that makes no sense it answers (0, 0), and the ingress
@@ -44,7 +46,7 @@ def space_needed(buf, meta, i):
     return payload + segments * (VXLAN_HEADER_LEN + headers), (segments + per_train - 1) // per_train
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def segment(buf, meta, i, vni, out, counters):
     """Cut frame i (TCP or UDP super-frame, inner Ethernet already VTEP to VTEP) into segments
     of M_GSO_SIZE payload bytes, each behind a VXLAN header, and add output rows: one GSO train
@@ -73,9 +75,8 @@ def segment(buf, meta, i, vni, out, counters):
         chunk = min(mss, payload - k * mss)
         write_vxlan_header(data, 0, pos, vni)
         f = pos + VXLAN_HEADER_LEN           # the segment's Ethernet header
-        data[0, f:f + headers] = buf[row, s:s + headers]
-        data[0, f + headers:f + headers + chunk] = \
-            buf[row, s + headers + k * mss:s + headers + k * mss + chunk]
+        copy_bytes(data, 0, f, buf, row, s, headers)
+        copy_bytes(data, 0, f + headers, buf, row, s + headers + k * mss, chunk)
         sip = f + ETH_LEN
         sl4 = sip + ihl
         write16(data, 0, sip + 2, ihl + l4_len + chunk)

@@ -13,7 +13,7 @@ from fastpath.ipv4 import ipv4_problem, l4_header_len
 from fastpath.layout import (
     ACT_DROP, ACT_SLOW, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, GSO_ECN, GSO_NONE, GSO_TCPV4,
     GSO_UDP_L4, M_CSUM_OFFSET, M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN,
-    M_ROW, M_START, M_VFLAGS, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM,
+    M_OWN, M_ROW, M_START, M_VFLAGS, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM,
 )
 from fastpath.reasons import (
     R_DROP_BAD_VNET_HEADER, R_DROP_IPV6,
@@ -28,7 +28,7 @@ FDB_STATIC = 1
 FDB_SEEN = 2
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def frame_problem(buf, row, s, length):
     """-1 if the Ethernet frame is acceptable, else the drop reason."""
     if length < ETH_LEN:
@@ -40,7 +40,7 @@ def frame_problem(buf, row, s, length):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def ethertype_verdict(ethertype):
     """-1 for IPv4 (go on), else the verdict reason: ARP to the slow path, the rest dropped."""
     if ethertype == ETH_P_IP:
@@ -52,7 +52,7 @@ def ethertype_verdict(ethertype):
     return R_DROP_UNKNOWN_ETHERTYPE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def vnet_problem(buf, meta, i):
     """-1 if the frame's virtio-net header agrees with the packet, else R_DROP_BAD_VNET_HEADER.
 
@@ -99,7 +99,7 @@ def vnet_problem(buf, meta, i):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def pod_in(buf, meta, i, now, params, counters, ports, bridge):
     """A frame from a pod's TAP: well-formed, from the pod's own MAC and IP; learn its MAC."""
     row, s, length, in_port = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN], meta[i, M_IN_PORT]
@@ -136,10 +136,11 @@ def pod_in(buf, meta, i, now, params, counters, ports, bridge):
     return S_SERVICES
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def gateway_in(buf, meta, i):
     """A packet the node's slow path built (echo reply, ICMP error, keepalive): routed like any
     other, but it is not forwarded (no TTL decrement) and may not open Service connections."""
     if meta[i, M_LEN] < ETH_LEN + 20:
         return finish(meta, i, ACT_DROP, 0, R_DROP_RUNT)
+    meta[i, M_OWN] = 1
     return S_SERVICES

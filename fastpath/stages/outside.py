@@ -21,7 +21,7 @@ from fastpath.stages import S_SERVICES, finish
 from fastpath.stages.ingress import ethertype_verdict, frame_problem, vnet_problem
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def glean(outside, ip, mac, params, counters):
     """Remember an on-link outside host's MAC from a frame it sent us."""
     if ip == 0 or (ip & params[P_OUTSIDE_MASK]) != params[P_OUTSIDE_NET]:
@@ -33,7 +33,7 @@ def glean(outside, ip, mac, params, counters):
     outside.nb_mac[j] = mac
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def outside_in(buf, meta, i, params, counters, outside):
     """A frame from the outside bridge: for our MAC (or an ARP broadcast), not from our pods."""
     row, s, length = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN]
@@ -71,7 +71,7 @@ def outside_in(buf, meta, i, params, counters, outside):
     return S_SERVICES
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def to_outside(buf, meta, i, dst, forwarded, params, outside):
     """Out of the uplink to an outside host (another node, the outside namespace). An unknown
     neighbour: the slow path asks with ARP, and this packet is dropped, as routers do."""

@@ -9,8 +9,8 @@ from fastpath import hashtable
 from fastpath.checksum import read16, read32, read48, write48
 from fastpath.ipv4 import complete_if_partial, decrement_ttl, flow_hash, header_len, ipv4_problem, l4_header_len
 from fastpath.layout import (
-    ACT_DROP, ACT_OVERLAY, ACT_SLOW, ETH_LEN, ETH_P_IP, GSO_NONE, IN_GATEWAY, M_GSO_SIZE,
-    M_GSO_TYPE, M_IN_PORT, M_LEN, M_OUT, M_ROW, M_SOCKET, M_SRC_IP, M_START, P_LOCAL_MASK,
+    ACT_DROP, ACT_OVERLAY, ACT_SLOW, ETH_LEN, ETH_P_IP, GSO_NONE, M_GSO_SIZE,
+    M_GSO_TYPE, M_LEN, M_OUT, M_OWN, M_ROW, M_SOCKET, M_SRC_IP, M_START, P_LOCAL_MASK,
     P_LOCAL_NET, P_PEER_DEAD_AFTER, P_POD_MTU, P_SOCKETS, P_VNI, P_VTEP_MAC, VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import (
@@ -21,7 +21,7 @@ from fastpath.reasons import (
 from fastpath.stages import S_SERVICES, finish
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def overlay_in(buf, meta, i, now, params, counters, peers):
     """Validate a VXLAN datagram from a peer and its inner frame, which must be IPv4 for our
     VTEP and our podCIDR (no transit routing)."""
@@ -53,7 +53,7 @@ def overlay_in(buf, meta, i, now, params, counters, peers):
     return S_SERVICES   # replies of connections this node translated, then routing
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def segment_ip_len(buf, meta, i, ip):
     """The IPv4 length of the largest packet this frame puts on the wire: itself, or for a
     super-frame one full segment (headers + gso_size)."""
@@ -63,13 +63,13 @@ def segment_ip_len(buf, meta, i, ip):
     return header_len(buf, row, ip) + l4_header_len(buf, row, ip) + meta[i, M_GSO_SIZE]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def to_overlay(buf, meta, i, now, params, peers):
     """Towards peer M_OUT: check the MTU (per segment for a super-frame) and that the peer is
     alive, then address the inner frame VTEP to VTEP and pick the send socket by flow hash."""
     row, s, peer = meta[i, M_ROW], meta[i, M_START], meta[i, M_OUT]
     ip = s + ETH_LEN
-    forwarded = meta[i, M_IN_PORT] != IN_GATEWAY
+    forwarded = meta[i, M_OWN] == 0
     if segment_ip_len(buf, meta, i, ip) > params[P_POD_MTU]:
         return finish(meta, i, ACT_SLOW, peer, R_SLOW_FRAG_NEEDED)
     if forwarded and now - peers.peer_seen[peer] > params[P_PEER_DEAD_AFTER]:
@@ -82,7 +82,7 @@ def to_overlay(buf, meta, i, now, params, peers):
     return finish(meta, i, ACT_OVERLAY, peer, R_TO_OVERLAY)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def write_vxlan_header(buf, row, v, vni):
     """I flag set, reserved bits zero, the VNI (RFC 7348 section 5)."""
     buf[row, v] = 0x08

@@ -5,27 +5,29 @@ from fastpath import hashtable
 from fastpath.checksum import read32, write48
 from fastpath.ipv4 import decrement_ttl
 from fastpath.layout import (
-    ACT_PORT, ACT_SLOW, ETH_LEN, IN_GATEWAY, M_IN_PORT, M_OUT, M_ROW, M_START, P_GW_IP, P_GW_MAC,
+    ACT_PORT, ACT_SLOW, ETH_LEN, M_OUT, M_OWN, M_ROW, M_START, P_GW_IP, P_GW_MAC,
     P_LOCAL_MASK, P_LOCAL_NET, P_NODE_IP, P_OUTSIDE_MASK, P_OUTSIDE_NET,
 )
 from fastpath.reasons import (
     R_FORWARDED_ROUTED, R_SLOW_HOST_UNREACHABLE, R_SLOW_NO_ROUTE, R_SLOW_TO_GATEWAY,
     R_SLOW_TTL_EXCEEDED,
 )
-from fastpath.stages import S_TO_OVERLAY, finish
+from fastpath.stages import S_LOCAL, S_TO_OVERLAY, finish
 from fastpath.stages.outside import to_outside
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def route_stage(buf, meta, i, params, ports, routes, outside):
-    """`forwarded` packets pass through (TTL checked and decremented); the gateway's own
-    (IN_GATEWAY) are originated here."""
+    """`forwarded` packets pass through (TTL checked and decremented); the node's own
+    (M_OWN: built by the gateway, or an echo answer) are originated here."""
     row, s = meta[i, M_ROW], meta[i, M_START]
-    forwarded = meta[i, M_IN_PORT] != IN_GATEWAY
+    forwarded = meta[i, M_OWN] == 0
     ip = s + ETH_LEN
     dst = read32(buf, row, ip + 16)
     if dst == params[P_GW_IP] or dst == params[P_NODE_IP] or dst == params[P_LOCAL_NET]:
-        return finish(meta, i, ACT_SLOW, 0, R_SLOW_TO_GATEWAY)   # gateway, node or VTEP address
+        if not forwarded:   # the node's own packet for itself: nothing to do
+            return finish(meta, i, ACT_SLOW, 0, R_SLOW_TO_GATEWAY)
+        return S_LOCAL      # gateway, node or VTEP address
     if forwarded and buf[row, ip + 8] <= 1:
         return finish(meta, i, ACT_SLOW, 0, R_SLOW_TTL_EXCEEDED)
     if (dst & params[P_LOCAL_MASK]) == params[P_LOCAL_NET]:

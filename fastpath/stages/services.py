@@ -48,7 +48,7 @@ SNAT_PORT_LOW = 32768
 SNAT_PORT_SPAN = 28232   # 32768-60999, as Linux's default ephemeral range
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def services_stage(buf, meta, i, now, params, counters, services, conntrack):
     """Translate the frame if it belongs to a Service connection; then pods' frames go on to
     the L2/L3 switch, everything else to routing."""
@@ -67,7 +67,7 @@ def services_stage(buf, meta, i, now, params, counters, services, conntrack):
     return S_SWITCH if from_pod else S_ROUTE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def rewrite(buf, row, ip, new_src, new_sport, new_dst, new_dport, has_l4, partial):
     """Set addresses (and ports when the L4 header is here), updating checksums (RFC 1624).
     `partial`: the L4 checksum field holds a pseudo-header sum (see fastpath.checksum)."""
@@ -97,7 +97,7 @@ def rewrite(buf, row, ip, new_src, new_sport, new_dst, new_dport, has_l4, partia
     write16(buf, row, l4 + 2, new_dport)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def l4_checksum_update(c, proto, old_src, new_src, old_dst, new_dst, old_sport, new_sport,
                        old_dport, new_dport):
     """A complete TCP or UDP checksum after its 5-tuple changed (RFC 1624; the pseudo-header
@@ -111,7 +111,7 @@ def l4_checksum_update(c, proto, old_src, new_src, old_dst, new_dst, old_sport, 
     return c
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _choose_backend(fe, src, k0, k1, now, services, conntrack, counters):
     """(backend ip, port) for a new connection: affinity first, else Maglev on the 5-tuple
     (k0, k1: the connection's conntrack key, which is that 5-tuple)."""
@@ -136,7 +136,7 @@ def _choose_backend(fe, src, k0, k1, now, services, conntrack, counters):
     return ip, port
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _snat_port(src_ip, want, b_ip, b_port, proto, now, ct_keys, ct_vals):
     """A source port on `src_ip` whose reply tuple is free: the client's own if possible."""
     for k in range(16):
@@ -147,7 +147,7 @@ def _snat_port(src_ip, want, b_ip, b_port, proto, now, ct_keys, ct_vals):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def icmp_error(buf, row, ip, now, counters, ct_keys, ct_vals):
     """Translate an ICMP error (unreachable, time exceeded, ...) about a tracked connection.
 
@@ -210,7 +210,7 @@ def icmp_error(buf, row, ip, now, counters, ct_keys, ct_vals):
     return NAT_DONE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def nat(buf, row, ip, may_open, partial, now, gw_ip, counters, services, conntrack):
     """Translate one valid IPv4 packet if it belongs to a service connection; see NAT_*.
 

@@ -3,7 +3,7 @@ import ipaddress
 import random
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
@@ -248,3 +248,46 @@ def test_any_datagram_from_a_peer_marks_it_up_again(dp):
     silence_peer(dp)
     dp.process_datagrams([(ip_int(UNDERLAY_B), vxlan_datagram(from_b()))])
     assert dp.peer_is_up(0)
+
+
+# --- the node as a host: echo answered in the fast path -------------------------------------
+
+def assert_icmp_valid(pkt):
+    fresh = pkt.copy()
+    del fresh[IP].chksum, fresh[ICMP].chksum
+    fresh = Ether(bytes(fresh))
+    assert (pkt[IP].chksum, pkt[ICMP].chksum) == (fresh[IP].chksum, fresh[ICMP].chksum)
+
+
+def test_a_ping_to_the_gateway_is_answered_in_the_fast_path(dp):
+    request = routed(ICMP(id=9, seq=3) / (b"p" * 56), dst="10.244.1.1", ttl=5)
+    (port, frame), = dp.process([(0, bytes(request))])
+    reply = Ether(frame)
+    assert port == 0 and (reply.src, reply.dst) == (GW_MAC, A_MAC)
+    assert (reply[IP].src, reply[IP].dst, reply[IP].ttl) == ("10.244.1.1", A_IP, 64)
+    assert (reply[ICMP].type, reply[ICMP].id, reply[ICMP].seq) == (0, 9, 3)
+    assert bytes(reply[ICMP].payload) == b"p" * 56
+    assert_icmp_valid(reply)
+    assert counters(dp) == {"rx_frames": 1, "forwarded_routed": 1, "echo_answered": 1}
+
+
+def test_keepalives_are_answered_and_consumed_without_the_slow_path():
+    node_a, node_b = make_dp(), Dataplane(make_dp().cluster, "node-b")
+    (keepalive,) = node_a.keepalives()
+    (answer,) = node_b.process_datagrams([(ip_int(UNDERLAY_A), keepalive.data)], detail=True)
+    reply = Ether(bytes(VXLAN(answer.data).payload))
+    assert answer.target == OVERLAY_TARGET and reply[ICMP].type == 0
+    assert (reply[IP].src, reply[IP].dst) == ("10.244.2.0", "10.244.1.0")
+    assert_icmp_valid(reply)
+    silence_peer(node_a)
+    assert node_a.process_datagrams([(ip_int(UNDERLAY_B), answer.data)]) == []
+    assert node_a.peer_is_up(0) and node_a.counter_dict()["to_node"] == 1
+    assert node_b.counter_dict()["echo_answered"] == 1
+    assert node_a.counter_dict()["slow_to_gateway"] == node_b.counter_dict()["slow_to_gateway"] == 0
+
+
+def test_an_echo_with_ip_options_is_left_to_the_slow_path(dp):
+    request = routed(ICMP(id=1, seq=1), dst="10.244.1.1", options=[IPOption_RR()])
+    (port, frame), = dp.process([(0, bytes(request))])
+    assert port == 0 and Ether(frame)[ICMP].type == 0
+    assert counters(dp)["slow_to_gateway"] == 1 and "echo_answered" not in counters(dp)

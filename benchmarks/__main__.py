@@ -1,0 +1,243 @@
+"""vrouter beside the Linux kernel doing the same job, in one run, in one table.
+
+    python3 -m benchmarks [--seconds 5] [--json FILE] [--no-scale]
+
+Builds the kernel reference (../shared/reference/kernel-cluster.sh: two nodes with a bridge, a
+VXLAN device and iptables kube-proxy rules; override the path with VROUTER_KERNEL_REF) and a
+vrouter cluster of the same shape (2 nodes x 2 pods, pod MTU 1450, a Service 10.96.0.10:5201 over
+node 2's pods), plus the raw Python ceilings (benchmarks/ceiling.py), and measures the same things
+in each: TCP throughput and 64-byte UDP packet rate same node and across nodes (iperf3), pod ->
+ClusterIP TCP throughput and new connections per second (benchmarks/tcp_load.py), ping round
+trips at 100 per second, and a scale row (nodes x pods started, time to ready, memory per node).
+Prints one table with ratios to the kernel and to the ceiling, and writes it as JSON. Needs root,
+iproute2, iperf3 and iptables; removes everything it creates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.ceiling import ceiling
+from benchmarks.measure import iperf_tcp, iperf_udp_kpps, percentile, ping_rtts, tcp_load
+from tests.system.cluster import Cluster, netns_exec, new_prefix, wait_for
+
+HERE = Path(__file__).resolve().parent
+KERNEL_SCRIPT = Path(os.environ.get("VROUTER_KERNEL_REF",
+                                    HERE.parent.parent / "shared" / "reference" / "kernel-cluster.sh"))
+VIP, PORT = "10.96.0.10", 5201
+SERVICE = f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: bench}}
+spec:
+  clusterIP: {VIP}
+  selector: {{app: bench}}
+  ports: [{{port: {PORT}, targetPort: {PORT}}}]
+"""
+TARGETS = {   # issue 9: vrouter/kernel (or vrouter/ceiling for the packet rates)
+    "same-node TCP": 0.5, "cross-node TCP": 0.35, "pod -> ClusterIP TCP": 0.35,
+    "same-node UDP 64 B": ("ceiling", 0.75), "cross-node UDP 64 B": ("ceiling", 0.75),
+}
+ADDED_P50_US, ADDED_P99_US = 30, 100   # ping RTT added per node process traversed
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Setups:
+    """Where each measurement runs: namespaces and addresses per system."""
+
+    def __init__(self, kref: str, cluster: Cluster):
+        self.kref, self.cluster = kref, cluster
+        c = cluster
+        self.pairs = {   # (server netns, server ip, client netns)
+            "kernel": {"same": (f"{kref}-p1-2", "10.244.1.3", f"{kref}-p1-1"),
+                       "cross": (f"{kref}-p2-1", "10.244.2.2", f"{kref}-p1-1")},
+            "vrouter": {"same": (c.pod("a2"), c.ip("a2"), c.pod("a1")),
+                        "cross": (c.pod("b1"), c.ip("b1"), c.pod("a1"))},
+        }
+        self.backends = {"kernel": [f"{kref}-p2-1", f"{kref}-p2-2"],
+                         "vrouter": [c.pod("b1"), c.pod("b2")]}
+
+
+def measure_paths(setups: Setups, seconds: float, results: dict) -> None:
+    for system, pairs in setups.pairs.items():
+        for where, (server_ns, server_ip, client_ns) in pairs.items():
+            results[f"{where}-node TCP"][system] = iperf_tcp(server_ns, server_ip, client_ns,
+                                                             seconds)
+            results[f"{where}-node UDP 64 B"][system] = iperf_udp_kpps(server_ns, server_ip,
+                                                                       client_ns, seconds)
+
+
+def measure_latency(setups: Setups, results: dict, node_pids: list[int]) -> dict:
+    cpu = {}
+    for system, pairs in setups.pairs.items():
+        for where, (_server_ns, server_ip, client_ns) in pairs.items():
+            before = sum(cpu_seconds(p) for p in node_pids) if system == "vrouter" else 0
+            start = time.monotonic()
+            rtts = ping_rtts(client_ns, server_ip)
+            if system == "vrouter":
+                cpu[where] = (sum(cpu_seconds(p) for p in node_pids) - before) \
+                    / (time.monotonic() - start)
+            results[f"{where}-node ping p50"][system] = percentile(rtts, 0.5)
+            results[f"{where}-node ping p99"][system] = percentile(rtts, 0.99)
+    return cpu
+
+
+def measure_service(setups: Setups, seconds: float, threads: int, results: dict) -> dict:
+    servers = []
+    failed = {}
+    try:
+        for backends in setups.backends.values():
+            for netns in backends:
+                servers.append(subprocess.Popen(["ip", "netns", "exec", netns, sys.executable,
+                                                 str(HERE / "tcp_load.py"), "serve", str(PORT)]))
+                wait_for(lambda: f":{PORT}" in netns_exec(netns, "ss", "-ltn").stdout,
+                         what=f"server in {netns}")
+        for system in ("kernel", "vrouter"):
+            client = setups.pairs[system]["same"][2]
+            stream = tcp_load(client, "stream", VIP, str(PORT), f"{seconds:g}", timeout=seconds + 60)
+            rate = tcp_load(client, "connect", VIP, str(PORT), f"{seconds:g}", str(threads),
+                            timeout=seconds + 60)
+            results["pod -> ClusterIP TCP"][system] = stream["gbps"]
+            results["pod -> ClusterIP conn/s"][system] = rate["per_second"]
+            failed[system] = rate["failed"]
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+    return failed
+
+
+def measure_ceilings(seconds: float, results: dict) -> None:
+    for kind, rows in (("tap", "same-node"), ("udp", "cross-node")):
+        with ceiling(kind) as (netns, ips):
+            results[f"{rows} TCP"]["ceiling"] = iperf_tcp(netns[1], ips[1], netns[0], seconds)
+            results[f"{rows} UDP 64 B"]["ceiling"] = iperf_udp_kpps(netns[1], ips[1], netns[0],
+                                                                   seconds)
+
+
+def measure_scale(tmp: Path, nodes: int, pods: int) -> dict:
+    """Start nodes x pods with `vrouter up` (fast path already compiled): time to ready, memory."""
+    cluster = Cluster(tmp, pods_per_node=(pods,) * nodes)
+    start = time.monotonic()
+    cluster.start()
+    ready = time.monotonic() - start
+    try:
+        rss = [rss_mib(cluster.status(f"node-{chr(97 + k)}")["pid"]) for k in range(nodes)]
+    finally:
+        cluster.stop()
+    return {"nodes": nodes, "pods": nodes * pods, "ready_seconds": ready,
+            "rss_mib_per_node": sum(rss) / len(rss)}
+
+
+def table(results: dict, extra: dict) -> str:
+    lines = [f"{'':<26} {'unit':<7} {'kernel':>9} {'vrouter':>9} {'ceiling':>9} "
+             f"{'v/kernel':>9} {'v/ceiling':>9}  target"]
+    units = {"TCP": "Gbit/s", "UDP 64 B": "kpps", "conn/s": "conn/s", "ping": "ms"}
+    for name, row in results.items():
+        unit = next(u for k, u in units.items() if k in name)
+        k, v, c = row.get("kernel"), row.get("vrouter"), row.get("ceiling")
+        fmt = (lambda x: f"{x:9.3f}") if unit == "ms" else (lambda x: f"{x:9.2f}")
+        cells = [fmt(x) if x is not None else f"{'':>9}" for x in (k, v, c)]
+        ratios = [f"{v / k:9.3f}" if k and v else f"{'':>9}",
+                  f"{v / c:9.3f}" if c and v else f"{'':>9}"]
+        target = TARGETS.get(name)
+        mark = ""
+        if isinstance(target, float):
+            mark = f">= {target} {'met' if v / k >= target else 'MISSED'}"
+        elif isinstance(target, tuple):
+            mark = f">= {target[1]} of ceiling {'met' if v / c >= target[1] else 'MISSED'}"
+        lines.append(f"{name:<26} {unit:<7} {' '.join(cells)} {' '.join(ratios)}  {mark}")
+    for where, hops in (("same", 2), ("cross", 4)):
+        added = [(results[f"{where}-node ping {q}"]["vrouter"]
+                  - results[f"{where}-node ping {q}"]["kernel"]) * 1000 / hops
+                 for q in ("p50", "p99")]
+        extra[f"{where}-node ping added per traversal us"] = added
+        ok = added[0] <= ADDED_P50_US and added[1] <= ADDED_P99_US
+        lines.append(f"{where + '-node RTT added/node':<26} {'us':<7} p50 {added[0]:6.1f}  "
+                     f"p99 {added[1]:6.1f}  ({hops} node traversals; target <= {ADDED_P50_US} / "
+                     f"{ADDED_P99_US}: {'met' if ok else 'MISSED'})")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5, help="per throughput test")
+    parser.add_argument("--threads", type=int, default=4, help="client threads for conn/s")
+    parser.add_argument("--json", help="write the results here (default benchmarks/results/)")
+    parser.add_argument("--no-scale", action="store_true", help="skip the scale row")
+    parser.add_argument("--scale", default="4x16", help="nodes x pods per node for the scale row")
+    args = parser.parse_args()
+
+    rows = ["same-node TCP", "cross-node TCP", "pod -> ClusterIP TCP", "same-node UDP 64 B",
+            "cross-node UDP 64 B", "pod -> ClusterIP conn/s", "same-node ping p50",
+            "same-node ping p99", "cross-node ping p50", "cross-node ping p99"]
+    results: dict = {name: {} for name in rows}
+    kref, prefix = new_prefix(), new_prefix()
+    tmp = Path(tempfile.mkdtemp(prefix="vrouter-bench-"))
+    backend = {"labels": {"app": "bench"}}
+    pods = [{"name": f"{prefix}-a1", "node": "node-a"}, {"name": f"{prefix}-a2", "node": "node-a"},
+            {"name": f"{prefix}-b1", "node": "node-b", **backend},
+            {"name": f"{prefix}-b2", "node": "node-b", **backend}]
+    cluster = Cluster(tmp, pods_per_node=(0, 0), extra_pods=pods, services=SERVICE, prefix=prefix)
+    extra: dict = {}
+    try:
+        subprocess.run(["bash", str(KERNEL_SCRIPT), "up", kref], check=True, capture_output=True)
+        cluster.start()
+        setups = Setups(kref, cluster)
+        node_pids = [cluster.status(n)["pid"] for n in ("node-a", "node-b")]
+        idle_cpu = sum(cpu_seconds(p) for p in node_pids)
+        time.sleep(2)
+        extra["node CPU idle (cores)"] = (sum(cpu_seconds(p) for p in node_pids) - idle_cpu) / 2
+        measure_paths(setups, args.seconds, results)
+        extra["node CPU during 100 Hz ping (cores)"] = measure_latency(setups, results, node_pids)
+        extra["connect failures"] = measure_service(setups, args.seconds, args.threads, results)
+        extra["counters node-a"] = {k: v for k, v in cluster.counters("node-a").items() if v}
+        extra["counters node-b"] = {k: v for k, v in cluster.counters("node-b").items() if v}
+    finally:
+        cluster.stop()
+        subprocess.run(["bash", str(KERNEL_SCRIPT), "down", kref], capture_output=True)
+    measure_ceilings(args.seconds, results)
+    if not args.no_scale:
+        nodes, per_node = (int(x) for x in args.scale.split("x"))
+        extra["scale"] = measure_scale(tmp, nodes, per_node)
+
+    print(f"\nvrouter vs the Linux kernel, {args.seconds:g} s per test, {os.cpu_count()} cores, "
+          f"{platform.release()}\n")
+    print(table(results, extra))
+    if "scale" in extra:
+        s = extra["scale"]
+        print(f"{'scale':<26} {s['nodes']} nodes x {s['pods'] // s['nodes']} pods: ready in "
+              f"{s['ready_seconds']:.1f} s, {s['rss_mib_per_node']:.0f} MiB RSS per node process")
+    cpu = extra["node CPU during 100 Hz ping (cores)"]
+    print(f"{'node CPU':<26} idle {extra['node CPU idle (cores)']:.3f} cores; during a 100 Hz "
+          f"ping same node {cpu['same']:.3f}, cross node {cpu['cross']:.3f} (both nodes)")
+    print(f"{'connect failures':<26} {extra['connect failures']}")
+    out = Path(args.json) if args.json else HERE / "results" / time.strftime("%Y%m%d-%H%M%S.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"results": results, **extra, "seconds": args.seconds,
+                               "kernel": platform.release(), "cores": os.cpu_count()}, indent=2))
+    print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
