@@ -89,6 +89,7 @@ def main() -> int:
     args = parser.parse_args()
     text = open("configs/demo.yaml").read() + SERVICE
     cluster = config.parse(text, "demo.yaml", check_host=False)
+    Dataplane(cluster, "node-a").warm_up()   # compile first: peers of later data planes stay up
     node_a, node_b = Dataplane(cluster, "node-a"), Dataplane(cluster, "node-b")
     train = overlay_train(Dataplane(cluster, "node-a"), bytes(65000), 1398)[:44]   # one GSO send
     big = superframe(bytes(65000), 1398)[1]

@@ -39,3 +39,9 @@ def _prune(base: Path, current: Path) -> None:
 
 # read by each @njit(cache=True) function when its module is imported, i.e. after this line
 numba.config.CACHE_DIR = _cache_dir()
+
+
+def compiled_marker() -> Path:
+    """Exists once `vrouter` compiled this source's fast path into the cache (see
+    vrouter.datapath.compile_fast_path): later starts only load it."""
+    return Path(numba.config.CACHE_DIR) / "compiled"

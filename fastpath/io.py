@@ -68,6 +68,7 @@ WHY_SLOW = 1          # out holds frames for the slow path (out.fill[F_SLOW] > 0
 WHY_WAKE = 2          # the wake-up eventfd is readable: a control request
 WHY_TIMEOUT = 3       # nothing happened for the wait time
 WHY_ERROR = 4         # epoll_wait failed
+WHY_GATEWAY = 5       # the gateway's batch (state[ST_GATEWAY_N]) is written
 
 # state[] columns (kept between serve() calls)
 ST_PENDING_PORT = 0   # a batch interrupted by slow-path frames: its ingress (or FD_NONE)
@@ -77,6 +78,7 @@ ST_SPIN_UNTIL = 3     # monotonic ns until which to busy-poll
 ST_SPIN_NS = 4        # busy-poll window after traffic (0: off)
 ST_TIMEOUT_MS = 5     # longest sleep in epoll_wait before returning WHY_TIMEOUT (-1: forever)
 ST_NOW = 6            # the fast path's clock (seconds), as of the last wake-up
+ST_GATEWAY_N = 7      # > 0: run this many frames of the gateway's batch, then return
 STATE_COLS = 8
 
 
@@ -300,10 +302,23 @@ def _run_batch(frames, first, n, now, tables, out, io, tx, state, port):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def serve(frames, tables, out, io, tx, rx, state):
+def serve(frames, gateway, tables, out, io, tx, rx, state):
     """Move traffic until Python is needed; returns WHY_*. When it returns WHY_SLOW, `out`
-    holds the frames for the slow path and state[ST_PENDING_*] where the batch goes on."""
+    holds the frames for the slow path and state[ST_PENDING_*] where the batch goes on.
+
+    With state[ST_GATEWAY_N] set, it only forwards and writes that many frames of the
+    `gateway` batch (what the node originates: slow-path answers, keepalives) and returns
+    WHY_GATEWAY, their own slow-path rows (outside neighbours to resolve) left in `out`."""
     counters = tables.counters
+    if state[ST_GATEWAY_N] > 0:
+        n = state[ST_GATEWAY_N]
+        state[ST_GATEWAY_N] = 0
+        out.fill[F_ROWS] = 0
+        out.fill[F_DATA] = 0
+        out.fill[F_SLOW] = 0
+        forward(gateway, 0, n, monotonic_ns(io.clock) // 1_000_000_000, tables, out)
+        write_out(gateway, out, io, tx, tables)
+        return WHY_GATEWAY
     events = io.events
     stride = io.event_stride
     if state[ST_PENDING_PORT] != FD_NONE:   # finish a batch the slow path interrupted
@@ -356,16 +371,3 @@ def serve(frames, tables, out, io, tx, rx, state):
                 return WHY_SLOW
         if woken:
             return WHY_WAKE
-
-
-@njit(cache=True, _nrt=False)
-def write_gateway(frames, first, n, now, tables, out, io, tx):
-    """Forward and write frames first..n-1 that the gateway originated (slow-path answers,
-    keepalives); returns the next frame to run. Their own slow-path verdicts (only: resolve an
-    outside neighbour) stay in `out` for Python."""
-    out.fill[F_ROWS] = 0
-    out.fill[F_DATA] = 0
-    out.fill[F_SLOW] = 0
-    i = forward(frames, first, n, now, tables, out)
-    write_out(frames, out, io, tx, tables)
-    return i

@@ -52,12 +52,14 @@ def decrement_ttl(buf, row, ip):
 
 @njit(cache=True, _nrt=False)
 def flow_hash(buf, row, ip):
-    """Hash of the flow (addresses, protocol, L4 ports when present): spreads flows over the
-    overlay's outer UDP source ports (ECMP entropy, RFC 7348)."""
+    """Hash of the flow (addresses, protocol, L4 ports unless fragmented): spreads flows over
+    the overlay's outer UDP source ports (ECMP entropy, RFC 7348)."""
     proto = np.uint64(buf[row, ip + 9])
     h = np.uint64(read32(buf, row, ip + 12)) * np.uint64(0x9E3779B97F4A7C15)
     h ^= np.uint64(read32(buf, row, ip + 16)) + (proto << np.uint64(32))
-    not_fragment = (read16(buf, row, ip + 6) & 0x1FFF) == 0
+    # all fragments of a datagram hash alike (addresses only): they must take one socket, or a
+    # later fragment may overtake the first, which Service NAT needs to see first
+    not_fragment = (read16(buf, row, ip + 6) & 0x3FFF) == 0
     if not_fragment and (proto == 6 or proto == 17):
         h ^= np.uint64(read32(buf, row, ip + header_len(buf, row, ip))) << np.uint64(16)
     h *= np.uint64(0xBF58476D1CE4E5B9)

@@ -21,9 +21,7 @@ from typing import Callable
 
 import trio
 
-from fastpath.io import (
-    FD_OVERLAY, FD_WAKE, WHY_ERROR, WHY_SLOW, serve, write_gateway,
-)
+from fastpath.io import FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, WHY_ERROR, WHY_SLOW, serve
 from fastpath.layout import BATCH
 from fastpath.reasons import R_DROP_TX_ERROR
 from vrouter.dataplane import Dataplane
@@ -33,6 +31,8 @@ log = logging.getLogger("vrouter.datapath")
 
 
 class Datapath:
+    """The data-path thread of a node (see the module docstring)."""
+
     def __init__(self, dp: Dataplane, taps: list, overlay, overlay_port: int,
                  busy_poll_us: int):
         self.dp = dp
@@ -63,13 +63,15 @@ class Datapath:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def warm_up(self) -> None:
-        """Compile (or load from numba's cache) every compiled entry point on the real
-        structures, before the node reports ready: serve returns at once for a pending wake-up."""
-        self.dp.warm_up()
-        write_gateway(self.dp.gw, 0, 0, self.dp.now, self.dp.tables, self.dp.out, self.io, self.tx)
+        """Compile (or load from numba's cache) the compiled data path on the real structures,
+        before the node reports ready: serve returns at once for a pending wake-up."""
         self.wake()
-        serve(self.dp.rx, self.dp.tables, self.dp.out, self.io, self.tx, self.rx, self.state)
+        self._serve()
         self._drain_wake()
+
+    def _serve(self) -> int:
+        dp = self.dp
+        return serve(dp.rx, dp.gw, dp.tables, dp.out, self.io, self.tx, self.rx, self.state)
 
     def start(self) -> None:
         self.thread.start()
@@ -138,7 +140,7 @@ class Datapath:
         dp = self.dp
         try:
             while not self.stopping:
-                why = serve(dp.rx, dp.tables, dp.out, self.io, self.tx, self.rx, self.state)
+                why = self._serve()
                 if why == WHY_SLOW:
                     self._slow_path()
                 elif why == WHY_ERROR:
@@ -174,10 +176,65 @@ class Datapath:
         the fast path; ARP requests it needs for outside neighbours go out too."""
         dp = self.dp
         for first in range(0, len(frames), BATCH):
-            n = dp.load_gateway(frames[first:first + BATCH])
-            i = 0
-            while i < n:
-                i = write_gateway(dp.gw, i, n, dp.now, dp.tables, dp.out, self.io, self.tx)
-                items = dp.slow_items(dp.out)
-                dp.out.fill[:] = 0
-                self.write_l2(dp.handle_slow(items)[0])
+            self.state[ST_GATEWAY_N] = dp.load_gateway(frames[first:first + BATCH])
+            self._serve()   # forwards and writes just those, then returns
+            items = dp.slow_items(dp.out)
+            dp.out.fill[:] = 0
+            self.write_l2(dp.handle_slow(items)[0])
+
+
+# --- compiling before anything starts ----------------------------------------------------------
+
+_COMPILE_CLUSTER = """
+cluster: {name: compile, podCIDR: 10.244.0.0/16}
+nodes:
+  - {name: a, underlay: 127.0.0.1, podCIDR: 10.244.1.0/24}
+  - {name: b, underlay: 127.0.0.2, podCIDR: 10.244.2.0/24}
+pods:
+  - {name: p, node: a}
+"""
+
+
+def compile_fast_path() -> None:
+    """Compile every compiled entry point a node uses (or load it from numba's cache), with the
+    argument types a node has, on a throw-away data plane: no root, no TAPs, two loopback
+    sockets. `vrouter up` runs this once before it starts the nodes, which then load the result
+    from the cache instead of all compiling at once."""
+    import socket
+    from vrouter.config import parse
+    from vrouter.underlay import OverlaySockets
+    cluster = parse(_COMPILE_CLUSTER, "<compile>", check_host=False)
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        datapath = Datapath(Dataplane(cluster, "a"), [], OverlaySockets(sockets[0], sockets[1:]),
+                            4789, 0)
+        datapath.warm_up()
+        datapath.stop()
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def ensure_compiled() -> None:
+    """Compile the fast path now unless this source's is in numba's cache already; say so, as
+    the first start takes about a minute."""
+    import sys
+    import time
+    from fastpath import compiled_marker
+    marker = compiled_marker()
+    fresh = not marker.exists()
+    if fresh:
+        print("vrouter: compiling the fast path (first start only, about a minute)...",
+              file=sys.stderr, flush=True)
+    start = time.monotonic()
+    compile_fast_path()
+    if fresh:
+        print(f"vrouter: fast path compiled in {time.monotonic() - start:.0f} s", file=sys.stderr,
+              flush=True)
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass   # a read-only install: numba could not cache either, and says so

@@ -9,6 +9,7 @@ import time
 
 from vrouter import control, outside, state
 from vrouter.config import Cluster
+from vrouter.datapath import ensure_compiled
 from vrouter.tap import HostError, check_host, remove_netns
 
 STOP_GRACE = 15.0
@@ -43,6 +44,7 @@ def up(cluster: Cluster, timeout: float) -> int:
     procs: dict[str, subprocess.Popen] = {}
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        ensure_compiled()   # once, here: the nodes then load it instead of all compiling at once
         for node in cluster.nodes:
             procs[node.name] = subprocess.Popen(node_command(cluster, node.name))
         if not _wait_ready(cluster, procs, timeout):

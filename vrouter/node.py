@@ -20,7 +20,7 @@ import trio
 from vrouter import control, outside, state
 from vrouter.config import Cluster, ConfigError, load
 from vrouter.dataplane import Dataplane
-from vrouter.datapath import Datapath
+from vrouter.datapath import Datapath, ensure_compiled
 from vrouter.status import node_status
 from vrouter.tap import HostError, PodPort, attach_pod, check_host
 from vrouter.underlay import open_overlay
@@ -71,7 +71,6 @@ class Node:
     # --- setup ------------------------------------------------------------------------------
 
     def setup(self, stack: contextlib.ExitStack) -> None:
-        self.dp.warm_up()   # compile before creating anything, so readiness means "fast path hot"
         self.overlay = open_overlay(self.cluster, self.node, stack)
         stack.callback(state.remove_traces, self.cluster.name, self.name)
         for pod in self.cluster.pods_of(self.name):
@@ -161,6 +160,7 @@ class Node:
 def run(cluster: Cluster, node_name: str) -> None:
     """Run one node in the foreground until SIGINT/SIGTERM; everything it created is removed."""
     check_host()
+    ensure_compiled()
     policy = _Signals()
     previous = {s: signal.signal(s, policy) for s in (signal.SIGINT, signal.SIGTERM)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)   # reload: not yet

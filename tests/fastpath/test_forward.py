@@ -291,3 +291,14 @@ def test_an_echo_with_ip_options_is_left_to_the_slow_path(dp):
     (port, frame), = dp.process([(0, bytes(request))])
     assert port == 0 and Ether(frame)[ICMP].type == 0
     assert counters(dp)["slow_to_gateway"] == 1 and "echo_answered" not in counters(dp)
+
+
+def test_all_fragments_of_a_datagram_take_the_same_send_socket(dp):
+    """The node sends with one sendmmsg per socket: fragments on different sockets could
+    overtake each other, and Service NAT translates later fragments only after the first."""
+    from scapy.layers.inet import fragment
+    for sport in range(2000, 2020):
+        datagram = IP(src=A_IP, dst=REMOTE_IP, id=sport) / UDP(sport=sport, dport=53) / (b"f" * 3000)
+        frames = [(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / f)) for f in fragment(datagram, 1400)]
+        sockets = {e.socket for e in dp.process(frames, detail=True)}
+        assert len(sockets) == 1
