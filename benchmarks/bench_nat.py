@@ -4,7 +4,7 @@
 
 For each (services, flows) pair it builds the node's real tables (3 endpoints per service, Maglev
 M = 1021 so that 10,000 services fit in memory: 10,000 x 16,381 x 4 bytes would be 655 MB) and
-drives `nat_stage` over packets from a numba loop: pass 1 opens every flow (lookup, Maglev,
+drives `nat` (fastpath.stages.services) over packets from a numba loop: pass 1 opens every flow (lookup, Maglev,
 conntrack insert of both directions, DNAT), pass 2 sends one more packet on every flow (conntrack
 hit, state update, DNAT). The loop also writes each packet's header from a template (~10 ns),
 included in the figures. Baseline in the same run: the same loop with no NAT call.
@@ -20,8 +20,10 @@ from numba import njit
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from fastpath.layout import COUNTER_COUNT
-from fastpath.nat import CT_COLS, nat_stage, new_state_table
+from fastpath.conntrack import CT_COLS, new_state_table
+from fastpath.groups import Conntrack
+from fastpath.reasons import COUNTER_COUNT
+from fastpath.stages.services import nat
 from vrouter import config, servicetables
 from vrouter.tables import ip_to_int
 
@@ -50,8 +52,7 @@ def services_yaml(count: int) -> str:
 
 
 @njit(cache=True)
-def drive(buf, template, vips, n_flows, now, gw, counters, fe_keys, fe_vals, maglev, be_ip,
-          be_port, ct_keys, ct_vals, aff_keys, aff_vals, frag_keys, frag_vals, do_nat):
+def drive(buf, template, vips, n_flows, now, gw, counters, services, conntrack, do_nat):
     ip = 14
     done = 0
     for k in range(n_flows):
@@ -71,9 +72,7 @@ def drive(buf, template, vips, n_flows, now, gw, counters, fe_keys, fe_vals, mag
         buf[row, ip + 20] = (sport >> 8) & 0xFF
         buf[row, ip + 21] = sport & 0xFF
         if do_nat:
-            done += nat_stage(buf, row, ip, True, now, gw, counters, fe_keys, fe_vals, maglev,
-                              be_ip, be_port, ct_keys, ct_vals, aff_keys, aff_vals, frag_keys,
-                              frag_vals)
+            done += nat(buf, row, ip, True, False, now, gw, counters, services, conntrack)
     return done
 
 
@@ -81,19 +80,18 @@ def run(services: int, flows: int) -> tuple[float, float, float]:
     cluster = config.parse(CLUSTER.format(services=services_yaml(services)), "bench.yaml",
                            check_host=False)
     st = servicetables.build(cluster, "node-a")
-    ct_keys, ct_vals = new_state_table(4 * flows, CT_COLS)   # room: 2 entries per flow, load 1/2
-    aff_keys, aff_vals = new_state_table(64, 3)
-    frag_keys, frag_vals = new_state_table(64, 3)
+    # room for 2 entries per flow at load 1/2
+    conntrack = Conntrack(*new_state_table(4 * flows, CT_COLS), *new_state_table(64, 3),
+                          *new_state_table(64, 3))
     counters = np.zeros(COUNTER_COUNT, dtype=np.uint64)
     vips = np.array([ip_to_int(s.cluster_ip) for s in cluster.services], dtype=np.int64)
     template = np.frombuffer(bytes(Ether() / IP(src="10.0.0.1", dst="10.96.0.1") /
                                    TCP(sport=1, dport=80, flags="A")), dtype=np.uint8).copy()
     buf = np.zeros((64, 256), dtype=np.uint8)
-    args = (buf, template, vips, flows, 1000, ip_to_int("10.244.1.1"), counters, st.fe_keys,
-            st.fe_vals, st.maglev, st.be_ip, st.be_port, ct_keys, ct_vals, aff_keys, aff_vals,
-            frag_keys, frag_vals)
+    args = (buf, template, vips, flows, 1000, ip_to_int("10.244.1.1"), counters, st.group,
+            conntrack)
     drive(*args[:3], 64, *args[4:], True)      # compile (cached after the first run)
-    ct_keys[:] = 0
+    conntrack.ct_keys[:] = 0
     t0 = time.perf_counter()
     drive(*args, False)
     base = (time.perf_counter() - t0) / flows

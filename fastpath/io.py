@@ -127,7 +127,7 @@ def recv_overlay(fd, frames, rx, counters):
     """One recvmmsg of up to a batch of VXLAN datagrams (or UDP GRO trains of them, one per
     row); every datagram becomes a frame (meta row) starting after its VXLAN header. Returns the
     frame count."""
-    buf, meta = frames.buf, frames.meta
+    meta = frames.meta
     msgs = rx.msgs
     count = msgs.shape[0] // MMSG_WORDS
     for k in range(count):   # the kernel overwrote these with what it returned last time

@@ -21,7 +21,9 @@ from typing import Callable
 
 import trio
 
-from fastpath.io import FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, WHY_ERROR, WHY_SLOW, serve
+from fastpath.io import (
+    FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_SPIN_NS, WHY_ERROR, WHY_SLOW, serve,
+)
 from fastpath.layout import BATCH
 from fastpath.reasons import R_DROP_TX_ERROR
 from vrouter.dataplane import Dataplane
@@ -94,6 +96,13 @@ class Datapath:
         except BlockingIOError:
             pass
 
+    def describe(self) -> dict:
+        """What `vrouter status` shows of the data path."""
+        return {"busy_poll_us": int(self.state[ST_SPIN_NS]) // 1000,
+                "overlay_source_ports": self.overlay.source_ports,
+                "tap_offloads": "csum tso4 tso6" + (" uso4 uso6" if all(t.uso for t in self.taps)
+                                                    else "")}
+
     # --- requests from the control side ----------------------------------------------------------
 
     def call(self, fn: Callable[[], object], done: Callable[[object, BaseException | None], None]
@@ -137,7 +146,6 @@ class Datapath:
     # --- the loop --------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        dp = self.dp
         try:
             while not self.stopping:
                 why = self._serve()

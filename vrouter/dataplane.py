@@ -22,8 +22,7 @@ from fastpath.groups import Frames, Output
 from fastpath.layout import (
     BATCH, F_ROWS, FILL_COLS, FRAMES_MAX, HEADROOM, IN_GATEWAY, IN_OVERLAY, M_CSUM_OFFSET,
     M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START,
-    M_VFLAGS, META_COLS, O_DONE, O_FRAME, O_IN_PORT, O_KIND, O_LEN, O_REASON, O_ROW, O_SEGMENT,
-    O_SOCKET, O_SRC, O_START, O_TARGET, OUT_COLS, OUT_DATA, OUT_FLOOD, OUT_OVERLAY, OUT_PORT,
+    M_VFLAGS, META_COLS, O_IN_PORT, O_KIND, O_LEN, O_REASON, O_START, OUT_COLS, OUT_DATA, OUT_OVERLAY, OUT_PORT,
     OUT_ROWS, OUT_SLOW, P_PEER_DEAD_AFTER, SLOT, SLOW_DATA, SRC_DATA, VNET_HDR_LEN,
     VXLAN_HEADER_LEN,
 )
@@ -59,6 +58,22 @@ def new_output() -> Output:
                   np.zeros((1, OUT_DATA), dtype=np.uint8),
                   np.zeros((1, SLOW_DATA), dtype=np.uint8),
                   np.zeros(FILL_COLS, dtype=np.int64))
+
+
+def _load(frames: Frames, items) -> int:
+    """(in_port, frame, virtio-net header) triples into a batch, one row each, as a read of a
+    TAP puts them (the frame at HEADROOM)."""
+    meta = frames.meta
+    for k, (in_port, frame, vnet) in enumerate(items):
+        frames.buf[k, HEADROOM:HEADROOM + len(frame)] = np.frombuffer(frame, np.uint8)
+        meta[k, :] = 0
+        meta[k, M_ROW] = k
+        meta[k, M_START] = HEADROOM
+        meta[k, M_LEN] = len(frame)
+        meta[k, M_IN_PORT] = in_port
+        for column, value in zip(VNET_COLUMNS, VNET_HEADER.unpack(vnet)):
+            meta[k, column] = value
+    return len(items)
 
 
 def vnet_header(meta_row) -> bytes:
@@ -115,15 +130,7 @@ class Dataplane:
 
     def load_gateway(self, frames: list[bytes]) -> int:
         """Put frames the gateway originates into the `gw` batch (at most BATCH)."""
-        meta = self.gw.meta
-        for k, frame in enumerate(frames):
-            self.gw.buf[k, HEADROOM:HEADROOM + len(frame)] = np.frombuffer(frame, np.uint8)
-            meta[k, :] = 0
-            meta[k, M_ROW] = k
-            meta[k, M_START] = HEADROOM
-            meta[k, M_LEN] = len(frame)
-            meta[k, M_IN_PORT] = IN_GATEWAY
-        return len(frames)
+        return _load(self.gw, [(IN_GATEWAY, frame, NO_VNET) for frame in frames])
 
     # --- running batches in tests and tools ---------------------------------------------------
 
@@ -169,17 +176,7 @@ class Dataplane:
 
     def load_frames(self, items) -> int:
         """(in_port, frame, virtio-net header) triples into the rx batch, one row each."""
-        meta = self.rx.meta
-        for k, (in_port, frame, vnet) in enumerate(items):
-            self.rx.buf[k, HEADROOM:HEADROOM + len(frame)] = np.frombuffer(frame, np.uint8)
-            meta[k, :] = 0
-            meta[k, M_ROW] = k
-            meta[k, M_START] = HEADROOM
-            meta[k, M_LEN] = len(frame)
-            meta[k, M_IN_PORT] = in_port
-            for column, value in zip(VNET_COLUMNS, VNET_HEADER.unpack(vnet)):
-                meta[k, column] = value
-        return len(items)
+        return _load(self.rx, items)
 
     def process(self, frames: list[tuple[int, bytes]], detail: bool = False) -> list:
         """Run (in_port, frame) pairs (no virtio-net header) through the data plane.

@@ -53,6 +53,8 @@ def node_status(node) -> dict:
                       f"{f.address}:{f.port}/{f.protocol}", "backends": f.backends,
                       "snat": f.snat, "scope": f.scope} for f in dp.services.frontends],
         "conntrack": dp.conntrack_fill(),
+        "reloads": dict(node.reloads),
+        "datapath": node.datapath.describe() if node.datapath else None,
         "counters": dp.counter_dict(),
     }
 
@@ -91,6 +93,15 @@ def render(status: dict, show_zero: bool = False) -> str:
                          f"{extra} -> {backends}")
         ct = status["conntrack"]
         lines.append(f"  conntrack: {ct['entries']} entries of {ct['capacity']}")
+    d = status.get("datapath")
+    if d:
+        lines.append(f"  data path: busy-poll {d['busy_poll_us']} us after traffic, TAP offloads "
+                     f"{d['tap_offloads']}, overlay source ports "
+                     f"{', '.join(map(str, d['overlay_source_ports']))}")
+    r = status.get("reloads", {})
+    if r.get("ok") or r.get("refused"):
+        lines.append(f"  reloads: {r['ok']} applied, {r['refused']} refused"
+                     + (f" (last: {r['last_error']})" if r.get("last_error") else ""))
     lines.append("  counters:")
     for name, value in status["counters"].items():
         if value or show_zero:

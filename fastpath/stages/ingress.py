@@ -100,6 +100,17 @@ def vnet_problem(buf, meta, i):
 
 
 @njit(cache=True, _nrt=False)
+def packet_problem(buf, meta, i):
+    """-1 if a TAP frame carrying IPv4 has a sane header and a virtio-net header that agrees
+    with it, else the drop reason."""
+    row, s, length = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN]
+    problem = ipv4_problem(buf, row, s + ETH_LEN, length - ETH_LEN)
+    if problem < 0:
+        problem = vnet_problem(buf, meta, i)
+    return problem
+
+
+@njit(cache=True, _nrt=False)
 def pod_in(buf, meta, i, now, params, counters, ports, bridge):
     """A frame from a pod's TAP: well-formed, from the pod's own MAC and IP; learn its MAC."""
     row, s, length, in_port = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN], meta[i, M_IN_PORT]
@@ -116,13 +127,10 @@ def pod_in(buf, meta, i, now, params, counters, ports, bridge):
         if meta[i, M_VFLAGS] != 0 or meta[i, M_GSO_TYPE] != GSO_NONE:
             return finish(meta, i, ACT_DROP, 0, R_DROP_BAD_VNET_HEADER)
         return finish(meta, i, ACT_SLOW if verdict == R_SLOW_ARP else ACT_DROP, 0, verdict)
-    ip = s + ETH_LEN
-    problem = ipv4_problem(buf, row, ip, length - ETH_LEN)
-    if problem < 0:
-        problem = vnet_problem(buf, meta, i)
+    problem = packet_problem(buf, meta, i)
     if problem >= 0:
         return finish(meta, i, ACT_DROP, 0, problem)
-    if read32(buf, row, ip + 12) != ports.port_ip[in_port]:
+    if read32(buf, row, s + ETH_LEN + 12) != ports.port_ip[in_port]:
         return finish(meta, i, ACT_DROP, 0, R_DROP_SPOOFED_IP)
     # the frame is valid: learn where its source MAC lives
     j = hashtable.find_or_claim(fdb_keys, src_mac)

@@ -7,7 +7,7 @@ from numba import njit
 
 from fastpath import hashtable
 from fastpath.checksum import read16, read32, read48, write48
-from fastpath.ipv4 import decrement_ttl, ipv4_problem
+from fastpath.ipv4 import decrement_ttl
 from fastpath.layout import (
     ACT_DROP, ACT_PORT, ACT_SLOW, ETH_LEN, ETH_P_ARP, GSO_NONE, M_GSO_TYPE, M_LEN, M_ROW, M_START,
     M_VFLAGS, P_LOCAL_MASK, P_LOCAL_NET, P_NODE_MAC, P_OUTSIDE_MASK, P_OUTSIDE_NET, P_UPLINK_PORT,
@@ -18,7 +18,7 @@ from fastpath.reasons import (
     R_TO_OUTSIDE,
 )
 from fastpath.stages import S_SERVICES, finish
-from fastpath.stages.ingress import ethertype_verdict, frame_problem, vnet_problem
+from fastpath.stages.ingress import ethertype_verdict, frame_problem, packet_problem
 
 
 @njit(cache=True, _nrt=False)
@@ -55,13 +55,10 @@ def outside_in(buf, meta, i, params, counters, outside):
         if length >= ETH_LEN + 28:   # learn the sender of any ARP
             glean(outside, read32(buf, row, s + 28), read48(buf, row, s + 22), params, counters)
         return finish(meta, i, ACT_SLOW, 0, R_SLOW_ARP)
-    ip = s + ETH_LEN
-    problem = ipv4_problem(buf, row, ip, length - ETH_LEN)
-    if problem < 0:
-        problem = vnet_problem(buf, meta, i)
+    problem = packet_problem(buf, meta, i)
     if problem >= 0:
         return finish(meta, i, ACT_DROP, 0, problem)
-    src = read32(buf, row, ip + 12)
+    src = read32(buf, row, s + ETH_LEN + 12)
     if (src & params[P_LOCAL_MASK]) == params[P_LOCAL_NET]:   # our own pods are not out there
         return finish(meta, i, ACT_DROP, 0, R_DROP_SPOOFED_IP)
     glean(outside, src, src_mac, params, counters)

@@ -6,7 +6,7 @@ import pytest
 
 from fastpath.reasons import COUNTERS, EVENT
 from tests.fastpath.test_gso import (
-    A_MAC, GW_A, REMOTE_IP, UNDERLAY_A, _ARP, _TCP_SUPER, _UDP_SMALL, cluster, overlay_train,
+    UNDERLAY_A, _ARP, _TCP_SUPER, _UDP_SMALL, cluster, overlay_train,
 )
 from tests.fastpath.test_services import SERVICE
 from vrouter.dataplane import Dataplane

@@ -14,6 +14,7 @@ from fastpath.layout import (
     OUT_OVERLAY, VNET_F_NEEDS_CSUM,
 )
 from tests.fastpath.test_services import SERVICE, VIP
+from tests.fastpath.test_services import assert_checksums_valid as assert_valid_checksums
 from vrouter import config
 from vrouter.dataplane import OVERLAY_TARGET, VNET_HEADER, Dataplane
 
@@ -81,15 +82,6 @@ def datagrams_to(emitted, peer=0):
 
 def inner(datagram):
     return Ether(bytes(VXLAN(datagram).payload))
-
-
-def assert_valid_checksums(pkt):
-    fresh = pkt.copy()
-    del fresh[IP].chksum
-    layer = TCP if pkt.haslayer(TCP) else UDP
-    del fresh[layer].chksum
-    fresh = Ether(bytes(fresh))
-    assert (pkt[IP].chksum, pkt[layer].chksum) == (fresh[IP].chksum, fresh[layer].chksum)
 
 
 def complete(frame):

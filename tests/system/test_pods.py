@@ -61,9 +61,12 @@ def test_iperf3_tcp(demo, server):
 
 @pytest.mark.parametrize("server", ["a2", "b1"], ids=["same-node", "cross-node"])
 def test_iperf3_udp(demo, server):
+    """20 Mbit/s of full-size datagrams for a second is far below what the node moves: nothing
+    should be lost."""
     report = iperf(demo, server, "a1", "-u", "-b", "20M")
     end = report["end"]["sum"]
-    assert end["packets"] > 100 and end["lost_packets"] < end["packets"]
+    assert end["packets"] > 1000
+    assert end["lost_packets"] <= end["packets"] // 100, end
 
 
 def test_tcpdump_in_a_pod_shows_the_arp_exchange_and_the_traffic(demo):

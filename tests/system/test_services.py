@@ -323,10 +323,14 @@ def test_a_bad_reload_is_refused_and_the_old_state_keeps_serving(make_cluster):
 
 
 def os_kill_hup(cluster):
+    """SIGHUP each node with the (bad) file; wait until each has refused that reload."""
     import os
     import signal
-    for node in ("node-a", "node-b"):
+    before = {n: cluster.status(n)["reloads"]["refused"] for n in ("node-a", "node-b")}
+    for node in before:
         os.kill(cluster.status(node)["pid"], signal.SIGHUP)
-    # the nodes still answer their control socket after handling it
-    for node in ("node-a", "node-b"):
-        assert cluster.status(node)["ready"]
+    for node, refused in before.items():
+        wait_for(lambda: cluster.status(node)["reloads"]["refused"] == refused + 1,
+                 what=f"{node} to refuse the reload")
+        status = cluster.status(node)
+        assert status["ready"] and "sessionAffinity" in status["reloads"]["last_error"]
