@@ -8,7 +8,7 @@ vrouter cluster of the same shape (2 nodes x 2 pods, pod MTU 1450, a Service 10.
 node 2's pods), plus the raw Python ceilings (benchmarks/ceiling.py), and measures the same things
 in each: TCP throughput and 64-byte UDP packet rate same node and across nodes (iperf3), pod ->
 ClusterIP TCP throughput and new connections per second (benchmarks/tcp_load.py), ping round
-trips at 100 per second, and a scale row (nodes x pods started, time to ready, memory per node).
+trips at 100 per second (1000 each), and a scale row (nodes x pods started, time to ready, memory per node).
 Prints one table with ratios to the kernel and to the ceiling, and writes it as JSON. Needs root,
 iproute2, iperf3 and iptables; removes everything it creates.
 """
@@ -92,7 +92,7 @@ def measure_latency(setups: Setups, results: dict, node_pids: list[int]) -> dict
         for where, (_server_ns, server_ip, client_ns) in pairs.items():
             before = sum(cpu_seconds(p) for p in node_pids) if system == "vrouter" else 0
             start = time.monotonic()
-            rtts = ping_rtts(client_ns, server_ip)
+            rtts = ping_rtts(client_ns, server_ip, count=1000)
             if system == "vrouter":
                 cpu[where] = (sum(cpu_seconds(p) for p in node_pids) - before) \
                     / (time.monotonic() - start)

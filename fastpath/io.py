@@ -5,9 +5,11 @@ reads a batch from each ready one (TAP: read() per frame; overlay: one recvmmsg,
 split into datagrams), runs the fast path (fastpath.dispatch) and writes its output batch (TAP:
 writev() of virtio-net header + frame; overlay: one sendmmsg per send socket, GSO trains with a
 UDP_SEGMENT cmsg). It returns to Python only when Python is needed: frames for the slow path, a
-control request (the wake-up eventfd), or a timeout. After traffic it keeps polling without
-sleeping for a bounded time (busy-polling, as Linux's busy_poll): waking a sleeping thread costs
-tens of microseconds on a VM.
+control request (the wake-up eventfd), or a timeout. After traffic that ends a quiet spell it
+keeps polling without sleeping for a bounded time (busy-polling, as Linux's busy_poll does):
+waking a sleeping thread costs tens of microseconds on a VM, and the answer to a request
+usually comes back within that time. Steady traffic keeps the node awake by itself; there,
+spinning would only take a core the pods need.
 
 libc is reached through numba ExternalFunction declarations (resolved by symbol name, so the
 compiled code can be cached). The kernel structures (mmsghdr, iovec, cmsghdr, sockaddr_in,
@@ -74,7 +76,7 @@ WHY_GATEWAY = 5       # the gateway's batch (state[ST_GATEWAY_N]) is written
 ST_PENDING_PORT = 0   # a batch interrupted by slow-path frames: its ingress (or FD_NONE)
 ST_PENDING_NEXT = 1   # ... its next frame
 ST_PENDING_N = 2      # ... and its frame count
-ST_SPIN_UNTIL = 3     # monotonic ns until which to busy-poll
+ST_SPIN_UNTIL = 3     # monotonic ns until which to busy-poll (set by traffic after a quiet spell)
 ST_SPIN_NS = 4        # busy-poll window after traffic (0: off)
 ST_TIMEOUT_MS = 5     # longest sleep in epoll_wait before returning WHY_TIMEOUT (-1: forever)
 ST_NOW = 6            # the fast path's clock (seconds), as of the last wake-up
@@ -330,8 +332,8 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
         if out.fill[F_SLOW] > 0:
             return WHY_SLOW
     while True:
-        now_ns = monotonic_ns(io.clock)
-        spinning = now_ns < state[ST_SPIN_UNTIL]
+        before = monotonic_ns(io.clock)
+        spinning = before < state[ST_SPIN_UNTIL]
         ready = c_epoll_wait(io.epfd, events.ctypes.data, events.shape[0] // stride,
                              0 if spinning else state[ST_TIMEOUT_MS])
         if ready < 0:
@@ -345,8 +347,14 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
                 continue
             return WHY_TIMEOUT
         counters[R_WAKEUPS] += 1
-        now = monotonic_ns(io.clock) // 1_000_000_000
+        after = monotonic_ns(io.clock)
+        now = after // 1_000_000_000
         state[ST_NOW] = now
+        # busy-poll after traffic that broke a quiet spell (likely a request whose answer comes
+        # back through this node soon); steady traffic keeps the node awake by itself, and
+        # spinning then only takes a core the pods need
+        if not spinning and after - before >= state[ST_SPIN_NS]:
+            state[ST_SPIN_UNTIL] = after + state[ST_SPIN_NS]
         woken = False
         for e in range(ready):
             p = e * stride + 4   # the epoll_data: the fd (Python's epoll.register sets it)
@@ -364,7 +372,6 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
                 continue
             if n == 0:
                 continue
-            state[ST_SPIN_UNTIL] = monotonic_ns(io.clock) + state[ST_SPIN_NS]
             if not _run_batch(frames, 0, n, now, tables, out, io, tx, state, port):
                 return WHY_SLOW
             if out.fill[F_SLOW] > 0:
