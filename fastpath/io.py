@@ -27,7 +27,8 @@ from fastpath.layout import (
     OUT_PORT, OUT_SLOW, P_PORT_COUNT, SLOT, SRC_DATA, VNET_HDR_LEN, VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import (
-    R_BUSY_POLLS, R_DROP_TX_ERROR, R_WAKEUPS, R_RX_SYSCALLS, R_TX_DATAGRAMS, R_TX_FRAMES, R_TX_SYSCALLS,
+    R_BUSY_POLLS, R_DROP_NO_ROOM, R_DROP_TX_ERROR, R_RX_FRAMES, R_RX_SYSCALLS, R_TX_DATAGRAMS,
+    R_TX_FRAMES, R_TX_SYSCALLS, R_WAKEUPS,
 )
 
 _ssize = types.intp
@@ -155,10 +156,18 @@ def recv_overlay(fd, frames, rx, counters):
             level_type = rx.cmsgs[c + 1]
             if level_type == np.uint64(SOL_UDP) | (np.uint64(UDP_GRO) << np.uint64(32)):
                 size = np.int64(rx.cmsgs[c + 2] & np.uint64(0xFFFFFFFF))
-        if size <= 0:
+        if size <= 0 or size > length:
             size = length
+        # an empty datagram is one (truncated) frame; a train of more datagrams than the batch
+        # has frames for (a peer sending tiny segments) is cut, the rest counted as dropped
+        datagrams = 1 if length == 0 else (length + size - 1) // size
+        if n + datagrams > meta.shape[0]:
+            counters[R_RX_FRAMES] += n + datagrams - meta.shape[0]
+            counters[R_DROP_NO_ROOM] += n + datagrams - meta.shape[0]
+            datagrams = meta.shape[0] - n
         base = HEADROOM - VXLAN_HEADER_LEN
-        for first in range(0, length, size):
+        for d in range(datagrams):
+            first = d * size
             meta[n, :] = 0
             meta[n, M_ROW] = k
             meta[n, M_START] = base + first + VXLAN_HEADER_LEN

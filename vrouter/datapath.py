@@ -79,11 +79,16 @@ class Datapath:
         self.thread.start()
 
     def stop(self) -> None:
-        """Stop the thread (it finishes its batch) and wait for it."""
+        """Stop the thread (it finishes its batch) and wait for it; then close what it used."""
+        if self.epoll.closed:
+            return
         self.stopping = True
         self.wake()
         if self.thread.is_alive():
             self.thread.join(timeout=10)
+        if self.thread.is_alive():   # stuck in the slow path: it is a daemon, it dies with us
+            log.warning("the data path did not stop within 10 s")
+            return
         self.epoll.close()
         os.close(self.wake_fd)
 

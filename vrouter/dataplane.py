@@ -22,7 +22,8 @@ from fastpath.groups import Frames, Output
 from fastpath.layout import (
     BATCH, F_ROWS, FILL_COLS, FRAMES_MAX, HEADROOM, IN_GATEWAY, IN_OVERLAY, M_CSUM_OFFSET,
     M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START,
-    M_VFLAGS, META_COLS, O_IN_PORT, O_KIND, O_LEN, O_REASON, O_START, OUT_COLS, OUT_DATA, OUT_OVERLAY, OUT_PORT,
+    M_VFLAGS, META_COLS, O_DONE, O_FRAME, O_IN_PORT, O_KIND, O_LEN, O_REASON, O_ROW, O_SEGMENT,
+    O_SOCKET, O_SRC, O_START, O_TARGET, OUT_COLS, OUT_DATA, OUT_OVERLAY, OUT_PORT,
     OUT_ROWS, OUT_SLOW, P_PEER_DEAD_AFTER, SLOT, SLOW_DATA, SRC_DATA, VNET_HDR_LEN,
     VXLAN_HEADER_LEN,
 )
@@ -103,7 +104,8 @@ class Dataplane:
         return int(self.clock())
 
     def warm_up(self) -> None:
-        """Compile the fast path (or load it from numba's cache) before the node reports ready."""
+        """Compile forward() (or load it from numba's cache): tests and tools call it before
+        timing anything. A node compiles its data path in vrouter.datapath instead."""
         forward(self.rx, 0, 0, self.now, self.tables, self.out)
 
     # --- the slow path and the gateway's own packets -------------------------------------------
@@ -156,21 +158,19 @@ class Dataplane:
     def collect(self, frames: Frames, out: Output) -> list[Emitted]:
         """The output batch as (target, bytes) records: flood copies and GSO trains expanded."""
         emitted = []
-        for r in range(int(out.fill[F_ROWS])):
-            kind, src, row, start, length, target, segment, sock, frame, _reason, _in, done = \
-                out.rows[r].tolist()
-            if done or kind == OUT_SLOW:
+        for row in out.rows[:int(out.fill[F_ROWS])].tolist():
+            kind, length, target = row[O_KIND], row[O_LEN], row[O_TARGET]
+            if row[O_DONE] or kind == OUT_SLOW:
                 continue
-            data = (out.data[0] if src == SRC_DATA else frames.buf[row])[start:start + length]
+            source = out.data[0] if row[O_SRC] == SRC_DATA else frames.buf[row[O_ROW]]
+            data = source[row[O_START]:row[O_START] + length]
             if kind == OUT_OVERLAY:
-                size = segment or length
-                for k in range(0, length, size):
-                    emitted.append(Emitted(OVERLAY_TARGET + target, data[k:k + size].tobytes(),
-                                           b"", sock))
+                size = row[O_SEGMENT] or length
+                emitted += [Emitted(OVERLAY_TARGET + target, data[k:k + size].tobytes(), b"",
+                                    row[O_SOCKET]) for k in range(0, length, size)]
                 continue
-            vnet = vnet_header(frames.meta[frame])
-            ports = [target] if kind == OUT_PORT else \
-                [p for p in self.all_ports if p != target]
+            vnet = vnet_header(frames.meta[row[O_FRAME]])
+            ports = [target] if kind == OUT_PORT else [p for p in self.all_ports if p != target]
             emitted += [Emitted(p, data.tobytes(), vnet, 0) for p in ports]
         return emitted
 

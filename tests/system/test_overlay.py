@@ -64,3 +64,39 @@ def test_a_silent_peer_is_marked_down_and_traffic_resumes_when_it_answers(make_c
     wait_for(lambda: cluster.status("node-a")["peers"][0]["up"], timeout=30, what="node-b back up")
     result = ping(cluster, "a1", cluster.ip("b1"), count=2)
     assert result.returncode == 0, result.stdout   # no restart needed
+
+
+def test_hostile_datagrams_on_the_underlay_are_counted_and_the_node_goes_on(make_cluster):
+    """From the other node's underlay address (loopback), while node-a is stopped so that they
+    queue up: an empty datagram, garbage, and 100 GSO trains of 128 9-byte datagrams (64 queued
+    trains are twice what one batch has frames for). Node-a drops and counts every one of them
+    and keeps forwarding."""
+    import socket
+    import struct
+
+    from tests.system.cluster import wait_for
+    cluster = make_cluster(pods_per_node=(1, 1))
+    node_a = cluster.nodes[0]["underlay"]
+    pid = cluster.status("node-a")["pid"]
+    before = cluster.counters("node-a")
+    subprocess.run(["kill", "-STOP", str(pid)], check=True)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((cluster.nodes[1]["underlay"], 0))   # node-b's address, another port
+            s.sendto(b"", (node_a, 4789))
+            s.sendto(b"\x08" + bytes(200), (node_a, 4789))
+            for _ in range(100):
+                s.sendmsg([bytes(9 * 128)], [(17, 103, struct.pack("H", 9))], 0, (node_a, 4789))
+    finally:
+        subprocess.run(["kill", "-CONT", str(pid)], check=True)
+    expected = 2 + 100 * 128
+
+    def counted():
+        return cluster.counters("node-a")["rx_frames"] - before["rx_frames"] >= expected
+    wait_for(counted, what="every datagram counted")
+    c = cluster.counters("node-a")
+    no_room = c["drop_no_room"] - before["drop_no_room"]
+    truncated = c["drop_overlay_truncated"] - before["drop_overlay_truncated"]
+    assert no_room > 0 and no_room + truncated >= 100 * 128 + 1   # the tiny ones, the empty one
+    assert cluster.status("node-a")["ready"]
+    assert ping(cluster, "a1", cluster.ip("b1"), count=2).returncode == 0

@@ -46,6 +46,11 @@ def test_allocation_is_deterministic_and_skips_given_addresses():
     assert len({p.mac for p in a.pods}) == 3
 
 
+def test_busy_polling_defaults_to_200_us_and_can_be_turned_off():
+    assert parse(BASE).busy_poll_us == 200
+    assert parse(BASE.replace("mtu: 1500}", "mtu: 1500}\n  busyPollMicroseconds: 0")).busy_poll_us == 0
+
+
 def test_the_shipped_demo_config_is_valid():
     c = config.load("configs/demo.yaml", check_host=False)
     assert len(c.nodes) == 2
@@ -71,6 +76,10 @@ def test_the_shipped_demo_config_is_valid():
     (("vni: 1,", "vni: 0,"), "cluster.overlay.vni", "out of range"),
     (("port: 4789", "port: 70000"), "cluster.overlay.port", "out of range"),
     (("mtu: 1500", "mtu: big"), "cluster.overlay.mtu", "must be an integer"),
+    (("mtu: 1500}", "mtu: 1500}\n  busyPollMicroseconds: -5"), "cluster.busyPollMicroseconds",
+     "out of range"),
+    (("mtu: 1500}", "mtu: 1500}\n  busyPollMicroseconds: 2ms"), "cluster.busyPollMicroseconds",
+     "must be an integer"),
     (("underlay: 127.0.0.12", "underlay: 127.0.0.11"), "nodes[1].underlay", "already node 'node-a'"),
     (("underlay: 127.0.0.12", "underlay: 127.0.0.300"), "nodes[1].underlay", "not a valid IPv4 address"),
     (("serviceCIDR: 10.96.0.0/16", "serviceCIDR: 10.240.0.0/12"), "cluster.serviceCIDR", "overlaps"),
