@@ -24,8 +24,9 @@ from fastpath.conntrack import CT_COLS, new_state_table
 from fastpath.groups import Conntrack
 from fastpath.reasons import COUNTER_COUNT
 from fastpath.stages.services import nat
-from vrouter import config, servicetables
-from vrouter.tables import ip_to_int
+from vrouter.model import config
+from vrouter.node import servicetables
+from vrouter.node.tables import ip_to_int
 
 CLUSTER = """
 cluster:

@@ -23,7 +23,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
 from tests.system.cluster import new_prefix, unique_underlay_octets
-from vrouter.tap import open_tap
+from vrouter.host.tap import open_tap
 
 MTU = 1450
 SUBNET = "10.250.0"   # only inside the two namespaces this creates

@@ -26,8 +26,8 @@ from tests.fastpath.test_gso import (
     A_IP, A_MAC, B_IP, B_MAC, GW_A, REMOTE_IP, UNDERLAY_A, overlay_train, superframe,
 )
 from tests.fastpath.test_services import SERVICE, VIP
-from vrouter import config
-from vrouter.dataplane import Dataplane
+from vrouter.model import config
+from vrouter.node.dataplane import Dataplane
 
 
 def small(dst, dst_mac, proto="udp", sport=1000):

@@ -1,7 +1,7 @@
 """Connection tracking state: bounded hash tables of (key, values) rows, and the TCP/UDP state
 machine of a tracked connection.
 
-Tables (built by vrouter.tables; they persist across reloads):
+Tables (built by vrouter.node.tables; they persist across reloads):
   ct_keys[:, 2] / ct_vals   one entry per direction of a connection, keyed by the packet's 5-tuple
                             as it arrives, holding the 5-tuple to rewrite it to, expiry and state
   aff_keys / aff_vals       ClientIP session affinity: (client, frontend) -> backend, expiry

@@ -5,7 +5,7 @@ one gives a verdict; the verdict is counted here, once, and turned into output r
 
 Frames first..n-1 of `frames` go in; `out` (fastpath.layout, O_*) fills with what to write and
 send. When it is about to run out of room, forward stops early: write the output and call again
-from the returned index. No I/O here: fastpath.io writes the output batch, vrouter.dataplane
+from the returned index. No I/O here: fastpath.io writes the output batch, vrouter.node.dataplane
 reads it in tests and for the slow path.
 """
 from numba import njit

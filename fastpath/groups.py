@@ -1,7 +1,7 @@
 """The fast path's tables, grouped by the stage that reads them.
 
 Each group is a namedtuple of numpy arrays (numba passes one as a single typed argument). The
-control plane (vrouter.tables, vrouter.servicetables) builds them; the fast path reads them and
+control plane (vrouter.node.tables, vrouter.node.servicetables) builds them; the fast path reads them and
 updates in place only what it learns (MAC table, neighbours, peer liveness, conntrack). A reload
 swaps a whole group between two batches. Dtypes and dimensions are part of the compiled
 signature: keep them as the builders make them.

@@ -13,7 +13,7 @@ spinning would only take a core the pods need.
 
 libc is reached through numba ExternalFunction declarations (resolved by symbol name, so the
 compiled code can be cached). The kernel structures (mmsghdr, iovec, cmsghdr, sockaddr_in,
-epoll_event) live in numpy arrays that vrouter.nodeio builds and fills with addresses once;
+epoll_event) live in numpy arrays that vrouter.node.nodeio builds and fills with addresses once;
 their layout here is Linux x86-64/aarch64 (64-bit pointers, little-endian).
 """
 import numpy as np

@@ -1,3 +1,3 @@
-from vrouter.cli import main
+from vrouter.ops.cli import main
 
 raise SystemExit(main())

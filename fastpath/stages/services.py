@@ -1,6 +1,6 @@
 """Services: frontend lookup, Maglev backend choice, conntrack, DNAT/SNAT, ICMP error translation.
 
-Tables: the Services group (rebuilt by vrouter.servicetables on reload)
+Tables: the Services group (rebuilt by vrouter.node.servicetables on reload)
   fe_keys / fe_vals[:, FE_*]   (address, protocol, port) -> frontend: Maglev row (-1: no
                                endpoints), affinity timeout, SNAT flag, id, what to do when empty
   maglev[row, M]               Maglev lookup table of a backend set -> backend index

@@ -1,7 +1,7 @@
 import pytest
 
-from vrouter import config
-from vrouter.dataplane import Dataplane
+from vrouter.model import config
+from vrouter.node.dataplane import Dataplane
 
 
 @pytest.fixture(scope="session", autouse=True)

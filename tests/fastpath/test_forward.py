@@ -8,8 +8,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
 from fastpath.checksum import update16
-from vrouter import config
-from vrouter.dataplane import OVERLAY_TARGET, Dataplane
+from vrouter.model import config
+from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
 
 GW_MAC = "02:76:0a:f4:01:01"
 A_IP, A_MAC = "10.244.1.2", "0a:58:0a:f4:01:02"

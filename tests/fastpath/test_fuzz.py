@@ -9,7 +9,7 @@ from tests.fastpath.test_gso import (
     UNDERLAY_A, _ARP, _TCP_SUPER, _UDP_SMALL, cluster, overlay_train,
 )
 from tests.fastpath.test_services import SERVICE
-from vrouter.dataplane import Dataplane
+from vrouter.node.dataplane import Dataplane
 
 VERDICTS = [c.name for c in COUNTERS if c.kind != EVENT]
 

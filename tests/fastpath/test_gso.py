@@ -15,8 +15,8 @@ from fastpath.layout import (
 )
 from tests.fastpath.test_services import SERVICE, VIP
 from tests.fastpath.test_services import assert_checksums_valid as assert_valid_checksums
-from vrouter import config
-from vrouter.dataplane import OVERLAY_TARGET, VNET_HEADER, Dataplane
+from vrouter.model import config
+from vrouter.node.dataplane import OVERLAY_TARGET, VNET_HEADER, Dataplane
 
 A_IP, A_MAC = "10.244.1.2", "0a:58:0a:f4:01:02"      # web-1, node-a port 0
 B_IP, B_MAC = "10.244.1.3", "0a:58:0a:f4:01:03"      # web-2, node-a port 1

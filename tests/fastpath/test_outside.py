@@ -11,8 +11,8 @@ from tests.fastpath.test_services import (
     A_IP, A_MAC, B_IP, B_MAC, GW_MAC, REMOTE, VIP, assert_checksums_valid, first_flow, inner,
     make_dp, to_vip,
 )
-from vrouter import config
-from vrouter.dataplane import OVERLAY_TARGET, Dataplane
+from vrouter.model import config
+from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
 
 UPLINK = 2                                   # node-a has two pods: ports 0, 1, then the uplink
 NODE_IP, NODE_MAC = "172.18.0.2", "02:76:ac:12:00:02"

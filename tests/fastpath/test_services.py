@@ -9,10 +9,10 @@ from scapy.layers.vxlan import VXLAN
 
 from fastpath import conntrack as nat
 from fastpath.reasons import COUNTER_COUNT, R_CT_EVICTED
-from vrouter import config
-from vrouter.dataplane import OVERLAY_TARGET, Dataplane
-from vrouter.servicetables import maglev_row
-from vrouter.tables import ip_to_int
+from vrouter.model import config
+from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
+from vrouter.node.servicetables import maglev_row
+from vrouter.node.tables import ip_to_int
 
 GW_MAC = "02:76:0a:f4:01:01"
 A_IP, A_MAC = "10.244.1.2", "0a:58:0a:f4:01:02"    # web-1 (node-a, port 0)

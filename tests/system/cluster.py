@@ -16,7 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from vrouter import config, control, state
+from vrouter.host import state
+from vrouter.model import config
+from vrouter.ops import control
 
 READY_TIMEOUT = 180.0   # the first start in a fresh clone compiles the fast path
 

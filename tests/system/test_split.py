@@ -49,7 +49,7 @@ def test_pod_namespaces_are_published_even_when_the_caller_has_exited(tmp_path):
     helper.write_text(
         "import os, sys, time\n"
         "while os.getppid() == int(sys.argv[1]): time.sleep(0.01)   # until our shell has exited\n"
-        "from vrouter import netns\n"
+        "from vrouter.host import netns\n"
         f"netns.create({pod!r})\n"
         f"open({str(out)!r}, 'w').write('x')\n")
     pr_netns.create(host)

@@ -4,7 +4,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from vrouter import config
+from vrouter.model import config
 
 BASE = """
 cluster:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from vrouter import cli, tap
+from vrouter.host import tap
+from vrouter.ops import cli
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from vrouter import config, services
+from vrouter.model import config, services
 
 CLUSTER = """
 cluster:

@@ -9,8 +9,8 @@ from fastpath.reasons import (
     R_SLOW_ARP, R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE, R_SLOW_TO_GATEWAY,
     R_SLOW_TTL_EXCEEDED,
 )
-from vrouter import config
-from vrouter.slowpath import SlowPath
+from vrouter.model import config
+from vrouter.node.slowpath import SlowPath
 
 GW, GW_MAC = "10.244.1.1", "02:76:0a:f4:01:01"
 A_IP, A_MAC = "10.244.1.2", "0a:58:0a:f4:01:02"

@@ -1,6 +1,6 @@
 """A node's data plane, sans-IO: its tables, batch buffers and slow path.
 
-The node's I/O (vrouter.node with fastpath.io) reads into `rx`, calls the fast path and writes
+The node's I/O (vrouter.node.datapath with fastpath.io) reads into `rx`, calls the fast path and writes
 the output batch itself. Tests and tools use `process` / `process_tap` / `process_datagrams`:
 frames in, (target, bytes) out, with the slow path's answers (and the packets the gateway
 originates, routed through the fast path again) included. Targets are port numbers (pods
@@ -30,10 +30,10 @@ from fastpath.layout import (
 from fastpath.reasons import COUNTER_COUNT, COUNTER_NAMES
 from fastpath.stages.bridge import fdb_is_live
 from fastpath.stages.ingress import FDB_PORT, FDB_SEEN, FDB_STATIC
-from vrouter import servicetables
-from vrouter import tables as tables_mod
-from vrouter.config import Cluster
-from vrouter.slowpath import SlowPath
+from vrouter.node import servicetables
+from vrouter.node import tables as tables_mod
+from vrouter.model.config import Cluster
+from vrouter.node.slowpath import SlowPath
 
 OVERLAY_TARGET = 1 << 20
 VNET_HEADER = struct.Struct("<BBHHHH")   # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
@@ -105,7 +105,7 @@ class Dataplane:
 
     def warm_up(self) -> None:
         """Compile forward() (or load it from numba's cache): tests and tools call it before
-        timing anything. A node compiles its data path in vrouter.datapath instead."""
+        timing anything. A node compiles its data path in vrouter.node.datapath instead."""
         forward(self.rx, 0, 0, self.now, self.tables, self.out)
 
     # --- the slow path and the gateway's own packets -------------------------------------------

@@ -1,7 +1,7 @@
 """One emulated node: a trio process that owns its pods' TAP devices and its overlay sockets.
 
 Setup is synchronous and registered on an ExitStack, so a failure at any step (or Ctrl-C, or
-SIGTERM) removes whatever was created. Then the data-path thread (vrouter.datapath) moves the
+SIGTERM) removes whatever was created. Then the data-path thread (vrouter.node.datapath) moves the
 traffic, and trio runs the control side: the control socket, signals, ARP probes of the pods,
 overlay keepalives. Whatever the control side does to the data plane runs in the data-path
 thread between two batches.
@@ -17,13 +17,14 @@ import time
 
 import trio
 
-from vrouter import control, outside, state
-from vrouter.config import Cluster, ConfigError, load
-from vrouter.dataplane import Dataplane
-from vrouter.datapath import Datapath, ensure_compiled
-from vrouter.status import node_status
-from vrouter.tap import HostError, PodPort, attach_pod, check_host
-from vrouter.underlay import open_overlay
+from vrouter.host import outside, state
+from vrouter.ops import control
+from vrouter.model.config import Cluster, ConfigError, load
+from vrouter.node.dataplane import Dataplane
+from vrouter.node.datapath import Datapath, ensure_compiled
+from vrouter.ops.status import node_status
+from vrouter.host.tap import HostError, PodPort, attach_pod, check_host
+from vrouter.host.underlay import open_overlay
 
 log = logging.getLogger("vrouter.node")
 

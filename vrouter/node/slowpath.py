@@ -20,7 +20,7 @@ from fastpath.reasons import (
     R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE, R_SLOW_NO_ROUTE, R_SLOW_OUTSIDE_ARP_NEEDED,
     R_SLOW_TO_GATEWAY, R_SLOW_SERVICE_REJECT, R_SLOW_TTL_EXCEEDED,
 )
-from vrouter.config import Cluster
+from vrouter.model.config import Cluster
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
-from vrouter.config import Cluster, Node, Pod
-from vrouter.tap import POD_IFNAME, HostError, check_host, configure_pod_side, create_netns, \
+from vrouter.model.config import Cluster, Node, Pod
+from vrouter.host.tap import POD_IFNAME, HostError, check_host, configure_pod_side, create_netns, \
     netns_exists, remove_netns
 
 BRIDGE = "vr-br0"

@@ -8,7 +8,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from vrouter import config, control, state
+from vrouter.host import state
+from vrouter.model import config
+from vrouter.ops import control
 
 EXIT_CONFIG = 2
 EXIT_HOST = 1
@@ -31,7 +33,7 @@ def _load(path: str, check_host: bool = True, manifests: str | None = None) -> c
 
 
 def cmd_check(args) -> int:
-    from vrouter.services import endpoints
+    from vrouter.model.services import endpoints
     cluster = _load(args.config, manifests=args.manifests)
     print(f"{args.config}: ok: cluster {cluster.name}, {len(cluster.nodes)} nodes, "
           f"{len(cluster.pods)} pods, {len(cluster.services)} services")
@@ -75,8 +77,8 @@ def cmd_reload(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from vrouter import node
-    from vrouter.tap import HostError
+    from vrouter.node import process as node
+    from vrouter.host.tap import HostError
     cluster = _load(args.config, manifests=args.manifests)
     if _unknown_node(args, cluster):
         return EXIT_CONFIG
@@ -89,8 +91,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_kernel_node(args) -> int:
-    from vrouter import kernelnode
-    from vrouter.tap import HostError
+    from vrouter.host import kernelnode
+    from vrouter.host.tap import HostError
     cluster = _load(args.config, check_host=not args.down)
     if _unknown_node(args, cluster):
         return EXIT_CONFIG
@@ -122,18 +124,18 @@ def _unknown_node(args, cluster) -> bool:
 
 
 def cmd_up(args) -> int:
-    from vrouter import launcher
+    from vrouter.ops import launcher
     return launcher.up(_load(args.config or default_config(), manifests=args.manifests),
                        args.timeout)
 
 
 def cmd_down(args) -> int:
-    from vrouter import launcher
+    from vrouter.ops import launcher
     return launcher.down(_load(args.config or default_config(), check_host=False))
 
 
 def cmd_status(args) -> int:
-    from vrouter.status import render
+    from vrouter.ops.status import render
     cluster = _load(args.config or default_config(), check_host=False)
     names = [args.node] if args.node else [n.name for n in cluster.nodes]
     results, missing = [], []

@@ -15,9 +15,9 @@ import socket
 import zlib
 from dataclasses import dataclass
 
-from vrouter.config import Cluster, Node
-from vrouter.tables import SEND_SOCKETS
-from vrouter.tap import HostError
+from vrouter.model.config import Cluster, Node
+from vrouter.node.tables import SEND_SOCKETS
+from vrouter.host.tap import HostError
 
 SOL_UDP = 17
 UDP_GRO = 104

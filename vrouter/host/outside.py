@@ -23,9 +23,9 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pytun import TunTapDevice
 
-from vrouter import netns, state
-from vrouter.config import Cluster, Node
-from vrouter.tap import HostError, TapPort, open_tap
+from vrouter.host import netns, state
+from vrouter.model.config import Cluster, Node
+from vrouter.host.tap import HostError, TapPort, open_tap
 
 BRIDGE = "br0"
 

@@ -26,10 +26,10 @@ from fastpath.io import (
 )
 from fastpath.layout import BATCH
 from fastpath.reasons import R_DROP_TX_ERROR
-from vrouter.dataplane import Dataplane
-from vrouter.nodeio import new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring
+from vrouter.node.dataplane import Dataplane
+from vrouter.node.nodeio import new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring
 
-log = logging.getLogger("vrouter.datapath")
+log = logging.getLogger("vrouter.node.datapath")
 
 
 class Datapath:
@@ -214,8 +214,8 @@ def compile_fast_path() -> None:
     sockets. `vrouter up` runs this once before it starts the nodes, which then load the result
     from the cache instead of all compiling at once."""
     import socket
-    from vrouter.config import parse
-    from vrouter.underlay import OverlaySockets
+    from vrouter.model.config import parse
+    from vrouter.host.underlay import OverlaySockets
     cluster = parse(_COMPILE_CLUSTER, "<compile>", check_host=False)
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     try:

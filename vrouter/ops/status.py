@@ -5,7 +5,7 @@ import ipaddress
 import os
 import time
 
-from vrouter.tables import ip_to_int
+from vrouter.node.tables import ip_to_int
 
 
 def _outside(node) -> dict:

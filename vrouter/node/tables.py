@@ -15,7 +15,7 @@ from fastpath.layout import (
     P_POD_MTU, P_PORT_COUNT, P_SOCKETS, P_UPLINK_PORT, P_VNI, P_VTEP_MAC,
 )
 from fastpath.stages.ingress import FDB_PORT, FDB_STATIC
-from vrouter.config import Cluster
+from vrouter.model.config import Cluster
 
 FDB_MIN_ENTRIES = 4096
 NEIGHBOUR_MIN_ENTRIES = 1024
@@ -38,7 +38,7 @@ def ip_to_int(ip) -> int:
 
 def build(cluster: Cluster, node_name: str, counters: np.ndarray, services=None) -> Tables:
     """`services`: a prebuilt servicetables.ServiceTables (built here when None)."""
-    from vrouter import servicetables   # it imports this module
+    from vrouter.node import servicetables   # it imports this module
     node = cluster.node(node_name)
     pods = cluster.pods_of(node_name)
     peers = [n for n in cluster.nodes if n.name != node_name]

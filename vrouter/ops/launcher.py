@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 
-from vrouter import control, outside, state
-from vrouter.config import Cluster
-from vrouter.datapath import ensure_compiled
-from vrouter.tap import HostError, check_host, remove_netns
+from vrouter.host import outside, state
+from vrouter.ops import control
+from vrouter.model.config import Cluster
+from vrouter.node.datapath import ensure_compiled
+from vrouter.host.tap import HostError, check_host, remove_netns
 
 STOP_GRACE = 15.0
 

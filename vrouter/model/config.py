@@ -276,7 +276,7 @@ def parse(text: str, path: str = "<string>", check_host: bool = True,
 
 def _check_object(reader: _Reader, doc, where: str, source: str) -> list[dict]:
     """One Kubernetes object (or a List of them) -> parsed Service fields."""
-    from vrouter import services
+    from vrouter.model import services
     if not isinstance(doc, dict) or "kind" not in doc:
         reader.fail(where, "expected a Kubernetes object with apiVersion and kind")
     kind = doc["kind"]
@@ -294,7 +294,7 @@ def _check_object(reader: _Reader, doc, where: str, source: str) -> list[dict]:
 
 def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool,
                    manifests_dir) -> Cluster:
-    from vrouter import services
+    from vrouter.model import services
     c = reader.mapping(doc["cluster"], "cluster",
                        {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
                         "services", "busyPollMicroseconds"},

@@ -22,9 +22,9 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pytun import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TunTapDevice
 
-from vrouter import netns
+from vrouter.host import netns
 from fastpath.layout import VNET_HDR_LEN
-from vrouter.config import Cluster, Pod
+from vrouter.model.config import Cluster, Pod
 
 log = logging.getLogger(__name__)
 

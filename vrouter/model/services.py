@@ -11,7 +11,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
-from vrouter.config import _DNS_LABEL, ConfigError
+from vrouter.model.config import _DNS_LABEL, ConfigError
 
 NODE_PORT_RANGE = (30000, 32767)
 DEFAULT_AFFINITY_TIMEOUT = 10800

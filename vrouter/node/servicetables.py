@@ -23,9 +23,9 @@ from fastpath import hashtable
 from fastpath.maglev import populate
 from fastpath.groups import Services
 from fastpath.stages.services import FE_AFFINITY, FE_COLS, FE_EMPTY, FE_ID, FE_ROW, FE_SNAT
-from vrouter.config import Cluster
-from vrouter.services import stable_hash, endpoints
-from vrouter.tables import ip_to_int
+from vrouter.model.config import Cluster
+from vrouter.model.services import stable_hash, endpoints
+from vrouter.node.tables import ip_to_int
 
 
 @dataclass
