@@ -12,9 +12,11 @@ import numpy as np
 
 
 class Ports(NamedTuple):
-    """Local pod ports: who is on port p (anti-spoofing, routed delivery)."""
+    """Local pod ports: who is on port p (anti-spoofing, routed delivery, flooding). Ports come
+    from a free list: pods come and go while the node runs."""
     port_mac: np.ndarray        # int64[P]
     port_ip: np.ndarray         # int64[P]
+    port_live: np.ndarray       # int64[P]: 1 while a pod is attached to port p
 
 
 class Bridge(NamedTuple):
@@ -94,7 +96,7 @@ class Output(NamedTuple):
 
 class Io(NamedTuple):
     """The node's file descriptors and the memory fastpath.io hands to the kernel."""
-    tap_fds: np.ndarray         # int64[ports]: TAP fd of each port (pods, then the uplink)
+    tap_fds: np.ndarray         # int64[max pods + 1]: TAP fd of each port (-1: free), the uplink last
     sock_fds: np.ndarray        # int64[sockets]: overlay send sockets (one UDP source port each)
     peer_addrs: np.ndarray      # uint64[peers * 2]: struct sockaddr_in of each peer
     fd_port: np.ndarray         # int64[65536]: fd -> port, or FD_OVERLAY / FD_WAKE / FD_NONE

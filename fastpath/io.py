@@ -248,8 +248,9 @@ def write_out(frames, out, io, tx, tables):
             _write_tap(io.tap_fds[rows[r, O_TARGET]], buf, rows[r, O_ROW], rows[r, O_START],
                        rows[r, O_LEN], meta, rows[r, O_FRAME], tx, counters)
         elif kind == OUT_FLOOD:
+            live = tables.ports.port_live
             for port in range(ports):
-                if port != rows[r, O_TARGET]:
+                if port != rows[r, O_TARGET] and live[port] and io.tap_fds[port] >= 0:
                     _write_tap(io.tap_fds[port], buf, rows[r, O_ROW], rows[r, O_START],
                                rows[r, O_LEN], meta, rows[r, O_FRAME], tx, counters)
         elif kind == OUT_OVERLAY:

@@ -14,7 +14,7 @@ from tests.fastpath.test_services import (
 from vrouter.model import config
 from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
 
-UPLINK = 2                                   # node-a has two pods: ports 0, 1, then the uplink
+UPLINK = 110                                 # pods have ports 0..109 (maxPodsPerNode), then the uplink
 NODE_IP, NODE_MAC = "172.18.0.2", "02:76:ac:12:00:02"
 OUT_IP, OUT_MAC = "172.18.0.1", "02:76:ac:12:00:01"     # the outside host (preset neighbour)
 LB_IP = "172.18.0.100"

@@ -20,7 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
 from vrouter.model.config import Cluster, Node, Pod
-from vrouter.host.tap import POD_IFNAME, HostError, check_host, configure_pod_side, create_netns, \
+from vrouter.host.tap import HostError, check_host, configure_pod_side, create_netns, \
     netns_exists, remove_netns
 
 BRIDGE = "vr-br0"
@@ -48,7 +48,7 @@ def _preflight(cluster: Cluster, node: Node) -> None:
         if ipr.link_lookup(ifname=BRIDGE) or ipr.link_lookup(ifname=VXLAN):
             raise HostError(f"{BRIDGE}/{VXLAN} already exist here: `vrouter kernel-node --down` "
                             "removes an earlier setup")
-    for pod in cluster.pods_of(node.name):
+    for pod in cluster.local_pods(node.name):
         if pod.owns_netns and netns_exists(pod):
             raise HostError(f"network namespace {pod.netns!r} for pod {pod.name!r} already exists")
         if not pod.owns_netns and not netns_exists(pod):
@@ -72,7 +72,7 @@ def up(cluster: Cluster, node_name: str) -> None:
         _enable_forwarding()
         with IPRoute() as ipr:
             bridge = _add_bridge(ipr, node, cluster.overlay.pod_mtu)
-            for pod in cluster.pods_of(node_name):
+            for pod in cluster.local_pods(node_name):
                 _add_pod(ipr, cluster, pod, bridge)
             _add_vxlan(ipr, cluster, node)
         undo.pop_all()
@@ -81,11 +81,11 @@ def up(cluster: Cluster, node_name: str) -> None:
 def down(cluster: Cluster, node_name: str) -> None:
     """Remove what `up` created; safe to run on a partial or absent setup."""
     with IPRoute() as ipr:
-        for name in [BRIDGE, VXLAN] + [veth_name(p) for p in cluster.pods_of(node_name)]:
+        for name in [BRIDGE, VXLAN] + [veth_name(p) for p in cluster.local_pods(node_name)]:
             for index in ipr.link_lookup(ifname=name):
                 with contextlib.suppress(NetlinkError):
                     ipr.link("del", index=index)
-    for pod in cluster.pods_of(node_name):
+    for pod in cluster.local_pods(node_name):
         if pod.owns_netns:
             remove_netns(pod.netns)
 
@@ -112,10 +112,10 @@ def _add_pod(ipr: IPRoute, cluster: Cluster, pod: Pod, bridge: int) -> None:
     nsfd = os.open(pod.netns_path, os.O_RDONLY)
     try:
         try:
-            ipr.link("set", index=peer, net_ns_fd=nsfd, ifname=POD_IFNAME)
+            ipr.link("set", index=peer, net_ns_fd=nsfd, ifname=pod.ifname)
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
-                raise HostError(f"network namespace {pod.netns!r} already has an {POD_IFNAME}") \
+                raise HostError(f"network namespace {pod.netns!r} already has an {pod.ifname}") \
                     from None
             raise
     finally:

@@ -24,12 +24,15 @@ def record_path(cluster_name: str, node_name: str) -> Path:
     return cluster_dir(cluster_name) / f"{node_name}.json"
 
 
-def write_record(cluster_name: str, node_name: str, created_netns: list[str]) -> None:
+def write_record(cluster_name: str, node_name: str, created_netns: list[str],
+                 source: dict | None = None) -> None:
+    """`source`: {"config": path, "manifests": dir or None}, so that commands can name a
+    running cluster instead of its file."""
     path = record_path(cluster_name, node_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "node": node_name,
-                               "created_netns": created_netns}))
+                               "created_netns": created_netns, "source": source or {}}))
     os.replace(tmp, path)
 
 
@@ -46,10 +49,11 @@ def remove_traces(cluster_name: str, node_name: str) -> None:
             path.unlink()
         except FileNotFoundError:
             pass
-    try:
-        cluster_dir(cluster_name).rmdir()
-    except OSError:
-        pass   # other nodes of the cluster still run, or it is gone already
+    for directory in (cluster_dir(cluster_name) / "pods", cluster_dir(cluster_name)):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass   # other nodes of the cluster still run, or it is gone already
 
 
 def pid_alive(pid: int) -> bool:

@@ -28,7 +28,6 @@ from vrouter.model.config import Cluster, Pod
 
 log = logging.getLogger(__name__)
 
-POD_IFNAME = "eth0"
 TUN_PATH = "/dev/net/tun"
 
 TUNSETOFFLOAD = 0x400454D0          # _IOW('T', 208, unsigned int)
@@ -134,11 +133,11 @@ def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,
         with IPRoute() as ipr:
             index = ipr.link_lookup(ifname=tap.name)[0]
             try:
-                ipr.link("set", index=index, net_ns_fd=nsfd, ifname=POD_IFNAME)
+                ipr.link("set", index=index, net_ns_fd=nsfd, ifname=pod.ifname)
             except NetlinkError as exc:
                 if exc.code == errno.EEXIST:
                     raise HostError(f"network namespace {pod.netns!r} already has an "
-                                    f"{POD_IFNAME}; vrouter needs that name for the pod's "
+                                    f"{pod.ifname}; vrouter needs that name for the pod's "
                                     "interface") from None
                 raise
     finally:
@@ -150,11 +149,12 @@ def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,
 
 
 def configure_pod_side(pod: Pod, mtu: int, gateway, prefixlen: int) -> int:
-    """Inside the pod: eth0 with MAC, MTU, address/prefix and a default route; lo up."""
+    """Inside the pod: its interface (eth0) with MAC, MTU, address/prefix and a default route;
+    lo up."""
     with IPRoute(netns=pod.netns_path) as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
         ipr.link("set", index=lo, state="up")
-        index = ipr.link_lookup(ifname=POD_IFNAME)[0]
+        index = ipr.link_lookup(ifname=pod.ifname)[0]
         ipr.link("set", index=index, address=pod.mac, mtu=mtu)
         _disable_ipv6(pod)
         ipr.link("set", index=index, state="up")
@@ -163,11 +163,32 @@ def configure_pod_side(pod: Pod, mtu: int, gateway, prefixlen: int) -> int:
         return index
 
 
+def interface_problem(pod: Pod, prefixlen: int) -> str | None:
+    """None if the pod's interface is in its netns as it was made (up, its MAC, its address),
+    else what is wrong."""
+    if not os.path.exists(pod.netns_path):
+        return f"network namespace {pod.netns} is gone"
+    with IPRoute(netns=pod.netns_path) as ipr:
+        found = ipr.link_lookup(ifname=pod.ifname)
+        if not found:
+            return f"{pod.ifname} is missing in {pod.netns}"
+        link = ipr.get_links(found[0])[0]
+        if link.get_attr("IFLA_ADDRESS") != pod.mac:
+            return f"{pod.ifname} has MAC {link.get_attr('IFLA_ADDRESS')}, not {pod.mac}"
+        if not link["flags"] & 1:
+            return f"{pod.ifname} is down"
+        addresses = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=found[0])}
+        if (str(pod.ip), prefixlen) not in addresses:
+            return f"{pod.ifname} lacks {pod.ip}/{prefixlen}"
+    return None
+
+
 def _disable_ipv6(pod: Pod) -> None:
-    """vrouter pods are IPv4-only: keep eth0 quiet instead of dropping its IPv6 chatter."""
+    """vrouter pods are IPv4-only: keep the interface quiet instead of dropping its IPv6
+    chatter. (setns applies to this thread only: safe beside the data-path thread.)"""
     pr_netns.pushns(pod.netns_path)
     try:
-        with open(f"/proc/sys/net/ipv6/conf/{POD_IFNAME}/disable_ipv6", "w") as f:
+        with open(f"/proc/sys/net/ipv6/conf/{pod.ifname}/disable_ipv6", "w") as f:
             f.write("1")
     except OSError:
         pass   # IPv6 compiled out: nothing to silence

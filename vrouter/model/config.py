@@ -17,6 +17,8 @@ import yaml
 from fastpath.layout import OVERLAY_OVERHEAD
 
 NETNS_RUN_DIR = "/run/netns"
+CNI = "cni"                  # pods[].netns: attached at runtime by the CNI plugin
+DEFAULT_MAX_PODS = 110       # pods per node, as Kubernetes' default
 DEFAULT_FDB_AGE = 300
 DEFAULT_BUSY_POLL_US = 200   # see the README's latency notes
 DEFAULT_NODE_NETWORK = "172.18.0.0/24"   # as a kind cluster's docker network
@@ -84,10 +86,17 @@ class Pod:
     node: str
     ip: ipaddress.IPv4Address
     mac: str
-    netns: str           # a name under /run/netns or an absolute path
+    netns: str           # a name under /run/netns, an absolute path, or "cni" (not attached yet)
     owns_netns: bool     # True when vrouter creates (and later deletes) the namespace
     labels: tuple[tuple[str, str], ...] = ()
     ports: tuple[ContainerPort, ...] = ()
+    ifname: str = "eth0"    # its interface inside the netns (a CNI runtime may choose another)
+
+    @property
+    def awaiting_cni(self) -> bool:
+        """Declared in the cluster file for a container runtime to attach (netns: cni), and not
+        attached yet: it has its address and labels, but no interface, so it is no endpoint."""
+        return self.netns == CNI
 
     @property
     def netns_path(self) -> str:
@@ -115,6 +124,7 @@ class Cluster:
     manifests: str | None = None  # the --manifests directory, if any
     node_network: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_NODE_NETWORK)
     busy_poll_us: int = DEFAULT_BUSY_POLL_US   # keep polling this long after traffic (0: never)
+    max_pods: int = DEFAULT_MAX_PODS           # pod ports per node (the uplink is port max_pods)
 
     @property
     def outside_netns(self) -> str:
@@ -142,6 +152,17 @@ class Cluster:
 
     def pods_of(self, node_name: str) -> tuple[Pod, ...]:
         return tuple(p for p in self.pods if p.node == node_name)
+
+    def local_pods(self, node_name: str) -> tuple[Pod, ...]:
+        """The node's pods that have (or get, at its start) an interface: not those a container
+        runtime has yet to attach."""
+        return tuple(p for p in self.pods_of(node_name) if not p.awaiting_cni)
+
+    def pod(self, name: str) -> Pod:
+        for pod in self.pods:
+            if pod.name == name:
+                return pod
+        raise KeyError(name)
 
 
 def outside_netns_name(cluster_name: str) -> str:
@@ -297,7 +318,7 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     from vrouter.model import services
     c = reader.mapping(doc["cluster"], "cluster",
                        {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
-                        "services", "busyPollMicroseconds"},
+                        "services", "busyPollMicroseconds", "maxPodsPerNode"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
@@ -315,6 +336,8 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
                              1, 86400)
     busy_poll = reader.integer(c.get("busyPollMicroseconds", DEFAULT_BUSY_POLL_US),
                                "cluster.busyPollMicroseconds", 0, 1_000_000)
+    max_pods = reader.integer(c.get("maxPodsPerNode", DEFAULT_MAX_PODS), "cluster.maxPodsPerNode",
+                              1, 4096)
 
     raw_nodes = doc["nodes"]
     if not isinstance(raw_nodes, list) or not raw_nodes:
@@ -330,6 +353,11 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     if not isinstance(raw_pods, list):
         reader.fail("pods", "must be a list of pods")
     pods = _build_pods(reader, raw_pods, {nd.name: nd for nd in nodes}, check_host)
+    for node in nodes:
+        count = sum(1 for p in pods if p.node == node.name)
+        if count > max_pods:
+            reader.fail("pods", f"node {node.name!r} has {count} pods, more than "
+                        f"cluster.maxPodsPerNode {max_pods}")
     for pod in pods:
         if pod.netns == outside_netns_name(name):
             reader.fail("pods", f"pod {pod.name!r} would take the name of the cluster's outside "
@@ -341,7 +369,7 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     return Cluster(source=reader.path, name=name, pod_cidr=pod_cidr, service_cidr=service_cidr,
                    overlay=overlay, nodes=tuple(nodes), pods=tuple(pods), fdb_age=fdb_age,
                    services=tuple(allocated), service_options=options, manifests=manifests_dir,
-                   node_network=node_network, busy_poll_us=busy_poll)
+                   node_network=node_network, busy_poll_us=busy_poll, max_pods=max_pods)
 
 
 def _is_prime(n: int) -> bool:
@@ -523,6 +551,8 @@ def _build_netns(reader, d, where, pod_name, check_host):
             reader.fail(f"{where}.name", f"{pod_name!r} cannot name a network namespace")
         return pod_name, True
     netns = reader.string(d["netns"], f"{where}.netns", what="a netns name or a path")
+    if netns == CNI:
+        return netns, False   # a container runtime attaches it later, through vrouter-cni
     if not netns.startswith("/") and not _NETNS_NAME.match(netns):
         reader.fail(f"{where}.netns", f"{netns!r} is neither a netns name nor an absolute path")
     if check_host:

@@ -77,6 +77,8 @@ def endpoints(service: Service, port: ServicePort, pods) -> list[Endpoint]:
         return []   # a Service without selector has manually managed endpoints: none here
     found = []
     for pod in pods:
+        if pod.awaiting_cni:
+            continue   # declared, not attached yet: nothing to reach
         labels = dict(pod.labels)
         if pod.namespace != service.namespace:
             continue

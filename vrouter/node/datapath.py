@@ -22,7 +22,7 @@ from typing import Callable
 import trio
 
 from fastpath.io import (
-    FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_SPIN_NS, WHY_ERROR, WHY_SLOW, serve,
+    FD_NONE, FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_SPIN_NS, WHY_ERROR, WHY_SLOW, serve,
 )
 from fastpath.layout import BATCH
 from fastpath.reasons import R_DROP_TX_ERROR
@@ -35,24 +35,24 @@ log = logging.getLogger("vrouter.node.datapath")
 class Datapath:
     """The data-path thread of a node (see the module docstring)."""
 
-    def __init__(self, dp: Dataplane, taps: list, overlay, overlay_port: int,
+    def __init__(self, dp: Dataplane, taps: dict, overlay, overlay_port: int,
                  busy_poll_us: int):
+        """`taps`: port number -> TapPort, the pods' and the uplink's (port dp.uplink)."""
         self.dp = dp
-        self.taps = taps                     # port number -> TapPort (pods, then the uplink)
+        self.taps: dict = {}
         self.overlay = overlay
         self.epoll = select.epoll()
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         fd_port = new_fd_port()
-        for port, tap in enumerate(taps):
-            fd_port[tap.fd] = port
-            self.epoll.register(tap.fd, select.EPOLLIN)
         fd_port[overlay.rx.fileno()] = FD_OVERLAY
         self.epoll.register(overlay.rx.fileno(), select.EPOLLIN)
         fd_port[self.wake_fd] = FD_WAKE
         self.epoll.register(self.wake_fd, select.EPOLLIN)
         peers = [(str(p.underlay), overlay_port) for p in dp.peers]
-        self.io = new_io(self.epoll.fileno(), [t.fd for t in taps],
-                         [s.fileno() for s in overlay.tx], peers, fd_port)
+        self.io = new_io(self.epoll.fileno(), dp.uplink + 1, [s.fileno() for s in overlay.tx],
+                         peers, fd_port)
+        for port, tap in taps.items():
+            self.add_tap(port, tap)
         self.tx = new_tx_ring()
         self.rx = new_rx_ring(dp.rx)
         self.state = new_state(busy_poll_us)
@@ -101,12 +101,28 @@ class Datapath:
         except BlockingIOError:
             pass
 
+    def add_tap(self, port: int, tap) -> None:
+        """Serve `tap` as port `port` from the next batch on (in the data-path thread, or
+        before it starts)."""
+        self.taps[port] = tap
+        self.io.fd_port[tap.fd] = port
+        self.io.tap_fds[port] = tap.fd
+        self.epoll.register(tap.fd, select.EPOLLIN)
+
+    def remove_tap(self, port: int):
+        """Stop serving a port; returns its TapPort for the caller to close."""
+        tap = self.taps.pop(port)
+        self.epoll.unregister(tap.fd)
+        self.io.tap_fds[port] = -1
+        self.io.fd_port[tap.fd] = FD_NONE
+        return tap
+
     def describe(self) -> dict:
         """What `vrouter status` shows of the data path."""
         return {"busy_poll_us": int(self.state[ST_SPIN_NS]) // 1000,
                 "overlay_source_ports": self.overlay.source_ports,
-                "tap_offloads": "csum tso4 tso6" + (" uso4 uso6" if all(t.uso for t in self.taps)
-                                                    else "")}
+                "tap_offloads": "csum tso4 tso6" + (" uso4 uso6" if all(
+                    t.uso for t in self.taps.values()) else "")}
 
     # --- requests from the control side ----------------------------------------------------------
 
@@ -181,7 +197,7 @@ class Datapath:
         for port, frame in frames:
             try:
                 self.taps[port].write(frame)
-            except OSError:
+            except (OSError, KeyError):   # KeyError: the pod left meanwhile
                 self.dp.counters[R_DROP_TX_ERROR] += 1
 
     def route(self, frames: list[bytes]) -> None:
@@ -221,7 +237,7 @@ def compile_fast_path() -> None:
     try:
         for s in sockets:
             s.bind(("127.0.0.1", 0))
-        datapath = Datapath(Dataplane(cluster, "a"), [], OverlaySockets(sockets[0], sockets[1:]),
+        datapath = Datapath(Dataplane(cluster, "a"), {}, OverlaySockets(sockets[0], sockets[1:]),
                             4789, 0)
         datapath.warm_up()
         datapath.stop()

@@ -32,7 +32,7 @@ from fastpath.stages.bridge import fdb_is_live
 from fastpath.stages.ingress import FDB_PORT, FDB_SEEN, FDB_STATIC
 from vrouter.node import servicetables
 from vrouter.node import tables as tables_mod
-from vrouter.model.config import Cluster
+from vrouter.model.config import Cluster, Pod
 from vrouter.node.slowpath import SlowPath
 
 OVERLAY_TARGET = 1 << 20
@@ -81,21 +81,28 @@ def vnet_header(meta_row) -> bytes:
     return VNET_HEADER.pack(*(int(meta_row[c]) for c in VNET_COLUMNS))
 
 
+class PodsFull(Exception):
+    """Every pod port of the node is taken (cluster.maxPodsPerNode)."""
+
+
 class Dataplane:
     def __init__(self, cluster: Cluster, node_name: str, clock=time.monotonic):
         self.cluster = cluster
         self.node = cluster.node(node_name)
-        self.pods = cluster.pods_of(node_name)
         self.peers = [n for n in cluster.nodes if n.name != node_name]
         self.clock = clock
+        self.capacity = cluster.max_pods       # pod ports 0..capacity-1
+        self.uplink = cluster.max_pods         # the port on the outside network
+        # the pods with an interface here, by port: the file's at start, then as they come and go
+        self.ports: dict[int, Pod] = dict(enumerate(cluster.local_pods(node_name)))
         self.counters = np.zeros(COUNTER_COUNT, dtype=np.uint64)
         self.services = servicetables.build(cluster, node_name)   # also what status shows
-        self.tables = tables_mod.build(cluster, node_name, self.counters, self.services)
-        self.slow = SlowPath(cluster, node_name, self.counters, clock=clock)
+        self.tables = tables_mod.build(cluster, node_name, self.counters, self.ports,
+                                       self.services)
+        self.slow = SlowPath(cluster, node_name, self.counters, self.ports, clock=clock)
         self.rx = new_frames()
         self.gw = new_frames()   # frames the gateway itself originates
         self.out = new_output()
-        self.all_ports = list(range(len(self.pods)))
         self.keepalive_frames = self._build_keepalives()
         self.mark_peers_seen_now()   # peers start up, as the node assumes until they fall silent
 
@@ -170,7 +177,7 @@ class Dataplane:
                                     row[O_SOCKET]) for k in range(0, length, size)]
                 continue
             vnet = vnet_header(frames.meta[row[O_FRAME]])
-            ports = [target] if kind == OUT_PORT else [p for p in self.all_ports if p != target]
+            ports = [target] if kind == OUT_PORT else sorted(p for p in self.ports if p != target)
             emitted += [Emitted(p, data.tobytes(), vnet, 0) for p in ports]
         return emitted
 
@@ -229,21 +236,55 @@ class Dataplane:
         out = self.run(self.rx, self.load_datagrams(rows))
         return out if detail else [(e.target, e.data) for e in out]
 
-    # --- reload ------------------------------------------------------------------------------
+    # --- pods coming and going; reload ----------------------------------------------------------
+
+    @property
+    def pods(self) -> tuple[Pod, ...]:
+        """The attached local pods, in port order."""
+        return tuple(self.ports[port] for port in sorted(self.ports))
+
+    def port_of(self, pod_name: str) -> int | None:
+        return next((port for port, pod in self.ports.items() if pod.name == pod_name), None)
+
+    def attach(self, pod: Pod) -> int:
+        """A local pod got its interface: the lowest free port, and the tables that follow."""
+        port = next((p for p in range(self.capacity) if p not in self.ports), None)
+        if port is None:
+            raise PodsFull(f"node {self.node.name!r} has all {self.capacity} pod ports in use "
+                           "(cluster.maxPodsPerNode)")
+        self.ports[port] = pod
+        self._pods_changed()
+        return port
+
+    def detach(self, port: int) -> Pod:
+        pod = self.ports.pop(port)
+        self._pods_changed()
+        return pod
+
+    def _pods_changed(self) -> None:
+        self.tables = self.tables._replace(**tables_mod.pod_groups(
+            self.ports, self.capacity, self.peers, self.tables.bridge))
+        self.slow.set_ports(self.ports)
+
+    def check_reload(self, cluster: Cluster) -> None:
+        """ValueError when `cluster` differs from the running one in what needs a restart."""
+        def wiring(c):   # what the node is made of
+            return (c.name, c.nodes, c.overlay, c.service_options, c.fdb_age, c.busy_poll_us,
+                    c.max_pods, c.node_network)
+        if wiring(cluster) != wiring(self.cluster):
+            raise ValueError("nodes, the overlay, the outside network and the node options "
+                             "(fdbAgeSeconds, busyPollMicroseconds, maxPodsPerNode, services) "
+                             "need a restart; pods and Services can change")
 
     def reload(self, cluster: Cluster) -> dict:
-        """Swap in the Services of `cluster` (between batches, so atomically for the fast path).
+        """Swap in the Services of `cluster`, the live model (between batches, so atomically
+        for the fast path): the cluster file re-read, or pods attached or detached anywhere.
 
-        Only Services and endpoints may change; anything else raises ValueError and the running
-        tables stay as they are. Established TCP connections keep their backends; UDP flows and
-        affinity entries to a removed backend are flushed, so the next packet of such a flow
-        chooses a live backend."""
-        def wiring(c):   # what the ports and tables are made of (labels and ports may change)
-            return ([(p.name, p.node, p.ip, p.mac, p.netns) for p in c.pods], c.nodes, c.overlay,
-                    c.service_options, c.fdb_age, c.busy_poll_us)
-        if wiring(cluster) != wiring(self.cluster):
-            raise ValueError("only Services and pod labels can change in a reload; nodes, pods, "
-                             "addresses, overlay, service options and busy-polling need a restart")
+        Nodes, the overlay and the node's options cannot change (ValueError; the running tables
+        stay as they are); this node's attached pods are the node process's to reconcile.
+        Established TCP connections keep their backends; UDP flows and affinity entries to a
+        removed backend are flushed, so the next packet of such a flow chooses a live one."""
+        self.check_reload(cluster)
         new = servicetables.build(cluster, self.node.name)
         t = self.tables
         old = set(zip(t.services.be_ip.tolist(), t.services.be_port.tolist()))
@@ -253,6 +294,10 @@ class Dataplane:
         self.tables = t._replace(services=new.group)
         self.cluster = cluster
         self.services = new
+        live = {pod.name: pod for pod in cluster.local_pods(self.node.name)}
+        for port, pod in list(self.ports.items()):   # new labels and named ports of kept pods
+            self.ports[port] = live.get(pod.name, pod)
+        self.slow.set_ports(self.ports)
         return {"frontends": len(new.frontends), "backends": len(new.backend_names),
                 "removed_backends": len(removed), "flushed_udp_flows": flushed}
 

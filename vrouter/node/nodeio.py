@@ -27,10 +27,11 @@ def sockaddr_in(ip: str, port: int) -> bytes:
         + bytes(8)
 
 
-def new_io(epfd: int, tap_fds: list[int], sock_fds: list[int], peers: list[tuple[str, int]],
+def new_io(epfd: int, ports: int, sock_fds: list[int], peers: list[tuple[str, int]],
            fd_port: np.ndarray) -> Io:
+    """`ports`: how many TAP ports there can be (pods and the uplink); all start free (-1)."""
     addrs = b"".join(sockaddr_in(ip, port) for ip, port in peers) or bytes(16)
-    return Io(tap_fds=np.array(tap_fds or [-1], dtype=np.int64),
+    return Io(tap_fds=np.full(ports, -1, dtype=np.int64),
               sock_fds=np.array(sock_fds, dtype=np.int64),
               peer_addrs=np.frombuffer(addrs, dtype=np.uint64).copy(),
               fd_port=fd_port,

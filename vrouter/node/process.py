@@ -18,18 +18,21 @@ import time
 import trio
 
 from vrouter.host import outside, state
-from vrouter.ops import control
-from vrouter.model.config import Cluster, ConfigError, load
-from vrouter.node.dataplane import Dataplane
-from vrouter.node.datapath import Datapath, ensure_compiled
-from vrouter.ops.status import node_status
-from vrouter.host.tap import HostError, PodPort, attach_pod, check_host
+from vrouter.host.tap import HostError, check_host, interface_problem
 from vrouter.host.underlay import open_overlay
+from vrouter.model import attachments
+from vrouter.model.config import Cluster, ConfigError, load
+from vrouter.node.datapath import Datapath, ensure_compiled
+from vrouter.node.dataplane import Dataplane
+from vrouter.node.pods import LocalPods, PodError
+from vrouter.ops import control
+from vrouter.ops.status import node_status
 
 log = logging.getLogger("vrouter.node")
 
 PROBE_INTERVAL = 0.2
 KEEPALIVE_INTERVAL = 1.0
+REFRESH_INTERVAL = 2.0   # seconds between two reads of the cluster's attachment records
 
 
 class Stop(Exception):
@@ -57,15 +60,18 @@ class _Signals:
 
 class Node:
     def __init__(self, cluster: Cluster, node_name: str):
-        self.cluster = cluster
+        self.file = cluster               # the cluster file, as loaded (a reload re-reads it)
+        self.cluster = cluster            # the live model: the file plus runtime attachments
         self.name = node_name
         self.node = cluster.node(node_name)
-        self.dp = Dataplane(cluster, node_name)
-        self.ports: list[PodPort] = []
+        self.source = {"config": cluster.source, "manifests": cluster.manifests}
+        self.pods = LocalPods(self)
+        self.dp: Dataplane | None = None
         self.uplink: outside.UplinkPort | None = None
         self.created_netns: list[str] = []
         self.overlay = None
         self.datapath: Datapath | None = None
+        self.nursery: trio.Nursery | None = None
         self.started = time.time()
         self.reloads = {"ok": 0, "refused": 0, "last_error": None}
 
@@ -73,14 +79,19 @@ class Node:
 
     def setup(self, stack: contextlib.ExitStack) -> None:
         self.overlay = open_overlay(self.cluster, self.node, stack)
+        state.write_record(self.cluster.name, self.name, self.created_netns, self.source)
         stack.callback(state.remove_traces, self.cluster.name, self.name)
-        for pod in self.cluster.pods_of(self.name):
-            self.ports.append(attach_pod(self.cluster, pod, stack, self.created_netns))
-            state.write_record(self.cluster.name, self.name, self.created_netns)
-        state.write_record(self.cluster.name, self.name, self.created_netns)
+        self.pods.forget_stale(self.cluster.name, self.name)
+        # on the way out: this node's runtime pods go with it (the others stop using them)
+        stack.callback(self.pods.forget_stale, self.cluster.name, self.name)
+        self.cluster = self.pods.live(self.file)
+        self.dp = Dataplane(self.cluster, self.name)
+        stack.callback(self.pods.close_all)
+        for port, pod in sorted(self.dp.ports.items()):
+            self.pods.attach_at_start(port, pod)
         self.uplink = outside.attach(self.cluster, self.node, stack)
-        self.datapath = Datapath(self.dp, [*self.ports, self.uplink], self.overlay,
-                                 self.cluster.overlay.port, self.cluster.busy_poll_us)
+        self.datapath = Datapath(self.dp, {**self.pods.ports, self.dp.uplink: self.uplink},
+                                 self.overlay, self.cluster.overlay.port, self.cluster.busy_poll_us)
         stack.callback(self.datapath.stop)   # before the TAPs and sockets close
         self.datapath.warm_up()
         # everything loaded so far (scapy, numba, pyroute2: ~10^5 objects) lives as long as the
@@ -92,9 +103,11 @@ class Node:
     # --- timers -------------------------------------------------------------------------------
 
     async def probe_pods(self) -> None:
-        """ARP from the gateway until every pod answered: that is what `ready` means."""
-        while not self.ready:
-            self.datapath.call(lambda: self.datapath.write_l2(self.dp.slow.probes()))
+        """ARP from the gateway to every pod that has not answered yet (readiness); pods come
+        and go, so this never ends."""
+        while True:
+            if not self.ready:
+                self.datapath.call(lambda: self.datapath.write_l2(self.dp.slow.probes()))
             await trio.sleep(PROBE_INTERVAL)
 
     async def send_keepalives(self) -> None:
@@ -103,35 +116,136 @@ class Node:
             self.datapath.call(lambda: self.datapath.route(self.dp.keepalive_frames))
             await trio.sleep(KEEPALIVE_INTERVAL)
 
+    async def watch_attachments(self) -> None:
+        """Other nodes say when their pods change; this catches what they could not say."""
+        while True:
+            await trio.sleep(REFRESH_INTERVAL)
+            if self.pods.live(self.file) != self.cluster:
+                await self.refresh({})
+
     # --- control ------------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return len(self.dp.slow.answered) == len(self.ports)
+        return set(self.dp.ports) <= self.dp.slow.answered
 
     async def status(self, _request: dict) -> dict:
         return await self.datapath.run(lambda: node_status(self))
 
     async def reload(self, _request: dict | None = None) -> dict:
-        """Re-read the cluster file (and manifests); on any problem keep running as before."""
+        """Re-read the cluster file (and manifests) and serve it; a bad file, or a change that
+        needs a restart, keeps everything as it was."""
         try:
-            cluster = load(self.cluster.source, manifests=self.cluster.manifests)
-            summary = await self.datapath.run(lambda: self._swap(cluster))
+            file = load(self.file.source, manifests=self.file.manifests)
+            summary = await self.pods.apply(self.pods.live(file))
         except (ConfigError, ValueError) as exc:
             log.warning("node %s: reload refused, keeping the running state: %s", self.name, exc)
             self.reloads["refused"] += 1
             self.reloads["last_error"] = str(exc)
             return {"ok": False, "error": str(exc)}
-        self.cluster = cluster
+        self.file = file
         self.reloads["ok"] += 1
         log.info("node %s: reloaded: %s", self.name, summary)
         return {"ok": True, **summary}
 
-    def _swap(self, cluster: Cluster) -> dict:
+    async def refresh(self, _request: dict) -> dict:
+        """Pods were attached or detached somewhere in the cluster: serve the new model."""
+        try:
+            return {"ok": True, **await self.pods.apply(self.pods.live(self.file))}
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    def swap(self, cluster: Cluster) -> dict:
         """In the data-path thread: the new Service tables, then gratuitous ARPs for them."""
         summary = self.dp.reload(cluster)
         self.datapath.write_l2(self.dp.announce())
         return summary
+
+    def tell_peers(self) -> None:
+        """Ask the other nodes to refresh (in the background: a stopped node must not hold
+        up an attach)."""
+        def tell():
+            for node in self.cluster.nodes:
+                if node.name != self.name:
+                    try:
+                        control.request(state.socket_path(self.cluster.name, node.name),
+                                        "refresh", timeout=5)
+                    except (OSError, ValueError):
+                        pass   # not running: it reads the records when it starts
+        if self.nursery is not None:
+            self.nursery.start_soon(trio.to_thread.run_sync, tell)
+
+    # --- attach, detach, check, gc: `vrouter attach`, vrouter-cni ----------------------------------
+
+    async def attach(self, request: dict) -> dict:
+        """Attach a pod (a runtime's netns) here: claim its name cluster-wide, give it its
+        interface, tell the other nodes. The answer describes the interface as CNI reports it."""
+        try:
+            async with self.pods.lock:
+                attachment = self.pods.new_attachment(request)
+                try:
+                    attachments.claim(self.cluster.name, attachment)
+                except attachments.NameTaken:
+                    raise PodError("taken", f"pod name {attachment.pod.name!r} is taken "
+                                            "(attached already)") from None
+            summary = await self.refresh({})
+            port = self.dp.port_of(attachment.pod.name)
+            if port is None:
+                attachments.release(self.cluster.name, attachment.pod.name)
+                await self.refresh({})
+                why = next((f["error"] for f in summary.get("failed", [])
+                            if f["pod"] == attachment.pod.name), summary.get("error", "unknown"))
+                raise PodError("host", f"cannot attach pod {attachment.pod.name!r}: {why}")
+        except PodError as exc:
+            return {"ok": False, "kind": exc.kind, "error": str(exc)}
+        self.tell_peers()
+        return {"ok": True, **self.interface(port)}
+
+    def interface(self, port: int) -> dict:
+        pod, tap = self.dp.ports[port], self.pods.ports[port]
+        return {"pod": pod.name, "namespace": pod.namespace, "port": port, "ifname": pod.ifname,
+                "ifindex": tap.ifindex, "mac": pod.mac, "netns": pod.netns_path,
+                "ip": f"{pod.ip}/{self.node.pod_cidr.prefixlen}", "gateway": str(self.node.gateway)}
+
+    async def detach(self, request: dict) -> dict:
+        """Take a runtime pod's interface away. Detaching what is not attached succeeds."""
+        record = self.pods.record_of(request.get("name"), request.get("container_id"),
+                                     request.get("ifname"))
+        if record is None:
+            return {"ok": True, "detached": False}
+        attachments.release(self.cluster.name, record.pod.name)
+        await self.refresh({})
+        self.tell_peers()
+        return {"ok": True, "detached": True, "pod": record.pod.name}
+
+    async def check(self, request: dict) -> dict:
+        """Is the attachment there and as it was made? (CNI CHECK)"""
+        record = self.pods.record_of(request.get("name"), request.get("container_id"),
+                                     request.get("ifname"))
+        if record is None:
+            return {"ok": False, "kind": "unknown", "error": "no such attachment on this node"}
+        port = self.dp.port_of(record.pod.name)
+        if port is None:
+            return {"ok": False, "kind": "host", "error": f"pod {record.pod.name!r} has no port"}
+        problem = await trio.to_thread.run_sync(interface_problem, self.dp.ports[port],
+                                                self.node.pod_cidr.prefixlen)
+        if problem:
+            return {"ok": False, "kind": "host", "error": problem}
+        return {"ok": True, **self.interface(port)}
+
+    async def gc(self, request: dict) -> dict:
+        """Forget this node's attachments of `network` that are not among `valid`
+        ([{"container_id", "ifname"}]): what a runtime removed without a DEL."""
+        valid = {(v.get("container_id"), v.get("ifname")) for v in request.get("valid", [])}
+        gone = [a for a in attachments.load(self.cluster.name)
+                if a.pod.node == self.name and a.network == request.get("network")
+                and (a.container_id, a.pod.ifname) not in valid]
+        for a in gone:
+            attachments.release(self.cluster.name, a.pod.name)
+        if gone:
+            await self.refresh({})
+            self.tell_peers()
+        return {"ok": True, "removed": [a.pod.name for a in gone]}
 
     async def main(self) -> None:
         token = trio.lowlevel.current_trio_token()
@@ -142,14 +256,18 @@ class Node:
                 self.datapath.call(lambda: self.datapath.write_l2(self.dp.announce()))
                 nursery.start_soon(self.probe_pods)
                 nursery.start_soon(self.send_keepalives)
+                self.nursery = nursery
+                nursery.start_soon(self.watch_attachments)
                 nursery.start_soon(control.serve, state.socket_path(self.cluster.name, self.name),
-                                   {"status": self.status, "reload": self.reload})
+                                   {"status": self.status, "reload": self.reload,
+                                    "refresh": self.refresh, "attach": self.attach,
+                                    "detach": self.detach, "check": self.check, "gc": self.gc})
                 log.info("node %s up: %d pods, underlay %s:%d, address %s in %s", self.name,
-                         len(self.ports), self.node.underlay, self.cluster.overlay.port,
+                         len(self.dp.ports), self.node.underlay, self.cluster.overlay.port,
                          self.node.address, self.cluster.outside_netns)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        nursery.start_soon(self.reload)
+                        nursery.start_soon(self.reload, {})
                         continue
                     log.info("node %s: %s, shutting down", self.name, signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()

@@ -47,28 +47,33 @@ class TokenBucket:
 
 
 class SlowPath:
-    def __init__(self, cluster: Cluster, node_name: str, counters, rate=2000.0, burst=500.0,
-                 clock=time.monotonic):
+    def __init__(self, cluster: Cluster, node_name: str, counters, ports: dict | None = None,
+                 rate=2000.0, burst=500.0, clock=time.monotonic):
+        """`ports`: port -> attached local Pod (default: the file's pods, in order)."""
         node = cluster.node(node_name)
-        self.pods = cluster.pods_of(node_name)
         self.gateway = str(node.gateway)
         self.gateway_mac = node.gateway_mac
         self.pod_cidr = node.pod_cidr
         self.pod_mtu = cluster.overlay.pod_mtu
         self.counters = counters
         self.bucket = TokenBucket(rate, burst, clock)
-        self.port_ip = [str(p.ip) for p in self.pods]
-        self.mac_of_ip = {str(p.ip): p.mac for p in self.pods}
         self.answered: set[int] = set()   # ports whose pod answered the gateway's ARP probe
+        self.set_ports(ports if ports is not None else dict(enumerate(cluster.local_pods(node_name))))
         self.neighbours: dict[str, tuple[str, int, float]] = {}   # ip -> (mac, port, last seen)
         # the outside network: our uplink port, where we are a host with the node address
         self.clock = clock
-        self.uplink = len(self.pods)
+        self.uplink = cluster.max_pods
         self.node_address = str(node.address)
         self.node_mac = node.mac
         self.node_network = cluster.node_network
         self.announced: set[str] = set()   # load-balancer addresses we answer ARP for
         self.asked: dict[str, float] = {}   # outside address -> when we last asked with ARP
+
+    def set_ports(self, ports: dict) -> None:
+        """The pods attached now (port -> Pod): whom to probe, whose ARP to answer."""
+        self.port_ip = {port: str(pod.ip) for port, pod in ports.items()}
+        self.mac_of_ip = {str(pod.ip): pod.mac for pod in ports.values()}
+        self.answered &= set(ports)
 
     def announce(self, addresses) -> list:
         """Answer ARP for these external addresses from now on; returns gratuitous ARPs for the
@@ -106,7 +111,7 @@ class SlowPath:
 
     def probes(self):
         """ARP requests from the gateway to every pod that has not answered yet: [(port, frame)]."""
-        return [(port, self._arp_request(ip)) for port, ip in enumerate(self.port_ip)
+        return [(port, self._arp_request(ip)) for port, ip in self.port_ip.items()
                 if port not in self.answered]
 
     def _arp_request(self, ip: str) -> bytes:
@@ -118,10 +123,10 @@ class SlowPath:
     def _arp(self, frame: bytes, in_port: int):
         pkt = Ether(frame)
         arp = pkt.getlayer(ARP)
-        if arp is None or arp.hwtype != 1 or arp.ptype != 0x0800 or in_port < 0:
+        own_ip = self.port_ip.get(in_port)
+        if arp is None or arp.hwtype != 1 or arp.ptype != 0x0800 or own_ip is None:
             self.counters[R_SLOWPATH_IGNORED] += 1
             return []
-        own_ip = self.port_ip[in_port]
         if arp.psrc not in (own_ip, "0.0.0.0"):
             self.counters[R_SLOWPATH_ARP_SPOOFED] += 1   # ARP claiming another address
             return []

@@ -36,21 +36,19 @@ def ip_to_int(ip) -> int:
     return int(ipaddress.IPv4Address(ip))
 
 
-def build(cluster: Cluster, node_name: str, counters: np.ndarray, services=None) -> Tables:
-    """`services`: a prebuilt servicetables.ServiceTables (built here when None)."""
+def build(cluster: Cluster, node_name: str, counters: np.ndarray, ports: dict,
+          services=None) -> Tables:
+    """`ports`: port number -> attached local Pod. `services`: a prebuilt
+    servicetables.ServiceTables (built here when None)."""
     from vrouter.node import servicetables   # it imports this module
     node = cluster.node(node_name)
-    pods = cluster.pods_of(node_name)
     peers = [n for n in cluster.nodes if n.name != node_name]
     flows = cluster.service_options.max_flows
     services = services or servicetables.build(cluster, node_name)
     return Tables(
-        params=_params(cluster, node, len(pods)),
+        params=_params(cluster, node),
         counters=counters,
-        ports=Ports(port_mac=np.array([mac_to_int(p.mac) for p in pods], dtype=np.int64),
-                    port_ip=np.array([ip_to_int(p.ip) for p in pods], dtype=np.int64)),
-        bridge=_bridge(pods),
-        routes=_routes(pods, peers),
+        **pod_groups(ports, cluster.max_pods, peers),
         peers=_peers(peers),
         outside=_outside(cluster, peers),
         services=services.group,
@@ -59,7 +57,20 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray, services=None)
     )
 
 
-def _params(cluster: Cluster, node, pod_count: int) -> np.ndarray:
+def pod_groups(ports: dict, capacity: int, peers, old: Bridge | None = None) -> dict:
+    """The groups that follow the node's attached pods: Ports, Bridge, Routes. With `old`, the
+    MAC table keeps what it has learned, but never an attached pod's MAC on another port."""
+    port_mac = np.zeros(capacity, dtype=np.int64)
+    port_ip = np.zeros(capacity, dtype=np.int64)
+    port_live = np.zeros(capacity, dtype=np.int64)
+    for port, pod in ports.items():
+        port_mac[port], port_ip[port], port_live[port] = mac_to_int(pod.mac), ip_to_int(pod.ip), 1
+    return {"ports": Ports(port_mac, port_ip, port_live),
+            "bridge": _bridge(ports, old),
+            "routes": _routes(ports, peers)}
+
+
+def _params(cluster: Cluster, node) -> np.ndarray:
     params = np.zeros(PARAM_COUNT, dtype=np.int64)
     params[P_GW_MAC] = mac_to_int(node.gateway_mac)
     params[P_GW_IP] = ip_to_int(node.gateway)
@@ -67,14 +78,14 @@ def _params(cluster: Cluster, node, pod_count: int) -> np.ndarray:
     params[P_LOCAL_MASK] = ip_to_int(node.pod_cidr.netmask)
     params[P_CLUSTER_NET] = ip_to_int(cluster.pod_cidr.network_address)
     params[P_CLUSTER_MASK] = ip_to_int(cluster.pod_cidr.netmask)
-    params[P_PORT_COUNT] = pod_count
+    params[P_PORT_COUNT] = cluster.max_pods
     params[P_FDB_AGE] = cluster.fdb_age
     params[P_POD_MTU] = cluster.overlay.pod_mtu
     params[P_VNI] = cluster.overlay.vni
     params[P_VTEP_MAC] = mac_to_int(node.vtep_mac)
     params[P_SOCKETS] = SEND_SOCKETS
     params[P_PEER_DEAD_AFTER] = PEER_DEAD_AFTER
-    params[P_UPLINK_PORT] = pod_count
+    params[P_UPLINK_PORT] = cluster.max_pods   # pods have ports 0..max_pods-1
     params[P_NODE_IP] = ip_to_int(node.address)
     params[P_NODE_MAC] = mac_to_int(node.mac)
     params[P_OUTSIDE_NET] = ip_to_int(cluster.node_network.network_address)
@@ -82,21 +93,28 @@ def _params(cluster: Cluster, node, pod_count: int) -> np.ndarray:
     return params
 
 
-def _bridge(pods) -> Bridge:
+def _bridge(ports: dict, old: Bridge | None) -> Bridge:
     """The pods' own MACs are static entries: nobody else may claim them (anti-spoofing)."""
-    fdb_keys = hashtable.new_keys(max(FDB_MIN_ENTRIES, 4 * len(pods)))
+    fdb_keys = hashtable.new_keys(max(FDB_MIN_ENTRIES, 4 * len(ports)))
     fdb_vals = np.zeros((fdb_keys.shape[0], 3), dtype=np.int64)
-    for port, pod in enumerate(pods):
+    for port, pod in ports.items():
         j = hashtable.find_or_claim(fdb_keys, mac_to_int(pod.mac))
         fdb_vals[j, FDB_PORT] = port
         fdb_vals[j, FDB_STATIC] = 1
+    if old is not None:
+        for j in np.nonzero((old.fdb_keys != 0) & (old.fdb_vals[:, FDB_STATIC] == 0))[0].tolist():
+            if old.fdb_vals[j, FDB_PORT] in ports:
+                k = hashtable.find_or_claim(fdb_keys, int(old.fdb_keys[j]))
+                if k >= 0 and fdb_vals[k, FDB_STATIC] == 0:
+                    fdb_vals[k] = old.fdb_vals[j]
     return Bridge(fdb_keys, fdb_vals)
 
 
-def _routes(pods, peers) -> Routes:
-    pod_keys = hashtable.new_keys(len(pods))
+def _routes(ports: dict, peers) -> Routes:
+    """Local pods by address, and the peers' podCIDRs (one hash per prefix length)."""
+    pod_keys = hashtable.new_keys(len(ports))
     pod_port = np.full(pod_keys.shape[0], -1, dtype=np.int64)
-    for port, pod in enumerate(pods):
+    for port, pod in ports.items():
         pod_port[hashtable.find_or_claim(pod_keys, ip_to_int(pod.ip))] = port
     masks = sorted({ip_to_int(p.pod_cidr.netmask) for p in peers}, reverse=True)  # longest first
     route_keys = hashtable.new_keys(len(peers))

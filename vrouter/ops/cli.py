@@ -1,4 +1,4 @@
-"""`vrouter run | kernel-node | up | down | reload | status | check`."""
+"""`vrouter run | kernel-node | up | down | reload | status | check | attach | detach`."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,69 @@ def _load(path: str, check_host: bool = True, manifests: str | None = None) -> c
         raise SystemExit(EXIT_CONFIG) from None
 
 
+def _cluster(arg: str) -> config.Cluster:
+    """CLUSTER arguments: a cluster file, or the name of a running cluster (whose nodes
+    recorded the file they run)."""
+    if Path(arg).is_file() or not config._DNS_LABEL.match(arg):
+        return _load(arg, check_host=False)
+    for record in sorted(state.cluster_dir(arg).glob("*.json")):
+        source = (state.read_record(arg, record.stem) or {}).get("source") or {}
+        if source.get("config"):
+            return _load(source["config"], check_host=False, manifests=source.get("manifests"))
+    print(f"vrouter: {arg!r} is neither a cluster file nor a running cluster", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
+
+
+def _ask(cluster: config.Cluster, node: str, cmd: str, timeout: float = 60, **fields) -> dict:
+    try:
+        return control.request(state.socket_path(cluster.name, node), cmd, timeout=timeout,
+                               **fields)
+    except OSError:
+        print(f"vrouter: node {node!r} of cluster {cluster.name!r} is not running",
+              file=sys.stderr)
+        raise SystemExit(EXIT_HOST) from None
+
+
+def cmd_attach(args) -> int:
+    cluster = _cluster(args.cluster)
+    if _unknown_node(args, cluster):
+        return EXIT_CONFIG
+    labels = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"vrouter: --label {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return EXIT_CONFIG
+        labels[key] = value
+    name = args.name or Path(args.netns).name
+    answer = _ask(cluster, args.node, "attach", name=name, namespace=args.namespace,
+                  netns=args.netns, labels=labels, ifname=args.ifname, ip=args.ip)
+    if not answer.get("ok"):
+        print(f"vrouter: attach refused: {answer.get('error')}", file=sys.stderr)
+        return EXIT_HOST if answer.get("kind") == "host" else EXIT_CONFIG
+    print(f"attached pod {answer['namespace']}/{answer['pod']} to {args.node} port "
+          f"{answer['port']}: {answer['ifname']} {answer['ip']} {answer['mac']} via "
+          f"{answer['gateway']} in {answer['netns']}")
+    return 0
+
+
+def cmd_detach(args) -> int:
+    from vrouter.model import attachments
+    cluster = _cluster(args.cluster)
+    record = next((a for a in attachments.load(cluster.name) if a.pod.name == args.name), None)
+    if record is None:
+        print(f"vrouter: no pod {args.name!r} is attached at runtime in cluster "
+              f"{cluster.name!r} (pods of the cluster file leave through a reload)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    answer = _ask(cluster, record.pod.node, "detach", name=args.name)
+    if not answer.get("ok"):
+        print(f"vrouter: detach failed: {answer.get('error')}", file=sys.stderr)
+        return EXIT_HOST
+    print(f"detached pod {args.name} from {record.pod.node}")
+    return 0
+
+
 def cmd_check(args) -> int:
     from vrouter.model.services import endpoints
     cluster = _load(args.config, manifests=args.manifests)
@@ -55,7 +118,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_reload(args) -> int:
-    cluster = _load(args.config or default_config(), manifests=args.manifests)   # fail early
+    cluster = (_load(args.config, manifests=args.manifests) if args.manifests
+               else _cluster(args.config or default_config()))   # a bad file fails here, early
     failed = 0
     for node in cluster.nodes:
         try:
@@ -66,9 +130,17 @@ def cmd_reload(args) -> int:
             failed = 1
             continue
         if answer.get("ok"):
+            pods = ""
+            if answer.get("attached") or answer.get("detached"):
+                pods = (f"; pods attached: {', '.join(answer['attached']) or 'none'}, "
+                        f"{answer['detached']} detached")
             print(f"{node.name}: reloaded: {answer['frontends']} frontends, {answer['backends']} "
                   f"backends, {answer['removed_backends']} removed, "
-                  f"{answer['flushed_udp_flows']} UDP flows flushed")
+                  f"{answer['flushed_udp_flows']} UDP flows flushed{pods}")
+            for failure in answer.get("failed", []):
+                print(f"vrouter: {node.name}: pod {failure['pod']} not attached: "
+                      f"{failure['error']}", file=sys.stderr)
+                failed = 1
         else:
             print(f"vrouter: {node.name}: reload refused, still running the old state: "
                   f"{answer.get('error')}", file=sys.stderr)
@@ -118,7 +190,7 @@ def _unknown_node(args, cluster) -> bool:
         cluster.node(args.node)
         return False
     except KeyError:
-        print(f"vrouter: config error: {args.config}: nodes: no node named {args.node!r} "
+        print(f"vrouter: config error: {cluster.source}: nodes: no node named {args.node!r} "
               f"(nodes: {', '.join(n.name for n in cluster.nodes)})", file=sys.stderr)
         return True
 
@@ -131,12 +203,12 @@ def cmd_up(args) -> int:
 
 def cmd_down(args) -> int:
     from vrouter.ops import launcher
-    return launcher.down(_load(args.config or default_config(), check_host=False))
+    return launcher.down(_cluster(args.config or default_config()))
 
 
 def cmd_status(args) -> int:
     from vrouter.ops.status import render
-    cluster = _load(args.config or default_config(), check_host=False)
+    cluster = _cluster(args.config or default_config())
     names = [args.node] if args.node else [n.name for n in cluster.nodes]
     results, missing = [], []
     for name in names:
@@ -177,22 +249,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifests", metavar="DIR", help="also read Service manifests from DIR")
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("reload", help="re-read Services and pod labels into the running nodes "
-                       "(as SIGHUP does); a bad config changes nothing")
-    p.add_argument("config", nargs="?")
+    p = sub.add_parser("reload", help="re-read the cluster file into the running nodes: "
+                       "Services, pods added, removed or relabelled (as SIGHUP does); a bad "
+                       "config changes nothing")
+    p.add_argument("config", nargs="?", help="a cluster file or a running cluster's name")
     p.add_argument("--manifests", metavar="DIR")
     p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("down", help="stop a cluster's nodes and remove what they left behind")
-    p.add_argument("config", nargs="?")
+    p.add_argument("config", nargs="?", help="a cluster file or a running cluster's name")
     p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("status", help="ports, MAC table, ARP entries and counters of running nodes")
-    p.add_argument("config", nargs="?")
+    p.add_argument("config", nargs="?", help="a cluster file or a running cluster's name")
     p.add_argument("--node")
     p.add_argument("--json", action="store_true")
     p.add_argument("--all", action="store_true", help="also show counters that are zero")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("attach", help="attach a network namespace to a running node as a pod")
+    p.add_argument("cluster", help="a cluster file, or the name of a running cluster")
+    p.add_argument("--node", required=True)
+    p.add_argument("--netns", required=True, help="a name under /run/netns, or a path such as "
+                   "/proc/PID/ns/net")
+    p.add_argument("--name", help="the pod's name (default: the netns name)")
+    p.add_argument("--namespace", default="default", help="its Kubernetes namespace")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--ifname", default="eth0", help="its interface inside the netns")
+    p.add_argument("--ip", help="its address (default: the lowest free one of the node)")
+    p.set_defaults(func=cmd_attach)
+
+    p = sub.add_parser("detach", help="take a pod attached at runtime off its node")
+    p.add_argument("cluster", help="a cluster file, or the name of a running cluster")
+    p.add_argument("--name", required=True, help="the pod")
+    p.set_defaults(func=cmd_detach)
 
     p = sub.add_parser("check", help="validate a cluster file and show the pods' addresses")
     p.add_argument("config")

@@ -21,11 +21,11 @@ def _outside(node) -> dict:
 
 def node_status(node) -> dict:
     dp = node.dp
-    pods = dp.pods
-    fdb = [{**e, "pod": pods[e["port"]].name} for e in dp.fdb_entries()]
+    fdb = [{**e, "pod": dp.ports[e["port"]].name if e["port"] in dp.ports else None}
+           for e in dp.fdb_entries()]
     neighbours = [{"ip": str(node.node.gateway), "mac": node.node.gateway_mac, "port": None,
                    "what": "gateway (this node)"}]
-    for port, pod in enumerate(pods):
+    for port, pod in sorted(dp.ports.items()):
         seen = dp.slow.neighbours.get(str(pod.ip))
         neighbours.append({"ip": str(pod.ip), "mac": pod.mac, "port": port,
                            "what": "pod, answered" if port in dp.slow.answered else "pod, waiting",
@@ -40,9 +40,10 @@ def node_status(node) -> dict:
         "podCIDR": str(node.node.pod_cidr),
         "gateway": {"ip": str(node.node.gateway), "mac": node.node.gateway_mac},
         "vtepMAC": node.node.vtep_mac,
-        "ports": [{"port": k, "pod": p.pod.name, "namespace": p.pod.namespace,
-                   "netns": p.pod.netns, "tap": f"eth0 (ifindex {p.ifindex} in {p.pod.netns})",
-                   "mac": p.pod.mac, "ip": str(p.pod.ip)} for k, p in enumerate(node.ports)],
+        "ports": [{"port": k, "pod": pod.name, "namespace": pod.namespace, "netns": pod.netns,
+                   "tap": f"{pod.ifname} (ifindex {node.pods.ports[k].ifindex} in {pod.netns})",
+                   "mac": pod.mac, "ip": str(pod.ip)}
+                  for k, pod in sorted(dp.ports.items()) if k in node.pods.ports],
         "fdb": sorted(fdb, key=lambda e: (e["port"], e["mac"])),
         "arp": neighbours,
         "outside": _outside(node),

@@ -1,0 +1,242 @@
+"""A node's pods while it runs: attaching and detaching them under live traffic.
+
+The node serves the pods of the live model (vrouter.model.attachments.live_cluster: the cluster
+file plus the pods attached at runtime anywhere in the cluster). `apply` makes the node match a
+new live model: the host side of a pod (its TAP moved into its netns, addressed) is made or
+removed in a worker thread, its port is added to or taken from the data path between two batches,
+and the Service tables follow. It runs when the file is reloaded, when a pod is attached or
+detached here (`vrouter attach`, vrouter-cni), and when another node says its pods changed (or
+every few seconds, in case it could not say so).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+
+import trio
+
+from vrouter.host import state
+from vrouter.host.tap import HostError, attach_pod
+from vrouter.model import attachments
+from vrouter.model.attachments import Attachment
+from vrouter.model.config import Cluster, Pod, mac_from_ip, _DNS_LABEL
+
+log = logging.getLogger("vrouter.node.pods")
+
+
+class PodError(Exception):
+    """An attach or detach request that cannot be done; `kind` says why (for CNI's codes)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind   # "invalid", "taken", "exhausted", "no-netns", "unknown", "host"
+
+
+def same_interface(a: Pod, b: Pod) -> bool:
+    """Whether two versions of a pod can keep one interface (labels and ports may differ)."""
+    return (a.ip, a.mac, a.netns, a.ifname, a.owns_netns) == (b.ip, b.mac, b.netns, b.ifname,
+                                                              b.owns_netns)
+
+
+class LocalPods:
+    def __init__(self, node):
+        self.node = node                 # vrouter.node.process.Node
+        self.ports: dict = {}            # port -> PodPort (its TAP), for status and cleanup
+        self.stacks: dict = {}           # port -> ExitStack undoing that pod's host side
+        self.lock = trio.Lock()          # one change at a time
+        self.seen: tuple = ()            # the records the last apply saw
+
+    # --- the live model ----------------------------------------------------------------------
+
+    def live(self, file: Cluster) -> Cluster:
+        """The file plus the attachments of nodes that are running (a SIGKILLed node's records
+        stay behind until `vrouter down`; its pods are gone)."""
+        records = [a for a in attachments.load(file.name) if _running(file.name, a.pod.node)]
+        self.seen = tuple(sorted(a.pod.name for a in records))
+        return attachments.live_cluster(file, records)
+
+    def forget_stale(self, cluster_name: str, node_name: str) -> None:
+        """At start: records of this node are from an earlier run whose TAPs died with it."""
+        for a in attachments.load(cluster_name):
+            if a.pod.node == node_name:
+                attachments.release(cluster_name, a.pod.name)
+
+    # --- at start: synchronous, on the node's ExitStack ----------------------------------------
+
+    def attach_at_start(self, port: int, pod: Pod) -> None:
+        stack = contextlib.ExitStack()
+        try:
+            self.ports[port] = self._host_attach(pod, stack)
+        except BaseException:
+            stack.close()
+            raise
+        self.stacks[port] = stack
+
+    def close_all(self) -> None:
+        for port in sorted(self.stacks, reverse=True):
+            self.stacks.pop(port).close()
+            self.ports.pop(port, None)
+
+    # --- while running -----------------------------------------------------------------------
+
+    async def apply(self, live: Cluster) -> dict:
+        """Make the node serve `live`: check it (ValueError changes nothing), detach pods that
+        left or changed address, attach new ones, then swap the tables. Returns a summary;
+        pods whose host side failed are listed under "failed" (the rest is applied)."""
+        node, dp = self.node, self.node.dp
+        async with self.lock:
+            dp.check_reload(live)
+            desired = {p.name: p for p in live.local_pods(node.name)}
+            current = {pod.name: port for port, pod in dp.ports.items()}
+            gone = [port for name, port in current.items()
+                    if name not in desired or not same_interface(dp.ports[port], desired[name])]
+            for port in gone:
+                await self._detach(port)
+            added, failed = [], []
+            for name, pod in desired.items():
+                if name in current and current[name] not in gone:
+                    continue
+                try:
+                    await self._attach(pod)
+                    added.append(name)
+                except (HostError, OSError, PodError) as exc:
+                    log.warning("node %s: cannot attach pod %s: %s", node.name, name, exc)
+                    failed.append({"pod": name, "error": str(exc)})
+            summary = await node.datapath.run(lambda: node.swap(live))
+            node.cluster = live
+        return {**summary, "attached": added, "detached": len(gone), "failed": failed}
+
+    async def _attach(self, pod: Pod) -> int:
+        stack = contextlib.ExitStack()
+        try:
+            tap = await trio.to_thread.run_sync(self._host_attach, pod, stack)
+            port = await self.node.datapath.run(lambda: self._serve(pod, tap))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(stack.close)
+            raise
+        self.ports[port] = tap
+        self.stacks[port] = stack
+        return port
+
+    def _serve(self, pod: Pod, tap) -> int:
+        """In the data-path thread: a port for the pod, its TAP served from the next batch."""
+        port = self.node.dp.attach(pod)
+        self.node.datapath.add_tap(port, tap)
+        return port
+
+    async def _detach(self, port: int) -> None:
+        node = self.node
+
+        def unserve():
+            node.datapath.remove_tap(port)
+            node.dp.detach(port)
+        await node.datapath.run(unserve)
+        self.ports.pop(port, None)
+        stack = self.stacks.pop(port)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(stack.close)   # the TAP closes: the interface goes
+
+    def _host_attach(self, pod: Pod, stack: contextlib.ExitStack):
+        """The pod's TAP in its netns, addressed; its namespace made when the node owns it (and
+        recorded for `vrouter down`)."""
+        node = self.node
+        created: list[str] = []
+        tap = attach_pod(node.cluster, pod, stack, created)
+        if created:
+            node.created_netns += created
+            state.write_record(node.cluster.name, node.name, node.created_netns, node.source)
+
+            def unrecord():
+                for name in created:
+                    if name in node.created_netns:
+                        node.created_netns.remove(name)
+                state.write_record(node.cluster.name, node.name, node.created_netns, node.source)
+            stack.callback(unrecord)
+        return tap
+
+    # --- requests: attach, detach, check, gc ---------------------------------------------------
+
+    def new_attachment(self, request: dict) -> Attachment:
+        """The pod a request describes, checked against the live model (PodError if not)."""
+        node, live = self.node, self.node.cluster
+        name = request.get("name")
+        if not isinstance(name, str) or not _DNS_LABEL.match(name):
+            raise PodError("invalid", f"pod name {name!r} is not a DNS label")
+        namespace = request.get("namespace") or "default"
+        if not _DNS_LABEL.match(namespace):
+            raise PodError("invalid", f"namespace {namespace!r} is not a DNS label")
+        netns = request.get("netns")
+        if not isinstance(netns, str) or not netns:
+            raise PodError("invalid", "a network namespace (name or path) is required")
+        path = netns if netns.startswith("/") else os.path.join("/run/netns", netns)
+        if not os.path.exists(path):
+            raise PodError("no-netns", f"network namespace {netns!r} does not exist ({path})")
+        ifname = request.get("ifname") or "eth0"
+        if not isinstance(ifname, str) or not 0 < len(ifname) <= 15 or "/" in ifname:
+            raise PodError("invalid", f"interface name {ifname!r} is not valid")
+        labels = request.get("labels") or {}
+        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in labels.items()):
+            raise PodError("invalid", "labels must map strings to strings")
+        try:
+            declared = live.pod(name)
+        except KeyError:
+            declared = None
+        if declared is not None:
+            if not declared.awaiting_cni:
+                raise PodError("taken", f"pod name {name!r} is taken (by the pod on node "
+                                        f"{declared.node!r}, netns {declared.netns})")
+            if declared.node != node.name:
+                raise PodError("taken", f"pod {name!r} of the cluster file belongs to node "
+                                        f"{declared.node!r}, not {node.name!r}")
+            pod = dataclasses.replace(declared, netns=path, ifname=ifname)
+        else:
+            ip = self._address(request.get("ip"))
+            pod = Pod(name=name, namespace=namespace, node=node.name, ip=ip,
+                      mac=mac_from_ip("0a:58", ip), netns=path, owns_netns=False,
+                      labels=tuple(sorted(labels.items())), ifname=ifname)
+        return Attachment(pod, str(request.get("container_id") or ""),
+                          str(request.get("network") or ""))
+
+    def _address(self, wanted) -> ipaddress.IPv4Address:
+        """`wanted` (from a delegated IPAM plugin) if it is free here, else the lowest free
+        address of the node's podCIDR after the gateway."""
+        node, live = self.node, self.node.cluster
+        cidr = node.node.pod_cidr
+        taken = {p.ip for p in live.pods} | {node.node.gateway}
+        if wanted:
+            try:
+                ip = ipaddress.IPv4Address(str(wanted).split("/")[0])
+            except ValueError:
+                raise PodError("invalid", f"{wanted!r} is not an IPv4 address") from None
+            if ip not in cidr or ip in (cidr.network_address, cidr.broadcast_address):
+                raise PodError("invalid", f"{ip} is not a pod address of node {node.name!r}'s "
+                                          f"podCIDR {cidr}")
+            if ip in taken:
+                raise PodError("taken", f"address {ip} is taken")
+            return ip
+        for ip in cidr.hosts():
+            if ip not in taken:
+                return ip
+        raise PodError("exhausted", f"node {node.name!r}'s podCIDR {cidr} has no free address")
+
+    def record_of(self, name: str | None = None, container_id: str | None = None,
+                  ifname: str | None = None) -> Attachment | None:
+        for a in attachments.load(self.node.cluster.name):
+            if a.pod.node != self.node.name:
+                continue
+            if name and a.pod.name == name:
+                return a
+            if container_id and a.container_id == container_id \
+                    and (not ifname or a.pod.ifname == ifname):
+                return a
+        return None
+
+
+def _running(cluster_name: str, node_name: str) -> bool:
+    record = state.read_record(cluster_name, node_name)
+    return bool(record) and state.pid_alive(record.get("pid", 0))
