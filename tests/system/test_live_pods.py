@@ -12,7 +12,7 @@ from pyroute2 import netns as pr_netns
 
 from tests.system.cluster import iperf3, list_netns, netns_exec, new_prefix, wait_for
 from tests.system.test_pods import ping
-from tests.system.test_services import SERVER, echo_servers
+from tests.system.test_services import SERVER
 
 VIP = "10.96.0.40"
 SERVICE = f"""
@@ -124,7 +124,7 @@ def test_a_reload_adds_removes_and_relabels_pods_of_the_file(make_cluster):
     cluster.path.write_text(yaml.safe_dump(doc, sort_keys=False) + "---" + rest)
     result = vrouter("reload", str(cluster.path))
     assert result.returncode == 0, result.stderr
-    assert f"node-b: reloaded" in result.stdout and f"pods attached: {prefix}-b2" in result.stdout
+    assert "node-b: reloaded" in result.stdout and f"pods attached: {prefix}-b2" in result.stdout
     assert f"{prefix}-a2" not in list_netns()          # removed: its namespace was ours
     assert ping(cluster, "b2", cluster.ip("a1"), count=2).returncode == 0
     backends = {f["frontend"]: f["backends"] for f in cluster.status("node-b")["services"]}
