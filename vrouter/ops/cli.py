@@ -95,6 +95,46 @@ def cmd_detach(args) -> int:
     return 0
 
 
+def cmd_cni_conf(args) -> int:
+    """A node's CNI network configuration (a conflist), printed or installed; optionally the
+    plugin itself, for runtimes that look in a plugin directory."""
+    import os
+    cluster = _cluster(args.cluster)
+    if _unknown_node(args, cluster):
+        return EXIT_CONFIG
+    node = cluster.node(args.node)
+    plugin = {"type": "vrouter-cni", "cluster": cluster.name, "node": node.name}
+    if args.ipam:
+        # the upper half of the node's podCIDR: the lower one is where file pods get theirs
+        hosts = list(node.pod_cidr.hosts())
+        plugin["ipam"] = {"type": args.ipam, "ranges": [[{
+            "subnet": str(node.pod_cidr), "rangeStart": str(hosts[len(hosts) // 2]),
+            "rangeEnd": str(hosts[-1]), "gateway": str(node.gateway)}]]}
+        if args.ipam_data_dir:
+            plugin["ipam"]["dataDir"] = args.ipam_data_dir
+    name = args.name or f"vrouter-{node.name}"
+    conflist = json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": [plugin]}, indent=2)
+    if args.plugin_dir:
+        target = Path(args.plugin_dir) / "vrouter-cni"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"#!/bin/sh\nexec {sys.executable} -m vrouter.ops.cni \"$@\"\n")
+        target.chmod(0o755)
+        print(f"installed {target}", file=sys.stderr)
+    if not args.install:
+        print(conflist)
+        return 0
+    path = Path(args.install) / f"{name}.conflist"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(conflist + "\n")
+    print(f"installed {path}: `podman run --network {name} ...` attaches containers to "
+          f"{node.name}", file=sys.stderr)
+    if not os.access(Path(args.plugin_dir or "/opt/cni/bin") / "vrouter-cni", os.X_OK):
+        print("vrouter: the runtime also needs the plugin in one of its plugin directories: "
+              "add --plugin-dir DIR (podman looks in /opt/cni/bin and /usr/lib/cni, "
+              "among others)", file=sys.stderr)
+    return 0
+
+
 def cmd_check(args) -> int:
     from vrouter.model.services import endpoints
     cluster = _load(args.config, manifests=args.manifests)
@@ -283,6 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cluster", help="a cluster file, or the name of a running cluster")
     p.add_argument("--name", required=True, help="the pod")
     p.set_defaults(func=cmd_detach)
+
+    p = sub.add_parser("cni-conf", help="a node's CNI network configuration for container "
+                       "runtimes (vrouter-cni)")
+    p.add_argument("cluster", help="a cluster file, or the name of a running cluster")
+    p.add_argument("--node", required=True)
+    p.add_argument("--name", help="the network's name (default: vrouter-NODE)")
+    p.add_argument("--ipam", metavar="PLUGIN", help="delegate addresses to this IPAM plugin "
+                   "(e.g. host-local), in the upper half of the node's podCIDR")
+    p.add_argument("--ipam-data-dir", metavar="DIR", help="host-local's dataDir")
+    p.add_argument("--install", metavar="DIR", help="write NAME.conflist into DIR "
+                   "(e.g. /etc/cni/net.d) instead of printing it")
+    p.add_argument("--plugin-dir", metavar="DIR", help="also install the vrouter-cni plugin "
+                   "there (e.g. /opt/cni/bin)")
+    p.set_defaults(func=cmd_cni_conf)
 
     p = sub.add_parser("check", help="validate a cluster file and show the pods' addresses")
     p.add_argument("config")

@@ -44,7 +44,11 @@ async def _answer(conn, handlers) -> None:
                     break
                 data += chunk
             try:
+                if len(data) >= MAX_REQUEST and not data.endswith(b"\n"):
+                    raise ValueError(f"request larger than {MAX_REQUEST // 1024} KiB")
                 request = json.loads(data or b"{}")
+                if not isinstance(request, dict):
+                    raise ValueError("a request is a JSON object with a \"cmd\"")
                 handler = handlers.get(request.get("cmd"))
                 answer = (handler(request) if handler
                           else {"error": f"unknown command {request.get('cmd')!r}"})
