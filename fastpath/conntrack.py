@@ -168,6 +168,14 @@ def new_state_table(entries: int, cols: int):
     return rows[:, :2].view(np.uint64), rows[:, 2:2 + cols]
 
 
+def copy_state_table(keys, vals):
+    """A copy laid out as new_state_table lays it out (the compiled code's types stay the same)."""
+    new_keys, new_vals = new_state_table(keys.shape[0], vals.shape[1])
+    new_keys[:] = keys
+    new_vals[:] = vals
+    return new_keys, new_vals
+
+
 def flush_backends(ct_keys, ct_vals, aff_keys, aff_vals, removed) -> int:
     """Forget UDP conntrack entries (both directions) and affinity entries of removed backends
     (a set of (ip, port)); returns the number of UDP connections flushed. Control plane, numpy."""

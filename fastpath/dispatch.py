@@ -10,15 +10,17 @@ reads it in tests and for the slow path.
 """
 from numba import njit
 
-from fastpath.checksum import copy_bytes
+from fastpath.checksum import copy_bytes, read16, read32
 from fastpath.ipv4 import complete_checksum
 from fastpath.layout import (
-    ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, ETH_LEN, F_DATA, F_ROWS, F_SLOW,
+    ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, ETH_LEN, ETH_P_IP, F_DATA, F_ROWS,
+    F_SLOW, F_TRACE,
     GSO_NONE, IN_GATEWAY, IN_OVERLAY, M_ACTION, M_GSO_TYPE, M_IN_PORT, M_LEN, M_OUT, M_REASON,
     M_OWN, M_ROW, M_SOCKET, M_START, M_VFLAGS, O_FRAME, O_IN_PORT, O_KIND, O_LEN, O_REASON,
     O_ROW, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_FLOOD, OUT_OVERLAY, OUT_PORT,
-    OUT_SLOW, P_UPLINK_PORT, P_VNI, SRC_DATA, SRC_FRAMES, TRAIN_MAX_SEGMENTS, VNET_F_NEEDS_CSUM,
-    VXLAN_HEADER_LEN,
+    OUT_SLOW, P_UPLINK_PORT, P_VNI, SRC_DATA, SRC_FRAMES, T_ACTION, T_DPORT, T_DST, T_FRAME,
+    T_NEXT, T_OUT, T_PROTO, T_REASON, T_SPORT, T_SRC, T_STAGE, TRAIN_MAX_SEGMENTS,
+    VNET_F_NEEDS_CSUM, VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import (
     R_DROP_NO_ROOM, R_DROP_RUNT, R_DROP_OWN_UNROUTABLE, R_RX_FRAMES, R_SLOW_OUTSIDE_ARP_NEEDED,
@@ -55,13 +57,45 @@ def first_stage(in_port, uplink):
 
 
 @njit(cache=True, _nrt=False)
-def run_stages(buf, meta, i, now, tables):
-    """Walk frame i through the stages until one finishes it (verdict in M_ACTION/M_REASON)."""
+def _trace_step(buf, meta, i, stage, next_stage, out):
+    """Record what `stage` did to frame i (vrouter trace): its decision, and the frame's
+    addresses and ports as the stage left them (0 where the frame has none)."""
+    t = out.fill[F_TRACE]
+    if t >= out.trace.shape[0]:
+        return
+    out.trace[t, :] = 0
+    out.trace[t, T_FRAME] = i
+    out.trace[t, T_STAGE] = stage
+    out.trace[t, T_NEXT] = next_stage
+    out.trace[t, T_ACTION] = meta[i, M_ACTION]
+    out.trace[t, T_REASON] = meta[i, M_REASON] if next_stage == DONE else -1
+    out.trace[t, T_OUT] = meta[i, M_OUT]
+    row, s, length = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN]
+    if length >= ETH_LEN + 20 and read16(buf, row, s + 12) == ETH_P_IP:
+        ip = s + ETH_LEN
+        out.trace[t, T_SRC] = read32(buf, row, ip + 12)
+        out.trace[t, T_DST] = read32(buf, row, ip + 16)
+        proto = buf[row, ip + 9]
+        out.trace[t, T_PROTO] = proto
+        l4 = ip + (buf[row, ip] & 0xF) * 4
+        first_fragment = (read16(buf, row, ip + 6) & 0x1FFF) == 0
+        if (proto == 6 or proto == 17) and first_fragment and l4 + 4 <= s + length:
+            out.trace[t, T_SPORT] = read16(buf, row, l4)
+            out.trace[t, T_DPORT] = read16(buf, row, l4 + 2)
+    out.fill[F_TRACE] = t + 1
+
+
+@njit(cache=True, _nrt=False)
+def run_stages(buf, meta, i, now, tables, out):
+    """Walk frame i through the stages until one finishes it (verdict in M_ACTION/M_REASON).
+    With trace rows in `out`, each step is recorded there too."""
     params, counters = tables.params, tables.counters
     stage = first_stage(meta[i, M_IN_PORT], params[P_UPLINK_PORT])
     if stage == DONE:
         finish(meta, i, ACT_DROP, 0, R_DROP_RUNT)   # no such port: cannot happen from the I/O
+    tracing = out.trace.shape[0] > 0
     while stage != DONE:
+        step = stage
         if stage == S_POD_IN:
             stage = pod_in(buf, meta, i, now, params, counters, tables.ports, tables.bridge)
         elif stage == S_OUTSIDE_IN:
@@ -85,6 +119,8 @@ def run_stages(buf, meta, i, now, tables):
             stage = local_stage(buf, meta, i, params, counters)
         else:
             stage = DONE
+        if tracing:
+            _trace_step(buf, meta, i, step, stage, out)
 
 
 @njit(cache=True, _nrt=False)
@@ -171,7 +207,7 @@ def forward(frames, first, n, now, tables, out):
             break
         counters[R_RX_FRAMES] += 1
         meta[i, M_ACTION] = ACT_DROP
-        run_stages(buf, meta, i, now, tables)
+        run_stages(buf, meta, i, now, tables, out)
         action, reason = meta[i, M_ACTION], meta[i, M_REASON]
         if meta[i, M_OWN] and action == ACT_SLOW and reason != R_SLOW_OUTSIDE_ARP_NEEDED:
             # never loop back into the slow path with the node's own packets (except to ask

@@ -56,6 +56,7 @@ class Services(NamedTuple):
     maglev: np.ndarray          # int32[rows, M]
     be_ip: np.ndarray           # int64
     be_port: np.ndarray         # int64
+    fe_new: np.ndarray          # int64, like fe_keys: connections each frontend opened
 
 
 class Conntrack(NamedTuple):
@@ -92,6 +93,22 @@ class Output(NamedTuple):
     data: np.ndarray            # uint8[1, OUT_DATA]: GSO segments, VXLAN-encapsulated
     slow: np.ndarray            # uint8[1, SLOW_DATA]: copies of frames for the slow path
     fill: np.ndarray            # int64[FILL_COLS]: rows, data and slow bytes used (F_*)
+    trace: np.ndarray           # int64[steps, TRACE_COLS]: each stage's decision (0 rows: off)
+
+
+class Stats(NamedTuple):
+    """What the I/O edge counts: per port (pods, the uplink, then the overlay as one more)."""
+    port_stats: np.ndarray      # int64[ports + 1, 4]: rx frames, rx bytes, tx frames, tx bytes
+    batch_sizes: np.ndarray     # int64[8]: reads per batch: 1, 2-3, 4-7, ..., 64-127, 128+
+
+
+class Capture(NamedTuple):
+    """A capture ring (vrouter capture): frames copied at a port as read or as written."""
+    active: np.ndarray          # int64[1]: 0 while nobody captures (then it costs one test)
+    points: np.ndarray          # int64[ports + 1]: per port CAPTURE_RX | CAPTURE_TX
+    index: np.ndarray           # int64[rows, 4]: offset, length, port*2 + (1 if sent), time ns
+    data: np.ndarray            # uint8[1, bytes]
+    fill: np.ndarray            # int64[3]: rows, bytes, frames dropped (ring full)
 
 
 class Io(NamedTuple):
@@ -102,6 +119,8 @@ class Io(NamedTuple):
     fd_port: np.ndarray         # int64[65536]: fd -> port, or FD_OVERLAY / FD_WAKE / FD_NONE
     events: np.ndarray          # uint8: struct epoll_event[]
     clock: np.ndarray           # int64[2]: struct timespec
+    stats: Stats
+    capture: Capture
     epfd: int
     event_stride: int           # sizeof(struct epoll_event): 12 on x86-64, 16 elsewhere
 

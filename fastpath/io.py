@@ -19,6 +19,7 @@ their layout here is Linux x86-64/aarch64 (64-bit pointers, little-endian).
 import numpy as np
 from numba import njit, types
 
+from fastpath.checksum import copy_bytes
 from fastpath.dispatch import forward
 from fastpath.layout import (
     F_DATA, F_ROWS, F_SLOW, HEADROOM, IN_OVERLAY, M_CSUM_OFFSET, M_CSUM_START, M_GSO_SIZE,
@@ -48,6 +49,7 @@ c_sched_yield = types.ExternalFunction("sched_yield", types.intc())
 EINTR = 4
 EAGAIN = 11
 MSG_DONTWAIT = 0x40
+CLOCK_REALTIME = 0
 CLOCK_MONOTONIC = 1
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -72,6 +74,13 @@ WHY_WAKE = 2          # the wake-up eventfd is readable: a control request
 WHY_TIMEOUT = 3       # nothing happened for the wait time
 WHY_ERROR = 4         # epoll_wait failed
 WHY_GATEWAY = 5       # the gateway's batch (state[ST_GATEWAY_N]) is written
+WHY_CAPTURE = 6       # the capture ring is half full: drain it
+
+# Stats.port_stats columns
+RX_FRAMES, RX_BYTES, TX_FRAMES, TX_BYTES = 0, 1, 2, 3
+# Capture.points bits
+CAPTURE_RX = 1
+CAPTURE_TX = 2
 
 # state[] columns (kept between serve() calls)
 ST_PENDING_PORT = 0   # a batch interrupted by slow-path frames: its ingress (or FD_NONE)
@@ -90,6 +99,14 @@ def _errno():
     return c_errno()[0]
 
 
+@njit(cache=True, inline="always", _nrt=False)
+def _leading_zeros(n):
+    k = 0
+    while k < 64 and not (n >> (63 - k)) & 1:
+        k += 1
+    return k
+
+
 @njit(cache=True, _nrt=False)
 def monotonic_ns(ts):
     c_clock_gettime(CLOCK_MONOTONIC, ts.ctypes.data)
@@ -97,7 +114,39 @@ def monotonic_ns(ts):
 
 
 @njit(cache=True, _nrt=False)
-def read_tap(fd, port, frames, counters):
+def overlay_port(io):
+    """The row of the overlay in Stats and Capture: after the TAP ports."""
+    return io.tap_fds.shape[0]
+
+
+@njit(cache=True, _nrt=False)
+def _count(io, port, column, length):
+    io.stats.port_stats[port, column] += 1
+    io.stats.port_stats[port, column + 1] += length
+
+
+@njit(cache=True, _nrt=False)
+def _capture(io, port, sent, buf, row, start, length):
+    """Copy a frame into the capture ring if this port and direction are captured."""
+    cap = io.capture
+    if not cap.points[port] & (CAPTURE_TX if sent else CAPTURE_RX) or length <= 0:
+        return
+    rows, used = cap.fill[0], cap.fill[1]
+    if rows >= cap.index.shape[0] or used + length > cap.data.shape[1]:
+        cap.fill[2] += 1   # ring full: the reader is behind
+        return
+    copy_bytes(cap.data, 0, used, buf, row, start, length)
+    c_clock_gettime(CLOCK_REALTIME, io.clock.ctypes.data)
+    cap.index[rows, 0] = used
+    cap.index[rows, 1] = length
+    cap.index[rows, 2] = port * 2 + (1 if sent else 0)
+    cap.index[rows, 3] = io.clock[0] * 1_000_000_000 + io.clock[1]
+    cap.fill[0] = rows + 1
+    cap.fill[1] = used + length
+
+
+@njit(cache=True, _nrt=False)
+def read_tap(fd, port, frames, io, counters):
     """Read up to a batch of frames (each behind its virtio-net header) from a TAP, one per row,
     into meta rows 0..n-1; returns n."""
     buf, meta = frames.buf, frames.meta
@@ -121,12 +170,15 @@ def read_tap(fd, port, frames, counters):
         meta[n, M_GSO_SIZE] = np.int64(buf[n, h + 4]) | (np.int64(buf[n, h + 5]) << 8)
         meta[n, M_CSUM_START] = np.int64(buf[n, h + 6]) | (np.int64(buf[n, h + 7]) << 8)
         meta[n, M_CSUM_OFFSET] = np.int64(buf[n, h + 8]) | (np.int64(buf[n, h + 9]) << 8)
+        _count(io, port, RX_FRAMES, got - VNET_HDR_LEN)
+        if io.capture.active[0]:
+            _capture(io, port, False, buf, n, HEADROOM, got - VNET_HDR_LEN)
         n += 1
     return n
 
 
 @njit(cache=True, _nrt=False)
-def recv_overlay(fd, frames, rx, counters):
+def recv_overlay(fd, frames, rx, io, counters):
     """One recvmmsg of up to a batch of VXLAN datagrams (or UDP GRO trains of them, one per
     row); every datagram becomes a frame (meta row) starting after its VXLAN header. Returns the
     frame count."""
@@ -143,6 +195,7 @@ def recv_overlay(fd, frames, rx, counters):
         return 0
     counters[R_RX_SYSCALLS] += 1
     n = 0
+    overlay = overlay_port(io)
     for k in range(got):
         m = k * MMSG_WORDS
         length = np.int64(msgs[m + MH_LEN] & np.uint64(0xFFFFFFFF))
@@ -174,6 +227,9 @@ def recv_overlay(fd, frames, rx, counters):
             meta[n, M_LEN] = min(size, length - first) - VXLAN_HEADER_LEN
             meta[n, M_IN_PORT] = IN_OVERLAY
             meta[n, M_SRC_IP] = source
+            _count(io, overlay, RX_FRAMES, min(size, length - first))
+            if io.capture.active[0]:
+                _capture(io, overlay, False, frames.buf, k, meta[n, M_START], meta[n, M_LEN])
             n += 1
     return n
 
@@ -194,7 +250,7 @@ def _vnet_header(h, at, meta, i):
 
 
 @njit(cache=True, _nrt=False)
-def _write_tap(fd, buf, row, start, length, meta, i, tx, counters):
+def _write_tap(fd, buf, row, start, length, meta, i, tx, io, port, counters):
     """One write of virtio-net header + frame. A frame alone in its row (from a TAP or the
     gateway) gets its header in the headroom in front of it and one write(); a frame in a row
     of overlay datagrams must not overwrite the end of the datagram before it, so it goes with
@@ -214,8 +270,27 @@ def _write_tap(fd, buf, row, start, length, meta, i, tx, counters):
         done = c_writev(fd, iov.ctypes.data, 2)
     if done < 0:
         counters[R_DROP_TX_ERROR] += 1
-    else:
-        counters[R_TX_FRAMES] += 1
+        return
+    counters[R_TX_FRAMES] += 1
+    _count(io, port, TX_FRAMES, length)
+    if io.capture.active[0]:
+        _capture(io, port, True, buf, row, start, length)
+
+
+@njit(cache=True, _nrt=False)
+def _count_datagrams(io, buf, out, rows, r):
+    """Stats (and capture: the inner frames) of a VXLAN datagram or GSO train to be sent."""
+    overlay = overlay_port(io)
+    length, segment = rows[r, O_LEN], rows[r, O_SEGMENT]
+    step = segment if segment > 0 else length
+    source = out.data if rows[r, O_SRC] == SRC_DATA else buf
+    row = 0 if rows[r, O_SRC] == SRC_DATA else rows[r, O_ROW]
+    for first in range(0, length, step):
+        size = min(step, length - first)
+        _count(io, overlay, TX_FRAMES, size)
+        if io.capture.active[0]:
+            _capture(io, overlay, True, source, row, rows[r, O_START] + first + VXLAN_HEADER_LEN,
+                     size - VXLAN_HEADER_LEN)
 
 
 @njit(cache=True, _nrt=False)
@@ -246,16 +321,17 @@ def write_out(frames, out, io, tx, tables):
             continue
         if kind == OUT_PORT:
             _write_tap(io.tap_fds[rows[r, O_TARGET]], buf, rows[r, O_ROW], rows[r, O_START],
-                       rows[r, O_LEN], meta, rows[r, O_FRAME], tx, counters)
+                       rows[r, O_LEN], meta, rows[r, O_FRAME], tx, io, rows[r, O_TARGET], counters)
         elif kind == OUT_FLOOD:
             live = tables.ports.port_live
             for port in range(ports):
                 if port != rows[r, O_TARGET] and live[port] and io.tap_fds[port] >= 0:
                     _write_tap(io.tap_fds[port], buf, rows[r, O_ROW], rows[r, O_START],
-                               rows[r, O_LEN], meta, rows[r, O_FRAME], tx, counters)
+                               rows[r, O_LEN], meta, rows[r, O_FRAME], tx, io, port, counters)
         elif kind == OUT_OVERLAY:
             tx.queue[queued] = r
             queued += 1
+            _count_datagrams(io, buf, out, rows, r)
     if queued == 0:
         return
     # one sendmmsg per socket, the messages of each socket side by side in tx.msgs
@@ -375,16 +451,21 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
                 woken = True
                 continue
             if port == FD_OVERLAY:
-                n = recv_overlay(fd, frames, rx, counters)
+                n = recv_overlay(fd, frames, rx, io, counters)
             elif port >= 0:
-                n = read_tap(fd, port, frames, counters)
+                n = read_tap(fd, port, frames, io, counters)
             else:
                 continue
             if n == 0:
                 continue
+            io.stats.batch_sizes[min(7, 63 - _leading_zeros(n))] += 1
             if not _run_batch(frames, 0, n, now, tables, out, io, tx, state, port):
                 return WHY_SLOW
             if out.fill[F_SLOW] > 0:
                 return WHY_SLOW
         if woken:
             return WHY_WAKE
+        cap = io.capture
+        if cap.active[0] and (2 * cap.fill[0] >= cap.index.shape[0]
+                              or 2 * cap.fill[1] >= cap.data.shape[1]):
+            return WHY_CAPTURE

@@ -85,7 +85,15 @@ SRC_DATA = 1
 F_ROWS = 0
 F_DATA = 1
 F_SLOW = 2
+F_TRACE = 3
 FILL_COLS = 4
+
+# out.trace columns: a row per stage a frame went through (vrouter trace; off unless out.trace
+# has rows): the frame, the stage, what it named next (a stage or DONE), the frame's verdict so
+# far, and its 5-tuple after the stage (so a NAT rewrite shows)
+T_FRAME, T_STAGE, T_NEXT, T_ACTION, T_REASON, T_OUT = 0, 1, 2, 3, 4, 5
+T_SRC, T_DST, T_PROTO, T_SPORT, T_DPORT = 6, 7, 8, 9, 10
+TRACE_COLS = 11
 
 OUT_ROWS = FRAMES_MAX + 4 * BATCH
 OUT_DATA = 6 << 20         # segments of the super-frames of one batch

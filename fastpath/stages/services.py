@@ -286,6 +286,7 @@ def nat(buf, row, ip, may_open, partial, now, gw_ip, counters, services, conntra
         ct_vals[r, CT_STATE] = ST_REPLY
         ct_vals[r, CT_EXPIRES] = now + timeout_of(proto, 0)
         counters[R_SVC_NEW_FLOWS] += 1
+        services.fe_new[fe] += 1
     else:
         track(buf, row, l4, proto, j, ct_keys, ct_vals, now)
     new_src, new_dst = ct_vals[j, CT_SRC], ct_vals[j, CT_DST]

@@ -1,6 +1,7 @@
 """Kubernetes Services on real pods, Kubernetes e2e-style: every endpoint reached, replies from
 the service address, affinity, hairpin, and immediate refusal without endpoints."""
 import contextlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -260,6 +261,41 @@ for line in sys.stdin:
     s.sendall(b"hold " + line.encode())
     print(s.recv(1000).decode().strip(), flush=True)
 """
+
+
+@pytest.mark.parametrize("sport", [41001, 41002, 41003])
+def test_trace_names_the_backend_a_real_flow_then_reaches(svc_cluster, sport):
+    def trace():
+        result = subprocess.run([sys.executable, "-m", "vrouter", "trace", svc_cluster.prefix,
+                                 "--from", svc_cluster.pod("b2"), "--to", f"{VIP}:53",
+                                 "--proto", "udp", "--sport", str(sport), "--json"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["hops"]
+
+    hops = trace()
+    (service,) = [s["service"] for s in hops[0]["steps"] if "service" in s]
+    assert service["connection"] == "new" and service["service"] == "default/web"
+    last = hops[-1]
+    assert last["verdict"] in ("forwarded_routed", "forwarded_l2")
+    assert last["to"]["pod"] == service["backend_pod"]
+    assert [h["node"] for h in hops] == (["node-b"] if service["backend_node"] == "node-b"
+                                         else ["node-b", "node-a"])
+    backend = client(svc_cluster, "b2", "udp", VIP, 53, sport=sport)[0]   # the real flow
+    assert svc_cluster.pod(backend) == service["backend_pod"]
+    (again,) = [s["service"] for s in trace()[0]["steps"] if "service" in s]
+    assert again["connection"] == "established (conntrack)"
+    assert again["backend_pod"] == service["backend_pod"]
+
+
+def test_trace_errors_name_the_problem(svc_cluster):
+    cases = [(["--from", "nobody", "--to", VIP], "no such pod"),
+             (["--from", svc_cluster.pod("b2"), "--to", "nothing-here"],
+              "neither an IPv4 address, a pod nor a Service")]
+    for args, words in cases:
+        result = subprocess.run([sys.executable, "-m", "vrouter", "trace", svc_cluster.prefix,
+                                 *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and words in result.stderr, result.stderr
 
 
 def test_reload_removes_a_backend_udp_moves_on_tcp_survives(make_cluster, tmp_path):

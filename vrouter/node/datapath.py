@@ -22,10 +22,12 @@ from typing import Callable
 import trio
 
 from fastpath.io import (
-    FD_NONE, FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_SPIN_NS, WHY_ERROR, WHY_SLOW, serve,
+    FD_NONE, FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_SPIN_NS, WHY_CAPTURE, WHY_ERROR, WHY_SLOW,
+    serve,
 )
 from fastpath.layout import BATCH
 from fastpath.reasons import R_DROP_TX_ERROR
+from vrouter.node.capture import Captures
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.nodeio import new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring
 
@@ -57,6 +59,8 @@ class Datapath:
         self.rx = new_rx_ring(dp.rx)
         self.state = new_state(busy_poll_us)
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.captures = Captures(self)
+        self.overlay_port = dp.uplink + 1   # the overlay's row in stats and capture
         self.stopping = False
         self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="datapath", daemon=True)
@@ -105,6 +109,7 @@ class Datapath:
         """Serve `tap` as port `port` from the next batch on (in the data-path thread, or
         before it starts)."""
         self.taps[port] = tap
+        self.io.stats.port_stats[port] = 0   # a new pod's counts start at zero
         self.io.fd_port[tap.fd] = port
         self.io.tap_fds[port] = tap.fd
         self.epoll.register(tap.fd, select.EPOLLIN)
@@ -174,8 +179,10 @@ class Datapath:
                     self._slow_path()
                 elif why == WHY_ERROR:
                     raise OSError("epoll_wait failed in the data path")
-                else:
+                elif why != WHY_CAPTURE:
                     self._drain_wake()
+                if self.captures.sessions:
+                    self.captures.drain()
                 self._serve_requests()
         except BaseException as exc:
             self.failure = exc

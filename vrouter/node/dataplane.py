@@ -24,7 +24,7 @@ from fastpath.layout import (
     M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START,
     M_VFLAGS, META_COLS, O_DONE, O_FRAME, O_IN_PORT, O_KIND, O_LEN, O_REASON, O_ROW, O_SEGMENT,
     O_SOCKET, O_SRC, O_START, O_TARGET, OUT_COLS, OUT_DATA, OUT_OVERLAY, OUT_PORT,
-    OUT_ROWS, OUT_SLOW, P_PEER_DEAD_AFTER, SLOT, SLOW_DATA, SRC_DATA, VNET_HDR_LEN,
+    OUT_ROWS, OUT_SLOW, P_PEER_DEAD_AFTER, SLOT, SLOW_DATA, SRC_DATA, TRACE_COLS, VNET_HDR_LEN,
     VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import COUNTER_COUNT, COUNTER_NAMES
@@ -54,14 +54,16 @@ def new_frames(rows: int = BATCH, slot: int = SLOT) -> Frames:
                   np.zeros((FRAMES_MAX, META_COLS), dtype=np.int64))
 
 
-def new_output() -> Output:
+def new_output(trace_steps: int = 0) -> Output:
+    """An output batch; with `trace_steps`, room to record that many stage steps."""
     return Output(np.zeros((OUT_ROWS, OUT_COLS), dtype=np.int64),
                   np.zeros((1, OUT_DATA), dtype=np.uint8),
                   np.zeros((1, SLOW_DATA), dtype=np.uint8),
-                  np.zeros(FILL_COLS, dtype=np.int64))
+                  np.zeros(FILL_COLS, dtype=np.int64),
+                  np.zeros((trace_steps, TRACE_COLS), dtype=np.int64))
 
 
-def _load(frames: Frames, items) -> int:
+def load_into(frames: Frames, items) -> int:
     """(in_port, frame, virtio-net header) triples into a batch, one row each, as a read of a
     TAP puts them (the frame at HEADROOM)."""
     meta = frames.meta
@@ -139,7 +141,7 @@ class Dataplane:
 
     def load_gateway(self, frames: list[bytes]) -> int:
         """Put frames the gateway originates into the `gw` batch (at most BATCH)."""
-        return _load(self.gw, [(IN_GATEWAY, frame, NO_VNET) for frame in frames])
+        return load_into(self.gw, [(IN_GATEWAY, frame, NO_VNET) for frame in frames])
 
     # --- running batches in tests and tools ---------------------------------------------------
 
@@ -183,7 +185,7 @@ class Dataplane:
 
     def load_frames(self, items) -> int:
         """(in_port, frame, virtio-net header) triples into the rx batch, one row each."""
-        return _load(self.rx, items)
+        return load_into(self.rx, items)
 
     def process(self, frames: list[tuple[int, bytes]], detail: bool = False) -> list:
         """Run (in_port, frame) pairs (no virtio-net header) through the data plane.
@@ -203,10 +205,13 @@ class Dataplane:
             out += self.run(self.rx, self.load_frames(chunk))
         return out
 
-    def load_datagrams(self, rows: list[tuple[int, list[bytes]]]) -> int:
-        """(outer source IPv4 as int, [VXLAN datagrams]) per rx row, the datagrams back to back
-        as a UDP GRO train lies in a receive buffer; returns the frame count."""
-        meta, buf = self.rx.meta, self.rx.buf
+    def load_datagrams(self, rows: list[tuple[int, list[bytes]]], frames: Frames | None = None
+                       ) -> int:
+        """(outer source IPv4 as int, [VXLAN datagrams]) per row of `frames` (default: rx), the
+        datagrams back to back as a UDP GRO train lies in a receive buffer; returns the frame
+        count."""
+        frames = frames or self.rx
+        meta, buf = frames.meta, frames.buf
         n = 0
         for row, (source, datagrams) in enumerate(rows):
             position = HEADROOM - VXLAN_HEADER_LEN
@@ -291,6 +296,7 @@ class Dataplane:
         removed = old - set(zip(new.be_ip.tolist(), new.be_port.tolist()))
         ct = t.conntrack
         flushed = flush_backends(ct.ct_keys, ct.ct_vals, ct.aff_keys, ct.aff_vals, removed)
+        servicetables.carry_counts(self.services, new)
         self.tables = t._replace(services=new.group)
         self.cluster = cluster
         self.services = new

@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 
-from fastpath.groups import Frames, Io, RxRing, TxRing
+from fastpath.groups import Capture, Frames, Io, RxRing, Stats, TxRing
 from fastpath.io import (
     CMSG_WORDS, FD_NONE, MH_CONTROL, MH_CONTROLLEN, MH_IOV, MH_IOVLEN, MH_NAME, MH_NAMELEN,
     MMSG_WORDS, SOCKADDR_WORDS, STATE_COLS, ST_PENDING_PORT, ST_SPIN_NS, ST_TIMEOUT_MS,
@@ -27,9 +27,14 @@ def sockaddr_in(ip: str, port: int) -> bytes:
         + bytes(8)
 
 
+CAPTURE_ROWS = 8192
+CAPTURE_BYTES = 8 << 20
+
+
 def new_io(epfd: int, ports: int, sock_fds: list[int], peers: list[tuple[str, int]],
            fd_port: np.ndarray) -> Io:
-    """`ports`: how many TAP ports there can be (pods and the uplink); all start free (-1)."""
+    """`ports`: how many TAP ports there can be (pods and the uplink); all start free (-1).
+    Stats and capture have one row more: the overlay."""
     addrs = b"".join(sockaddr_in(ip, port) for ip, port in peers) or bytes(16)
     return Io(tap_fds=np.full(ports, -1, dtype=np.int64),
               sock_fds=np.array(sock_fds, dtype=np.int64),
@@ -37,6 +42,11 @@ def new_io(epfd: int, ports: int, sock_fds: list[int], peers: list[tuple[str, in
               fd_port=fd_port,
               events=np.zeros(MAX_EVENTS * EVENT_STRIDE, dtype=np.uint8),
               clock=np.zeros(2, dtype=np.int64),
+              stats=Stats(np.zeros((ports + 1, 4), dtype=np.int64), np.zeros(8, dtype=np.int64)),
+              capture=Capture(np.zeros(1, dtype=np.int64), np.zeros(ports + 1, dtype=np.int64),
+                              np.zeros((CAPTURE_ROWS, 4), dtype=np.int64),
+                              np.zeros((1, CAPTURE_BYTES), dtype=np.uint8),
+                              np.zeros(3, dtype=np.int64)),
               epfd=epfd, event_stride=EVENT_STRIDE)
 
 

@@ -17,14 +17,17 @@ import time
 
 import trio
 
+from fastpath.io import CAPTURE_RX, CAPTURE_TX
 from vrouter.host import outside, state
 from vrouter.host.tap import HostError, check_host, interface_problem
 from vrouter.host.underlay import open_overlay
 from vrouter.model import attachments
 from vrouter.model.config import Cluster, ConfigError, load
+from vrouter.node.capture import Session
 from vrouter.node.datapath import Datapath, ensure_compiled
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.pods import LocalPods, PodError
+from vrouter.node.trace import Tracer, TraceError
 from vrouter.ops import control
 from vrouter.ops.status import node_status
 
@@ -74,6 +77,7 @@ class Node:
         self.nursery: trio.Nursery | None = None
         self.started = time.time()
         self.reloads = {"ok": 0, "refused": 0, "last_error": None}
+        self.tracer: Tracer | None = None   # made at the first trace (its batch is 8 MB)
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -233,6 +237,58 @@ class Node:
             return {"ok": False, "kind": "host", "error": problem}
         return {"ok": True, **self.interface(port)}
 
+    async def capture(self, request: dict):
+        """Stream pcapng of a pod's port, the outside port, the overlay, or all of them, as
+        received or as sent (request: where = pod | outside | overlay | all, pod, direction =
+        received | sent | both)."""
+        bits = {"received": CAPTURE_RX, "sent": CAPTURE_TX, "both": CAPTURE_RX | CAPTURE_TX}
+        direction = request.get("direction", "received")
+        if direction not in bits:
+            return {"ok": False, "error": f"direction {direction!r}: received, sent or both"}
+        where = request.get("where", "all")
+        names = {}
+        if where in ("pod", "all"):
+            for port, pod in self.dp.ports.items():
+                if where == "all" or pod.name == request.get("pod"):
+                    names[port] = pod.name
+            if where == "pod" and not names:
+                return {"ok": False, "error": f"no pod {request.get('pod')!r} on {self.name}"}
+        if where in ("outside", "all"):
+            names[self.dp.uplink] = "outside"
+        if where in ("overlay", "all"):
+            names[self.datapath.overlay_port] = "overlay"
+        if not names:
+            return {"ok": False, "error": f"where {where!r}: pod, outside, overlay or all"}
+        session = Session({port: bits[direction] for port in names}, names,
+                          trio.lowlevel.current_trio_token())
+        key = await self.datapath.run(lambda: self.datapath.captures.add(session))
+
+        captures = self.datapath.captures
+
+        async def chunks():
+            try:
+                async for chunk in session.pcapng():
+                    yield chunk
+            finally:
+                self.datapath.call(lambda: captures.remove(key))
+
+        async def finish():   # what is in the ring now still goes out, then the stream ends
+            await self.datapath.run(lambda: (captures.drain(), captures.remove(key)))
+            await session.send.aclose()
+        return control.Stream({"ok": True, "node": self.name, "interfaces": sorted(names.values()),
+                               "direction": direction}, chunks(), finish)
+
+    async def trace(self, request: dict) -> dict:
+        """Where a packet would go from here, stage by stage (vrouter.node.trace)."""
+        def run():
+            if self.tracer is None:
+                self.tracer = Tracer(self.dp, [p.name for p in self.dp.peers])
+            return self.tracer.answer(request)
+        try:
+            return {"ok": True, **await self.datapath.run(run)}
+        except TraceError as exc:
+            return {"ok": False, "error": str(exc)}
+
     async def gc(self, request: dict) -> dict:
         """Forget this node's attachments of `network` that are not among `valid`
         ([{"container_id", "ifname"}]): what a runtime removed without a DEL."""
@@ -261,7 +317,8 @@ class Node:
                 nursery.start_soon(control.serve, state.socket_path(self.cluster.name, self.name),
                                    {"status": self.status, "reload": self.reload,
                                     "refresh": self.refresh, "attach": self.attach,
-                                    "detach": self.detach, "check": self.check, "gc": self.gc})
+                                    "detach": self.detach, "check": self.check, "gc": self.gc,
+                                    "capture": self.capture, "trace": self.trace})
                 log.info("node %s up: %d pods, underlay %s:%d, address %s in %s", self.name,
                          len(self.dp.ports), self.node.underlay, self.cluster.overlay.port,
                          self.node.address, self.cluster.outside_netns)

@@ -38,6 +38,7 @@ class Frontend:
     backends: list[str]       # "ip:port"
     snat: bool
     scope: str                # "cluster" or "node-local"
+    slot: int = -1            # its row in fe_keys / fe_vals / fe_new
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ServiceTables:
     maglev: np.ndarray
     be_ip: np.ndarray
     be_port: np.ndarray
+    fe_new: np.ndarray         # connections opened per frontend slot (the fast path counts)
     frontends: list[Frontend] = field(default_factory=list)
     backend_names: list[str] = field(default_factory=list)
     announced: list[str] = field(default_factory=list)   # addresses this node answers ARP for
@@ -54,7 +56,17 @@ class ServiceTables:
     @property
     def group(self) -> Services:
         """The arrays as the fast path takes them."""
-        return Services(self.fe_keys, self.fe_vals, self.maglev, self.be_ip, self.be_port)
+        return Services(self.fe_keys, self.fe_vals, self.maglev, self.be_ip, self.be_port,
+                        self.fe_new)
+
+
+def carry_counts(old: ServiceTables, new: ServiceTables) -> None:
+    """A frontend that stays keeps its connection count across a reload (metrics are counters)."""
+    def identity(f: Frontend):
+        return f.service, f.port_name, f.address, f.protocol, f.port
+    counts = {identity(f): int(old.fe_new[f.slot]) for f in old.frontends}
+    for f in new.frontends:
+        new.fe_new[f.slot] = counts.get(identity(f), 0)
 
 
 def announcer(cluster: Cluster, service, address) -> str | None:
@@ -147,10 +159,12 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
 
     fe_keys = hashtable.new_keys(max(1, len(entries)))
     fe_vals = np.zeros((fe_keys.shape[0], FE_COLS), dtype=np.int64)
-    for key, values in entries:
-        fe_vals[hashtable.find_or_claim(fe_keys, key)] = values
+    for frontend, (key, values) in zip(frontends, entries):
+        frontend.slot = hashtable.find_or_claim(fe_keys, key)
+        fe_vals[frontend.slot] = values
+    fe_new = np.zeros(fe_keys.shape[0], dtype=np.int64)
     maglev = (np.stack(row_arrays) if row_arrays else np.full((1, size), -1, dtype=np.int32))
     be_ip = np.array([ip for ip, _ in backends] or [0], dtype=np.int64)
     be_port = np.array([port for _, port in backends] or [0], dtype=np.int64)
-    return ServiceTables(fe_keys, fe_vals, maglev, be_ip, be_port, frontends, backend_names,
-                         sorted(set(announced)))
+    return ServiceTables(fe_keys, fe_vals, maglev, be_ip, be_port, fe_new, frontends,
+                         backend_names, sorted(set(announced)))

@@ -1,63 +1,23 @@
-"""`vrouter run | kernel-node | up | down | reload | status | check | attach | detach`."""
+"""`vrouter run | kernel-node | up | down | reload | status | check | attach | detach |
+cni-conf`, and the observing commands of vrouter.ops.observe (capture, trace, metrics)."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
 from vrouter.host import state
-from vrouter.model import config
-from vrouter.ops import control
-
-EXIT_CONFIG = 2
-EXIT_HOST = 1
-DEFAULT_CONFIG = Path("configs/demo.yaml")
-
-
-def default_config() -> str:
-    """configs/demo.yaml of the checkout we run from, else the copy shipped in the package."""
-    if DEFAULT_CONFIG.exists():
-        return str(DEFAULT_CONFIG)
-    return str(resources.files("vrouter") / "data" / "demo.yaml")
-
-
-def _load(path: str, check_host: bool = True, manifests: str | None = None) -> config.Cluster:
-    try:
-        return config.load(path, check_host=check_host, manifests=manifests)
-    except config.ConfigError as exc:
-        print(f"vrouter: config error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
-
-
-def _cluster(arg: str) -> config.Cluster:
-    """CLUSTER arguments: a cluster file, or the name of a running cluster (whose nodes
-    recorded the file they run)."""
-    if Path(arg).is_file() or not config._DNS_LABEL.match(arg):
-        return _load(arg, check_host=False)
-    for record in sorted(state.cluster_dir(arg).glob("*.json")):
-        source = (state.read_record(arg, record.stem) or {}).get("source") or {}
-        if source.get("config"):
-            return _load(source["config"], check_host=False, manifests=source.get("manifests"))
-    print(f"vrouter: {arg!r} is neither a cluster file nor a running cluster", file=sys.stderr)
-    raise SystemExit(EXIT_CONFIG)
-
-
-def _ask(cluster: config.Cluster, node: str, cmd: str, timeout: float = 60, **fields) -> dict:
-    try:
-        return control.request(state.socket_path(cluster.name, node), cmd, timeout=timeout,
-                               **fields)
-    except OSError:
-        print(f"vrouter: node {node!r} of cluster {cluster.name!r} is not running",
-              file=sys.stderr)
-        raise SystemExit(EXIT_HOST) from None
+from vrouter.ops import control, observe
+from vrouter.ops.common import (
+    EXIT_CONFIG, EXIT_HOST, ask, cluster_arg, default_config, load_cluster, unknown_node,
+)
 
 
 def cmd_attach(args) -> int:
-    cluster = _cluster(args.cluster)
-    if _unknown_node(args, cluster):
+    cluster = cluster_arg(args.cluster)
+    if unknown_node(args, cluster):
         return EXIT_CONFIG
     labels = {}
     for item in args.label:
@@ -67,7 +27,7 @@ def cmd_attach(args) -> int:
             return EXIT_CONFIG
         labels[key] = value
     name = args.name or Path(args.netns).name
-    answer = _ask(cluster, args.node, "attach", name=name, namespace=args.namespace,
+    answer = ask(cluster, args.node, "attach", name=name, namespace=args.namespace,
                   netns=args.netns, labels=labels, ifname=args.ifname, ip=args.ip)
     if not answer.get("ok"):
         print(f"vrouter: attach refused: {answer.get('error')}", file=sys.stderr)
@@ -80,14 +40,14 @@ def cmd_attach(args) -> int:
 
 def cmd_detach(args) -> int:
     from vrouter.model import attachments
-    cluster = _cluster(args.cluster)
+    cluster = cluster_arg(args.cluster)
     record = next((a for a in attachments.load(cluster.name) if a.pod.name == args.name), None)
     if record is None:
         print(f"vrouter: no pod {args.name!r} is attached at runtime in cluster "
               f"{cluster.name!r} (pods of the cluster file leave through a reload)",
               file=sys.stderr)
         return EXIT_CONFIG
-    answer = _ask(cluster, record.pod.node, "detach", name=args.name)
+    answer = ask(cluster, record.pod.node, "detach", name=args.name)
     if not answer.get("ok"):
         print(f"vrouter: detach failed: {answer.get('error')}", file=sys.stderr)
         return EXIT_HOST
@@ -99,8 +59,8 @@ def cmd_cni_conf(args) -> int:
     """A node's CNI network configuration (a conflist), printed or installed; optionally the
     plugin itself, for runtimes that look in a plugin directory."""
     import os
-    cluster = _cluster(args.cluster)
-    if _unknown_node(args, cluster):
+    cluster = cluster_arg(args.cluster)
+    if unknown_node(args, cluster):
         return EXIT_CONFIG
     node = cluster.node(args.node)
     plugin = {"type": "vrouter-cni", "cluster": cluster.name, "node": node.name}
@@ -137,7 +97,7 @@ def cmd_cni_conf(args) -> int:
 
 def cmd_check(args) -> int:
     from vrouter.model.services import endpoints
-    cluster = _load(args.config, manifests=args.manifests)
+    cluster = load_cluster(args.config, manifests=args.manifests)
     print(f"{args.config}: ok: cluster {cluster.name}, {len(cluster.nodes)} nodes, "
           f"{len(cluster.pods)} pods, {len(cluster.services)} services")
     print(f"  outside network {cluster.node_network} in netns {cluster.outside_netns} "
@@ -158,8 +118,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_reload(args) -> int:
-    cluster = (_load(args.config, manifests=args.manifests) if args.manifests
-               else _cluster(args.config or default_config()))   # a bad file fails here, early
+    cluster = (load_cluster(args.config, manifests=args.manifests) if args.manifests
+               else cluster_arg(args.config or default_config()))   # a bad file fails here, early
     failed = 0
     for node in cluster.nodes:
         try:
@@ -191,8 +151,8 @@ def cmd_reload(args) -> int:
 def cmd_run(args) -> int:
     from vrouter.node import process as node
     from vrouter.host.tap import HostError
-    cluster = _load(args.config, manifests=args.manifests)
-    if _unknown_node(args, cluster):
+    cluster = load_cluster(args.config, manifests=args.manifests)
+    if unknown_node(args, cluster):
         return EXIT_CONFIG
     try:
         node.run(cluster, args.node)
@@ -205,8 +165,8 @@ def cmd_run(args) -> int:
 def cmd_kernel_node(args) -> int:
     from vrouter.host import kernelnode
     from vrouter.host.tap import HostError
-    cluster = _load(args.config, check_host=not args.down)
-    if _unknown_node(args, cluster):
+    cluster = load_cluster(args.config, check_host=not args.down)
+    if unknown_node(args, cluster):
         return EXIT_CONFIG
     try:
         if args.down:
@@ -225,30 +185,20 @@ def cmd_kernel_node(args) -> int:
     return 0
 
 
-def _unknown_node(args, cluster) -> bool:
-    try:
-        cluster.node(args.node)
-        return False
-    except KeyError:
-        print(f"vrouter: config error: {cluster.source}: nodes: no node named {args.node!r} "
-              f"(nodes: {', '.join(n.name for n in cluster.nodes)})", file=sys.stderr)
-        return True
-
-
 def cmd_up(args) -> int:
     from vrouter.ops import launcher
-    return launcher.up(_load(args.config or default_config(), manifests=args.manifests),
+    return launcher.up(load_cluster(args.config or default_config(), manifests=args.manifests),
                        args.timeout)
 
 
 def cmd_down(args) -> int:
     from vrouter.ops import launcher
-    return launcher.down(_cluster(args.config or default_config()))
+    return launcher.down(cluster_arg(args.config or default_config()))
 
 
 def cmd_status(args) -> int:
     from vrouter.ops.status import render
-    cluster = _cluster(args.config or default_config())
+    cluster = cluster_arg(args.config or default_config())
     names = [args.node] if args.node else [n.name for n in cluster.nodes]
     results, missing = [], []
     for name in names:
@@ -337,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin-dir", metavar="DIR", help="also install the vrouter-cni plugin "
                    "there (e.g. /opt/cni/bin)")
     p.set_defaults(func=cmd_cni_conf)
+
+    observe.add_parsers(sub)
 
     p = sub.add_parser("check", help="validate a cluster file and show the pods' addresses")
     p.add_argument("config")

@@ -1,7 +1,9 @@
 """The node's control socket: one JSON request per line, one JSON answer per line.
 
-Requests: {"cmd": "status"}. The server side runs inside the node's trio nursery; the client is
-plain blocking code for the CLI and the launcher.
+Requests: {"cmd": "status"} and the like. A handler may instead answer with a Stream: its JSON
+header line, then raw bytes until the stream ends or the client goes (`vrouter capture`). The
+server side runs inside the node's trio nursery; the client is plain blocking code for the CLI,
+the launcher and vrouter-cni.
 """
 from __future__ import annotations
 
@@ -9,11 +11,23 @@ import inspect
 import json
 import socket
 from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
 
 import trio
 
 MAX_REQUEST = 64 * 1024
+
+
+@dataclass
+class Stream:
+    header: dict
+    chunks: AsyncIterator[bytes]   # closed (aclose) when the client goes
+    # the client closed its sending side: end the stream after what is pending (else: cut it)
+    finish: Callable[[], Awaitable[None]] | None = None
+
+
+FINISH_TIMEOUT = 5.0
 
 
 async def serve(path: Path, handlers: dict[str, Callable[[dict], dict]]) -> None:
@@ -56,9 +70,56 @@ async def _answer(conn, handlers) -> None:
                     answer = await answer
             except Exception as exc:   # a bad request gets an answer, never kills the node
                 answer = {"error": f"{type(exc).__name__}: {exc}"}
+            if isinstance(answer, Stream):
+                await _stream(stream, answer)
+                return
             await stream.send_all(json.dumps(answer).encode() + b"\n")
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass   # the client went away
+
+
+async def _stream(stream: trio.SocketStream, answer: Stream) -> None:
+    """Header, then chunks; the client closing its end (or the node stopping) ends it."""
+    async def client_gone(cancel_scope):
+        while await stream.receive_some(4096):
+            pass
+        if answer.finish is not None:
+            with trio.move_on_after(FINISH_TIMEOUT):
+                await answer.finish()
+                return   # the chunks end by themselves
+        cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client_gone, nursery.cancel_scope)
+            await stream.send_all(json.dumps(answer.header).encode() + b"\n")
+            async for chunk in answer.chunks:
+                if chunk:
+                    await stream.send_all(chunk)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await answer.chunks.aclose()
+
+
+def open_stream(path: Path, cmd: str, timeout: float = 30.0, **fields):
+    """Ask for a stream: (its header, a socket to read the rest from, blocking)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+        data = b""
+        while b"\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        line, _, rest = data.partition(b"\n")
+        s.settimeout(None)
+        return json.loads(line), s, rest
+    except BaseException:
+        s.close()
+        raise
 
 
 def request(path: Path, cmd: str, timeout: float = 5.0, **fields) -> dict:

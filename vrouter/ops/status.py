@@ -19,8 +19,33 @@ def _outside(node) -> dict:
                            for ip, mac in neighbours]}
 
 
+BATCH_BUCKETS = ("1", "2-3", "4-7", "8-15", "16-31", "32-63", "64-127", "128+")
+
+
+def _traffic(stats_row) -> dict:
+    rx_frames, rx_bytes, tx_frames, tx_bytes = (int(v) for v in stats_row)
+    return {"rx_frames": rx_frames, "rx_bytes": rx_bytes, "tx_frames": tx_frames,
+            "tx_bytes": tx_bytes}
+
+
+def _datapath(node) -> dict | None:
+    """The I/O edge's view: traffic per port (pods, outside, overlay), batch sizes, captures."""
+    datapath = node.datapath
+    if datapath is None:
+        return None
+    stats = datapath.io.stats
+    return {**datapath.describe(),
+            "captures": len(datapath.captures.sessions),
+            "outside": _traffic(stats.port_stats[node.dp.uplink]),
+            "overlay": _traffic(stats.port_stats[datapath.overlay_port]),
+            "batch_sizes": dict(zip(BATCH_BUCKETS, (int(v) for v in stats.batch_sizes)))}
+
+
 def node_status(node) -> dict:
+    """Everything the node shows (status, metrics): read in the data-path thread, so one
+    consistent snapshot."""
     dp = node.dp
+    port_stats = node.datapath.io.stats.port_stats if node.datapath else None
     fdb = [{**e, "pod": dp.ports[e["port"]].name if e["port"] in dp.ports else None}
            for e in dp.fdb_entries()]
     neighbours = [{"ip": str(node.node.gateway), "mac": node.node.gateway_mac, "port": None,
@@ -42,7 +67,8 @@ def node_status(node) -> dict:
         "vtepMAC": node.node.vtep_mac,
         "ports": [{"port": k, "pod": pod.name, "namespace": pod.namespace, "netns": pod.netns,
                    "tap": f"{pod.ifname} (ifindex {node.pods.ports[k].ifindex} in {pod.netns})",
-                   "mac": pod.mac, "ip": str(pod.ip)}
+                   "mac": pod.mac, "ip": str(pod.ip),
+                   **(_traffic(port_stats[k]) if port_stats is not None else {})}
                   for k, pod in sorted(dp.ports.items()) if k in node.pods.ports],
         "fdb": sorted(fdb, key=lambda e: (e["port"], e["mac"])),
         "arp": neighbours,
@@ -52,12 +78,19 @@ def node_status(node) -> dict:
                   for k, p in enumerate(dp.peers)],
         "services": [{"service": f.service, "port": f.port_name, "frontend":
                       f"{f.address}:{f.port}/{f.protocol}", "backends": f.backends,
-                      "snat": f.snat, "scope": f.scope} for f in dp.services.frontends],
+                      "snat": f.snat, "scope": f.scope,
+                      "new_connections": int(dp.services.fe_new[f.slot])}
+                     for f in dp.services.frontends],
         "conntrack": dp.conntrack_fill(),
         "reloads": dict(node.reloads),
-        "datapath": node.datapath.describe() if node.datapath else None,
+        "datapath": _datapath(node),
         "counters": dp.counter_dict(),
     }
+
+
+def _frames(t: dict) -> str:
+    return (f"rx {t['rx_frames']} frames {t['rx_bytes']} B, "
+            f"tx {t['tx_frames']} frames {t['tx_bytes']} B")
 
 
 def render(status: dict, show_zero: bool = False) -> str:
@@ -67,7 +100,8 @@ def render(status: dict, show_zero: bool = False) -> str:
              f"{status['gateway']['mac']}  underlay {status['underlay']}  vtep {status['vtepMAC']}",
              "  ports:"]
     for p in status["ports"]:
-        lines.append(f"    {p['port']:>3}  {p['pod']:<16} {p['ip']:<15} {p['mac']}  {p['tap']}")
+        lines.append(f"    {p['port']:>3}  {p['pod']:<16} {p['ip']:<15} {p['mac']}  {p['tap']}"
+                     + (f"  {_frames(p)}" if "rx_frames" in p else ""))
     lines.append("  mac table:")
     for e in status["fdb"]:
         kind = "static" if e["static"] else f"learned {e['age']}s ago"
@@ -91,7 +125,7 @@ def render(status: dict, show_zero: bool = False) -> str:
             backends = ", ".join(f["backends"]) or "no endpoints"
             extra = (" snat" if f["snat"] else "") + (" local" if f["scope"] != "cluster" else "")
             lines.append(f"    {f['frontend']:<24} {f['service']}{'/' + f['port'] if f['port'] else ''}"
-                         f"{extra} -> {backends}")
+                         f"{extra} -> {backends}  ({f['new_connections']} connections)")
         ct = status["conntrack"]
         lines.append(f"  conntrack: {ct['entries']} entries of {ct['capacity']}")
     d = status.get("datapath")
@@ -99,6 +133,10 @@ def render(status: dict, show_zero: bool = False) -> str:
         lines.append(f"  data path: busy-poll {d['busy_poll_us']} us after traffic, TAP offloads "
                      f"{d['tap_offloads']}, overlay source ports "
                      f"{', '.join(map(str, d['overlay_source_ports']))}")
+        lines.append(f"    overlay {_frames(d['overlay'])}; outside {_frames(d['outside'])}"
+                     + (f"; {d['captures']} captures running" if d["captures"] else ""))
+        lines.append("    frames per read batch: " + ", ".join(
+            f"{size}: {count}" for size, count in d["batch_sizes"].items() if count))
     r = status.get("reloads", {})
     if r.get("ok") or r.get("refused"):
         lines.append(f"  reloads: {r['ok']} applied, {r['refused']} refused"
