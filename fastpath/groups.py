@@ -99,7 +99,7 @@ class Output(NamedTuple):
 class Stats(NamedTuple):
     """What the I/O edge counts: per port (pods, the uplink, then the overlay as one more)."""
     port_stats: np.ndarray      # int64[ports + 1, 4]: rx frames, rx bytes, tx frames, tx bytes
-    batch_sizes: np.ndarray     # int64[8]: reads per batch: 1, 2-3, 4-7, ..., 64-127, 128+
+    batch_sizes: np.ndarray     # int64[9]: reads of 1, 2-3, 4-7, ..., 64-127, 128+ frames; frames
 
 
 class Capture(NamedTuple):

@@ -76,6 +76,9 @@ WHY_ERROR = 4         # epoll_wait failed
 WHY_GATEWAY = 5       # the gateway's batch (state[ST_GATEWAY_N]) is written
 WHY_CAPTURE = 6       # the capture ring is half full: drain it
 
+# Stats.batch_sizes: 8 buckets (1, 2-3, ..., 128+) of frames per read, then their sum
+BATCH_FRAMES = 8
+
 # Stats.port_stats columns
 RX_FRAMES, RX_BYTES, TX_FRAMES, TX_BYTES = 0, 1, 2, 3
 # Capture.points bits
@@ -459,6 +462,7 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
             if n == 0:
                 continue
             io.stats.batch_sizes[min(7, 63 - _leading_zeros(n))] += 1
+            io.stats.batch_sizes[BATCH_FRAMES] += n
             if not _run_batch(frames, 0, n, now, tables, out, io, tx, state, port):
                 return WHY_SLOW
             if out.fill[F_SLOW] > 0:

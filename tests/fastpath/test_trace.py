@@ -9,8 +9,11 @@ from vrouter.node.trace import TraceError, Tracer
 from tests.fastpath.test_services import A_IP, B_IP, REMOTE, VIP, inner, make_dp, to_vip
 
 
+SOURCE_PORTS = [50001 + k for k in range(8)]   # one per overlay send socket
+
+
 def tracer(dp: Dataplane) -> Tracer:
-    return Tracer(dp, [p.name for p in dp.peers])
+    return Tracer(dp, [p.name for p in dp.peers], SOURCE_PORTS)
 
 
 def stages(result) -> list[str]:
@@ -40,6 +43,10 @@ def test_remote_pod_leaves_over_the_overlay_and_the_peer_takes_it_up():
     assert result["to"]["node"] == "node-b"
     datagram = bytes.fromhex(result["to"]["datagram"])
     assert inner(OVERLAY_TARGET, datagram)[IP].dst == REMOTE
+    outer = result["outer"]
+    assert (outer["src"], outer["dst"]) == (result["to"]["source"], result["to"]["underlay"])
+    assert outer["dport"] == dp.cluster.overlay.port and outer["vni"] == dp.cluster.overlay.vni
+    assert outer["sport"] in SOURCE_PORTS and outer["inner_length"] == len(datagram) - 8
 
     peer = Dataplane(dp.cluster, "node-b")
     hop = tracer(peer).from_overlay(result["to"]["source"], datagram)

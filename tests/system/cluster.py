@@ -54,6 +54,13 @@ def iperf3(server_ns: str, server_ip: str, client_ns: str, *args: str, seconds: 
     return json.loads(result.stdout)
 
 
+def child_env() -> dict:
+    """The environment for `python -m vrouter` run from another directory: this checkout first."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+
+
 def list_netns() -> set[str]:
     try:
         return set(os.listdir("/run/netns"))
@@ -63,7 +70,7 @@ def list_netns() -> set[str]:
 
 class Cluster:
     def __init__(self, tmp_path: Path, pods_per_node=(2, 2), port=4789, extra_pods=(),
-                 mtu=1500, underlays=None, services="", prefix=None):
+                 mtu=1500, underlays=None, services="", prefix=None, options=None):
         self.prefix = prefix or new_prefix()
         if underlays is None:
             a, b = unique_underlay_octets()
@@ -77,7 +84,8 @@ class Cluster:
                                   "node": self.nodes[k]["name"]})
         self.pods.extend(extra_pods)
         self.doc = {"cluster": {"name": self.prefix, "podCIDR": "10.244.0.0/16",
-                                "overlay": {"vni": 1, "port": port, "mtu": mtu}},
+                                "overlay": {"vni": 1, "port": port, "mtu": mtu},
+                                **(options or {})},
                     "nodes": self.nodes, "pods": self.pods}
         self.path = tmp_path / f"{self.prefix}.yaml"
         self.path.write_text(yaml.safe_dump(self.doc, sort_keys=False) + services)
@@ -89,8 +97,11 @@ class Cluster:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> "Cluster":
-        self.proc = subprocess.Popen([sys.executable, "-m", "vrouter", "up", str(self.path)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # started as a user would, from the file's directory with a relative path: commands
+        # that name the running cluster from elsewhere must still find its file
+        self.proc = subprocess.Popen([sys.executable, "-m", "vrouter", "up", self.path.name],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     cwd=self.path.parent, env=child_env())
         deadline = time.monotonic() + READY_TIMEOUT
         while not all(self._ready(n["name"]) for n in self.nodes):
             if self.proc.poll() is not None:
@@ -123,7 +134,7 @@ class Cluster:
     def leftovers(self) -> list[str]:
         """Namespaces, devices, processes and state this cluster still has on the machine."""
         found = [f"netns {n}" for n in list_netns() - self.netns_before if n.startswith(self.prefix)]
-        ps = subprocess.run(["pgrep", "-f", str(self.path)], capture_output=True, text=True)
+        ps = subprocess.run(["pgrep", "-f", self.path.name], capture_output=True, text=True)
         found += [f"process {pid}" for pid in ps.stdout.split()]
         if state.cluster_dir(self.prefix).exists():
             found.append(f"state dir {state.cluster_dir(self.prefix)}")

@@ -137,6 +137,19 @@ def udp_counters(netns):
     return dict(zip(lines[0][1:], map(int, lines[1][1:])))
 
 
+def where_lost(cluster) -> dict:
+    """For a failure message: the nodes' drop counters and the pods' interface drops."""
+    found = {}
+    for node in ("node-a", "node-b"):
+        status = cluster.status(node)
+        found[node] = {k: v for k, v in status["counters"].items() if k.startswith("drop") and v}
+        found[node]["longest_request_us"] = status["datapath"]["longest_request_us"]
+    for pod in ("a1", "b1"):
+        found[pod] = cluster.sh(pod, "ip", "-s", "link", "show", "eth0").stdout
+    found["host udp"] = open("/proc/net/snmp").read().splitlines()[-3:]
+    return found
+
+
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_pods_coming_and_going_do_not_disturb_other_flows(make_cluster, proto):
     """A stream between a1 and b1 while pods are attached and detached on both nodes: TCP
@@ -177,7 +190,8 @@ def test_pods_coming_and_going_do_not_disturb_other_flows(make_cluster, proto):
         out = udp_counters(cluster.pod("a1"))["OutDatagrams"] - sent["OutDatagrams"]
         now = udp_counters(cluster.pod("b1"))
         arrived = sum(now[k] - received[k] for k in ("InDatagrams", "InErrors", "NoPorts"))
-        assert report["end"]["sum"]["packets"] > 10000 and arrived == out, (out, arrived)
+        assert report["end"]["sum"]["packets"] > 10000 and arrived == out, (
+            out, arrived, where_lost(cluster))
     else:
         intervals = [i["sum"]["bytes"] for i in report["intervals"]]
         assert len(intervals) >= 10 and min(intervals) > 0, intervals

@@ -125,6 +125,13 @@ class Cluster:
     node_network: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_NODE_NETWORK)
     busy_poll_us: int = DEFAULT_BUSY_POLL_US   # keep polling this long after traffic (0: never)
     max_pods: int = DEFAULT_MAX_PODS           # pod ports per node (the uplink is port max_pods)
+    metrics_port: int = 0                      # node k serves Prometheus on 127.0.0.1:port+k (0: off)
+
+    def metrics_address(self, node_name: str) -> tuple[str, int] | None:
+        """Where a node serves its Prometheus metrics, if it does."""
+        if not self.metrics_port:
+            return None
+        return "127.0.0.1", self.metrics_port + self.node(node_name).index
 
     @property
     def outside_netns(self) -> str:
@@ -318,7 +325,7 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     from vrouter.model import services
     c = reader.mapping(doc["cluster"], "cluster",
                        {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
-                        "services", "busyPollMicroseconds", "maxPodsPerNode"},
+                        "services", "busyPollMicroseconds", "maxPodsPerNode", "metricsPort"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
@@ -338,6 +345,7 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
                                "cluster.busyPollMicroseconds", 0, 1_000_000)
     max_pods = reader.integer(c.get("maxPodsPerNode", DEFAULT_MAX_PODS), "cluster.maxPodsPerNode",
                               1, 4096)
+    metrics_port = reader.integer(c.get("metricsPort", 0), "cluster.metricsPort", 0, 65535)
 
     raw_nodes = doc["nodes"]
     if not isinstance(raw_nodes, list) or not raw_nodes:
@@ -353,6 +361,9 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     if not isinstance(raw_pods, list):
         reader.fail("pods", "must be a list of pods")
     pods = _build_pods(reader, raw_pods, {nd.name: nd for nd in nodes}, check_host)
+    if metrics_port and (metrics_port < 1024 or metrics_port + len(nodes) - 1 > 65535):
+        reader.fail("cluster.metricsPort", f"{metrics_port}: node k serves metrics on port "
+                    f"metricsPort+k, so it must lie in 1024..{65536 - len(nodes)} (0: off)")
     for node in nodes:
         count = sum(1 for p in pods if p.node == node.name)
         if count > max_pods:
@@ -369,7 +380,8 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     return Cluster(source=reader.path, name=name, pod_cidr=pod_cidr, service_cidr=service_cidr,
                    overlay=overlay, nodes=tuple(nodes), pods=tuple(pods), fdb_age=fdb_age,
                    services=tuple(allocated), service_options=options, manifests=manifests_dir,
-                   node_network=node_network, busy_poll_us=busy_poll, max_pods=max_pods)
+                   node_network=node_network, busy_poll_us=busy_poll, max_pods=max_pods,
+                   metrics_port=metrics_port)
 
 
 def _is_prime(n: int) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import time
 
 import trio
 from scapy.utils import RawPcapNgWriter
@@ -108,6 +109,12 @@ class Captures:
         state[ST_TIMEOUT_MS] = FLUSH_MS if self.sessions else IDLE_TIMEOUT_MS
         if not self.sessions:
             capture.fill[:2] = 0
+
+    def written(self, port: int, frame: bytes) -> None:
+        """A frame the slow path wrote itself (an ARP answer): after what the ring holds."""
+        self.drain()
+        for session in self.sessions.values():
+            session.offer([(port, True, time.time_ns(), frame)])
 
     def drain(self) -> None:
         capture = self.datapath.io.capture

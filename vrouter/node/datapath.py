@@ -17,12 +17,13 @@ import os
 import queue
 import select
 import threading
+import time
 from typing import Callable
 
 import trio
 
 from fastpath.io import (
-    FD_NONE, FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_SPIN_NS, WHY_CAPTURE, WHY_ERROR, WHY_SLOW,
+    BATCH_FRAMES, FD_NONE, FD_OVERLAY, TX_BYTES, TX_FRAMES, FD_WAKE, ST_GATEWAY_N, ST_SPIN_NS, WHY_CAPTURE, WHY_ERROR, WHY_SLOW,
     serve,
 )
 from fastpath.layout import BATCH
@@ -32,6 +33,9 @@ from vrouter.node.dataplane import Dataplane
 from vrouter.node.nodeio import new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring
 
 log = logging.getLogger("vrouter.node.datapath")
+
+# the buckets of Stats.batch_sizes by their upper bound (a Prometheus histogram's "le")
+BATCH_BUCKETS = ("1", "3", "7", "15", "31", "63", "127", "+Inf")
 
 
 class Datapath:
@@ -59,6 +63,8 @@ class Datapath:
         self.rx = new_rx_ring(dp.rx)
         self.state = new_state(busy_poll_us)
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.request_count = 0       # control-side requests run between batches...
+        self.longest_request_ns = 0  # ...and the longest one: the longest the data path paused
         self.captures = Captures(self)
         self.overlay_port = dp.uplink + 1   # the overlay's row in stats and capture
         self.stopping = False
@@ -123,11 +129,25 @@ class Datapath:
         return tap
 
     def describe(self) -> dict:
-        """What `vrouter status` shows of the data path."""
+        """What `vrouter status` shows of the data path's set-up."""
         return {"busy_poll_us": int(self.state[ST_SPIN_NS]) // 1000,
                 "overlay_source_ports": self.overlay.source_ports,
+                "requests": self.request_count,
+                "longest_request_us": self.longest_request_ns // 1000,
                 "tap_offloads": "csum tso4 tso6" + (" uso4 uso6" if all(
                     t.uso for t in self.taps.values()) else "")}
+
+    def traffic(self, port: int) -> dict:
+        """Frames and bytes read from and written to a port (pods, the uplink, the overlay)."""
+        rx_frames, rx_bytes, tx_frames, tx_bytes = self.io.stats.port_stats[port].tolist()
+        return {"rx_frames": rx_frames, "rx_bytes": rx_bytes, "tx_frames": tx_frames,
+                "tx_bytes": tx_bytes}
+
+    def batch_sizes(self) -> dict:
+        """How many frames the reads returned: counts per bucket, and the frames in all."""
+        counts = self.io.stats.batch_sizes.tolist()
+        return {"buckets": dict(zip(BATCH_BUCKETS, counts[:BATCH_FRAMES])),
+                "frames": counts[BATCH_FRAMES]}
 
     # --- requests from the control side ----------------------------------------------------------
 
@@ -160,10 +180,14 @@ class Datapath:
                 fn, done = self.requests.get_nowait()
             except queue.Empty:
                 return
+            started = time.perf_counter_ns()
             try:
                 result, error = fn(), None
             except Exception as exc:   # the caller gets it; the data path goes on
                 result, error = None, exc
+            self.request_count += 1
+            self.longest_request_ns = max(self.longest_request_ns,
+                                          time.perf_counter_ns() - started)
             try:
                 done(result, error)
             except RuntimeError:
@@ -201,11 +225,17 @@ class Datapath:
 
     def write_l2(self, frames: list[tuple[int, bytes]]) -> None:
         """Write (port, frame) pairs as they are (ARP, from the slow path)."""
+        stats = self.io.stats.port_stats
         for port, frame in frames:
             try:
                 self.taps[port].write(frame)
             except (OSError, KeyError):   # KeyError: the pod left meanwhile
                 self.dp.counters[R_DROP_TX_ERROR] += 1
+                continue
+            stats[port, TX_FRAMES] += 1
+            stats[port, TX_BYTES] += len(frame)
+            if self.captures.sessions:
+                self.captures.written(port, frame)
 
     def route(self, frames: list[bytes]) -> None:
         """Route packets the gateway originates (echo replies, ICMP errors, keepalives) through

@@ -275,11 +275,11 @@ class Dataplane:
         """ValueError when `cluster` differs from the running one in what needs a restart."""
         def wiring(c):   # what the node is made of
             return (c.name, c.nodes, c.overlay, c.service_options, c.fdb_age, c.busy_poll_us,
-                    c.max_pods, c.node_network)
+                    c.max_pods, c.node_network, c.metrics_port)
         if wiring(cluster) != wiring(self.cluster):
             raise ValueError("nodes, the overlay, the outside network and the node options "
-                             "(fdbAgeSeconds, busyPollMicroseconds, maxPodsPerNode, services) "
-                             "need a restart; pods and Services can change")
+                             "(fdbAgeSeconds, busyPollMicroseconds, maxPodsPerNode, metricsPort, "
+                             "services) need a restart; pods and Services can change")
 
     def reload(self, cluster: Cluster) -> dict:
         """Swap in the Services of `cluster`, the live model (between batches, so atomically
@@ -349,6 +349,14 @@ class Dataplane:
                                 "port": int(b.fdb_vals[j, FDB_PORT]), "static": bool(static),
                                 "age": None if static else now - seen})
         return entries
+
+    def frontends(self) -> list[dict]:
+        """The Service frontends, with the connections each has opened."""
+        fe_new = self.services.fe_new
+        return [{"service": f.service, "port": f.port_name,
+                 "frontend": f"{f.address}:{f.port}/{f.protocol}", "backends": f.backends,
+                 "snat": f.snat, "scope": f.scope, "new_connections": int(fe_new[f.slot])}
+                for f in self.services.frontends]
 
     def conntrack_fill(self) -> dict:
         ct = self.tables.conntrack

@@ -11,7 +11,7 @@ import numpy as np
 
 from fastpath.groups import Capture, Frames, Io, RxRing, Stats, TxRing
 from fastpath.io import (
-    CMSG_WORDS, FD_NONE, MH_CONTROL, MH_CONTROLLEN, MH_IOV, MH_IOVLEN, MH_NAME, MH_NAMELEN,
+    BATCH_FRAMES, CMSG_WORDS, FD_NONE, MH_CONTROL, MH_CONTROLLEN, MH_IOV, MH_IOVLEN, MH_NAME, MH_NAMELEN,
     MMSG_WORDS, SOCKADDR_WORDS, STATE_COLS, ST_PENDING_PORT, ST_SPIN_NS, ST_TIMEOUT_MS,
 )
 from fastpath.layout import BATCH, HEADROOM, OUT_ROWS, SLOT, VXLAN_HEADER_LEN
@@ -42,7 +42,8 @@ def new_io(epfd: int, ports: int, sock_fds: list[int], peers: list[tuple[str, in
               fd_port=fd_port,
               events=np.zeros(MAX_EVENTS * EVENT_STRIDE, dtype=np.uint8),
               clock=np.zeros(2, dtype=np.int64),
-              stats=Stats(np.zeros((ports + 1, 4), dtype=np.int64), np.zeros(8, dtype=np.int64)),
+              stats=Stats(np.zeros((ports + 1, 4), dtype=np.int64),
+                          np.zeros(BATCH_FRAMES + 1, dtype=np.int64)),
               capture=Capture(np.zeros(1, dtype=np.int64), np.zeros(ports + 1, dtype=np.int64),
                               np.zeros((CAPTURE_ROWS, 4), dtype=np.int64),
                               np.zeros((1, CAPTURE_BYTES), dtype=np.uint8),

@@ -26,6 +26,7 @@ from vrouter.model.config import Cluster, ConfigError, load
 from vrouter.node.capture import Session
 from vrouter.node.datapath import Datapath, ensure_compiled
 from vrouter.node.dataplane import Dataplane
+from vrouter.node.metrics import Metrics, snapshot_from
 from vrouter.node.pods import LocalPods, PodError
 from vrouter.node.trace import Tracer, TraceError
 from vrouter.ops import control
@@ -67,7 +68,9 @@ class Node:
         self.cluster = cluster            # the live model: the file plus runtime attachments
         self.name = node_name
         self.node = cluster.node(node_name)
-        self.source = {"config": cluster.source, "manifests": cluster.manifests}
+        # absolute: commands and vrouter-cni name the cluster from any directory
+        self.source = {"config": os.path.abspath(cluster.source),
+                       "manifests": cluster.manifests and os.path.abspath(cluster.manifests)}
         self.pods = LocalPods(self)
         self.dp: Dataplane | None = None
         self.uplink: outside.UplinkPort | None = None
@@ -78,6 +81,7 @@ class Node:
         self.started = time.time()
         self.reloads = {"ok": 0, "refused": 0, "last_error": None}
         self.tracer: Tracer | None = None   # made at the first trace (its batch is 8 MB)
+        self.metrics: Metrics | None = None
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -98,6 +102,15 @@ class Node:
                                  self.overlay, self.cluster.overlay.port, self.cluster.busy_poll_us)
         stack.callback(self.datapath.stop)   # before the TAPs and sockets close
         self.datapath.warm_up()
+        self.metrics = Metrics(snapshot_from(self.datapath, lambda: node_status(self)))
+        address = self.cluster.metrics_address(self.name)
+        if address is not None:
+            try:
+                self.metrics.serve(address)
+            except OSError as exc:
+                raise HostError(f"node {self.name}: cannot serve metrics on {address[0]}:"
+                                f"{address[1]} (cluster.metricsPort): {exc.strerror}") from None
+            stack.callback(self.metrics.close)
         # everything loaded so far (scapy, numba, pyroute2: ~10^5 objects) lives as long as the
         # node: keep it out of the collector's full passes, which otherwise stall the data path
         # for milliseconds every few seconds
@@ -278,11 +291,17 @@ class Node:
         return control.Stream({"ok": True, "node": self.name, "interfaces": sorted(names.values()),
                                "direction": direction}, chunks(), finish)
 
+    async def metrics_text(self, _request: dict) -> dict:
+        """The Prometheus exposition, as the HTTP endpoint would serve it (`vrouter metrics`)."""
+        text = await trio.to_thread.run_sync(self.metrics.text)
+        return {"ok": True, "text": text.decode()}
+
     async def trace(self, request: dict) -> dict:
         """Where a packet would go from here, stage by stage (vrouter.node.trace)."""
         def run():
             if self.tracer is None:
-                self.tracer = Tracer(self.dp, [p.name for p in self.dp.peers])
+                self.tracer = Tracer(self.dp, [p.name for p in self.dp.peers],
+                                     self.datapath.overlay.source_ports)
             return self.tracer.answer(request)
         try:
             return {"ok": True, **await self.datapath.run(run)}
@@ -318,7 +337,8 @@ class Node:
                                    {"status": self.status, "reload": self.reload,
                                     "refresh": self.refresh, "attach": self.attach,
                                     "detach": self.detach, "check": self.check, "gc": self.gc,
-                                    "capture": self.capture, "trace": self.trace})
+                                    "capture": self.capture, "trace": self.trace,
+                                    "metrics": self.metrics_text})
                 log.info("node %s up: %d pods, underlay %s:%d, address %s in %s", self.name,
                          len(self.dp.ports), self.node.underlay, self.cluster.overlay.port,
                          self.node.address, self.cluster.outside_netns)

@@ -83,9 +83,10 @@ def describe_packet(row) -> str:
 class Tracer:
     """Traces on one node's data plane; called in its data-path thread, between batches."""
 
-    def __init__(self, dp: Dataplane, peer_names: list[str]):
+    def __init__(self, dp: Dataplane, peer_names: list[str], source_ports: list[int]):
         self.dp = dp
-        self.peer_names = peer_names   # by peer index
+        self.peer_names = peer_names       # by peer index
+        self.source_ports = source_ports   # outer UDP source port, by overlay send socket
         self.frames = new_frames()
         self.out = new_output(MAX_STEPS)
 
@@ -190,13 +191,24 @@ class Tracer:
             verdict["to"] = {"pods": sorted(p.name for p in self.dp.ports.values())}
         elif action == ACT_OVERLAY:
             peer = int(last[T_OUT])
-            datagrams = [e.data for e in self.dp.collect(self.frames, out)
-                         if e.target == OVERLAY_TARGET + peer]
+            sent = [e for e in self.dp.collect(self.frames, out)
+                    if e.target == OVERLAY_TARGET + peer]
             verdict["to"] = {"node": self.peer_names[peer],
                              "underlay": str(self.dp.peers[peer].underlay),
                              "source": str(self.dp.node.underlay),
-                             "datagram": datagrams[0].hex() if datagrams else None}
+                             "datagram": sent[0].data.hex() if sent else None}
+            if sent:
+                verdict["outer"] = self._outer(peer, sent[0])
         return verdict
+
+    def _outer(self, peer: int, sent) -> dict:
+        """The outer headers the kernel puts around the VXLAN datagram (RFC 7348)."""
+        vni = int.from_bytes(sent.data[4:7], "big")
+        return {"src": str(self.dp.node.underlay), "dst": str(self.dp.peers[peer].underlay),
+                "sport": self.source_ports[sent.socket] if sent.socket < len(self.source_ports)
+                else None,
+                "dport": self.dp.cluster.overlay.port, "vni": vni,
+                "inner_length": len(sent.data) - 8}
 
     def _service(self, before, after, new_connection: bool) -> dict:
         """Which frontend a rewrite at the services stage belongs to, and the backend chosen."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
 import sys
 from pathlib import Path
 
 from vrouter.host import state
-from vrouter.ops import control, observe
+from vrouter.ops import control, logs, observe
 from vrouter.ops.common import (
     EXIT_CONFIG, EXIT_HOST, ask, cluster_arg, default_config, load_cluster, unknown_node,
 )
@@ -217,7 +217,10 @@ def cmd_status(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vrouter", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    parser.add_argument("-v", "--verbose", action="store_true", help="--log-level debug")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default="auto",
+                        help="auto: text on a terminal, JSON lines when stdout is not one")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run one node in the foreground")
@@ -299,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return args.func(args)
+    logs.setup("debug" if args.verbose else args.log_level, args.log_format)
+    try:
+        return args.func(args)
+    except BrokenPipeError:   # `vrouter status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

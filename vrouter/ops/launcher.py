@@ -8,7 +8,7 @@ import sys
 import time
 
 from vrouter.host import outside, state
-from vrouter.ops import control
+from vrouter.ops import control, logs
 from vrouter.model.config import Cluster
 from vrouter.node.datapath import ensure_compiled
 from vrouter.host.tap import HostError, check_host, remove_netns
@@ -25,7 +25,8 @@ def _interrupt(signum, frame):
 
 
 def node_command(cluster: Cluster, node_name: str) -> list[str]:
-    command = [sys.executable, "-m", "vrouter", "run", cluster.source, "--node", node_name]
+    command = [sys.executable, "-m", "vrouter", *logs.child_args(), "run", cluster.source,
+               "--node", node_name]
     if cluster.manifests:
         command += ["--manifests", cluster.manifests]
     return command

@@ -95,21 +95,26 @@ def cmd_capture(args) -> int:
     return 0
 
 
-def _destination(cluster: Cluster, text: str, port: int | None) -> tuple[str, int | None, str]:
-    """--to: an address, ADDRESS:PORT, a pod's name, or a Service (NAME or NAMESPACE/NAME,
-    optionally :PORT): (address, port, what it is)."""
+def _destination(cluster: Cluster, text: str, port: int | None
+                 ) -> tuple[str, int | None, str | None, str]:
+    """--to: an address, a pod's name, or a Service (NAME or NAMESPACE/NAME), optionally :PORT
+    and /PROTO (10.96.0.10:53/udp): (address, port, protocol or None, what it is)."""
+    proto = None
+    head, slash, tail = text.rpartition("/")
+    if slash and tail.lower() in ("tcp", "udp", "icmp"):
+        text, proto = head, tail.lower()
     name, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ValueError(f"--to {text!r}: {port_text!r} is not a port")
         port = int(port_text)
     try:
-        return str(ipaddress.IPv4Address(name)), port, name
+        return str(ipaddress.IPv4Address(name)), port, proto, name
     except ValueError:
         pass
     pod = next((p for p in cluster.pods if p.name == name), None)
     if pod is not None:
-        return str(pod.ip), port, f"pod {pod.name}"
+        return str(pod.ip), port, proto, f"pod {pod.name}"
     key = name if "/" in name else f"default/{name}"
     service = next((s for s in cluster.services if s.key == key), None)
     if service is None:
@@ -118,7 +123,8 @@ def _destination(cluster: Cluster, text: str, port: int | None) -> tuple[str, in
         raise ValueError(f"--to {text!r}: Service {key} is headless (no cluster IP)")
     if port is None and service.ports:
         port = service.ports[0].port
-    return str(service.cluster_ip), port, f"Service {key}"
+        proto = proto or service.ports[0].protocol.lower()
+    return str(service.cluster_ip), port, proto, f"Service {key}"
 
 
 def _entry_node(cluster: Cluster, args, dst: str) -> str | None:
@@ -141,11 +147,15 @@ def cmd_trace(args) -> int:
     cluster = attachments.live_cluster(file := cluster_arg(args.cluster),
                                        attachments.load(file.name))
     try:
-        dst, port, what = _destination(cluster, args.to, args.port)
+        dst, port, to_proto, what = _destination(cluster, args.to, args.port)
     except ValueError as exc:
         print(f"vrouter: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    proto = args.proto or ("tcp" if port is not None else "icmp")
+    if args.proto and to_proto and args.proto != to_proto:
+        print(f"vrouter: --to {args.to!r} says {to_proto} but --proto says {args.proto}",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    proto = args.proto or to_proto or ("tcp" if port is not None else "icmp")
     request = {"dst": dst, "proto": proto, "sport": args.sport, "dport": port or 0}
     if args.source == "outside":
         node = _entry_node(cluster, args, dst)
@@ -213,6 +223,10 @@ def render_trace(hops: list[dict]) -> str:
                  else "the outside network" if "outside" in to else None)
         lines.append(f"  {hop.get('kind')}: {hop.get('explanation')}"
                      + (f" -> {where}" if where else ""))
+        if "outer" in hop:
+            o = hop["outer"]
+            lines.append(f"  outer: IP {o['src']} > {o['dst']} UDP {o['sport']} > {o['dport']} "
+                         f"VXLAN vni {o['vni']}, inner frame {o['inner_length']} bytes")
     return "\n".join(lines)
 
 
@@ -225,6 +239,28 @@ def _describe_service(service: dict) -> str:
     return (f"Service {service['service']} port {service['port_name'] or '-'} "
             f"{service['frontend']}: {service['connection']} connection to backend "
             f"{service['backend']}{pod}{snat}")
+
+
+def cmd_metrics(args) -> int:
+    """The Prometheus text of a node (or of every node), through its control socket: the same
+    as its HTTP endpoint serves when cluster.metricsPort is set."""
+    cluster = cluster_arg(args.cluster)
+    if args.node and unknown_node(args, cluster):
+        return EXIT_CONFIG
+    names = [args.node] if args.node else [n.name for n in cluster.nodes]
+    failed = 0
+    for name in names:
+        try:
+            answer = control.request(state.socket_path(cluster.name, name), "metrics", timeout=30)
+        except OSError:
+            print(f"vrouter: node {name!r} of cluster {cluster.name!r} is not running",
+                  file=sys.stderr)
+            failed = EXIT_HOST
+            continue
+        if len(names) > 1:
+            print(f"# node {name}")
+        print(answer.get("text") or answer.get("error"), end="")
+    return failed
 
 
 def add_parsers(sub) -> None:
@@ -250,7 +286,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--from", dest="source", required=True, metavar="POD|outside",
                    help="the pod that sends it, or 'outside' (the outside host)")
     p.add_argument("--to", required=True, metavar="DEST",
-                   help="IPv4[:PORT], a pod's name, or a Service (NAME or NAMESPACE/NAME)[:PORT]")
+                   help="IPv4, a pod's name, or a Service (NAME or NAMESPACE/NAME), then "
+                   "[:PORT][/tcp|/udp|/icmp], e.g. 10.96.0.10:53/udp")
     p.add_argument("--port", type=int, help="destination port (default: a Service's first)")
     p.add_argument("--proto", choices=("tcp", "udp", "icmp"),
                    help="default: tcp with a port, else icmp (an echo request)")
@@ -259,3 +296,9 @@ def add_parsers(sub) -> None:
                    "that has or announces the address)")
     p.add_argument("--json", action="store_true", help="the hops as JSON")
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("metrics", help="a node's Prometheus metrics, as its endpoint serves them "
+                       "(cluster.metricsPort; this works without it)")
+    p.add_argument("cluster", help="a cluster file, or the name of a running cluster")
+    p.add_argument("--node", help="one node (default: all, one after the other)")
+    p.set_defaults(func=cmd_metrics)

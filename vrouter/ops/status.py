@@ -19,33 +19,22 @@ def _outside(node) -> dict:
                            for ip, mac in neighbours]}
 
 
-BATCH_BUCKETS = ("1", "2-3", "4-7", "8-15", "16-31", "32-63", "64-127", "128+")
-
-
-def _traffic(stats_row) -> dict:
-    rx_frames, rx_bytes, tx_frames, tx_bytes = (int(v) for v in stats_row)
-    return {"rx_frames": rx_frames, "rx_bytes": rx_bytes, "tx_frames": tx_frames,
-            "tx_bytes": tx_bytes}
-
-
 def _datapath(node) -> dict | None:
-    """The I/O edge's view: traffic per port (pods, outside, overlay), batch sizes, captures."""
+    """The I/O edge's view: traffic at the outside port and the overlay, batch sizes, captures."""
     datapath = node.datapath
     if datapath is None:
         return None
-    stats = datapath.io.stats
     return {**datapath.describe(),
             "captures": len(datapath.captures.sessions),
-            "outside": _traffic(stats.port_stats[node.dp.uplink]),
-            "overlay": _traffic(stats.port_stats[datapath.overlay_port]),
-            "batch_sizes": dict(zip(BATCH_BUCKETS, (int(v) for v in stats.batch_sizes)))}
+            "outside": datapath.traffic(node.dp.uplink),
+            "overlay": datapath.traffic(datapath.overlay_port),
+            "batch_sizes": datapath.batch_sizes()}
 
 
 def node_status(node) -> dict:
     """Everything the node shows (status, metrics): read in the data-path thread, so one
     consistent snapshot."""
     dp = node.dp
-    port_stats = node.datapath.io.stats.port_stats if node.datapath else None
     fdb = [{**e, "pod": dp.ports[e["port"]].name if e["port"] in dp.ports else None}
            for e in dp.fdb_entries()]
     neighbours = [{"ip": str(node.node.gateway), "mac": node.node.gateway_mac, "port": None,
@@ -68,7 +57,7 @@ def node_status(node) -> dict:
         "ports": [{"port": k, "pod": pod.name, "namespace": pod.namespace, "netns": pod.netns,
                    "tap": f"{pod.ifname} (ifindex {node.pods.ports[k].ifindex} in {pod.netns})",
                    "mac": pod.mac, "ip": str(pod.ip),
-                   **(_traffic(port_stats[k]) if port_stats is not None else {})}
+                   **(node.datapath.traffic(k) if node.datapath else {})}
                   for k, pod in sorted(dp.ports.items()) if k in node.pods.ports],
         "fdb": sorted(fdb, key=lambda e: (e["port"], e["mac"])),
         "arp": neighbours,
@@ -76,13 +65,11 @@ def node_status(node) -> dict:
         "peers": [{"node": p.name, "underlay": str(p.underlay), "podCIDR": str(p.pod_cidr),
                    "vtepMAC": p.vtep_mac, "up": dp.peer_is_up(k)}
                   for k, p in enumerate(dp.peers)],
-        "services": [{"service": f.service, "port": f.port_name, "frontend":
-                      f"{f.address}:{f.port}/{f.protocol}", "backends": f.backends,
-                      "snat": f.snat, "scope": f.scope,
-                      "new_connections": int(dp.services.fe_new[f.slot])}
-                     for f in dp.services.frontends],
+        "services": dp.frontends(),
         "conntrack": dp.conntrack_fill(),
         "reloads": dict(node.reloads),
+        "metrics": ("http://%s:%d/metrics" % address
+                    if (address := node.cluster.metrics_address(node.name)) else None),
         "datapath": _datapath(node),
         "counters": dp.counter_dict(),
     }
@@ -135,8 +122,15 @@ def render(status: dict, show_zero: bool = False) -> str:
                      f"{', '.join(map(str, d['overlay_source_ports']))}")
         lines.append(f"    overlay {_frames(d['overlay'])}; outside {_frames(d['outside'])}"
                      + (f"; {d['captures']} captures running" if d["captures"] else ""))
-        lines.append("    frames per read batch: " + ", ".join(
-            f"{size}: {count}" for size, count in d["batch_sizes"].items() if count))
+        sizes = d["batch_sizes"]
+        reads = sum(sizes["buckets"].values())
+        if reads:
+            lines.append(f"    {reads} reads, {sizes['frames'] / reads:.1f} frames per read")
+        if d.get("requests"):
+            lines.append(f"    {d['requests']} control requests run between batches, the "
+                         f"longest {d['longest_request_us'] / 1000:.1f} ms")
+    if status.get("metrics"):
+        lines.append(f"  metrics: {status['metrics']}")
     r = status.get("reloads", {})
     if r.get("ok") or r.get("refused"):
         lines.append(f"  reloads: {r['ok']} applied, {r['refused']} refused"

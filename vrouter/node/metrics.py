@@ -1,0 +1,156 @@
+"""A node's Prometheus metrics: the status snapshot (vrouter.ops.status.node_status, read in the
+data-path thread) turned into metric families at every scrape.
+
+Served on 127.0.0.1:cluster.metricsPort+k for node k when metricsPort is set, and always through
+the control socket (`vrouter metrics`). What there is:
+
+  vrouter_port_{rx,tx}_{packets,bytes}_total{interface, kind}   per pod port, outside, overlay
+  vrouter_frames_total{verdict, kind}       every frame's verdict; kind forward | slow | drop
+  vrouter_events_total{event}               everything else the data plane counts
+  vrouter_conntrack_entries, _capacity, vrouter_conntrack_evictions_total
+  vrouter_service_connections_total{service, port, frontend, scope}   new flows per frontend
+  vrouter_batch_frames                      histogram: frames per read of a TAP or the overlay
+  vrouter_pods, vrouter_peer_up{peer}, vrouter_ready, vrouter_captures, vrouter_node_info
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily,
+)
+
+from fastpath.reasons import COUNTERS, EVENT
+
+SCRAPE_TIMEOUT = 5.0
+
+
+class NodeCollector:
+    """A prometheus_client collector over `snapshot()`, a node status dict."""
+
+    def __init__(self, snapshot: Callable[[], dict]):
+        self.snapshot = snapshot
+
+    def collect(self):
+        return families(self.snapshot())
+
+
+def families(status: dict) -> list:
+    port_families = {
+        (direction, unit): CounterMetricFamily(
+            f"vrouter_port_{direction}_{unit}",
+            f"{unit} {'read from' if direction == 'rx' else 'written to'} a port (pod TAP, "
+            "outside port) or received from / sent to the overlay", labels=["interface", "kind"])
+        for direction in ("rx", "tx") for unit in ("packets", "bytes")}
+
+    def add_port(name: str, kind: str, traffic: dict) -> None:
+        for (direction, unit), family in port_families.items():
+            field = f"{direction}_{'frames' if unit == 'packets' else 'bytes'}"
+            family.add_metric([name, kind], traffic[field])
+
+    for port in status["ports"]:
+        add_port(port["pod"], "pod", port)
+    datapath = status.get("datapath") or {}
+    if datapath:
+        add_port("outside", "outside", datapath["outside"])
+        add_port("overlay", "overlay", datapath["overlay"])
+
+    frames = CounterMetricFamily("vrouter_frames", "frames by the verdict the fast path gave "
+                                 "them (kind: forward, slow = handed to the slow path, drop)",
+                                 labels=["verdict", "kind"])
+    events = CounterMetricFamily("vrouter_events", "what else the data plane counts",
+                                 labels=["event"])
+    counters = status["counters"]
+    for counter in COUNTERS:
+        if counter.kind == EVENT:
+            events.add_metric([counter.name], counters[counter.name])
+        else:
+            frames.add_metric([counter.name, counter.kind], counters[counter.name])
+
+    ct = status["conntrack"]
+    conntrack = [GaugeMetricFamily("vrouter_conntrack_entries", "live conntrack entries",
+                                   value=ct["entries"]),
+                 GaugeMetricFamily("vrouter_conntrack_capacity", "conntrack table slots",
+                                   value=ct["capacity"]),
+                 CounterMetricFamily("vrouter_conntrack_evictions", "live conntrack and affinity "
+                                     "entries evicted by a full window",
+                                     value=counters["ct_evicted"])]
+
+    connections = CounterMetricFamily("vrouter_service_connections", "connections (flows) each "
+                                      "Service frontend gave a backend",
+                                      labels=["service", "port", "frontend", "scope"])
+    for f in status["services"]:
+        connections.add_metric([f["service"], f["port"] or "", f["frontend"], f["scope"]],
+                               f["new_connections"])
+
+    result = [*port_families.values(), frames, events, *conntrack, connections]
+    if datapath:
+        sizes = datapath["batch_sizes"]
+        cumulative, buckets = 0, []
+        for bound, count in sizes["buckets"].items():
+            cumulative += count
+            buckets.append((bound, cumulative))
+        batch = HistogramMetricFamily("vrouter_batch_frames", "frames per read of a TAP or of "
+                                      "the overlay sockets (the fast path's batches)")
+        batch.add_metric([], buckets, sum_value=sizes["frames"])
+        result += [batch, GaugeMetricFamily("vrouter_captures", "vrouter capture sessions",
+                                            value=datapath["captures"])]
+
+    peers = GaugeMetricFamily("vrouter_peer_up", "1 while an overlay peer answers",
+                              labels=["peer"])
+    for p in status["peers"]:
+        peers.add_metric([p["node"]], 1 if p["up"] else 0)
+    info = InfoMetricFamily("vrouter_node", "the node",
+                            value={"cluster": status["cluster"], "node": status["node"],
+                                   "pod_cidr": status["podCIDR"], "underlay": status["underlay"]})
+    result += [peers, info,
+               GaugeMetricFamily("vrouter_pods", "pods attached", value=len(status["ports"])),
+               GaugeMetricFamily("vrouter_ready", "1 when every pod answered ARP",
+                                 value=1 if status["ready"] else 0)]
+    return result
+
+
+class Metrics:
+    """A node's registry; `serve` adds the HTTP endpoint. `snapshot` runs in the caller's
+    thread (the HTTP server's, or a trio worker's) and must itself get the data-path thread to
+    read the node."""
+
+    def __init__(self, snapshot: Callable[[], dict]):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(NodeCollector(snapshot))
+        self.server = None
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def serve(self, address: tuple[str, int]) -> None:
+        self.server, _thread = start_http_server(address[1], addr=address[0],
+                                                 registry=self.registry)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def snapshot_from(datapath, read: Callable[[], dict]) -> Callable[[], dict]:
+    """read() run in the data-path thread, waited for from any other thread."""
+    def snapshot() -> dict:
+        done = threading.Event()
+        box: list = []
+
+        def finished(result, error):
+            box.append((result, error))
+            done.set()
+        datapath.call(read, finished)
+        if not done.wait(SCRAPE_TIMEOUT):
+            raise TimeoutError("the data path did not answer within "
+                               f"{SCRAPE_TIMEOUT:g} s")
+        result, error = box[0]
+        if error is not None:
+            raise error
+        return result
+    return snapshot
