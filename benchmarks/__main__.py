@@ -197,7 +197,8 @@ def main() -> int:
     pods = [{"name": f"{prefix}-a1", "node": "node-a"}, {"name": f"{prefix}-a2", "node": "node-a"},
             {"name": f"{prefix}-b1", "node": "node-b", **backend},
             {"name": f"{prefix}-b2", "node": "node-b", **backend}]
-    cluster = Cluster(tmp, pods_per_node=(0, 0), extra_pods=pods, services=SERVICE, prefix=prefix)
+    cluster = Cluster(tmp, pods_per_node=(0, 0), extra_pods=pods, services=SERVICE, prefix=prefix,
+                      options={"dns": {"address": "10.96.0.53"}})   # the reference has VIP .10
     extra: dict = {}
     try:
         subprocess.run(["bash", str(KERNEL_SCRIPT), "up", kref], check=True, capture_output=True)

@@ -97,7 +97,9 @@ def test_a_bad_frame_does_not_disturb_its_batch(dp):
 def test_broadcast_and_unknown_unicast_flood_to_other_ports(dp):
     bcast = bytes(Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src=A_IP, dst="10.244.1.255") / UDP())
     unknown = bytes(Ether(src=A_MAC, dst="0a:58:00:00:00:99") / IP(src=A_IP, dst=B_IP) / UDP())
-    assert dp.process([(0, bcast), (0, unknown)]) == [(1, bcast), (1, unknown)]
+    # every other port: web-2 (1) and the node's DNS server pod (2)
+    assert dp.process([(0, bcast), (0, unknown)]) == [(1, bcast), (2, bcast), (1, unknown),
+                                                      (2, unknown)]
 
 
 def test_mac_learning_and_ageing():
@@ -111,7 +113,7 @@ def test_mac_learning_and_ageing():
     assert dp.process([(1, learn)]) == [(0, learn)]
     assert dp.process([(0, to_it)]) == [(1, to_it)]          # learned: straight to port 1
     now[0] += 61
-    assert dp.process([(0, to_it)]) == [(1, to_it)]          # aged out: flooded (only port 1 left)
+    assert dp.process([(0, to_it)]) == [(1, to_it), (2, to_it)]   # aged out: flooded
     assert counters(dp)["flooded"] == 1
 
 

@@ -25,7 +25,7 @@ apiVersion: v1
 kind: Service
 metadata: {name: web}
 spec:
-  clusterIP: 10.96.0.10
+  clusterIP: 10.96.0.100
   type: NodePort
   selector: {app: web}
   ports: [{name: tcp, port: 80, targetPort: 8080, nodePort: 30080},

@@ -18,7 +18,7 @@ GW_MAC = "02:76:0a:f4:01:01"
 A_IP, A_MAC = "10.244.1.2", "0a:58:0a:f4:01:02"    # web-1 (node-a, port 0)
 B_IP, B_MAC = "10.244.1.3", "0a:58:0a:f4:01:03"    # web-2 (node-a, port 1)
 REMOTE = "10.244.2.3"                                # web-3 (node-b)
-VIP = "10.96.0.10"
+VIP = "10.96.0.100"
 
 SERVICE = """
 ---
@@ -26,7 +26,7 @@ apiVersion: v1
 kind: Service
 metadata: {name: web}
 spec:
-  clusterIP: 10.96.0.10
+  clusterIP: 10.96.0.100
   selector: {app: web}
   ports: [{name: tcp, port: 80, targetPort: 8080}, {name: udp, port: 53, protocol: UDP, targetPort: 5353}]
 ---

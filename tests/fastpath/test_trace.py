@@ -98,7 +98,7 @@ kind: Service
 metadata: {name: web}
 spec:
   type: NodePort
-  clusterIP: 10.96.0.10
+  clusterIP: 10.96.0.100
   selector: {app: web}
   ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
 """)

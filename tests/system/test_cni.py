@@ -105,7 +105,9 @@ def assert_spec_result(result, version, netns, ifname, subnet):
     assert ipaddress.IPv4Interface(ip["address"]).network == ipaddress.IPv4Network(subnet)
     assert ipaddress.IPv4Address(ip["gateway"]) == ipaddress.IPv4Network(subnet)[1]
     assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": ip["gateway"]}]
-    assert isinstance(result["dns"], dict)
+    assert result["dns"] == {"nameservers": ["10.96.0.10"],   # cluster DNS, as a kubelet sets it
+                             "search": ["default.svc.cluster.local", "svc.cluster.local",
+                                        "cluster.local"], "options": ["ndots:5"]}
     return ipaddress.IPv4Interface(ip["address"]).ip
 
 
@@ -201,7 +203,8 @@ def test_bad_input_gets_spec_errors_and_leaves_nothing_half_attached(make_cluste
             got, error = cni(command, conf, **env)
             assert got != 0 and error["code"] == code, (command, conf, env, error)
             assert set(error) == {"cniVersion", "code", "msg", "details"} and error["msg"]
-        assert [p["pod"] for p in cluster.status("node-a")["ports"]] == [cluster.pod("a1")]
+        assert [p["pod"] for p in cluster.status("node-a")["ports"]] == [
+            cluster.pod("a1"), f"{cluster.prefix}-dns-node-a"]   # and its DNS server pod
         assert netns_exec(netns, "ip", "-br", "link").stdout.count("\n") == 1   # only lo
     finally:
         subprocess.run(["ip", "netns", "del", netns])
@@ -219,20 +222,20 @@ def test_bad_input_gets_spec_errors_and_leaves_nothing_half_attached(make_cluste
 def test_an_exhausted_pod_cidr_is_refused(tmp_path, make_cluster):
     from tests.system.cluster import Cluster
 
-    class Small(Cluster):   # node-a's podCIDR a /29: gateway .1, pods .2-.6
+    class Small(Cluster):   # node-a's podCIDR a /29: gateway .1, pods .2-.5, DNS server .6
         def __init__(self, tmp_path, **kw):
             super().__init__(tmp_path, **kw)
             self.doc["nodes"][0]["podCIDR"] = "10.244.1.0/29"
             import yaml
             self.path.write_text(yaml.safe_dump(self.doc, sort_keys=False))
     cluster = make_cluster(Small, pods_per_node=(1, 1))
-    names = [f"{cluster.prefix}-x{k}" for k in range(5)]
+    names = [f"{cluster.prefix}-x{k}" for k in range(4)]
     for name in names:
         subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         results = [cni("ADD", conf_of(cluster), CNI_CONTAINERID=f"x{k}", CNI_NETNS=f"/run/netns/{n}",
                        CNI_IFNAME="eth0") for k, n in enumerate(names)]
-        assert [code for code, _ in results] == [0, 0, 0, 0, 1]
+        assert [code for code, _ in results] == [0, 0, 0, 1]
         assert results[-1][1]["code"] == 101 and "no free address" in results[-1][1]["msg"]
         assert netns_exec(names[-1], "ip", "-br", "link").stdout.count("\n") == 1
     finally:

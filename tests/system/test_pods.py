@@ -115,7 +115,8 @@ def test_status_shows_ports_mac_table_arp_and_counters(demo):
     assert demo.pod("a1") in out and "0a:58:0a:f4:01:02" in out
     assert "mac table:" in out and "arp:" in out and "forwarded_l2" in out
     status = demo.status("node-a")
-    assert [p["pod"] for p in status["ports"]] == [demo.pod("a1"), demo.pod("a2")]
+    assert [p["pod"] for p in status["ports"]] == [demo.pod("a1"), demo.pod("a2"),
+                                                  f"{demo.prefix}-dns-node-a"]
     assert status["counters"]["forwarded_l2"] > 0
 
 

@@ -27,7 +27,7 @@ def parse(text, **kw):
 
 def test_contract_example_loads():
     c = parse(BASE)
-    assert [p.name for p in c.pods] == ["web-1", "web-2", "client"]
+    assert [p.name for p in c.pods if not p.dns_server] == ["web-1", "web-2", "client"]
     assert c.pods[0].ip == IPv4Address("10.244.1.2")       # first free after the gateway
     assert c.pods[1].ip == IPv4Address("10.244.1.20")      # given
     assert c.pods[2].ip == IPv4Address("10.244.2.2")
@@ -43,7 +43,7 @@ def test_allocation_is_deterministic_and_skips_given_addresses():
     a, b = parse(text), parse(text)
     assert [p.ip for p in a.pods] == [p.ip for p in b.pods]
     assert a.pods[0].ip == IPv4Address("10.244.1.3")   # .2 is web-2's
-    assert len({p.mac for p in a.pods}) == 3
+    assert len({p.mac for p in a.pods}) == len(a.pods) == 5   # 3 + a DNS server per node
 
 
 def test_busy_polling_defaults_to_200_us_and_can_be_turned_off():
@@ -153,7 +153,46 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 def test_podcidr_exhaustion_is_reported():
     text = BASE.replace("podCIDR: 10.244.1.0/24", "podCIDR: 10.244.1.0/30").replace(
-        "ip: 10.244.1.20", "ip: 10.244.1.2")
+        "ip: 10.244.1.20", "ip: 10.244.1.2").replace("mtu: 1500}", "mtu: 1500}\n  dns: {enabled: false}")
     with pytest.raises(config.ConfigError, match="no free address") as err:
         parse(text)
     assert err.value.field_path == "pods[0]"
+
+
+def test_every_node_gets_a_dns_server_pod_at_the_top_of_its_pod_cidr():
+    c = parse(BASE)
+    dns = [p for p in c.pods if p.dns_server]
+    assert [(p.name, p.node, str(p.ip), p.namespace) for p in dns] == [
+        ("c-dns-node-a", "node-a", "10.244.1.254", "kube-system"),
+        ("c-dns-node-b", "node-b", "10.244.2.254", "kube-system")]
+    assert dict(dns[0].labels) == {"k8s-app": "kube-dns"}
+    assert str(c.dns.address) == "10.96.0.10" and c.dns.domain == "cluster.local"
+    service = next(s for s in c.services if s.key == "kube-system/kube-dns")
+    assert str(service.cluster_ip) == "10.96.0.10" and service.internal_policy == "Local"
+    assert {(p.port, p.protocol) for p in service.ports} == {(53, "UDP"), (53, "TCP")}
+    assert c.dns.resolv_conf("shop") == ("nameserver 10.96.0.10\nsearch shop.svc.cluster.local "
+                                         "svc.cluster.local cluster.local\noptions ndots:5\n")
+
+
+def test_dns_can_be_turned_off_or_moved():
+    off = parse(BASE.replace("mtu: 1500}", "mtu: 1500}\n  dns: {enabled: false}"))
+    assert not any(p.dns_server for p in off.pods) and not off.services
+    moved = parse(BASE.replace("mtu: 1500}", "mtu: 1500}\n  dns: {address: 10.96.0.53, "
+                                             "domain: k8s.example}"))
+    assert str(moved.dns.address) == "10.96.0.53" and moved.dns.domain == "k8s.example"
+
+
+@pytest.mark.parametrize("edit, field, words", [
+    (("ip: 10.244.1.20", "ip: 10.244.1.254"), "pods[1].ip", "cluster DNS server"),
+    (("mtu: 1500}", "mtu: 1500}\n  dns: {address: 10.97.0.1}"), "cluster.dns.address",
+     "not a usable address"),
+    (("mtu: 1500}", "mtu: 1500}\n  dns: {domain: 'Bad_Domain'}"), "cluster.dns.domain",
+     "not a DNS domain"),
+    (("mtu: 1500}", "mtu: 1500}\n  dns: {enabled: 'yes'}"), "cluster.dns.enabled",
+     "not true or false"),
+    (("mtu: 1500}", "mtu: 1500}\n  dns: {upstream: 8.8.8.8}"), "cluster.dns.upstream", "unknown"),
+])
+def test_bad_dns_settings_name_the_field(edit, field, words):
+    with pytest.raises(config.ConfigError, match=words) as err:
+        parse(BASE.replace(*edit))
+    assert err.value.field_path == field

@@ -21,6 +21,11 @@ pods:
 """
 
 
+def user_services(c):
+    """The file's Services, without the cluster DNS Service every cluster has."""
+    return [s for s in c.services if s.key != "kube-system/kube-dns"]
+
+
 def load(*docs, **kw):
     text = CLUSTER + "".join("---\n" + textwrap.dedent(d) for d in docs)
     return config.parse(text, "c.yaml", check_host=False, **kw)
@@ -40,7 +45,7 @@ spec:
 
 def test_endpoints_follow_selector_namespace_and_named_ports():
     c = load(WEB)
-    (svc,) = c.services
+    (svc,) = user_services(c)
     http, raw = svc.ports
     assert [(e.pod.name, e.port) for e in services.endpoints(svc, http, c.pods)] == \
         [("web-1", 8080), ("web-2", 8081)]          # web-3 has no port named http; other: prod
@@ -66,7 +71,7 @@ def test_given_values_are_kept_and_headless_has_no_address():
         metadata: {name: fixed}
         spec:
           type: LoadBalancer
-          clusterIP: 10.96.0.10
+          clusterIP: 10.96.0.100
           sessionAffinity: ClientIP
           externalTrafficPolicy: Local
           ports: [{port: 80, nodePort: 30080}]
@@ -78,8 +83,8 @@ def test_given_values_are_kept_and_headless_has_no_address():
         metadata: {name: hl}
         spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
         """)
-    fixed, hl = c.services
-    assert fixed.cluster_ip == IPv4Address("10.96.0.10")
+    fixed, hl = user_services(c)
+    assert fixed.cluster_ip == IPv4Address("10.96.0.100")
     assert fixed.ports[0].node_port == 30080 and fixed.ports[0].target_port == 80
     assert fixed.affinity_timeout == 10800 and fixed.external_policy == "Local"
     assert fixed.external_ips == (IPv4Address("192.0.2.10"),)
@@ -87,7 +92,11 @@ def test_given_values_are_kept_and_headless_has_no_address():
 
 
 @pytest.mark.parametrize("edit, field, words", [
-    (("spec:", "spec:\n  type: ExternalName"), "document 2.spec.type", "DNS-only"),
+    (("spec:", "spec:\n  type: ExternalName"), "document 2.spec.externalName", "not a DNS name"),
+    (("spec:", "spec:\n  type: ExternalName\n  externalName: db.example.org"),
+     "document 2.spec.selector", "not valid for type ExternalName"),
+    (("spec:", "spec:\n  externalName: db.example.org"), "document 2.spec.externalName",
+     "only valid for type ExternalName"),
     (("spec:", "spec:\n  loadBalancerSourceRanges: [10.0.0.0/8]"),
      "document 2.spec.loadBalancerSourceRanges", "not supported"),
     (("spec:", "spec:\n  sessionAffinity: Sticky"), "document 2.spec.sessionAffinity", "not None or"),
@@ -121,7 +130,7 @@ def test_manifests_directory_errors_name_the_manifest_file(tmp_path):
     manifests.mkdir()
     (manifests / "web.yaml").write_text(textwrap.dedent(WEB))
     c = config.load(cluster, check_host=False, manifests=manifests)
-    assert [s.name for s in c.services] == ["web"]
+    assert [s.name for s in user_services(c)] == ["web"]
     (manifests / "bad.yaml").write_text(textwrap.dedent(WEB).replace("name: web}", "name: Bad}"))
     with pytest.raises(config.ConfigError) as err:
         config.load(cluster, check_host=False, manifests=manifests)
@@ -149,7 +158,7 @@ def test_kubectl_list_output_is_accepted():
           ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
         status: {loadBalancer: {}}
     """
-    (svc,) = load(listing).services
+    (svc,) = user_services(load(listing))
     assert svc.cluster_ip == IPv4Address("10.96.0.20")
 
 
@@ -159,3 +168,23 @@ def test_maglev_table_size_must_be_prime():
                                      "serviceCIDR: 10.96.0.0/16\n  services: {maglevTableSize: 1000}"),
                      "c.yaml", check_host=False)
     assert err.value.field_path == "cluster.services.maglevTableSize"
+
+
+def test_external_name_is_a_dns_name_only():
+    (svc,) = user_services(load("""
+    apiVersion: v1
+    kind: Service
+    metadata: {name: db, namespace: prod}
+    spec: {type: ExternalName, externalName: DB.Example.org.}
+    """))
+    assert (svc.type, svc.external_name, svc.cluster_ip, svc.ports) == (
+        "ExternalName", "db.example.org", None, ())
+
+
+def test_the_dns_address_is_not_given_to_another_service():
+    with pytest.raises(config.ConfigError, match="taken by cluster DNS") as err:
+        load(WEB.replace("spec:", "spec:\n  clusterIP: 10.96.0.10"))
+    assert err.value.field_path == "document 2.spec.clusterIP"
+    for k in range(300):   # allocated addresses skip it
+        c = load(WEB.replace("name: web}", f"name: web-{k}}}"))
+        assert user_services(c)[0].cluster_ip != c.dns.address

@@ -48,7 +48,7 @@ def _preflight(cluster: Cluster, node: Node) -> None:
         if ipr.link_lookup(ifname=BRIDGE) or ipr.link_lookup(ifname=VXLAN):
             raise HostError(f"{BRIDGE}/{VXLAN} already exist here: `vrouter kernel-node --down` "
                             "removes an earlier setup")
-    for pod in cluster.local_pods(node.name):
+    for pod in _pods(cluster, node.name):
         if pod.owns_netns and netns_exists(pod):
             raise HostError(f"network namespace {pod.netns!r} for pod {pod.name!r} already exists")
         if not pod.owns_netns and not netns_exists(pod):
@@ -72,7 +72,7 @@ def up(cluster: Cluster, node_name: str) -> None:
         _enable_forwarding()
         with IPRoute() as ipr:
             bridge = _add_bridge(ipr, node, cluster.overlay.pod_mtu)
-            for pod in cluster.local_pods(node_name):
+            for pod in _pods(cluster, node_name):
                 _add_pod(ipr, cluster, pod, bridge)
             _add_vxlan(ipr, cluster, node)
         undo.pop_all()
@@ -81,11 +81,11 @@ def up(cluster: Cluster, node_name: str) -> None:
 def down(cluster: Cluster, node_name: str) -> None:
     """Remove what `up` created; safe to run on a partial or absent setup."""
     with IPRoute() as ipr:
-        for name in [BRIDGE, VXLAN] + [veth_name(p) for p in cluster.local_pods(node_name)]:
+        for name in [BRIDGE, VXLAN] + [veth_name(p) for p in _pods(cluster, node_name)]:
             for index in ipr.link_lookup(ifname=name):
                 with contextlib.suppress(NetlinkError):
                     ipr.link("del", index=index)
-    for pod in cluster.local_pods(node_name):
+    for pod in _pods(cluster, node_name):
         if pod.owns_netns:
             remove_netns(pod.netns)
 
@@ -153,3 +153,8 @@ def _add_vxlan(ipr: IPRoute, cluster: Cluster, node: Node) -> None:
         ipr.neigh("add", dst=vtep_address(peer), lladdr=peer.vtep_mac, ifindex=index,
                   state=ndmsg.states["permanent"])
         ipr.fdb("append", ifindex=index, lladdr=peer.vtep_mac, dst=str(peer.underlay))
+
+
+def _pods(cluster, node_name: str):
+    """The node's pods; a kernel node serves no Services, so it has no cluster DNS server pod."""
+    return [p for p in cluster.local_pods(node_name) if not p.dns_server]

@@ -53,6 +53,9 @@ def check_host() -> None:
                         "(modprobe tun) or give the container access to /dev/net/tun") from None
 
 
+ETC_NETNS = "/etc/netns"
+
+
 def netns_exists(pod: Pod) -> bool:
     return os.path.exists(pod.netns_path)
 
@@ -111,6 +114,25 @@ class PodPort(TapPort):
         self.ifindex = ifindex
 
 
+def write_resolv_conf(netns_name: str, text: str, stack: contextlib.ExitStack) -> None:
+    """/etc/netns/NAME/resolv.conf: `ip netns exec NAME` mounts it over /etc/resolv.conf, so
+    programs in the pod resolve cluster names as in a Kubernetes pod (dnsPolicy ClusterFirst)."""
+    directory = os.path.join(ETC_NETNS, netns_name)
+    made_directory = not os.path.isdir(directory)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "resolv.conf")
+    with open(path, "w") as f:
+        f.write(text)
+
+    def remove():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        if made_directory:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+    stack.callback(remove)
+
+
 def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,
                created_netns: list[str]) -> PodPort:
     if pod.owns_netns:
@@ -121,6 +143,8 @@ def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,
         create_netns(pod.netns)
         stack.callback(remove_netns, pod.netns)
         created_netns.append(pod.netns)
+        if cluster.dns.enabled and not pod.dns_server:
+            write_resolv_conf(pod.netns, cluster.dns.resolv_conf(pod.namespace), stack)
     elif not netns_exists(pod):
         raise HostError(f"network namespace {pod.netns!r} of pod {pod.name!r} does not exist")
 

@@ -22,6 +22,7 @@ DEFAULT_MAX_PODS = 110       # pods per node, as Kubernetes' default
 DEFAULT_FDB_AGE = 300
 DEFAULT_BUSY_POLL_US = 200   # see the README's latency notes
 DEFAULT_NODE_NETWORK = "172.18.0.0/24"   # as a kind cluster's docker network
+DEFAULT_DNS_DOMAIN = "cluster.local"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -91,6 +92,7 @@ class Pod:
     labels: tuple[tuple[str, str], ...] = ()
     ports: tuple[ContainerPort, ...] = ()
     ifname: str = "eth0"    # its interface inside the netns (a CNI runtime may choose another)
+    dns_server: bool = False   # the node's cluster DNS server pod (kube-system/kube-dns)
 
     @property
     def awaiting_cni(self) -> bool:
@@ -101,6 +103,37 @@ class Pod:
     @property
     def netns_path(self) -> str:
         return self.netns if self.netns.startswith("/") else os.path.join(NETNS_RUN_DIR, self.netns)
+
+
+@dataclass(frozen=True)
+class ClusterDNS:
+    """Cluster DNS (vrouter.model.dns): the kube-dns Service address that every pod's
+    resolv.conf names, served on every vrouter node by a DNS server pod of its own."""
+    enabled: bool = True
+    address: ipaddress.IPv4Address | None = None   # the kube-dns ClusterIP (serviceCIDR .10)
+    domain: str = DEFAULT_DNS_DOMAIN
+
+    def resolv_conf(self, namespace: str) -> str:
+        """A Kubernetes pod's resolv.conf (ClusterFirst)."""
+        d = self.domain
+        return (f"nameserver {self.address}\nsearch {namespace}.svc.{d} svc.{d} {d}\n"
+                "options ndots:5\n")
+
+
+DNS_NAMESPACE = "kube-system"
+DNS_SERVICE = "kube-dns"
+DNS_LABELS = (("k8s-app", "kube-dns"),)
+
+
+def dns_pod_name(cluster_name: str, node_name: str) -> str:
+    """The DNS server pod of a node: it names a network namespace, so the cluster's name is in
+    it (two clusters on one machine must not clash)."""
+    return f"{cluster_name}-dns-{node_name}"
+
+
+def dns_pod_ip(node: "Node") -> ipaddress.IPv4Address:
+    """The last usable address of the node's podCIDR (pods are allocated from the bottom)."""
+    return node.pod_cidr.broadcast_address - 1
 
 
 @dataclass(frozen=True)
@@ -126,6 +159,10 @@ class Cluster:
     busy_poll_us: int = DEFAULT_BUSY_POLL_US   # keep polling this long after traffic (0: never)
     max_pods: int = DEFAULT_MAX_PODS           # pod ports per node (the uplink is port max_pods)
     metrics_port: int = 0                      # node k serves Prometheus on 127.0.0.1:port+k (0: off)
+    dns: ClusterDNS = ClusterDNS()
+
+    def dns_pod(self, node_name: str) -> "Pod | None":
+        return next((p for p in self.pods if p.dns_server and p.node == node_name), None)
 
     def metrics_address(self, node_name: str) -> tuple[str, int] | None:
         """Where a node serves its Prometheus metrics, if it does."""
@@ -325,7 +362,8 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     from vrouter.model import services
     c = reader.mapping(doc["cluster"], "cluster",
                        {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
-                        "services", "busyPollMicroseconds", "maxPodsPerNode", "metricsPort"},
+                        "services", "busyPollMicroseconds", "maxPodsPerNode", "metricsPort",
+                        "dns"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
@@ -357,10 +395,15 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     for n, raw in enumerate(raw_nodes):
         nodes.append(_build_node(reader, raw, f"nodes[{n}]", n, pod_cidr, node_network, nodes))
 
+    dns = _build_dns(reader, c.get("dns", {}), service_cidr)
+    dns_ips = {dns_pod_ip(nd): f"node {nd.name!r}'s cluster DNS server (cluster.dns)"
+               for nd in nodes} if dns.enabled else {}
     raw_pods = doc.get("pods", []) or []
     if not isinstance(raw_pods, list):
         reader.fail("pods", "must be a list of pods")
-    pods = _build_pods(reader, raw_pods, {nd.name: nd for nd in nodes}, check_host)
+    pods = _build_pods(reader, raw_pods, {nd.name: nd for nd in nodes}, check_host, dns_ips)
+    if dns.enabled:
+        pods += _dns_pods(reader, name, nodes, pods)
     if metrics_port and (metrics_port < 1024 or metrics_port + len(nodes) - 1 > 65535):
         reader.fail("cluster.metricsPort", f"{metrics_port}: node k serves metrics on port "
                     f"metricsPort+k, so it must lie in 1024..{65536 - len(nodes)} (0: off)")
@@ -376,12 +419,53 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     options = _build_service_options(reader, c.get("services", {}))
     reserved = {n.address: f"the address of node {n.name!r}" for n in nodes}
     reserved[outside_host_address(node_network)] = "the outside host's address"
-    allocated = services.allocate(parsed_services, service_cidr, reserved)
+    dns_service = {dns.address: "cluster DNS (cluster.dns.address; "
+                                  "give cluster.dns another address, or this Service another)"} if dns.enabled else {}
+    allocated = services.allocate(parsed_services, service_cidr, reserved, dns_service)
+    if dns.enabled:
+        allocated.append(services.kube_dns(dns.address))
     return Cluster(source=reader.path, name=name, pod_cidr=pod_cidr, service_cidr=service_cidr,
                    overlay=overlay, nodes=tuple(nodes), pods=tuple(pods), fdb_age=fdb_age,
                    services=tuple(allocated), service_options=options, manifests=manifests_dir,
                    node_network=node_network, busy_poll_us=busy_poll, max_pods=max_pods,
-                   metrics_port=metrics_port)
+                   metrics_port=metrics_port, dns=dns)
+
+
+def _build_dns(reader: _Reader, raw, service_cidr) -> ClusterDNS:
+    d = reader.mapping(raw, "cluster.dns", {"enabled", "address", "domain"})
+    enabled = d.get("enabled", True)
+    if not isinstance(enabled, bool):
+        reader.fail("cluster.dns.enabled", f"{enabled!r} is not true or false")
+    address = (reader.address(d["address"], "cluster.dns.address") if "address" in d
+               else service_cidr.network_address + 10)
+    if address not in service_cidr or address in (service_cidr.network_address,
+                                                   service_cidr.broadcast_address):
+        reader.fail("cluster.dns.address", f"{address} is not a usable address of "
+                    f"cluster.serviceCIDR {service_cidr}")
+    domain = reader.string(d.get("domain", DEFAULT_DNS_DOMAIN), "cluster.dns.domain")
+    labels = domain.rstrip(".").split(".")
+    if not all(_DNS_LABEL.match(label) for label in labels) or len(domain) > 200:
+        reader.fail("cluster.dns.domain", f"{domain!r} is not a DNS domain (e.g. cluster.local)")
+    return ClusterDNS(enabled=enabled, address=address, domain=".".join(labels))
+
+
+def _dns_pods(reader: _Reader, cluster_name: str, nodes, pods) -> list[Pod]:
+    """One DNS server pod per node, in kube-system with the kube-dns labels, at the last
+    usable address of the node's podCIDR."""
+    made = []
+    for node in nodes:
+        name = dns_pod_name(cluster_name, node.name)
+        if any(p.name == name for p in pods):
+            reader.fail("pods", f"pod name {name!r} is the name of node {node.name!r}'s cluster "
+                        "DNS server pod")
+        if len(name) > 63 or not _NETNS_NAME.match(name):
+            reader.fail("cluster.name", f"{name!r} (node {node.name!r}'s DNS server pod) is too "
+                        "long a pod name: shorten the cluster or node name")
+        ip = dns_pod_ip(node)
+        made.append(Pod(name=name, namespace=DNS_NAMESPACE, node=node.name, ip=ip,
+                        mac=mac_from_ip("0a:58", ip), netns=name, owns_netns=True,
+                        labels=DNS_LABELS, dns_server=True))
+    return made
 
 
 def _is_prime(n: int) -> bool:
@@ -460,11 +544,12 @@ def _node_address(reader, d, where, index, node_network, earlier):
 _POD_FIELDS = {"name", "namespace", "node", "ip", "mac", "labels", "netns", "ports"}
 
 
-def _build_pods(reader: _Reader, raw_pods, nodes: dict, check_host: bool) -> list[Pod]:
+def _build_pods(reader: _Reader, raw_pods, nodes: dict, check_host: bool,
+                reserved: dict) -> list[Pod]:
     # first pass: validate every field and collect the explicitly given IPs
     checked = []
     names: dict[str, str] = {}
-    taken: dict[ipaddress.IPv4Address, str] = {}
+    taken: dict[ipaddress.IPv4Address, str] = dict(reserved)   # address -> whose
     for n, raw in enumerate(raw_pods):
         where = f"pods[{n}]"
         d = reader.mapping(raw, where, _POD_FIELDS, required=("name", "node"))

@@ -21,14 +21,15 @@ _SPEC_FIELDS = {
     "type", "clusterIP", "clusterIPs", "ports", "selector", "sessionAffinity",
     "sessionAffinityConfig", "externalTrafficPolicy", "internalTrafficPolicy", "externalIPs",
     "loadBalancerIP", "ipFamilies", "ipFamilyPolicy", "publishNotReadyAddresses",
-    "allocateLoadBalancerNodePorts",
+    "allocateLoadBalancerNodePorts", "externalName",
 }
+_EXTERNAL_NAME = __import__("re").compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?$")
 # fields Kubernetes has and vrouter does not implement: refused with the reason
 _UNSUPPORTED = {
     "loadBalancerSourceRanges": "source ranges are not enforced by vrouter",
     "healthCheckNodePort": "vrouter has no health-check node port",
     "loadBalancerClass": "vrouter is the only load-balancer implementation here",
-    "externalName": "ExternalName Services are DNS-only; vrouter has no DNS",
     "trafficDistribution": "topology-aware routing is not implemented",
 }
 
@@ -59,6 +60,7 @@ class Service:
     external_policy: str                             # Cluster | Local
     internal_policy: str                             # Cluster | Local
     source: str = ""                                 # file it came from
+    external_name: str | None = None                 # type ExternalName: a DNS CNAME only
 
     @property
     def key(self) -> str:
@@ -118,11 +120,13 @@ def parse(reader, doc: dict, where: str, source: str) -> dict:
     reader.mapping(spec, w, _SPEC_FIELDS)
 
     kind = spec.get("type", "ClusterIP")
-    if kind == "ExternalName":
-        reader.fail(f"{w}.type", "ExternalName Services are DNS-only; vrouter has no DNS")
-    if kind not in ("ClusterIP", "NodePort", "LoadBalancer"):
+    if kind not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
         reader.fail(f"{w}.type", f"{kind!r} is not a Service type (ClusterIP, NodePort, "
-                    "LoadBalancer)")
+                    "LoadBalancer, ExternalName)")
+    if kind == "ExternalName":
+        return _external_name(reader, spec, w, name, namespace, where, source)
+    if "externalName" in spec:
+        reader.fail(f"{w}.externalName", "only valid for type ExternalName")
     for key in ("ipFamilies",):
         if key in spec and spec[key] != ["IPv4"]:
             reader.fail(f"{w}.{key}", "vrouter is IPv4-only: use [IPv4]")
@@ -203,6 +207,24 @@ def parse(reader, doc: dict, where: str, source: str) -> dict:
                 internal_policy=policies["internalTrafficPolicy"], where=where, source=source)
 
 
+def _external_name(reader, spec, w, name, namespace, where, source) -> dict:
+    """type ExternalName: only a name for cluster DNS to answer with a CNAME; nothing proxied."""
+    target = spec.get("externalName")
+    if not isinstance(target, str) or not _EXTERNAL_NAME.match(target.lower()):
+        reader.fail(f"{w}.externalName", f"{target!r} is not a DNS name (type ExternalName "
+                    "needs one)")
+    for key in ("clusterIP", "clusterIPs", "selector", "externalIPs", "loadBalancerIP",
+                "sessionAffinity", "externalTrafficPolicy", "internalTrafficPolicy"):
+        if key in spec and not (key == "clusterIP" and spec[key] in ("", "None")):
+            reader.fail(f"{w}.{key}", "not valid for type ExternalName (it is only a DNS name)")
+    ports = _ports(reader, spec.get("ports") or [], f"{w}.ports", "ExternalName", True, False) \
+        if spec.get("ports") else ()
+    return dict(name=name, namespace=namespace, type="ExternalName", cluster_ip=None,
+                headless=True, ports=ports, selector=(), external_ips=(), affinity_timeout=0,
+                external_policy="Cluster", internal_policy="Cluster", where=where,
+                source=source, external_name=target.lower().rstrip("."))
+
+
 def _ports(reader, raw, where, kind, headless, allocate_node_ports):
     if not isinstance(raw, list) or (not raw and not headless):
         reader.fail(where, "must be a non-empty list of ports")
@@ -231,7 +253,7 @@ def _ports(reader, raw, where, kind, headless, allocate_node_ports):
             target = reader.integer(int(target), f"{w}.targetPort", 1, 65535)
         node_port = None
         if "nodePort" in d:
-            if kind == "ClusterIP":
+            if kind in ("ClusterIP", "ExternalName"):
                 reader.fail(f"{w}.nodePort", "only valid for type NodePort or LoadBalancer")
             node_port = reader.integer(d["nodePort"], f"{w}.nodePort", *NODE_PORT_RANGE)
         elif kind == "NodePort" or (kind == "LoadBalancer" and allocate_node_ports):
@@ -241,12 +263,14 @@ def _ports(reader, raw, where, kind, headless, allocate_node_ports):
 
 
 def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network,
-             reserved: dict | None = None) -> list[Service]:
+             reserved: dict | None = None, reserved_cluster_ips: dict | None = None
+             ) -> list[Service]:
     """Give open clusterIPs and nodePorts deterministic values (hash of the name, then probing),
-    after every explicitly given one is known; report clashes between given ones, and external
-    addresses that are `reserved` ({address: whose}, e.g. node addresses)."""
+    after every explicitly given one is known; report clashes between given ones, external
+    addresses that are `reserved` ({address: whose}, e.g. node addresses), and clusterIPs
+    that are `reserved_cluster_ips` (cluster DNS's)."""
     reserved = reserved or {}
-    used_ips: dict = {}
+    used_ips: dict = dict(reserved_cluster_ips or {})
     used_ports: dict = {}
     keys: set = set()
     for p in parsed:
@@ -266,7 +290,7 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network,
                                   f"{ip} is outside cluster.serviceCIDR {service_cidr}")
             if ip in used_ips:
                 raise ConfigError(p["source"], f"{p['where']}.spec.clusterIP",
-                                  f"{ip} is already {used_ips[ip]}'s")
+                                  f"{ip} is already taken by {used_ips[ip]}")
             used_ips[ip] = key
         for n, sp in enumerate(p["ports"]):
             if sp.node_port:
@@ -308,9 +332,22 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network,
             name=p["name"], namespace=p["namespace"], type=p["type"], cluster_ip=ip,
             ports=tuple(ports), selector=p["selector"], external_ips=p["external_ips"],
             affinity_timeout=p["affinity_timeout"], external_policy=p["external_policy"],
-            internal_policy=p["internal_policy"], source=p["source"]))
+            internal_policy=p["internal_policy"], source=p["source"],
+            external_name=p.get("external_name")))
     return services
 
 
 def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def kube_dns(address: ipaddress.IPv4Address) -> Service:
+    """The cluster DNS Service, as Kubernetes names it: kube-system/kube-dns at the DNS address,
+    whose endpoints are the nodes' DNS server pods. internalTrafficPolicy Local: each node's pods
+    ask their own node's server (as NodeLocal DNSCache does), so no query crosses the overlay."""
+    from vrouter.model.config import DNS_LABELS, DNS_NAMESPACE, DNS_SERVICE
+    return Service(
+        name=DNS_SERVICE, namespace=DNS_NAMESPACE, type="ClusterIP", cluster_ip=address,
+        ports=(ServicePort("dns", "UDP", 53, 53, None), ServicePort("dns-tcp", "TCP", 53, 53, None)),
+        selector=DNS_LABELS, external_ips=(), affinity_timeout=0, external_policy="Cluster",
+        internal_policy="Local", source="cluster.dns")

@@ -26,6 +26,7 @@ from vrouter.model.config import Cluster, ConfigError, load
 from vrouter.node.capture import Session
 from vrouter.node.datapath import Datapath, ensure_compiled
 from vrouter.node.dataplane import Dataplane
+from vrouter.node.dnsserver import DnsServer, open_sockets
 from vrouter.node.metrics import Metrics, snapshot_from
 from vrouter.node.pods import LocalPods, PodError
 from vrouter.node.trace import Tracer, TraceError
@@ -82,6 +83,8 @@ class Node:
         self.reloads = {"ok": 0, "refused": 0, "last_error": None}
         self.tracer: Tracer | None = None   # made at the first trace (its batch is 8 MB)
         self.metrics: Metrics | None = None
+        self.dns: DnsServer | None = None
+        self.dns_sockets: tuple = ()
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -97,6 +100,9 @@ class Node:
         stack.callback(self.pods.close_all)
         for port, pod in sorted(self.dp.ports.items()):
             self.pods.attach_at_start(port, pod)
+        dns_pod = self.cluster.dns_pod(self.name)
+        if dns_pod is not None:
+            self.dns_sockets = open_sockets(dns_pod, stack)
         self.uplink = outside.attach(self.cluster, self.node, stack)
         self.datapath = Datapath(self.dp, {**self.pods.ports, self.dp.uplink: self.uplink},
                                  self.overlay, self.cluster.overlay.port, self.cluster.busy_poll_us)
@@ -222,7 +228,17 @@ class Node:
         pod, tap = self.dp.ports[port], self.pods.ports[port]
         return {"pod": pod.name, "namespace": pod.namespace, "port": port, "ifname": pod.ifname,
                 "ifindex": tap.ifindex, "mac": pod.mac, "netns": pod.netns_path,
-                "ip": f"{pod.ip}/{self.node.pod_cidr.prefixlen}", "gateway": str(self.node.gateway)}
+                "ip": f"{pod.ip}/{self.node.pod_cidr.prefixlen}", "gateway": str(self.node.gateway),
+                "dns": self._dns_settings(pod)}
+
+    def _dns_settings(self, pod) -> dict:
+        """The CNI result's dns: what the runtime writes into the container's resolv.conf."""
+        d = self.cluster.dns
+        if not d.enabled:
+            return {}
+        return {"nameservers": [str(d.address)],
+                "search": [f"{pod.namespace}.svc.{d.domain}", f"svc.{d.domain}", d.domain],
+                "options": ["ndots:5"]}
 
     async def detach(self, request: dict) -> dict:
         """Take a runtime pod's interface away. Detaching what is not attached succeeds."""
@@ -333,6 +349,9 @@ class Node:
                 nursery.start_soon(self.send_keepalives)
                 self.nursery = nursery
                 nursery.start_soon(self.watch_attachments)
+                if self.cluster.dns_pod(self.name) is not None:
+                    self.dns = DnsServer(lambda: self.cluster, *self.dns_sockets)
+                    nursery.start_soon(self.dns.serve)
                 nursery.start_soon(control.serve, state.socket_path(self.cluster.name, self.name),
                                    {"status": self.status, "reload": self.reload,
                                     "refresh": self.refresh, "attach": self.attach,

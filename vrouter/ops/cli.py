@@ -65,11 +65,13 @@ def cmd_cni_conf(args) -> int:
     node = cluster.node(args.node)
     plugin = {"type": "vrouter-cni", "cluster": cluster.name, "node": node.name}
     if args.ipam:
-        # the upper half of the node's podCIDR: the lower one is where file pods get theirs
+        # the upper half of the node's podCIDR: the lower one is where file pods get theirs;
+        # its last address is the node's DNS server pod
         hosts = list(node.pod_cidr.hosts())
+        last = hosts[-2] if cluster.dns.enabled else hosts[-1]
         plugin["ipam"] = {"type": args.ipam, "ranges": [[{
             "subnet": str(node.pod_cidr), "rangeStart": str(hosts[len(hosts) // 2]),
-            "rangeEnd": str(hosts[-1]), "gateway": str(node.gateway)}]]}
+            "rangeEnd": str(last), "gateway": str(node.gateway)}]]}
         if args.ipam_data_dir:
             plugin["ipam"]["dataDir"] = args.ipam_data_dir
     name = args.name or f"vrouter-{node.name}"
@@ -108,7 +110,9 @@ def cmd_check(args) -> int:
     for pod in cluster.pods:
         print(f"  {pod.name:<16} {pod.node:<10} {str(pod.ip):<15} {pod.mac}  netns {pod.netns}")
     for svc in cluster.services:
-        print(f"  service {svc.key} {svc.type} {svc.cluster_ip or 'None (headless)'}"
+        address = (f"-> {svc.external_name} (DNS CNAME)" if svc.external_name
+                   else svc.cluster_ip or "None (headless)")
+        print(f"  service {svc.key} {svc.type} {address}"
               + "".join(f" {ip}" for ip in svc.external_ips))
         for sp in svc.ports:
             eps = ", ".join(f"{e.pod.ip}:{e.port}" for e in endpoints(svc, sp, cluster.pods))

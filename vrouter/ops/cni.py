@@ -192,7 +192,7 @@ def _result(answer: dict, version: str) -> dict:
                             "sandbox": answer["netns"]}],
             "ips": [{"address": answer["ip"], "gateway": answer["gateway"], "interface": 0}],
             "routes": [{"dst": "0.0.0.0/0", "gw": answer["gateway"]}],
-            "dns": {}}
+            "dns": answer.get("dns") or {}}
 
 
 def delete(conf: dict, version: str) -> int:

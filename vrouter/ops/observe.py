@@ -119,6 +119,9 @@ def _destination(cluster: Cluster, text: str, port: int | None
     service = next((s for s in cluster.services if s.key == key), None)
     if service is None:
         raise ValueError(f"--to {text!r}: neither an IPv4 address, a pod nor a Service")
+    if service.external_name:
+        raise ValueError(f"--to {text!r}: Service {key} is an ExternalName (a DNS name for "
+                         f"{service.external_name}, no address)")
     if service.cluster_ip is None:
         raise ValueError(f"--to {text!r}: Service {key} is headless (no cluster IP)")
     if port is None and service.ports:

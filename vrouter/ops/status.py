@@ -71,8 +71,18 @@ def node_status(node) -> dict:
         "metrics": ("http://%s:%d/metrics" % address
                     if (address := node.cluster.metrics_address(node.name)) else None),
         "datapath": _datapath(node),
+        "dns": _dns(node),
         "counters": dp.counter_dict(),
     }
+
+
+def _dns(node) -> dict | None:
+    pod = node.cluster.dns_pod(node.name)
+    if pod is None:
+        return None
+    return {"address": str(node.cluster.dns.address), "domain": node.cluster.dns.domain,
+            "server": f"{pod.name} {pod.ip}:53 (udp, tcp)",
+            "answers": dict(node.dns.resolver.counts) if node.dns else {}}
 
 
 def _frames(t: dict) -> str:
@@ -129,6 +139,10 @@ def render(status: dict, show_zero: bool = False) -> str:
         if d.get("requests"):
             lines.append(f"    {d['requests']} control requests run between batches, the "
                          f"longest {d['longest_request_us'] / 1000:.1f} ms")
+    if status.get("dns"):
+        d = status["dns"]
+        answers = ", ".join(f"{k} {v}" for k, v in sorted(d["answers"].items())) or "no queries yet"
+        lines.append(f"  dns: {d['address']} ({d['domain']}) served by {d['server']}: {answers}")
     if status.get("metrics"):
         lines.append(f"  metrics: {status['metrics']}")
     r = status.get("reloads", {})
