@@ -134,6 +134,9 @@ class Cluster:
     def leftovers(self) -> list[str]:
         """Namespaces, devices, processes and state this cluster still has on the machine."""
         found = [f"netns {n}" for n in list_netns() - self.netns_before if n.startswith(self.prefix)]
+        if os.path.isdir("/etc/netns"):
+            found += [f"/etc/netns/{n}" for n in os.listdir("/etc/netns")
+                      if n.startswith(self.prefix)]
         ps = subprocess.run(["pgrep", "-f", self.path.name], capture_output=True, text=True)
         found += [f"process {pid}" for pid in ps.stdout.split()]
         if state.cluster_dir(self.prefix).exists():

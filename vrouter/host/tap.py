@@ -68,7 +68,14 @@ def create_netns(name: str) -> None:
 
 
 def remove_netns(name: str) -> None:
+    """A namespace vrouter made, with the resolv.conf it wrote for it (also after a kill -9,
+    from `vrouter down`)."""
     netns.remove(name)
+    directory = os.path.join(ETC_NETNS, name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, "resolv.conf"))
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)   # only when empty: what else is there is not ours
 
 
 def open_tap(prefix: str) -> tuple[TunTapDevice, bool]:
