@@ -9,6 +9,7 @@ import pytest
 
 from tests.system.cluster import list_netns, netns_exec, new_prefix, wait_for
 from tests.system.podman import IMAGE, Podman
+from vrouter.ops import control
 
 VIP = "10.96.0.50"
 WEB = f"""
@@ -255,12 +256,7 @@ def test_malformed_and_oversized_control_requests_get_errors(make_cluster):
                 s.sendall(payload)
             except OSError:
                 pass   # the node stopped reading an oversized request: fine
-            answer = b""
-            while not answer.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
+            answer = control.receive_line(s)
         assert "error" in json.loads(answer), payload[:40]
     assert cluster.status("node-a")["ready"] and cluster.proc.poll() is None
     assert list_netns()   # and the cluster still serves

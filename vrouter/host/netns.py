@@ -98,6 +98,17 @@ def _in_mount_ns(fd: int | None, action, *args) -> None:
         raise OSError(f"{action.__name__}{args}: {problem}")
 
 
+@contextlib.contextmanager
+def entered(path: str):
+    """This thread inside the network namespace at `path` for the block (setns changes only
+    the calling thread, so the data-path thread is not disturbed)."""
+    pr_netns.pushns(path)
+    try:
+        yield
+    finally:
+        pr_netns.popns()
+
+
 def create(name: str) -> None:
     _in_mount_ns(publishing_mount_ns(), pr_netns.create, name)
 

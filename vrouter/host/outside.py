@@ -14,18 +14,16 @@ nodes killed with SIGKILL left behind (their TAPs vanished with them, so its bri
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pytun import TunTapDevice
 
 from vrouter.host import netns, state
 from vrouter.model.config import Cluster, Node
-from vrouter.host.tap import HostError, TapPort, open_tap
+from vrouter.host.tap import HostError, TapPort, move_tap, open_tap
 
 BRIDGE = "br0"
 
@@ -67,16 +65,9 @@ def attach(cluster: Cluster, node: Node, stack: contextlib.ExitStack) -> UplinkP
         port = UplinkPort(tap, uso, interface_name(node))
         stack.callback(detach, cluster, node, port)
         path = _path(cluster)
-        with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname=tap.name)[0]
-            try:
-                ipr.link("set", index=index, net_ns_fd=path, ifname=port.ifname)
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST:
-                    raise HostError(f"{cluster.outside_netns} already has an interface "
-                                    f"{port.ifname!r}: is node {node.name!r} running already?") \
-                        from None
-                raise
+        move_tap(tap, path, port.ifname,
+                 taken=f"{cluster.outside_netns} already has an interface {port.ifname!r}: "
+                       f"is node {node.name!r} running already?")
         with IPRoute(netns=path) as ipr:
             bridge = ipr.link_lookup(ifname=BRIDGE)[0]
             index = ipr.link_lookup(ifname=port.ifname)[0]
@@ -151,11 +142,8 @@ def _ensure_namespace(cluster: Cluster) -> None:
 
 def _quiet_ipv6(path: str) -> None:
     """IPv4 only, as the pods: no router solicitations or MLD reports on the bridge."""
-    pr_netns.pushns(path)
-    try:
+    with netns.entered(path):
         for scope in ("all", "default"):
             with contextlib.suppress(OSError), \
                     open(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6", "w") as f:
                 f.write("1")
-    finally:
-        pr_netns.popns()

@@ -18,7 +18,6 @@ import os
 import secrets
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pytun import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TunTapDevice
 
@@ -121,23 +120,31 @@ class PodPort(TapPort):
         self.ifindex = ifindex
 
 
-def write_resolv_conf(netns_name: str, text: str, stack: contextlib.ExitStack) -> None:
+def write_resolv_conf(netns_name: str, text: str) -> None:
     """/etc/netns/NAME/resolv.conf: `ip netns exec NAME` mounts it over /etc/resolv.conf, so
-    programs in the pod resolve cluster names as in a Kubernetes pod (dnsPolicy ClusterFirst)."""
+    programs in the pod resolve cluster names as in a Kubernetes pod (dnsPolicy ClusterFirst).
+    remove_netns removes it with the namespace."""
     directory = os.path.join(ETC_NETNS, netns_name)
-    made_directory = not os.path.isdir(directory)
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "resolv.conf")
-    with open(path, "w") as f:
+    with open(os.path.join(directory, "resolv.conf"), "w") as f:
         f.write(text)
 
-    def remove():
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        if made_directory:
-            with contextlib.suppress(OSError):
-                os.rmdir(directory)
-    stack.callback(remove)
+
+def move_tap(tap: TunTapDevice, netns_path: str, ifname: str, taken: str) -> None:
+    """Move a TAP's kernel end into a network namespace, named `ifname` there; HostError(taken)
+    when the namespace has an interface of that name already."""
+    nsfd = os.open(netns_path, os.O_RDONLY)
+    try:
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=tap.name)[0]
+            try:
+                ipr.link("set", index=index, net_ns_fd=nsfd, ifname=ifname)
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    raise HostError(taken) from None
+                raise
+    finally:
+        os.close(nsfd)
 
 
 def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,
@@ -151,7 +158,7 @@ def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,
         stack.callback(remove_netns, pod.netns)
         created_netns.append(pod.netns)
         if cluster.dns.enabled and not pod.dns_server:
-            write_resolv_conf(pod.netns, cluster.dns.resolv_conf(pod.namespace), stack)
+            write_resolv_conf(pod.netns, cluster.dns.resolv_conf(pod.namespace))
     elif not netns_exists(pod):
         raise HostError(f"network namespace {pod.netns!r} of pod {pod.name!r} does not exist")
 
@@ -159,20 +166,9 @@ def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,
     tap, uso = open_tap("vrt")
     port = PodPort(pod, tap, uso, ifindex=0)
     stack.callback(port.close)
-    nsfd = os.open(pod.netns_path, os.O_RDONLY)
-    try:
-        with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname=tap.name)[0]
-            try:
-                ipr.link("set", index=index, net_ns_fd=nsfd, ifname=pod.ifname)
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST:
-                    raise HostError(f"network namespace {pod.netns!r} already has an "
-                                    f"{pod.ifname}; vrouter needs that name for the pod's "
-                                    "interface") from None
-                raise
-    finally:
-        os.close(nsfd)
+    move_tap(tap, pod.netns_path, pod.ifname,
+             taken=f"network namespace {pod.netns!r} already has an {pod.ifname}; vrouter "
+                   "needs that name for the pod's interface")
     node = cluster.node(pod.node)
     port.ifindex = configure_pod_side(pod, cluster.overlay.pod_mtu, node.gateway,
                                       node.pod_cidr.prefixlen)
@@ -216,12 +212,7 @@ def interface_problem(pod: Pod, prefixlen: int) -> str | None:
 
 def _disable_ipv6(pod: Pod) -> None:
     """vrouter pods are IPv4-only: keep the interface quiet instead of dropping its IPv6
-    chatter. (setns applies to this thread only: safe beside the data-path thread.)"""
-    pr_netns.pushns(pod.netns_path)
-    try:
+    chatter."""
+    with netns.entered(pod.netns_path), contextlib.suppress(OSError):   # OSError: no IPv6
         with open(f"/proc/sys/net/ipv6/conf/{pod.ifname}/disable_ipv6", "w") as f:
             f.write("1")
-    except OSError:
-        pass   # IPv6 compiled out: nothing to silence
-    finally:
-        pr_netns.popns()

@@ -113,11 +113,17 @@ class ClusterDNS:
     address: ipaddress.IPv4Address | None = None   # the kube-dns ClusterIP (serviceCIDR .10)
     domain: str = DEFAULT_DNS_DOMAIN
 
-    def resolv_conf(self, namespace: str) -> str:
-        """A Kubernetes pod's resolv.conf (ClusterFirst)."""
+    def settings(self, namespace: str) -> dict:
+        """What a Kubernetes pod of `namespace` resolves with (dnsPolicy ClusterFirst), in the
+        shape of a CNI result's dns."""
         d = self.domain
-        return (f"nameserver {self.address}\nsearch {namespace}.svc.{d} svc.{d} {d}\n"
-                "options ndots:5\n")
+        return {"nameservers": [str(self.address)],
+                "search": [f"{namespace}.svc.{d}", f"svc.{d}", d], "options": ["ndots:5"]}
+
+    def resolv_conf(self, namespace: str) -> str:
+        s = self.settings(namespace)
+        return (f"nameserver {' '.join(s['nameservers'])}\nsearch {' '.join(s['search'])}\n"
+                f"options {' '.join(s['options'])}\n")
 
 
 DNS_NAMESPACE = "kube-system"

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass
 
-from vrouter.model.config import _DNS_LABEL, ConfigError
+from vrouter.model.config import (
+    _DNS_LABEL, DNS_LABELS, DNS_NAMESPACE, DNS_SERVICE, ConfigError,
+)
 
 NODE_PORT_RANGE = (30000, 32767)
 DEFAULT_AFFINITY_TIMEOUT = 10800
@@ -23,7 +26,7 @@ _SPEC_FIELDS = {
     "loadBalancerIP", "ipFamilies", "ipFamilyPolicy", "publishNotReadyAddresses",
     "allocateLoadBalancerNodePorts", "externalName",
 }
-_EXTERNAL_NAME = __import__("re").compile(
+_EXTERNAL_NAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?$")
 # fields Kubernetes has and vrouter does not implement: refused with the reason
 _UNSUPPORTED = {
@@ -345,7 +348,6 @@ def kube_dns(address: ipaddress.IPv4Address) -> Service:
     """The cluster DNS Service, as Kubernetes names it: kube-system/kube-dns at the DNS address,
     whose endpoints are the nodes' DNS server pods. internalTrafficPolicy Local: each node's pods
     ask their own node's server (as NodeLocal DNSCache does), so no query crosses the overlay."""
-    from vrouter.model.config import DNS_LABELS, DNS_NAMESPACE, DNS_SERVICE
     return Service(
         name=DNS_SERVICE, namespace=DNS_NAMESPACE, type="ClusterIP", cluster_ip=address,
         ports=(ServicePort("dns", "UDP", 53, 53, None), ServicePort("dns-tcp", "TCP", 53, 53, None)),

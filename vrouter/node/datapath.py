@@ -23,8 +23,8 @@ from typing import Callable
 import trio
 
 from fastpath.io import (
-    BATCH_FRAMES, FD_NONE, FD_OVERLAY, TX_BYTES, TX_FRAMES, FD_WAKE, ST_GATEWAY_N, ST_SPIN_NS, WHY_CAPTURE, WHY_ERROR, WHY_SLOW,
-    serve,
+    BATCH_FRAMES, FD_NONE, FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_SPIN_NS, TX_BYTES, TX_FRAMES,
+    WHY_CAPTURE, WHY_ERROR, WHY_SLOW, serve,
 )
 from fastpath.layout import BATCH
 from fastpath.reasons import R_DROP_TX_ERROR
@@ -169,6 +169,23 @@ class Datapath:
 
         self.call(fn, done)
         await finished.wait()
+        result, error = box[0]
+        if error is not None:
+            raise error
+        return result
+
+    def run_blocking(self, fn: Callable[[], object], timeout: float):
+        """From any other thread (not trio's): run fn() in the data-path thread and wait for
+        its result at most `timeout` seconds (TimeoutError)."""
+        done = threading.Event()
+        box: list = []
+
+        def finished(result, error):
+            box.append((result, error))
+            done.set()
+        self.call(fn, finished)
+        if not done.wait(timeout):
+            raise TimeoutError(f"the data path did not answer within {timeout:g} s")
         result, error = box[0]
         if error is not None:
             raise error

@@ -8,12 +8,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import threading
 from typing import Callable
 
 import trio
-from pyroute2 import netns as pr_netns
 
+from vrouter.host import netns
 from vrouter.host.tap import HostError
 from vrouter.model.config import Cluster, Pod
 from vrouter.model.dns import Resolver
@@ -27,36 +26,21 @@ MAX_TCP_MESSAGE = 65535
 
 
 def open_sockets(pod: Pod, stack: contextlib.ExitStack) -> tuple[socket.socket, socket.socket]:
-    """UDP and listening TCP sockets bound to the pod's address, created inside its network
-    namespace (setns in a thread of their own: it changes only the calling thread)."""
-    made: list = []
-
-    def make():
-        pr_netns.pushns(pod.netns_path)
-        try:
+    """UDP and listening TCP sockets bound to the pod's address, made inside its network
+    namespace (a socket stays in the namespace it was made in)."""
+    try:
+        with netns.entered(pod.netns_path):
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            made.append(udp)
+            stack.callback(udp.close)
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            made.append(tcp)
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            udp.bind((str(pod.ip), PORT))
-            tcp.bind((str(pod.ip), PORT))
-            tcp.listen(TCP_CLIENTS)
-        except OSError as exc:
-            made.append(exc)
-        finally:
-            pr_netns.popns()
-
-    worker = threading.Thread(target=make, name="dns-sockets")
-    worker.start()
-    worker.join()
-    for item in made:
-        if isinstance(item, socket.socket):
-            stack.callback(item.close)
-    if made and isinstance(made[-1], OSError):
+            stack.callback(tcp.close)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        udp.bind((str(pod.ip), PORT))
+        tcp.bind((str(pod.ip), PORT))
+        tcp.listen(TCP_CLIENTS)
+    except OSError as exc:
         raise HostError(f"cannot serve cluster DNS on {pod.ip}:{PORT} in {pod.netns}: "
-                        f"{made[-1].strerror}")
-    udp, tcp = made
+                        f"{exc.strerror}") from None
     udp.setblocking(False)
     tcp.setblocking(False)
     return udp, tcp

@@ -14,7 +14,6 @@ the control socket (`vrouter metrics`). What there is:
 """
 from __future__ import annotations
 
-import threading
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
@@ -137,20 +136,5 @@ class Metrics:
 
 
 def snapshot_from(datapath, read: Callable[[], dict]) -> Callable[[], dict]:
-    """read() run in the data-path thread, waited for from any other thread."""
-    def snapshot() -> dict:
-        done = threading.Event()
-        box: list = []
-
-        def finished(result, error):
-            box.append((result, error))
-            done.set()
-        datapath.call(read, finished)
-        if not done.wait(SCRAPE_TIMEOUT):
-            raise TimeoutError("the data path did not answer within "
-                               f"{SCRAPE_TIMEOUT:g} s")
-        result, error = box[0]
-        if error is not None:
-            raise error
-        return result
-    return snapshot
+    """read() run in the data-path thread, waited for from a scrape's thread."""
+    return lambda: datapath.run_blocking(read, SCRAPE_TIMEOUT)

@@ -229,16 +229,9 @@ class Node:
         return {"pod": pod.name, "namespace": pod.namespace, "port": port, "ifname": pod.ifname,
                 "ifindex": tap.ifindex, "mac": pod.mac, "netns": pod.netns_path,
                 "ip": f"{pod.ip}/{self.node.pod_cidr.prefixlen}", "gateway": str(self.node.gateway),
-                "dns": self._dns_settings(pod)}
-
-    def _dns_settings(self, pod) -> dict:
-        """The CNI result's dns: what the runtime writes into the container's resolv.conf."""
-        d = self.cluster.dns
-        if not d.enabled:
-            return {}
-        return {"nameservers": [str(d.address)],
-                "search": [f"{pod.namespace}.svc.{d.domain}", f"svc.{d.domain}", d.domain],
-                "options": ["ndots:5"]}
+                # the CNI result's dns: what the runtime writes into the container's resolv.conf
+                "dns": self.cluster.dns.settings(pod.namespace) if self.cluster.dns.enabled
+                else {}}
 
     async def detach(self, request: dict) -> dict:
         """Take a runtime pod's interface away. Detaching what is not attached succeeds."""
@@ -349,7 +342,7 @@ class Node:
                 nursery.start_soon(self.send_keepalives)
                 self.nursery = nursery
                 nursery.start_soon(self.watch_attachments)
-                if self.cluster.dns_pod(self.name) is not None:
+                if self.dns_sockets:   # this node has a DNS server pod
                     self.dns = DnsServer(lambda: self.cluster, *self.dns_sockets)
                     nursery.start_soon(self.dns.serve)
                 nursery.start_soon(control.serve, state.socket_path(self.cluster.name, self.name),

@@ -128,10 +128,15 @@ def request(path: Path, cmd: str, timeout: float = 5.0, **fields) -> dict:
         s.settimeout(timeout)
         s.connect(str(path))
         s.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
+        return json.loads(receive_line(s))
+
+
+def receive_line(s: socket.socket) -> bytes:
+    """One answer: up to its newline, or what came before the node closed."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
