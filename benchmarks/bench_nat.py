@@ -22,6 +22,7 @@ from scapy.layers.l2 import Ether
 
 from fastpath.conntrack import CT_COLS, new_state_table
 from fastpath.groups import Conntrack
+from fastpath.layout import M_IN_PORT, M_ROW, M_START, META_COLS, P_GW_IP, P_UPLINK_PORT, PARAM_COUNT
 from fastpath.reasons import COUNTER_COUNT
 from fastpath.stages.services import nat
 from vrouter.model import config
@@ -53,9 +54,12 @@ def services_yaml(count: int) -> str:
 
 
 @njit(cache=True)
-def drive(buf, template, vips, n_flows, now, gw, counters, services, conntrack, do_nat):
+def drive(buf, template, vips, n_flows, now, params, counters, services, conntrack, do_nat):
     ip = 14
     done = 0
+    meta = np.zeros((1, META_COLS), dtype=np.int64)
+    meta[0, M_START] = 0
+    meta[0, M_IN_PORT] = 0
     for k in range(n_flows):
         row = k & 63
         buf[row, :template.shape[0]] = template
@@ -73,7 +77,8 @@ def drive(buf, template, vips, n_flows, now, gw, counters, services, conntrack, 
         buf[row, ip + 20] = (sport >> 8) & 0xFF
         buf[row, ip + 21] = sport & 0xFF
         if do_nat:
-            done += nat(buf, row, ip, True, False, now, gw, counters, services, conntrack)
+            meta[0, M_ROW] = row
+            done += nat(buf, meta, 0, now, params, counters, services, conntrack)
     return done
 
 
@@ -89,8 +94,10 @@ def run(services: int, flows: int) -> tuple[float, float, float]:
     template = np.frombuffer(bytes(Ether() / IP(src="10.0.0.1", dst="10.96.0.1") /
                                    TCP(sport=1, dport=80, flags="A")), dtype=np.uint8).copy()
     buf = np.zeros((64, 256), dtype=np.uint8)
-    args = (buf, template, vips, flows, 1000, ip_to_int("10.244.1.1"), counters, st.group,
-            conntrack)
+    params = np.zeros(PARAM_COUNT, dtype=np.int64)
+    params[P_GW_IP] = ip_to_int("10.244.1.1")
+    params[P_UPLINK_PORT] = 1   # the clients come from pod port 0
+    args = (buf, template, vips, flows, 1000, params, counters, st.group, conntrack)
     drive(*args[:3], 64, *args[4:], True)      # compile (cached after the first run)
     conntrack.ct_keys[:] = 0
     t0 = time.perf_counter()

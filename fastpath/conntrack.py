@@ -32,6 +32,7 @@ ST_REPLY = 1        # this entry is the reply direction
 ST_SEEN_REPLY = 2   # the connection has seen traffic both ways
 ST_FIN = 4          # this direction sent FIN
 ST_CLOSED = 8       # RST, or FIN both ways: expire soon
+ST_PLAIN = 16       # followed for NetworkPolicy only: nothing to rewrite (values = the key)
 
 T_TCP_NEW = 60
 T_TCP_ESTABLISHED = 86400
@@ -102,6 +103,49 @@ def tuple_key(src, dst, proto, sport, dport):
     k0 = (np.uint64(src) << np.uint64(32)) | np.uint64(dst)
     k1 = (np.uint64(proto) << np.uint64(32)) | (np.uint64(sport) << np.uint64(16)) | np.uint64(dport)
     return k0, k1
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def echo_ports(kind, ident):
+    """ICMP echo as conntrack sees it: the identifier is the request's source "port" and the
+    reply's destination "port", so a reply's tuple is the reverse of its request's."""
+    if kind == 8:
+        return ident, 0
+    return 0, ident
+
+
+@njit(cache=True, _nrt=False)
+def open_pair(ct_keys, ct_vals, src, dst, proto, sport, dport, new_src, new_sport, new_dst,
+              new_dport, flags, now, counters):
+    """Track a new connection: the entry of its first packet's tuple (rewritten to the new
+    tuple), and the reply direction's (keyed by the new tuple reversed, rewritten back).
+    Returns the first entry's slot."""
+    k0, k1 = tuple_key(src, dst, proto, sport, dport)
+    j = wclaim(ct_keys, ct_vals, CT_EXPIRES, k0, k1, now, counters)
+    ct_vals[j, CT_SRC] = new_src
+    ct_vals[j, CT_SPORT] = new_sport
+    ct_vals[j, CT_DST] = new_dst
+    ct_vals[j, CT_DPORT] = new_dport
+    ct_vals[j, CT_STATE] = flags
+    ct_vals[j, CT_EXPIRES] = now + timeout_of(proto, 0)
+    r0, r1 = tuple_key(new_dst, new_src, proto, new_dport, new_sport)
+    r = wclaim(ct_keys, ct_vals, CT_EXPIRES, r0, r1, now, counters, j)
+    ct_vals[r, CT_SRC] = dst
+    ct_vals[r, CT_SPORT] = dport
+    ct_vals[r, CT_DST] = src
+    ct_vals[r, CT_DPORT] = sport
+    ct_vals[r, CT_STATE] = ST_REPLY | flags
+    ct_vals[r, CT_EXPIRES] = now + timeout_of(proto, 0)
+    return j
+
+
+@njit(cache=True, _nrt=False)
+def forget_pair(ct_keys, ct_vals, j, proto, now):
+    """Expire a connection's two entries (its first packet was refused after all)."""
+    p = partner(ct_keys, ct_vals, j, proto, now)
+    if p >= 0:
+        ct_vals[p, CT_EXPIRES] = now - 1
+    ct_vals[j, CT_EXPIRES] = now - 1
 
 
 @njit(cache=True, _nrt=False)

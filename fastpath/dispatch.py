@@ -27,7 +27,7 @@ from fastpath.reasons import (
 )
 from fastpath.stages import (
     DONE, S_BRIDGE, S_GATEWAY_IN, S_OUTSIDE_IN, S_OVERLAY_IN, S_POD_IN, S_ROUTE, S_SERVICES,
-    S_LOCAL, S_SWITCH, S_TO_OVERLAY, finish,
+    S_LOCAL, S_POLICY, S_SWITCH, S_TO_OVERLAY, finish,
 )
 from fastpath.stages.bridge import bridge_stage, switch
 from fastpath.stages.gro import coalesce
@@ -36,6 +36,7 @@ from fastpath.stages.ingress import gateway_in, pod_in
 from fastpath.stages.local import local_stage
 from fastpath.stages.outside import outside_in
 from fastpath.stages.overlay import overlay_in, to_overlay, write_vxlan_header
+from fastpath.stages.policy import policy_stage
 from fastpath.stages.route import route_stage
 from fastpath.stages.services import services_stage
 
@@ -107,6 +108,9 @@ def run_stages(buf, meta, i, now, tables, out):
         elif stage == S_SERVICES:
             stage = services_stage(buf, meta, i, now, params, counters, tables.services,
                                    tables.conntrack)
+        elif stage == S_POLICY:
+            stage = policy_stage(buf, meta, i, now, params, counters, tables.policy,
+                                 tables.routes, tables.conntrack)
         elif stage == S_SWITCH:
             stage = switch(buf, meta, i, params)
         elif stage == S_BRIDGE:

@@ -69,6 +69,20 @@ class Conntrack(NamedTuple):
     frag_vals: np.ndarray
 
 
+class Policy(NamedTuple):
+    """NetworkPolicy of the node's pods (rebuilt on reload and as pods come and go), see
+    fastpath.stages.policy."""
+    active: np.ndarray          # int64[1]: 1 when a policy selects some pod of this node
+    port_rules: np.ndarray      # int64[P, PR_COLS]
+    rules: np.ndarray           # int64[R, RU_COLS]
+    peer_sets: np.ndarray       # int64[S, PS_COLS]
+    excepts: np.ndarray         # int64[E, 3]: peer set, network, mask of an ipBlock's except
+    members: np.ndarray         # uint64 hash keys: peer set + 1 << 32 | pod IPv4
+    named: np.ndarray           # uint64 hash keys: named set + 1 << 48 | IPv4 << 16 | port
+    policy_ids: np.ndarray      # int64[K]: policies isolating a port (port_rules ranges)
+    drops: np.ndarray           # int64[policies]: new connections refused, per policy
+
+
 class Tables(NamedTuple):
     params: np.ndarray          # int64[PARAM_COUNT], P_*
     counters: np.ndarray        # uint64[COUNTER_COUNT], R_*
@@ -79,6 +93,7 @@ class Tables(NamedTuple):
     outside: Outside
     services: Services
     conntrack: Conntrack
+    policy: Policy
 
 
 class Frames(NamedTuple):

@@ -46,7 +46,13 @@ M_REASON = 13      # the verdict's counter index (R_*)
 M_SOCKET = 14      # overlay: which of the node's send sockets (outer UDP source port)
 M_OWN = 15         # 1: the node's own packet (built by the gateway, or an echo answer): it is
                    # routed but not forwarded (no TTL decrement) and never sent to the slow path
-META_COLS = 16
+M_FLOW = 16        # what conntrack knew of the frame's connection (FLOW_*), for the policy stage
+M_CT_SLOT = 17     # FLOW_NEW: the conntrack entry the frame's Service NAT just created
+META_COLS = 18
+
+FLOW_NONE = 0          # not a tracked connection (or not TCP/UDP/ICMP echo)
+FLOW_NEW = 1           # the first packet of a connection Service NAT or masquerade just opened
+FLOW_ESTABLISHED = 2   # a packet of a tracked connection (either direction), or related to one
 
 IN_OVERLAY = -2    # frame came out of a VXLAN datagram
 IN_GATEWAY = -3    # frame originated by the node itself (slow path replies, ICMP errors)
@@ -128,4 +134,5 @@ P_NODE_IP = 15             # the node's address there (NodePorts)
 P_NODE_MAC = 16
 P_OUTSIDE_NET = 17         # cluster.nodeNetwork
 P_OUTSIDE_MASK = 18
+P_MASQUERADE = 19          # 1: pods' traffic to the outside network is SNATed to P_NODE_IP
 PARAM_COUNT = 24

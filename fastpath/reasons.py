@@ -58,6 +58,10 @@ COUNTERS = (
     Counter("drop_outside_not_for_us", DROP, "another host's frame on the outside bridge"),
     Counter("drop_service_no_local_endpoint", DROP, "externalTrafficPolicy Local, no endpoint here"),
     Counter("drop_service_no_snat_port", DROP, "no free source port to SNAT to"),
+    Counter("drop_policy_ingress", DROP, "a NetworkPolicy isolates the receiving pod: no rule "
+            "allows this new connection"),
+    Counter("drop_policy_egress", DROP, "a NetworkPolicy isolates the sending pod: no rule "
+            "allows this new connection"),
     Counter("drop_own_unroutable", DROP, "a packet the node built itself has nowhere to go"),
     Counter("drop_no_room", DROP, "more segments than one output batch holds"),
     Counter("drop_tx_error", DROP, "a write or send failed"),
@@ -67,6 +71,10 @@ COUNTERS = (
     Counter("fdb_learn_table_full", EVENT, "a MAC not learned: the table was full"),
     Counter("outside_neighbour_table_full", EVENT, "an outside neighbour not learned: table full"),
     Counter("svc_new_flows", EVENT, "connections given a Service backend"),
+    Counter("masqueraded_flows", EVENT, "pods' connections to the outside network SNATed to "
+            "the node address"),
+    Counter("policy_flows_tracked", EVENT, "connections NetworkPolicy allowed, followed by "
+            "conntrack so their replies pass"),
     Counter("ct_translated", EVENT, "packets translated by Service NAT"),
     Counter("ct_icmp_translated", EVENT, "ICMP errors about translated connections translated"),
     Counter("ct_evicted", EVENT, "live conntrack/affinity entries evicted by a full window"),

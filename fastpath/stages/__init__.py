@@ -3,7 +3,8 @@ the next stage or finishes the frame with a verdict (an action and the counter t
 fastpath.dispatch runs them; the order is:
 
   pod_in | outside_in | overlay_in | gateway_in      ingress checks, by where the frame came from
-  -> services                                         Service NAT and conntrack
+  -> services                                         Service NAT, masquerade and conntrack
+  -> policy                                           NetworkPolicy, for new connections
   -> switch -> bridge                                 pods only: L2 by destination MAC...
             -> route                                  ...or L3 when addressed to the gateway
   -> to_overlay                                       a remote node: MTU, liveness, encapsulation
@@ -26,8 +27,9 @@ S_BRIDGE = 6
 S_ROUTE = 7
 S_TO_OVERLAY = 8
 S_LOCAL = 9
+S_POLICY = 10
 STAGE_NAMES = ("pod_in", "outside_in", "overlay_in", "gateway_in", "services", "switch", "bridge",
-               "route", "to_overlay", "local")
+               "route", "to_overlay", "local", "policy")
 DONE = -1
 
 

@@ -1,4 +1,8 @@
-"""Services: frontend lookup, Maglev backend choice, conntrack, DNAT/SNAT, ICMP error translation.
+"""Services: frontend lookup, Maglev backend choice, conntrack, DNAT/SNAT, ICMP error translation,
+and masquerade (pods' traffic to the outside network leaves as the node, cluster.masquerade).
+
+Every packet's conntrack lookup happens here; what it found is left in M_FLOW for the policy
+stage (a packet of a tracked connection passes policy; the first one is judged).
 
 Tables: the Services group (rebuilt by vrouter.node.servicetables on reload)
   fe_keys / fe_vals[:, FE_*]   (address, protocol, port) -> frontend: Maglev row (-1: no
@@ -16,18 +20,19 @@ from fastpath.checksum import (
 )
 from fastpath.conntrack import (
     AFF_EXPIRES, AFF_IP, AFF_PORT, CT_DPORT, CT_DST, CT_EXPIRES, CT_SPORT, CT_SRC, CT_STATE,
-    FRAG_DST, FRAG_EXPIRES, FRAG_SRC, ST_CLOSED, ST_REPLY, T_FRAGMENT, mix, partner, timeout_of,
-    track, tuple_key, wclaim, wfind,
+    FRAG_DST, FRAG_EXPIRES, FRAG_SRC, ST_CLOSED, ST_PLAIN, T_FRAGMENT, echo_ports,
+    forget_pair, mix, open_pair, track, tuple_key, wclaim, wfind,
 )
 from fastpath.layout import (
-    ACT_DROP, ACT_SLOW, ETH_LEN, M_IN_PORT, M_ROW, M_START, M_VFLAGS, P_GW_IP, P_UPLINK_PORT,
-    VNET_F_NEEDS_CSUM,
+    ACT_DROP, ACT_SLOW, ETH_LEN, FLOW_ESTABLISHED, FLOW_NEW, M_CT_SLOT, M_FLOW, M_IN_PORT, M_ROW,
+    M_START, M_VFLAGS, P_GW_IP, P_MASQUERADE, P_NODE_IP, P_OUTSIDE_MASK, P_OUTSIDE_NET,
+    P_UPLINK_PORT, VNET_F_NEEDS_CSUM,
 )
 from fastpath.reasons import (
     R_CT_ICMP_TRANSLATED, R_CT_TRANSLATED, R_DROP_SERVICE_NO_LOCAL_ENDPOINT,
-    R_DROP_SERVICE_NO_SNAT_PORT, R_SLOW_SERVICE_REJECT, R_SVC_NEW_FLOWS,
+    R_DROP_SERVICE_NO_SNAT_PORT, R_MASQUERADED_FLOWS, R_SLOW_SERVICE_REJECT, R_SVC_NEW_FLOWS,
 )
-from fastpath.stages import S_ROUTE, S_SWITCH, finish
+from fastpath.stages import S_POLICY, finish
 
 # frontend columns
 FE_ROW = 0
@@ -50,21 +55,16 @@ SNAT_PORT_SPAN = 28232   # 32768-60999, as Linux's default ephemeral range
 
 @njit(cache=True, _nrt=False)
 def services_stage(buf, meta, i, now, params, counters, services, conntrack):
-    """Translate the frame if it belongs to a Service connection; then pods' frames go on to
-    the L2/L3 switch, everything else to routing."""
-    in_port = meta[i, M_IN_PORT]
-    from_pod = 0 <= in_port < params[P_UPLINK_PORT]
-    may_open = in_port >= 0   # pods and the outside; overlay traffic was translated at its entry
-    partial = (meta[i, M_VFLAGS] & VNET_F_NEEDS_CSUM) != 0
-    result = nat(buf, meta[i, M_ROW], meta[i, M_START] + ETH_LEN, may_open, partial, now,
-                 params[P_GW_IP], counters, services, conntrack)
+    """Translate the frame if it belongs to a Service (or masqueraded) connection; then on to
+    the policy stage."""
+    result = nat(buf, meta, i, now, params, counters, services, conntrack)
     if result == NAT_REJECT:
         return finish(meta, i, ACT_SLOW, 0, R_SLOW_SERVICE_REJECT)
     if result == NAT_DROP_NO_LOCAL:
         return finish(meta, i, ACT_DROP, 0, R_DROP_SERVICE_NO_LOCAL_ENDPOINT)
     if result == NAT_DROP_NO_PORT:
         return finish(meta, i, ACT_DROP, 0, R_DROP_SERVICE_NO_SNAT_PORT)
-    return S_SWITCH if from_pod else S_ROUTE
+    return S_POLICY
 
 
 @njit(cache=True, _nrt=False)
@@ -148,7 +148,7 @@ def _snat_port(src_ip, want, b_ip, b_port, proto, now, ct_keys, ct_vals):
 
 
 @njit(cache=True, _nrt=False)
-def icmp_error(buf, row, ip, now, counters, ct_keys, ct_vals):
+def icmp_error(buf, meta, i, row, ip, now, counters, ct_keys, ct_vals):
     """Translate an ICMP error (unreachable, time exceeded, ...) about a tracked connection.
 
     The error quotes a packet as it was on the wire after translation, travelling the other way
@@ -180,6 +180,9 @@ def icmp_error(buf, row, ip, now, counters, ct_keys, ct_vals):
     j = wfind(ct_keys, ct_vals, CT_EXPIRES, k0, k1, now)
     if j < 0:
         return NAT_PASS
+    meta[i, M_FLOW] = FLOW_ESTABLISHED   # related to a tracked connection
+    if ct_vals[j, CT_STATE] & ST_PLAIN:
+        return NAT_PASS
     new_src, new_sport = ct_vals[j, CT_DST], ct_vals[j, CT_DPORT]   # the quote, mirrored
     new_dst, new_dport = ct_vals[j, CT_SRC], ct_vals[j, CT_SPORT]
     icmp_check = read16(buf, row, icmp + 2)
@@ -210,19 +213,78 @@ def icmp_error(buf, row, ip, now, counters, ct_keys, ct_vals):
     return NAT_DONE
 
 
-@njit(cache=True, _nrt=False)
-def nat(buf, row, ip, may_open, partial, now, gw_ip, counters, services, conntrack):
-    """Translate one valid IPv4 packet if it belongs to a service connection; see NAT_*.
+@njit(cache=True, inline="always", _nrt=False)
+def masquerades(dst, params):
+    """Does a pod's new connection to `dst` leave as the node (cluster.masquerade)?"""
+    return params[P_MASQUERADE] == 1 and (dst & params[P_OUTSIDE_MASK]) == params[P_OUTSIDE_NET] \
+        and dst != params[P_NODE_IP]
 
-    `may_open`: the packet may start a new connection (it comes from a local pod or from
-    outside, not from the overlay, where the sender's node has translated it already)."""
+
+@njit(cache=True, _nrt=False)
+def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, conntrack):
+    """ICMP: errors about tracked connections are translated (icmp_error); echo is tracked by
+    its identifier, and masqueraded like TCP and UDP (the identifier standing in for the port)."""
+    ct_keys, ct_vals = conntrack.ct_keys, conntrack.ct_vals
+    l4 = ip + np.int64(buf[row, ip] & 0x0F) * 4
+    if l4 + 8 > ip + read16(buf, row, ip + 2):
+        return NAT_PASS
+    kind = buf[row, l4]
+    if kind != 0 and kind != 8:
+        return icmp_error(buf, meta, i, row, ip, now, counters, ct_keys, ct_vals)
+    src = read32(buf, row, ip + 12)
+    dst = read32(buf, row, ip + 16)
+    ident = read16(buf, row, l4 + 4)
+    sport, dport = echo_ports(kind, ident)
+    k0, k1 = tuple_key(src, dst, 1, sport, dport)
+    j = wfind(ct_keys, ct_vals, CT_EXPIRES, k0, k1, now)
+    if j < 0:
+        if not (kind == 8 and from_pod and masquerades(dst, params)):
+            return NAT_PASS
+        node = params[P_NODE_IP]
+        new_ident = _snat_port(node, ident, dst, 0, 1, now, ct_keys, ct_vals)
+        if new_ident < 0:
+            return NAT_DROP_NO_PORT
+        j = open_pair(ct_keys, ct_vals, src, dst, 1, ident, 0, node, new_ident, dst, 0, 0, now,
+                      counters)
+        meta[i, M_FLOW] = FLOW_NEW
+        meta[i, M_CT_SLOT] = j
+        counters[R_MASQUERADED_FLOWS] += 1
+    else:
+        track(buf, row, l4, 1, j, ct_keys, ct_vals, now)
+        meta[i, M_FLOW] = FLOW_ESTABLISHED
+        if ct_vals[j, CT_STATE] & ST_PLAIN:
+            return NAT_PASS
+    new_ident = ct_vals[j, CT_SPORT] if kind == 8 else ct_vals[j, CT_DPORT]
+    # the ICMP checksum covers no pseudo-header: only the identifier changes it
+    rewrite(buf, row, ip, ct_vals[j, CT_SRC], 0, ct_vals[j, CT_DST], 0, False, False)
+    if new_ident != ident:
+        write16(buf, row, l4 + 2, update16(read16(buf, row, l4 + 2), ident, new_ident))
+        write16(buf, row, l4 + 4, new_ident)
+    counters[R_CT_TRANSLATED] += 1
+    return NAT_DONE
+
+
+@njit(cache=True, _nrt=False)
+def nat(buf, meta, i, now, params, counters, services, conntrack):
+    """Translate frame i's IPv4 packet if it belongs to a Service or masqueraded connection (see
+    NAT_*), and note in M_FLOW what conntrack knows of its connection.
+
+    New connections are opened by packets from local pods and from outside, not from the
+    overlay, where the sender's node has translated them already."""
+    row, ip = meta[i, M_ROW], meta[i, M_START] + ETH_LEN
+    in_port = meta[i, M_IN_PORT]
+    from_pod = 0 <= in_port < params[P_UPLINK_PORT]
+    may_open = in_port >= 0
+    partial = (meta[i, M_VFLAGS] & VNET_F_NEEDS_CSUM) != 0
     ct_keys, ct_vals = conntrack.ct_keys, conntrack.ct_vals
     proto = np.int64(buf[row, ip + 9])
-    if proto == 1 and (read16(buf, row, ip + 6) & 0x3FFF) == 0:
-        return icmp_error(buf, row, ip, now, counters, ct_keys, ct_vals)
+    frag = read16(buf, row, ip + 6)
+    if proto == 1:
+        if (frag & 0x3FFF) != 0:
+            return NAT_PASS
+        return icmp(buf, meta, i, row, ip, from_pod, now, params, counters, conntrack)
     if proto != 6 and proto != 17:
         return NAT_PASS
-    frag = read16(buf, row, ip + 6)
     offset = frag & 0x1FFF
     more = (frag & 0x2000) != 0
     src = read32(buf, row, ip + 12)
@@ -234,6 +296,7 @@ def nat(buf, row, ip, may_open, partial, now, gw_ip, counters, services, conntra
         f = wfind(frag_keys, frag_vals, FRAG_EXPIRES, k0, k1, now)
         if f < 0:
             return NAT_PASS
+        meta[i, M_FLOW] = FLOW_ESTABLISHED
         rewrite(buf, row, ip, frag_vals[f, FRAG_SRC], 0, frag_vals[f, FRAG_DST], 0, False, False)
         counters[R_CT_TRANSLATED] += 1
         return NAT_DONE
@@ -249,10 +312,7 @@ def nat(buf, row, ip, may_open, partial, now, gw_ip, counters, services, conntra
         # a SYN on a closed connection's tuple starts a new connection (as Linux conntrack
         # does): forget the old one, or its reply entry would rewrite a direct connection that
         # happens to reuse the backend's 4-tuple
-        p = partner(ct_keys, ct_vals, j, proto, now)
-        if p >= 0:
-            ct_vals[p, CT_EXPIRES] = now - 1
-        ct_vals[j, CT_EXPIRES] = now - 1
+        forget_pair(ct_keys, ct_vals, j, proto, now)
         j = -1
     if j < 0:
         if not may_open:
@@ -260,35 +320,36 @@ def nat(buf, row, ip, may_open, partial, now, gw_ip, counters, services, conntra
         fe_vals = services.fe_vals
         fe = hashtable.find(services.fe_keys, (np.int64(dst) << 24) | (proto << 16) | dport)
         if fe < 0:
-            return NAT_PASS
-        if fe_vals[fe, FE_ROW] < 0:
-            return NAT_DROP_NO_LOCAL if fe_vals[fe, FE_EMPTY] == 1 else NAT_REJECT
-        b_ip, b_port = _choose_backend(fe, src, k0, k1, now, services, conntrack, counters)
-        new_src, new_sport = src, sport
-        if fe_vals[fe, FE_SNAT] == 1 or b_ip == src:   # external (policy Cluster), or hairpin
-            new_src = gw_ip
-            new_sport = _snat_port(gw_ip, sport, b_ip, b_port, proto, now, ct_keys, ct_vals)
+            if not (from_pod and masquerades(dst, params)):
+                return NAT_PASS
+            node = params[P_NODE_IP]
+            new_sport = _snat_port(node, sport, dst, dport, proto, now, ct_keys, ct_vals)
             if new_sport < 0:
                 return NAT_DROP_NO_PORT
-        j = wclaim(ct_keys, ct_vals, CT_EXPIRES, k0, k1, now, counters)
-        ct_vals[j, CT_SRC] = new_src
-        ct_vals[j, CT_SPORT] = new_sport
-        ct_vals[j, CT_DST] = b_ip
-        ct_vals[j, CT_DPORT] = b_port
-        ct_vals[j, CT_STATE] = 0
-        ct_vals[j, CT_EXPIRES] = now + timeout_of(proto, 0)
-        r0, r1 = tuple_key(b_ip, new_src, proto, b_port, new_sport)
-        r = wclaim(ct_keys, ct_vals, CT_EXPIRES, r0, r1, now, counters, j)
-        ct_vals[r, CT_SRC] = dst
-        ct_vals[r, CT_SPORT] = dport
-        ct_vals[r, CT_DST] = src
-        ct_vals[r, CT_DPORT] = sport
-        ct_vals[r, CT_STATE] = ST_REPLY
-        ct_vals[r, CT_EXPIRES] = now + timeout_of(proto, 0)
-        counters[R_SVC_NEW_FLOWS] += 1
-        services.fe_new[fe] += 1
+            j = open_pair(ct_keys, ct_vals, src, dst, proto, sport, dport, node, new_sport,
+                          dst, dport, 0, now, counters)
+            counters[R_MASQUERADED_FLOWS] += 1
+        else:
+            if fe_vals[fe, FE_ROW] < 0:
+                return NAT_DROP_NO_LOCAL if fe_vals[fe, FE_EMPTY] == 1 else NAT_REJECT
+            b_ip, b_port = _choose_backend(fe, src, k0, k1, now, services, conntrack, counters)
+            new_src, new_sport = src, sport
+            if fe_vals[fe, FE_SNAT] == 1 or b_ip == src:   # external (policy Cluster), or hairpin
+                new_src = params[P_GW_IP]
+                new_sport = _snat_port(new_src, sport, b_ip, b_port, proto, now, ct_keys, ct_vals)
+                if new_sport < 0:
+                    return NAT_DROP_NO_PORT
+            j = open_pair(ct_keys, ct_vals, src, dst, proto, sport, dport, new_src, new_sport,
+                          b_ip, b_port, 0, now, counters)
+            counters[R_SVC_NEW_FLOWS] += 1
+            services.fe_new[fe] += 1
+        meta[i, M_FLOW] = FLOW_NEW
+        meta[i, M_CT_SLOT] = j
     else:
         track(buf, row, l4, proto, j, ct_keys, ct_vals, now)
+        meta[i, M_FLOW] = FLOW_ESTABLISHED
+        if ct_vals[j, CT_STATE] & ST_PLAIN:
+            return NAT_PASS
     new_src, new_dst = ct_vals[j, CT_SRC], ct_vals[j, CT_DST]
     rewrite(buf, row, ip, new_src, ct_vals[j, CT_SPORT], new_dst, ct_vals[j, CT_DPORT], True,
             partial)

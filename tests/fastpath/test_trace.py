@@ -29,7 +29,7 @@ def snapshot(dp: Dataplane):
 def test_same_node_pod_to_pod_is_bridged():
     dp = make_dp()
     result = tracer(dp).from_pod("web-1", B_IP, "tcp", 40000, 8080)
-    assert stages(result) == ["pod_in", "services", "switch", "bridge"]
+    assert stages(result) == ["pod_in", "services", "policy", "switch", "bridge"]
     assert result["verdict"] == "forwarded_l2"
     assert result["to"] == {"pod": "web-2", "port": 1}
     assert result["steps"][0]["packet"] == f"tcp {A_IP}:40000 > {B_IP}:8080"
@@ -108,3 +108,13 @@ spec:
     assert step["service"]["snat"] is True
     assert result["kind"] == "forward"
 
+
+
+def test_a_policy_refusal_shows_in_the_policy_stage_and_counts_nothing():
+    dp = make_dp("\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                 "metadata: {name: closed}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n")
+    before = dp.policy.group.drops.copy(), dp.counters.copy()
+    result = tracer(dp).from_pod("web-1", B_IP, "tcp", 40000, 8080)
+    assert stages(result) == ["pod_in", "services", "policy"]
+    assert result["verdict"] == "drop_policy_ingress"
+    assert (dp.policy.group.drops == before[0]).all() and (dp.counters == before[1]).all()

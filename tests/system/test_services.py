@@ -373,3 +373,50 @@ def os_kill_hup(cluster):
                  what=f"{node} to refuse the reload")
         status = cluster.status(node)
         assert status["ready"] and "sessionAffinity" in status["reloads"]["last_error"]
+
+
+# --- egress to the outside: masquerade -------------------------------------------------------
+
+@pytest.fixture
+def outside_server(svc_cluster):
+    """The echo server on the outside host (172.18.0.1), which names the address it sees."""
+    ns = outside(svc_cluster)
+    server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, SERVER, "outside",
+                               str(TCP_PORT), str(UDP_PORT)])
+    try:
+        wait_for(lambda: f":{TCP_PORT}" in subprocess.run(
+            ["ip", "netns", "exec", ns, "ss", "-ltn"], capture_output=True, text=True).stdout,
+            what="the outside server")
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.parametrize("client_pod, node_address", [("a2", NODE_A), ("b2", NODE_B)])
+@pytest.mark.parametrize("proto, port", [("tcp", TCP_PORT), ("udp", UDP_PORT)])
+def test_pods_reach_the_outside_host_as_their_node(svc_cluster, outside_server, client_pod,
+                                                   node_address, proto, port):
+    answer = client(svc_cluster, client_pod, proto, OUTSIDE_HOST, port)
+    assert answer[:2] == ["outside", node_address]   # the reply came back to the pod, too
+    ping = svc_cluster.sh(client_pod, "ping", "-c", "1", "-W", "3", OUTSIDE_HOST)
+    assert ping.returncode == 0, ping.stdout
+
+
+def test_masquerade_off_shows_the_pod_address(svc_cluster, outside_server):
+    c = svc_cluster
+    text = c.path.read_text()
+    off = text.replace("  podCIDR: 10.244.0.0/16\n", "  podCIDR: 10.244.0.0/16\n  masquerade: false\n", 1)
+    assert off != text
+    try:
+        c.path.write_text(off)
+        result = subprocess.run([sys.executable, "-m", "vrouter", "reload", str(c.path)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        # the outside network routes each podCIDR to its node, as a VPC route table would
+        assert client(c, "b2", "tcp", OUTSIDE_HOST, TCP_PORT)[:2] == ["outside", c.ip("b2")]
+    finally:
+        c.path.write_text(text)
+        subprocess.run([sys.executable, "-m", "vrouter", "reload", str(c.path)],
+                       capture_output=True, timeout=60)
+    assert client(c, "b2", "tcp", OUTSIDE_HOST, TCP_PORT)[:2] == ["outside", NODE_B]

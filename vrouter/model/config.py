@@ -166,6 +166,9 @@ class Cluster:
     max_pods: int = DEFAULT_MAX_PODS           # pod ports per node (the uplink is port max_pods)
     metrics_port: int = 0                      # node k serves Prometheus on 127.0.0.1:port+k (0: off)
     dns: ClusterDNS = ClusterDNS()
+    namespaces: tuple = ()        # policy.Namespace objects declared (others exist implicitly)
+    policies: tuple = ()          # policy.NetworkPolicy
+    masquerade: bool = True       # pods' traffic to the outside network leaves as the node's
 
     def dns_pod(self, node_name: str) -> "Pod | None":
         return next((p for p in self.pods if p.dns_server and p.node == node_name), None)
@@ -336,18 +339,21 @@ def parse(text: str, path: str = "<string>", check_host: bool = True,
         reader.fail("", "the file is empty: expected a cluster document with cluster, nodes, pods")
     cluster_doc = reader.mapping(documents[0], "", {"cluster", "nodes", "pods"},
                                  required=("cluster", "nodes"))
-    parsed = []
+    objects = []
     for n, doc in enumerate(documents[1:], start=1):
-        parsed += _check_object(reader, doc, f"document {n + 1}", path)
+        objects += _check_object(reader, doc, f"document {n + 1}", path)
     for file, file_text in manifests:
         for n, doc in enumerate(_documents(file_text, file)):
-            parsed += _check_object(_Reader(file), doc, f"document {n + 1}", file)
-    return _build_cluster(reader, cluster_doc, parsed, check_host, manifests_dir)
+            objects += _check_object(_Reader(file), doc, f"document {n + 1}", file)
+    return _build_cluster(reader, cluster_doc, objects, check_host, manifests_dir)
 
 
-def _check_object(reader: _Reader, doc, where: str, source: str) -> list[dict]:
-    """One Kubernetes object (or a List of them) -> parsed Service fields."""
-    from vrouter.model import services
+KINDS = ("Service", "Pod", "Namespace", "NetworkPolicy")
+
+
+def _check_object(reader: _Reader, doc, where: str, source: str) -> list[tuple[str, object]]:
+    """One Kubernetes object (or a List of them) -> (kind, parsed object) pairs."""
+    from vrouter.model import policy, services
     if not isinstance(doc, dict) or "kind" not in doc:
         reader.fail(where, "expected a Kubernetes object with apiVersion and kind")
     kind = doc["kind"]
@@ -358,18 +364,79 @@ def _check_object(reader: _Reader, doc, where: str, source: str) -> list[dict]:
             out += _check_object(reader, item, f"{where}.items[{k}]", source)
         return out
     if kind == "Service":
-        return [services.parse(reader, doc, where, source)]
+        return [(kind, services.parse(reader, doc, where, source))]
+    if kind == "Namespace":
+        return [(kind, policy.parse_namespace(reader, doc, where))]
+    if kind == "NetworkPolicy":
+        return [(kind, policy.parse_policy(reader, doc, where, source))]
+    if kind == "Pod":
+        return [(kind, _pod_manifest(reader, doc, where))]
     reader.fail(_join(where, "kind"), f"unsupported Kubernetes kind {kind!r} (vrouter reads "
-                "Service objects; pods are described in the cluster document)")
+                f"{', '.join(KINDS)} and List)")
 
 
-def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool,
+# where a pods[] field lives in a v1 Pod manifest (for error messages)
+_POD_MANIFEST_FIELDS = {"name": "metadata.name", "namespace": "metadata.namespace",
+                        "labels": "metadata.labels", "node": "spec.nodeName",
+                        "ports": "spec.containers[].ports"}
+
+
+@dataclass(frozen=True)
+class _PodEntry:
+    """One pod to build: an item of the cluster document's pods list, or a Pod manifest (its
+    fields in the pods-list shape, `paths` naming where each came from)."""
+    reader: _Reader
+    where: str
+    fields: dict
+    paths: dict | None = None
+
+    def at(self, key: str) -> str:
+        return _join(self.where, self.paths.get(key, key) if self.paths else key)
+
+    def fail(self, key: str, problem: str):
+        self.reader.fail(self.at(key) if key else self.where, problem)
+
+
+def _pod_manifest(reader: _Reader, doc: dict, where: str) -> _PodEntry:
+    """A v1 Pod: vrouter reads its name, namespace, labels, node and container ports (the pod
+    gets its own network namespace, made by vrouter, and an address from the node's podCIDR)."""
+    from vrouter.model.policy import labels_of
+    reader.mapping(doc, where, {"apiVersion", "kind", "metadata", "spec", "status"},
+                   required=("metadata", "spec"))
+    if doc.get("apiVersion", "v1") != "v1":
+        reader.fail(f"{where}.apiVersion", f"{doc['apiVersion']!r}: Pods are apiVersion v1")
+    meta = doc["metadata"]
+    if not isinstance(meta, dict) or "name" not in meta:
+        reader.fail(f"{where}.metadata", "must be a mapping with a name")
+    spec = reader.mapping(doc["spec"], f"{where}.spec",
+                          {"nodeName", "containers", "restartPolicy",
+                           "terminationGracePeriodSeconds"}, required=("nodeName",))
+    containers = spec.get("containers") or []
+    if not isinstance(containers, list):
+        reader.fail(f"{where}.spec.containers", "must be a list of containers")
+    ports = []
+    for n, container in enumerate(containers):
+        w = f"{where}.spec.containers[{n}]"
+        c = reader.mapping(container, w, {"name", "image", "command", "args", "ports"})
+        raw_ports = c.get("ports") or []
+        if not isinstance(raw_ports, list):
+            reader.fail(f"{w}.ports", "must be a list of {name, containerPort, protocol}")
+        ports += _build_ports(reader, raw_ports, f"{w}.ports")
+    fields = {"name": meta["name"], "node": spec["nodeName"], "ports": tuple(ports),
+              "labels": dict(labels_of(reader, meta.get("labels"), f"{where}.metadata.labels"))}
+    if "namespace" in meta:
+        fields["namespace"] = meta["namespace"]
+    return _PodEntry(reader, where, fields, _POD_MANIFEST_FIELDS)
+
+
+def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
                    manifests_dir) -> Cluster:
     from vrouter.model import services
+    parsed_services = [o for kind, o in objects if kind == "Service"]
     c = reader.mapping(doc["cluster"], "cluster",
                        {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
                         "services", "busyPollMicroseconds", "maxPodsPerNode", "metricsPort",
-                        "dns"},
+                        "dns", "masquerade"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
@@ -407,7 +474,9 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     raw_pods = doc.get("pods", []) or []
     if not isinstance(raw_pods, list):
         reader.fail("pods", "must be a list of pods")
-    pods = _build_pods(reader, raw_pods, {nd.name: nd for nd in nodes}, check_host, dns_ips)
+    entries = [_PodEntry(reader, f"pods[{n}]", raw) for n, raw in enumerate(raw_pods)]
+    entries += [o for kind, o in objects if kind == "Pod"]
+    pods = _build_pods(entries, {nd.name: nd for nd in nodes}, check_host, dns_ips)
     if dns.enabled:
         pods += _dns_pods(reader, name, nodes, pods)
     if metrics_port and (metrics_port < 1024 or metrics_port + len(nodes) - 1 > 65535):
@@ -430,11 +499,29 @@ def _build_cluster(reader: _Reader, doc: dict, parsed_services, check_host: bool
     allocated = services.allocate(parsed_services, service_cidr, reserved, dns_service)
     if dns.enabled:
         allocated.append(services.kube_dns(dns.address))
+    masquerade = c.get("masquerade", True)
+    if not isinstance(masquerade, bool):
+        reader.fail("cluster.masquerade", f"{masquerade!r} is not true or false")
+    namespaces = _unique(reader, [o for kind, o in objects if kind == "Namespace"],
+                         lambda ns: ns.name, "Namespace")
+    policies = _unique(reader, [o for kind, o in objects if kind == "NetworkPolicy"],
+                       lambda p: p.key, "NetworkPolicy")
     return Cluster(source=reader.path, name=name, pod_cidr=pod_cidr, service_cidr=service_cidr,
                    overlay=overlay, nodes=tuple(nodes), pods=tuple(pods), fdb_age=fdb_age,
                    services=tuple(allocated), service_options=options, manifests=manifests_dir,
                    node_network=node_network, busy_poll_us=busy_poll, max_pods=max_pods,
-                   metrics_port=metrics_port, dns=dns)
+                   metrics_port=metrics_port, dns=dns, namespaces=tuple(namespaces),
+                   policies=tuple(policies), masquerade=masquerade)
+
+
+def _unique(reader: _Reader, items: list, key, kind: str) -> list:
+    seen = {}
+    for item in items:
+        if key(item) in seen:
+            reader.fail("", f"{kind} {key(item)!r} is defined twice ({seen[key(item)]} and "
+                        f"{getattr(item, 'source', '') or reader.path})")
+        seen[key(item)] = getattr(item, "source", "") or reader.path
+    return items
 
 
 def _build_dns(reader: _Reader, raw, service_cidr) -> ClusterDNS:
@@ -550,26 +637,27 @@ def _node_address(reader, d, where, index, node_network, earlier):
 _POD_FIELDS = {"name", "namespace", "node", "ip", "mac", "labels", "netns", "ports"}
 
 
-def _build_pods(reader: _Reader, raw_pods, nodes: dict, check_host: bool,
+def _build_pods(entries: list[_PodEntry], nodes: dict, check_host: bool,
                 reserved: dict) -> list[Pod]:
+    """The pods list's items, then the Pod manifests, in that order."""
     # first pass: validate every field and collect the explicitly given IPs
     checked = []
     names: dict[str, str] = {}
     taken: dict[ipaddress.IPv4Address, str] = dict(reserved)   # address -> whose
-    for n, raw in enumerate(raw_pods):
-        where = f"pods[{n}]"
-        d = reader.mapping(raw, where, _POD_FIELDS, required=("name", "node"))
-        name = reader.string(d["name"], f"{where}.name", _DNS_LABEL,
+    for e in entries:
+        reader, where = e.reader, e.where
+        d = reader.mapping(e.fields, where, _POD_FIELDS, required=("name", "node"))
+        name = reader.string(d["name"], e.at("name"), _DNS_LABEL,
                              "a DNS label (lowercase letters, digits, '-')")
         if name in names:
-            reader.fail(f"{where}.name", f"duplicate pod name {name!r} (also {names[name]}); "
-                        "pod names must be unique because they name network namespaces")
-        names[name] = where
-        namespace = reader.string(d.get("namespace", "default"), f"{where}.namespace", _DNS_LABEL,
+            e.fail("name", f"duplicate pod name {name!r} (also {names[name]}); "
+                   "pod names must be unique because they name network namespaces")
+        names[name] = f"{reader.path}: {where}" if e.paths else where
+        namespace = reader.string(d.get("namespace", "default"), e.at("namespace"), _DNS_LABEL,
                                   "a DNS label (lowercase letters, digits, '-')")
-        node_name = reader.string(d["node"], f"{where}.node")
+        node_name = reader.string(d["node"], e.at("node"))
         if node_name not in nodes:
-            reader.fail(f"{where}.node", f"unknown node {node_name!r} (nodes: {', '.join(nodes)})")
+            e.fail("node", f"unknown node {node_name!r} (nodes: {', '.join(nodes)})")
         node = nodes[node_name]
         ip = None
         if "ip" in d:
@@ -578,17 +666,19 @@ def _build_pods(reader: _Reader, raw_pods, nodes: dict, check_host: bool,
             if ip in taken:
                 reader.fail(f"{where}.ip", f"duplicate pod IP {ip} (also {taken[ip]})")
             taken[ip] = where
-        labels = _build_labels(reader, d.get("labels", {}), f"{where}.labels")
-        ports = _build_ports(reader, d.get("ports", []), f"{where}.ports")
-        netns, owns = _build_netns(reader, d, where, name, check_host)
+        labels = _build_labels(reader, d.get("labels", {}), e.at("labels"))
+        ports = d["ports"] if e.paths else _build_ports(reader, d.get("ports", []),
+                                                        f"{where}.ports")
+        netns, owns = _build_netns(reader, d, where, name, check_host, e.at("name"))
         mac = reader.mac(d["mac"], f"{where}.mac") if "mac" in d else None
-        checked.append((where, name, namespace, node, ip, mac, netns, owns, labels, ports))
+        checked.append((e, name, namespace, node, ip, mac, netns, owns, labels, ports))
 
     # second pass: deterministic allocation (config order, lowest free address from .2 up)
     pods = []
     macs: dict[str, str] = {}
     cursor = {name: 2 for name in nodes}
-    for where, name, namespace, node, ip, mac, netns, owns, labels, ports in checked:
+    for e, name, namespace, node, ip, mac, netns, owns, labels, ports in checked:
+        reader, where = e.reader, e.where
         if ip is None:
             ip = _allocate(reader, where, node, cursor, taken)
             taken[ip] = where
@@ -647,11 +737,11 @@ def _build_ports(reader, raw, where):
     return tuple(ports)
 
 
-def _build_netns(reader, d, where, pod_name, check_host):
+def _build_netns(reader, d, where, pod_name, check_host, name_at):
     """(netns, owned): the pod's own namespace, created by vrouter, unless `netns` names one."""
     if "netns" not in d:
         if not _NETNS_NAME.match(pod_name):
-            reader.fail(f"{where}.name", f"{pod_name!r} cannot name a network namespace")
+            reader.fail(name_at, f"{pod_name!r} cannot name a network namespace")
         return pod_name, True
     netns = reader.string(d["netns"], f"{where}.netns", what="a netns name or a path")
     if netns == CNI:

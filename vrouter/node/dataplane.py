@@ -24,13 +24,13 @@ from fastpath.layout import (
     M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START,
     M_VFLAGS, META_COLS, O_DONE, O_FRAME, O_IN_PORT, O_KIND, O_LEN, O_REASON, O_ROW, O_SEGMENT,
     O_SOCKET, O_SRC, O_START, O_TARGET, OUT_COLS, OUT_DATA, OUT_OVERLAY, OUT_PORT,
-    OUT_ROWS, OUT_SLOW, P_PEER_DEAD_AFTER, SLOT, SLOW_DATA, SRC_DATA, TRACE_COLS, VNET_HDR_LEN,
+    OUT_ROWS, OUT_SLOW, P_MASQUERADE, P_PEER_DEAD_AFTER, SLOT, SLOW_DATA, SRC_DATA, TRACE_COLS, VNET_HDR_LEN,
     VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import COUNTER_COUNT, COUNTER_NAMES
 from fastpath.stages.bridge import fdb_is_live
 from fastpath.stages.ingress import FDB_PORT, FDB_SEEN, FDB_STATIC
-from vrouter.node import servicetables
+from vrouter.node import policytables, servicetables
 from vrouter.node import tables as tables_mod
 from vrouter.model.config import Cluster, Pod
 from vrouter.node.slowpath import SlowPath
@@ -99,8 +99,9 @@ class Dataplane:
         self.ports: dict[int, Pod] = dict(enumerate(cluster.local_pods(node_name)))
         self.counters = np.zeros(COUNTER_COUNT, dtype=np.uint64)
         self.services = servicetables.build(cluster, node_name)   # also what status shows
+        self.policy = policytables.build(cluster, self.ports, self.capacity)
         self.tables = tables_mod.build(cluster, node_name, self.counters, self.ports,
-                                       self.services)
+                                       self.services, self.policy)
         self.slow = SlowPath(cluster, node_name, self.counters, self.ports, clock=clock)
         self.rx = new_frames()
         self.gw = new_frames()   # frames the gateway itself originates
@@ -269,7 +270,15 @@ class Dataplane:
     def _pods_changed(self) -> None:
         self.tables = self.tables._replace(**tables_mod.pod_groups(
             self.ports, self.capacity, self.peers, self.tables.bridge))
+        self._rebuild_policy()
         self.slow.set_ports(self.ports)
+
+    def _rebuild_policy(self) -> None:
+        """The policies of the attached pods, from the live model (between batches)."""
+        new = policytables.build(self.cluster, self.ports, self.capacity)
+        policytables.carry_drops(self.policy, new)
+        self.policy = new
+        self.tables = self.tables._replace(policy=new.group)
 
     def check_reload(self, cluster: Cluster) -> None:
         """ValueError when `cluster` differs from the running one in what needs a restart."""
@@ -282,7 +291,7 @@ class Dataplane:
                              "services) need a restart; pods and Services can change")
 
     def reload(self, cluster: Cluster) -> dict:
-        """Swap in the Services of `cluster`, the live model (between batches, so atomically
+        """Swap in the Services and NetworkPolicies of `cluster`, the live model (between batches, so atomically
         for the fast path): the cluster file re-read, or pods attached or detached anywhere.
 
         Nodes, the overlay and the node's options cannot change (ValueError; the running tables
@@ -298,14 +307,17 @@ class Dataplane:
         flushed = flush_backends(ct.ct_keys, ct.ct_vals, ct.aff_keys, ct.aff_vals, removed)
         servicetables.carry_counts(self.services, new)
         self.tables = t._replace(services=new.group)
+        self.tables.params[P_MASQUERADE] = int(cluster.masquerade)
         self.cluster = cluster
         self.services = new
         live = {pod.name: pod for pod in cluster.local_pods(self.node.name)}
         for port, pod in list(self.ports.items()):   # new labels and named ports of kept pods
             self.ports[port] = live.get(pod.name, pod)
+        self._rebuild_policy()
         self.slow.set_ports(self.ports)
         return {"frontends": len(new.frontends), "backends": len(new.backend_names),
-                "removed_backends": len(removed), "flushed_udp_flows": flushed}
+                "removed_backends": len(removed), "flushed_udp_flows": flushed,
+                "policies": len(cluster.policies)}
 
     def announce(self) -> list:
         """Gratuitous ARPs for the node address and any load-balancer address newly ours (the

@@ -84,7 +84,13 @@ def families(status: dict) -> list:
         connections.add_metric([f["service"], f["port"] or "", f["frontend"], f["scope"]],
                                f["new_connections"])
 
-    result = [*port_families.values(), frames, events, *conntrack, connections]
+    refused = CounterMetricFamily("vrouter_policy_dropped", "new connections a NetworkPolicy "
+                                  "refused (counted for each policy isolating the pod)",
+                                  labels=["policy"])
+    for p in status.get("policies", []):
+        refused.add_metric([p["policy"]], p["dropped"])
+
+    result = [*port_families.values(), frames, events, *conntrack, connections, refused]
     if datapath:
         sizes = datapath["batch_sizes"]
         cumulative, buckets = 0, []

@@ -11,7 +11,7 @@ from fastpath.conntrack import CT_COLS, new_state_table
 from fastpath.groups import Bridge, Conntrack, Outside, Peers, Ports, Routes, Tables
 from fastpath.layout import (
     PARAM_COUNT, P_CLUSTER_MASK, P_CLUSTER_NET, P_FDB_AGE, P_GW_IP, P_GW_MAC, P_LOCAL_MASK,
-    P_LOCAL_NET, P_NODE_IP, P_NODE_MAC, P_OUTSIDE_MASK, P_OUTSIDE_NET, P_PEER_DEAD_AFTER,
+    P_LOCAL_NET, P_MASQUERADE, P_NODE_IP, P_NODE_MAC, P_OUTSIDE_MASK, P_OUTSIDE_NET, P_PEER_DEAD_AFTER,
     P_POD_MTU, P_PORT_COUNT, P_SOCKETS, P_UPLINK_PORT, P_VNI, P_VTEP_MAC,
 )
 from fastpath.stages.ingress import FDB_PORT, FDB_STATIC
@@ -37,10 +37,10 @@ def ip_to_int(ip) -> int:
 
 
 def build(cluster: Cluster, node_name: str, counters: np.ndarray, ports: dict,
-          services=None) -> Tables:
-    """`ports`: port number -> attached local Pod. `services`: a prebuilt
-    servicetables.ServiceTables (built here when None)."""
-    from vrouter.node import servicetables   # it imports this module
+          services=None, policy=None) -> Tables:
+    """`ports`: port number -> attached local Pod. `services`, `policy`: prebuilt
+    servicetables.ServiceTables and policytables.PolicyTables (built here when None)."""
+    from vrouter.node import policytables, servicetables   # they import this module
     node = cluster.node(node_name)
     peers = [n for n in cluster.nodes if n.name != node_name]
     flows = cluster.service_options.max_flows
@@ -54,6 +54,7 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray, ports: dict,
         services=services.group,
         conntrack=Conntrack(*new_state_table(2 * flows, CT_COLS), *new_state_table(flows // 4, 3),
                             *new_state_table(1024, 3)),
+        policy=(policy or policytables.build(cluster, ports, cluster.max_pods)).group,
     )
 
 
@@ -90,6 +91,7 @@ def _params(cluster: Cluster, node) -> np.ndarray:
     params[P_NODE_MAC] = mac_to_int(node.mac)
     params[P_OUTSIDE_NET] = ip_to_int(cluster.node_network.network_address)
     params[P_OUTSIDE_MASK] = ip_to_int(cluster.node_network.netmask)
+    params[P_MASQUERADE] = int(cluster.masquerade)
     return params
 
 

@@ -2,7 +2,7 @@
 
 The node runs a made-up packet through the same compiled stages as its traffic, on copies of
 the tables the fast path changes (counters, MAC table, neighbours, peer liveness, conntrack,
-per-frontend counts): nothing is learned, no connection opened, nothing sent. A connection
+per-frontend and per-policy counts): nothing is learned, no connection opened, nothing sent. A connection
 with the same 5-tuple that already exists is in the copied conntrack table, so the trace shows
 the backend that connection really uses. A packet that leaves for another node comes back as
 its VXLAN datagram, which that node's trace takes up (`vrouter trace` follows the hops).
@@ -61,6 +61,7 @@ def scratch_tables(t: Tables) -> Tables:
         peers=t.peers._replace(peer_seen=t.peers.peer_seen.copy()),
         outside=Outside(t.outside.nb_keys.copy(), t.outside.nb_mac.copy()),
         services=t.services._replace(fe_new=t.services.fe_new.copy()),
+        policy=t.policy._replace(drops=t.policy.drops.copy()),
         conntrack=Conntrack(*copy_state_table(ct.ct_keys, ct.ct_vals),
                             *copy_state_table(ct.aff_keys, ct.aff_vals),
                             *copy_state_table(ct.frag_keys, ct.frag_vals)))

@@ -140,7 +140,8 @@ def cmd_reload(args) -> int:
                         f"{answer['detached']} detached")
             print(f"{node.name}: reloaded: {answer['frontends']} frontends, {answer['backends']} "
                   f"backends, {answer['removed_backends']} removed, "
-                  f"{answer['flushed_udp_flows']} UDP flows flushed{pods}")
+                  f"{answer['flushed_udp_flows']} UDP flows flushed, "
+                  f"{answer.get('policies', 0)} network policies{pods}")
             for failure in answer.get("failed", []):
                 print(f"vrouter: {node.name}: pod {failure['pod']} not attached: "
                       f"{failure['error']}", file=sys.stderr)

@@ -67,6 +67,8 @@ def node_status(node) -> dict:
                   for k, p in enumerate(dp.peers)],
         "services": dp.frontends(),
         "conntrack": dp.conntrack_fill(),
+        "policies": dp.policy.summary(),
+        "masquerade": node.cluster.masquerade,
         "reloads": dict(node.reloads),
         "metrics": ("http://%s:%d/metrics" % address
                     if (address := node.cluster.metrics_address(node.name)) else None),
@@ -108,7 +110,8 @@ def render(status: dict, show_zero: bool = False) -> str:
         lines.append(f"    {e['ip']:<15} {e['mac']}  {e['what']}")
     o = status["outside"]
     lines.append(f"  outside: {o['address']} {o['mac']} on {o['interface']} in {o['netns']}"
-                 + (f", announcing {', '.join(o['announced'])}" if o["announced"] else ""))
+                 + (f", announcing {', '.join(o['announced'])}" if o["announced"] else "")
+                 + (", masquerading pods' traffic" if status.get("masquerade") else ""))
     for e in o["neighbours"]:
         lines.append(f"    {e['ip']:<15} {e['mac']}")
     if status["peers"]:
@@ -125,6 +128,13 @@ def render(status: dict, show_zero: bool = False) -> str:
                          f"{extra} -> {backends}  ({f['new_connections']} connections)")
         ct = status["conntrack"]
         lines.append(f"  conntrack: {ct['entries']} entries of {ct['capacity']}")
+    if status.get("policies"):
+        lines.append("  network policies:")
+        for p in status["policies"]:
+            isolates = "; ".join(f"{d.lower()}: {', '.join(pods)}"
+                                 for d, pods in p["isolates"].items()) or "no pod of this node"
+            lines.append(f"    {p['policy']:<28} {'+'.join(p['types']):<15} isolates {isolates}"
+                         f"  ({p['dropped']} connections refused)")
     d = status.get("datapath")
     if d:
         lines.append(f"  data path: busy-poll {d['busy_poll_us']} us after traffic, TAP offloads "

@@ -1,0 +1,176 @@
+"""NetworkPolicy: may this new connection leave its pod, and enter the pod it is for?
+
+Runs after the services stage, so a connection to a Service is judged against the backend it
+was translated to. Only a connection's first packet is judged: a packet conntrack knows
+(M_FLOW: either direction of a tracked connection, or an ICMP error about one) passes, and an
+allowed first packet of a pod that any policy selects is followed by conntrack (a plain pair,
+ST_PLAIN), so the replies pass however the pods are isolated. A refused first packet is dropped
+and counted for every policy isolating its pod in that direction; a Service or masquerade
+translation it opened is forgotten.
+
+Tables: the Policy group (vrouter.node.policytables compiles it per node from the live model):
+  port_rules[port, PR_*]     per local pod port: selected by any policy; per direction
+                             (PR_INGRESS / PR_EGRESS + D_*): isolated, its rules, its policies
+  rules[r, RU_*]             peer set (-1: any peer), protocol (0: any), port range, or a
+                             named-port set (egress: the port's number on each destination pod)
+  peer_sets[s, PS_*]         pods (members hash) or an ipBlock (network, mask; excepts rows)
+"""
+import numpy as np
+from numba import njit
+
+from fastpath import hashtable
+from fastpath.checksum import read16, read32
+from fastpath.conntrack import (
+    FRAG_DST, FRAG_EXPIRES, FRAG_SRC, ST_PLAIN, T_FRAGMENT, echo_ports, forget_pair, open_pair,
+    tuple_key, wclaim, wfind,
+)
+from fastpath.layout import (
+    ACT_DROP, ETH_LEN, FLOW_ESTABLISHED, FLOW_NEW, FLOW_NONE, M_CT_SLOT, M_FLOW, M_IN_PORT,
+    M_OWN, M_ROW, M_START, P_UPLINK_PORT,
+)
+from fastpath.reasons import R_DROP_POLICY_EGRESS, R_DROP_POLICY_INGRESS, R_POLICY_FLOWS_TRACKED
+from fastpath.stages import S_ROUTE, S_SWITCH, finish
+
+# port_rules columns
+PR_SELECTED = 0        # some policy selects the pod (in any direction): follow its connections
+PR_INGRESS = 1         # the ingress direction's columns start here
+PR_EGRESS = 6          # the egress direction's
+D_ISOLATED = 0
+D_FIRST_RULE = 1
+D_RULES = 2
+D_FIRST_POLICY = 3     # into policy_ids
+D_POLICIES = 4
+PR_COLS = 11
+
+# rules columns
+RU_SET = 0             # peer set, -1: any peer
+RU_PROTO = 1           # 6, 17, or 0: any protocol and port
+RU_LOW = 2
+RU_HIGH = 3
+RU_NAMED = 4           # named-port set (egress), -1: the range above
+RU_COLS = 5
+
+# peer_sets columns
+PS_KIND = 0
+PS_NET = 1
+PS_MASK = 2
+PS_COLS = 3
+SET_PODS = 0
+SET_BLOCK = 1
+
+FRAG_POLICY_TAG = 2    # fragment-table tag of an allowed first fragment (Service NAT uses 1)
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def member_key(peer_set, ip):
+    return (np.uint64(peer_set + 1) << np.uint64(32)) | np.uint64(ip)
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def named_key(named_set, ip, port):
+    return (np.uint64(named_set + 1) << np.uint64(48)) | (np.uint64(ip) << np.uint64(16)) \
+        | np.uint64(port)
+
+
+@njit(cache=True, _nrt=False)
+def in_peer_set(policy, s, ip):
+    sets = policy.peer_sets
+    if sets[s, PS_KIND] == SET_PODS:
+        return hashtable.find(policy.members, member_key(s, ip)) >= 0
+    if (ip & sets[s, PS_MASK]) != sets[s, PS_NET]:
+        return False
+    excepts = policy.excepts
+    for e in range(excepts.shape[0]):
+        if excepts[e, 0] == s and (ip & excepts[e, 2]) == excepts[e, 1]:
+            return False
+    return True
+
+
+@njit(cache=True, _nrt=False)
+def allowed(policy, port, direction, peer, proto, dport):
+    """Does a rule of `port`'s pod in `direction` allow a connection with `peer` to `dport`
+    (-1: unknown, a fragment's) over `proto`?"""
+    rules = policy.rules
+    first = policy.port_rules[port, direction + D_FIRST_RULE]
+    for r in range(first, first + policy.port_rules[port, direction + D_RULES]):
+        s = rules[r, RU_SET]
+        if s >= 0 and not in_peer_set(policy, s, peer):
+            continue
+        p = rules[r, RU_PROTO]
+        if p == 0:
+            return True
+        if p != proto or dport < 0:
+            continue
+        named = rules[r, RU_NAMED]
+        if named >= 0:
+            if hashtable.find(policy.named, named_key(named, peer, dport)) >= 0:
+                return True
+        elif rules[r, RU_LOW] <= dport <= rules[r, RU_HIGH]:
+            return True
+    return False
+
+
+@njit(cache=True, _nrt=False)
+def deny(meta, i, now, policy, port, direction, proto, conntrack, reason):
+    pr = policy.port_rules
+    first = pr[port, direction + D_FIRST_POLICY]
+    for k in range(first, first + pr[port, direction + D_POLICIES]):
+        policy.drops[policy.policy_ids[k]] += 1
+    if meta[i, M_FLOW] == FLOW_NEW:   # the Service / masquerade translation it opened
+        forget_pair(conntrack.ct_keys, conntrack.ct_vals, meta[i, M_CT_SLOT], proto, now)
+    return finish(meta, i, ACT_DROP, 0, reason)
+
+
+@njit(cache=True, _nrt=False)
+def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack):
+    in_port = meta[i, M_IN_PORT]
+    from_pod = 0 <= in_port < params[P_UPLINK_PORT]
+    next_stage = S_SWITCH if from_pod else S_ROUTE
+    if policy.active[0] == 0 or meta[i, M_OWN] != 0 or meta[i, M_FLOW] == FLOW_ESTABLISHED:
+        return next_stage
+    pr = policy.port_rules
+    row, ip = meta[i, M_ROW], meta[i, M_START] + ETH_LEN
+    src, dst = read32(buf, row, ip + 12), read32(buf, row, ip + 16)
+    sender = in_port if from_pod and pr[in_port, PR_SELECTED] else -1
+    receiver = -1
+    j = hashtable.find(routes.pod_keys, dst)
+    if j >= 0 and pr[routes.pod_port[j], PR_SELECTED]:
+        receiver = routes.pod_port[j]
+    if sender < 0 and receiver < 0:
+        return next_stage
+    proto = np.int64(buf[row, ip + 9])
+    frag = read16(buf, row, ip + 6)
+    first_fragment = (frag & 0x1FFF) == 0
+    sport, dport = -1, -1
+    frag_keys, frag_vals = conntrack.frag_keys, conntrack.frag_vals
+    if not first_fragment:   # a later fragment: as its first fragment was, else portless
+        k0, k1 = tuple_key(src, dst, proto, read16(buf, row, ip + 4), FRAG_POLICY_TAG)
+        if wfind(frag_keys, frag_vals, FRAG_EXPIRES, k0, k1, now) >= 0:
+            return next_stage
+    else:
+        l4 = ip + np.int64(buf[row, ip] & 0x0F) * 4
+        end = ip + read16(buf, row, ip + 2)
+        if (proto == 6 or proto == 17) and l4 + 4 <= end:
+            sport, dport = read16(buf, row, l4), read16(buf, row, l4 + 2)
+        elif proto == 1 and l4 + 8 <= end and (buf[row, l4] == 8 or buf[row, l4] == 0):
+            sport, dport = echo_ports(buf[row, l4], read16(buf, row, l4 + 4))
+    if sender >= 0 and pr[sender, PR_EGRESS + D_ISOLATED] \
+            and not allowed(policy, sender, PR_EGRESS, dst, proto, dport):
+        return deny(meta, i, now, policy, sender, PR_EGRESS, proto, conntrack,
+                    R_DROP_POLICY_EGRESS)
+    if receiver >= 0 and pr[receiver, PR_INGRESS + D_ISOLATED] \
+            and not allowed(policy, receiver, PR_INGRESS, src, proto, dport):
+        return deny(meta, i, now, policy, receiver, PR_INGRESS, proto, conntrack,
+                    R_DROP_POLICY_INGRESS)
+    # allowed: follow the connection, so that its replies pass
+    if meta[i, M_FLOW] == FLOW_NONE and first_fragment and sport >= 0:
+        open_pair(conntrack.ct_keys, conntrack.ct_vals, src, dst, proto, sport, dport, src,
+                  sport, dst, dport, ST_PLAIN, now, counters)
+        counters[R_POLICY_FLOWS_TRACKED] += 1
+    if first_fragment and (frag & 0x2000):
+        k0, k1 = tuple_key(src, dst, proto, read16(buf, row, ip + 4), FRAG_POLICY_TAG)
+        f = wclaim(frag_keys, frag_vals, FRAG_EXPIRES, k0, k1, now, counters)
+        frag_vals[f, FRAG_SRC] = src
+        frag_vals[f, FRAG_DST] = dst
+        frag_vals[f, FRAG_EXPIRES] = now + T_FRAGMENT
+    return next_stage
