@@ -84,8 +84,9 @@ def families(status: dict) -> list:
         connections.add_metric([f["service"], f["port"] or "", f["frontend"], f["scope"]],
                                f["new_connections"])
 
-    refused = CounterMetricFamily("vrouter_policy_dropped", "new connections a NetworkPolicy "
-                                  "refused (counted for each policy isolating the pod)",
+    refused = CounterMetricFamily("vrouter_policy_dropped", "first packets of new connections "
+                                  "a NetworkPolicy refused (a retransmitted SYN counts again; "
+                                  "counted for each policy isolating the pod)",
                                   labels=["policy"])
     for p in status.get("policies", []):
         refused.add_metric([p["policy"]], p["dropped"])

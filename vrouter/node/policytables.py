@@ -36,7 +36,8 @@ class PolicyTables:
     selected: dict = field(default_factory=dict)         # policy key -> {direction: [pod names]}
 
     def summary(self) -> list[dict]:
-        """Each policy with the local pods it isolates and the connections it refused here."""
+        """Each policy with the local pods it isolates and the first packets of new connections
+        it refused here (a retransmitted SYN counts again)."""
         drops = self.group.drops
         return [{"policy": p.key, "types": list(p.types),
                  "isolates": self.selected.get(p.key, {}), "dropped": int(drops[k])}

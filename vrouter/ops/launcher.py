@@ -140,14 +140,18 @@ def summary(cluster: Cluster) -> str:
                      f"underlay {node.underlay}:{cluster.overlay.port}, address {node.address}")
         for pod in cluster.pods_of(node.name):
             lines.append(f"    pod {pod.namespace}/{pod.name:<14} {str(pod.ip):<15} netns {pod.netns}")
-    pods = cluster.pods
-    lines += ["", "try:"]
+    pods = [p for p in cluster.pods if not p.dns_server and not p.awaiting_cni]
+    lines += ["", "try:" + ("   (NetworkPolicies apply: some of these may be refused, see "
+                            "vrouter status)" if cluster.policies else "")]
     if len(pods) >= 2:
-        a, b = pods[0], pods[1]
-        lines.append(f"  ip netns exec {a.netns} ping -c 3 {b.ip}")
+        a = pods[0]
+        near = next((p for p in pods[1:] if p.node == a.node), None)
         far = next((p for p in pods if p.node != a.node), None)
+        if near:
+            lines.append(f"  ip netns exec {a.netns} ping -c 3 {near.ip}        # same node: bridged")
         if far:
             lines.append(f"  ip netns exec {a.netns} ping -c 3 {far.ip}        # across the overlay")
+        b = near or far
         lines.append(f"  ip netns exec {b.netns} iperf3 -s -D && ip netns exec {a.netns} iperf3 -c {b.ip}")
     if pods:
         lines.append(f"  ip netns exec {pods[0].netns} tcpdump -ni eth0")

@@ -134,7 +134,7 @@ def render(status: dict, show_zero: bool = False) -> str:
             isolates = "; ".join(f"{d.lower()}: {', '.join(pods)}"
                                  for d, pods in p["isolates"].items()) or "no pod of this node"
             lines.append(f"    {p['policy']:<28} {'+'.join(p['types']):<15} isolates {isolates}"
-                         f"  ({p['dropped']} connections refused)")
+                         f"  ({p['dropped']} refused)")
     d = status.get("datapath")
     if d:
         lines.append(f"  data path: busy-poll {d['busy_poll_us']} us after traffic, TAP offloads "
