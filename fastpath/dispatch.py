@@ -36,7 +36,7 @@ from fastpath.stages.ingress import gateway_in, pod_in
 from fastpath.stages.local import local_stage
 from fastpath.stages.outside import outside_in
 from fastpath.stages.overlay import overlay_in, to_overlay, write_vxlan_header
-from fastpath.stages.policy import policy_stage
+from fastpath.stages.policy import after_policy, policy_stage
 from fastpath.stages.route import route_stage
 from fastpath.stages.services import services_stage
 
@@ -86,7 +86,7 @@ def _trace_step(buf, meta, i, stage, next_stage, out):
     out.fill[F_TRACE] = t + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, inline="always", _nrt=False)
 def run_stages(buf, meta, i, now, tables, out):
     """Walk frame i through the stages until one finishes it (verdict in M_ACTION/M_REASON).
     With trace rows in `out`, each step is recorded there too."""
@@ -109,8 +109,11 @@ def run_stages(buf, meta, i, now, tables, out):
             stage = services_stage(buf, meta, i, now, params, counters, tables.services,
                                    tables.conntrack)
         elif stage == S_POLICY:
-            stage = policy_stage(buf, meta, i, now, params, counters, tables.policy,
-                                 tables.routes, tables.conntrack)
+            if tables.policy.active[0] == 0:   # no pod of this node is selected: nothing to judge
+                stage = after_policy(meta, i, params)
+            else:
+                stage = policy_stage(buf, meta, i, now, params, counters, tables.policy,
+                                     tables.routes, tables.conntrack)
         elif stage == S_SWITCH:
             stage = switch(buf, meta, i, params)
         elif stage == S_BRIDGE:

@@ -121,12 +121,19 @@ def deny(meta, i, now, policy, port, direction, proto, conntrack, reason):
     return finish(meta, i, ACT_DROP, 0, reason)
 
 
+@njit(cache=True, inline="always", _nrt=False)
+def after_policy(meta, i, params):
+    """Where a frame goes on: pods' frames to the L2/L3 switch, everything else to routing."""
+    return S_SWITCH if 0 <= meta[i, M_IN_PORT] < params[P_UPLINK_PORT] else S_ROUTE
+
+
 @njit(cache=True, _nrt=False)
 def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack):
+    """(The dispatch loop skips the call on a node where no policy selects a pod.)"""
     in_port = meta[i, M_IN_PORT]
     from_pod = 0 <= in_port < params[P_UPLINK_PORT]
-    next_stage = S_SWITCH if from_pod else S_ROUTE
-    if policy.active[0] == 0 or meta[i, M_OWN] != 0 or meta[i, M_FLOW] == FLOW_ESTABLISHED:
+    next_stage = after_policy(meta, i, params)
+    if meta[i, M_OWN] != 0 or meta[i, M_FLOW] == FLOW_ESTABLISHED:
         return next_stage
     pr = policy.port_rules
     row, ip = meta[i, M_ROW], meta[i, M_START] + ETH_LEN
