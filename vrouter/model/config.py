@@ -268,11 +268,12 @@ class _Reader:
             self.fail(where, f"{value!r} is not {what}")
         return value
 
-    def network(self, value, where):
+    def network(self, value, where, strict=True):
+        """An IPv4 CIDR; with `strict` False host bits may be set (Kubernetes' ipBlock)."""
         if not isinstance(value, str):
             self.fail(where, f"must be an IPv4 CIDR such as 10.244.0.0/16, got {value!r}")
         try:
-            return ipaddress.IPv4Network(value, strict=True)
+            return ipaddress.IPv4Network(value, strict=strict)
         except ValueError as exc:
             self.fail(where, f"{value!r} is not a valid IPv4 CIDR ({exc})")
 
@@ -281,6 +282,28 @@ class _Reader:
             return ipaddress.IPv4Address(value)
         except ValueError:
             self.fail(where, f"{value!r} is not a valid IPv4 address")
+
+    def labels(self, raw, where) -> tuple[tuple[str, str], ...]:
+        """Kubernetes labels (or matchLabels): a mapping of strings."""
+        if not isinstance(raw, dict):
+            self.fail(where, "must be a mapping of label names to values")
+        for key, value in raw.items():
+            if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+                self.fail(_join(where, str(key)), "label names and values must be strings")
+        return tuple(sorted((k, str(v)) for k, v in raw.items()))
+
+    def metadata(self, doc, where, namespaced=True):
+        """A Kubernetes object's (metadata, name, namespace); the rest of metadata (uid,
+        annotations...) is ignored. A cluster-scoped object's namespace is None."""
+        meta = doc.get("metadata")
+        if not isinstance(meta, dict) or "name" not in meta:
+            self.fail(f"{where}.metadata", "must be a mapping with a name")
+        name = self.string(meta["name"], f"{where}.metadata.name", _DNS_LABEL, "a DNS label")
+        namespace = None
+        if namespaced:
+            namespace = self.string(meta.get("namespace", "default"),
+                                    f"{where}.metadata.namespace", _DNS_LABEL, "a DNS label")
+        return meta, name, namespace
 
     def mac(self, value, where):
         value = self.string(value, where, _MAC, "a MAC address such as 0e:76:0a:f4:01:00")
@@ -400,14 +423,11 @@ class _PodEntry:
 def _pod_manifest(reader: _Reader, doc: dict, where: str) -> _PodEntry:
     """A v1 Pod: vrouter reads its name, namespace, labels, node and container ports (the pod
     gets its own network namespace, made by vrouter, and an address from the node's podCIDR)."""
-    from vrouter.model.policy import labels_of
     reader.mapping(doc, where, {"apiVersion", "kind", "metadata", "spec", "status"},
                    required=("metadata", "spec"))
     if doc.get("apiVersion", "v1") != "v1":
         reader.fail(f"{where}.apiVersion", f"{doc['apiVersion']!r}: Pods are apiVersion v1")
-    meta = doc["metadata"]
-    if not isinstance(meta, dict) or "name" not in meta:
-        reader.fail(f"{where}.metadata", "must be a mapping with a name")
+    meta, name, namespace = reader.metadata(doc, where)
     spec = reader.mapping(doc["spec"], f"{where}.spec",
                           {"nodeName", "containers", "restartPolicy",
                            "terminationGracePeriodSeconds"}, required=("nodeName",))
@@ -422,10 +442,8 @@ def _pod_manifest(reader: _Reader, doc: dict, where: str) -> _PodEntry:
         if not isinstance(raw_ports, list):
             reader.fail(f"{w}.ports", "must be a list of {name, containerPort, protocol}")
         ports += _build_ports(reader, raw_ports, f"{w}.ports")
-    fields = {"name": meta["name"], "node": spec["nodeName"], "ports": tuple(ports),
-              "labels": dict(labels_of(reader, meta.get("labels"), f"{where}.metadata.labels"))}
-    if "namespace" in meta:
-        fields["namespace"] = meta["namespace"]
+    fields = {"name": name, "namespace": namespace, "node": spec["nodeName"],
+              "ports": tuple(ports), "labels": meta.get("labels") or {}}
     return _PodEntry(reader, where, fields, _POD_MANIFEST_FIELDS)
 
 
@@ -666,7 +684,7 @@ def _build_pods(entries: list[_PodEntry], nodes: dict, check_host: bool,
             if ip in taken:
                 reader.fail(f"{where}.ip", f"duplicate pod IP {ip} (also {taken[ip]})")
             taken[ip] = where
-        labels = _build_labels(reader, d.get("labels", {}), e.at("labels"))
+        labels = reader.labels(d.get("labels", {}), e.at("labels"))
         ports = d["ports"] if e.paths else _build_ports(reader, d.get("ports", []),
                                                         f"{where}.ports")
         netns, owns = _build_netns(reader, d, where, name, check_host, e.at("name"))
@@ -710,15 +728,6 @@ def _allocate(reader, where, node: Node, cursor, taken):
         if ip not in taken:
             return ip
     reader.fail(where, f"node {node.name!r}'s podCIDR {cidr} has no free address left")
-
-
-def _build_labels(reader, raw, where):
-    if not isinstance(raw, dict):
-        reader.fail(where, "must be a mapping of label names to values")
-    for key, value in raw.items():
-        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
-            reader.fail(_join(where, str(key)), "label names and values must be strings")
-    return tuple(sorted((k, str(v)) for k, v in raw.items()))
 
 
 def _build_ports(reader, raw, where):

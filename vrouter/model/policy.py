@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from vrouter.model.config import _DNS_LABEL, _join
+from vrouter.model.config import _DNS_LABEL
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17}
@@ -179,43 +179,20 @@ def allows(cluster, pod, direction: str, peer_ip, protocol: str, port: int) -> b
 
 # --- parsing ------------------------------------------------------------------------------------
 
-def _metadata(reader, doc, where, kind):
-    meta = doc.get("metadata")
-    if not isinstance(meta, dict) or "name" not in meta:
-        reader.fail(f"{where}.metadata", "must be a mapping with a name")
-    name = reader.string(meta["name"], f"{where}.metadata.name", _DNS_LABEL, "a DNS label")
-    namespace = None
-    if kind != "Namespace":
-        namespace = reader.string(meta.get("namespace", "default"), f"{where}.metadata.namespace",
-                                  _DNS_LABEL, "a DNS label")
-    return meta, name, namespace
-
-
-def labels_of(reader, raw, where) -> tuple[tuple[str, str], ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, dict):
-        reader.fail(where, "must be a mapping of label names to values")
-    for key, value in raw.items():
-        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
-            reader.fail(_join(where, str(key)), "label names and values must be strings")
-    return tuple(sorted((k, str(v)) for k, v in raw.items()))
-
-
 def parse_namespace(reader, doc: dict, where: str) -> Namespace:
     reader.mapping(doc, where, {"apiVersion", "kind", "metadata", "spec", "status"},
                    required=("metadata",))
     if doc.get("apiVersion", "v1") != "v1":
         reader.fail(f"{where}.apiVersion", f"{doc['apiVersion']!r}: Namespaces are apiVersion v1")
-    meta, name, _ = _metadata(reader, doc, where, "Namespace")
-    return Namespace(name, labels_of(reader, meta.get("labels"), f"{where}.metadata.labels"))
+    meta, name, _ = reader.metadata(doc, where, namespaced=False)
+    return Namespace(name, reader.labels(meta.get("labels") or {}, f"{where}.metadata.labels"))
 
 
 def parse_selector(reader, raw, where) -> Selector:
     if raw is None:
         raw = {}
     d = reader.mapping(raw, where, {"matchLabels", "matchExpressions"})
-    labels = labels_of(reader, d.get("matchLabels") or {}, f"{where}.matchLabels")
+    labels = reader.labels(d.get("matchLabels") or {}, f"{where}.matchLabels")
     expressions = []
     raw_exprs = d.get("matchExpressions") or []
     if not isinstance(raw_exprs, list):
@@ -249,14 +226,14 @@ def _peer(reader, raw, where) -> Peer:
                         "namespaceSelector in one peer")
         block = reader.mapping(d["ipBlock"], f"{where}.ipBlock", {"cidr", "except"},
                                required=("cidr",))
-        cidr = _cidr(reader, block["cidr"], f"{where}.ipBlock.cidr")
+        cidr = reader.network(block["cidr"], f"{where}.ipBlock.cidr", strict=False)
         excepts = []
         raw_except = block.get("except") or []
         if not isinstance(raw_except, list):
             reader.fail(f"{where}.ipBlock.except", "must be a list of CIDRs")
         for n, item in enumerate(raw_except):
             w = f"{where}.ipBlock.except[{n}]"
-            e = _cidr(reader, item, w)
+            e = reader.network(item, w, strict=False)
             if not e.subnet_of(cidr) or e == cidr:
                 reader.fail(w, f"{e} is not strictly inside the block's cidr {cidr}")
             excepts.append(e)
@@ -266,15 +243,6 @@ def _peer(reader, raw, where) -> Peer:
                 namespace_selector=parse_selector(reader, d["namespaceSelector"],
                                                   f"{where}.namespaceSelector")
                 if "namespaceSelector" in d else None)
-
-
-def _cidr(reader, value, where) -> ipaddress.IPv4Network:
-    if not isinstance(value, str):
-        reader.fail(where, f"must be an IPv4 CIDR such as 10.0.0.0/8, got {value!r}")
-    try:
-        return ipaddress.IPv4Network(value, strict=False)
-    except ValueError as exc:
-        reader.fail(where, f"{value!r} is not a valid IPv4 CIDR ({exc})")
 
 
 def _port(reader, raw, where) -> PolicyPort:
@@ -325,7 +293,7 @@ def parse_policy(reader, doc: dict, where: str, source: str) -> NetworkPolicy:
     if doc.get("apiVersion") != "networking.k8s.io/v1":
         reader.fail(f"{where}.apiVersion", f"{doc.get('apiVersion')!r}: NetworkPolicies are "
                     "apiVersion networking.k8s.io/v1")
-    _, name, namespace = _metadata(reader, doc, where, "NetworkPolicy")
+    _, name, namespace = reader.metadata(doc, where)
     w = f"{where}.spec"
     spec = reader.mapping(doc["spec"], w, {"podSelector", "policyTypes", "ingress", "egress"},
                           required=("podSelector",))

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from vrouter.model.config import (
-    _DNS_LABEL, DNS_LABELS, DNS_NAMESPACE, DNS_SERVICE, ConfigError,
+    DNS_LABELS, DNS_NAMESPACE, DNS_SERVICE, ConfigError,
 )
 
 NODE_PORT_RANGE = (30000, 32767)
@@ -107,12 +107,7 @@ def parse(reader, doc: dict, where: str, source: str) -> dict:
                    required=("metadata", "spec"))
     if doc.get("apiVersion", "v1") != "v1":
         reader.fail(f"{where}.apiVersion", f"{doc['apiVersion']!r}: Services are apiVersion v1")
-    meta = doc["metadata"]   # only name and namespace matter; the rest (labels, uid...) is ignored
-    if not isinstance(meta, dict) or "name" not in meta:
-        reader.fail(f"{where}.metadata", "must be a mapping with a name")
-    name = reader.string(meta["name"], f"{where}.metadata.name", _DNS_LABEL, "a DNS label")
-    namespace = reader.string(meta.get("namespace", "default"), f"{where}.metadata.namespace",
-                              _DNS_LABEL, "a DNS label")
+    _, name, namespace = reader.metadata(doc, where)   # only name and namespace matter
     w = f"{where}.spec"
     spec = doc["spec"]
     if not isinstance(spec, dict):
