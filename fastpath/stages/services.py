@@ -221,6 +221,19 @@ def masquerades(dst, params):
 
 
 @njit(cache=True, _nrt=False)
+def open_masquerade(ct_keys, ct_vals, src, dst, proto, sport, dport, now, params, counters):
+    """Track a pod's new connection to the outside as coming from the node address (the pod's
+    own source port, or ICMP identifier, if its reply tuple is free); -1: no port is free."""
+    node = params[P_NODE_IP]
+    new_sport = _snat_port(node, sport, dst, dport, proto, now, ct_keys, ct_vals)
+    if new_sport < 0:
+        return -1
+    counters[R_MASQUERADED_FLOWS] += 1
+    return open_pair(ct_keys, ct_vals, src, dst, proto, sport, dport, node, new_sport, dst,
+                     dport, 0, now, counters)
+
+
+@njit(cache=True, _nrt=False)
 def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, conntrack):
     """ICMP: errors about tracked connections are translated (icmp_error); echo is tracked by
     its identifier, and masqueraded like TCP and UDP (the identifier standing in for the port)."""
@@ -240,15 +253,11 @@ def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, conntrack):
     if j < 0:
         if not (kind == 8 and from_pod and masquerades(dst, params)):
             return NAT_PASS
-        node = params[P_NODE_IP]
-        new_ident = _snat_port(node, ident, dst, 0, 1, now, ct_keys, ct_vals)
-        if new_ident < 0:
+        j = open_masquerade(ct_keys, ct_vals, src, dst, 1, sport, dport, now, params, counters)
+        if j < 0:
             return NAT_DROP_NO_PORT
-        j = open_pair(ct_keys, ct_vals, src, dst, 1, ident, 0, node, new_ident, dst, 0, 0, now,
-                      counters)
         meta[i, M_FLOW] = FLOW_NEW
         meta[i, M_CT_SLOT] = j
-        counters[R_MASQUERADED_FLOWS] += 1
     else:
         track(buf, row, l4, 1, j, ct_keys, ct_vals, now)
         meta[i, M_FLOW] = FLOW_ESTABLISHED
@@ -322,13 +331,10 @@ def nat(buf, meta, i, now, params, counters, services, conntrack):
         if fe < 0:
             if not (from_pod and masquerades(dst, params)):
                 return NAT_PASS
-            node = params[P_NODE_IP]
-            new_sport = _snat_port(node, sport, dst, dport, proto, now, ct_keys, ct_vals)
-            if new_sport < 0:
+            j = open_masquerade(ct_keys, ct_vals, src, dst, proto, sport, dport, now, params,
+                                counters)
+            if j < 0:
                 return NAT_DROP_NO_PORT
-            j = open_pair(ct_keys, ct_vals, src, dst, proto, sport, dport, node, new_sport,
-                          dst, dport, 0, now, counters)
-            counters[R_MASQUERADED_FLOWS] += 1
         else:
             if fe_vals[fe, FE_ROW] < 0:
                 return NAT_DROP_NO_LOCAL if fe_vals[fe, FE_EMPTY] == 1 else NAT_REJECT
