@@ -8,6 +8,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
+from tests.fastpath.test_outside import NODE_IP, NODE_MAC, OUT_IP, OUT_MAC, UPLINK
 from tests.fastpath.test_services import (
     A_IP, A_MAC, B_IP, B_MAC, GW_MAC, VIP, assert_checksums_valid, first_flow, make_dp,
 )
@@ -16,9 +17,6 @@ from vrouter.node.tables import ip_to_int
 
 CLIENT, WEB3 = "10.244.2.2", "10.244.2.3"
 NODE_B_UNDERLAY = "127.0.0.12"
-UPLINK = 110
-NODE_IP, NODE_MAC = "172.18.0.2", "02:76:ac:12:00:02"
-OUT_IP, OUT_MAC = "172.18.0.1", "02:76:ac:12:00:01"
 VTEP_A_MAC, VTEP_B_MAC = "0e:76:0a:f4:01:00", "0e:76:0a:f4:02:00"
 
 SERVICE = """

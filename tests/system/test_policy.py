@@ -58,10 +58,15 @@ def policy_cluster(tmp_path_factory):
         assert not cluster.leftovers()
 
 
-def apply(cluster, *policies: str) -> None:
+def reload(cluster, *policies: str) -> subprocess.CompletedProcess:
+    """The cluster file with these policies, reloaded as a user would."""
     cluster.path.write_text(cluster.base_text + "".join(policies))
-    result = subprocess.run([sys.executable, "-m", "vrouter", "reload", str(cluster.path)],
-                            capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "vrouter", "reload", str(cluster.path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def apply(cluster, *policies: str) -> None:
+    result = reload(cluster, *policies)
     assert result.returncode == 0, result.stderr
 
 
@@ -77,18 +82,20 @@ xc  .  .  .  .  .
 ya  .  .  .  .  .
 yb  .  .  .  .  .
 """
-
-# name, policies, expected TCP matrix, expected UDP matrix (None: the same)
-CASES = [
-    ("no-policy", [], ALL_OPEN, None),
-    ("default-deny-ingress-in-x", [netpol("deny", "  podSelector: {}\n  ingress: []\n")], """
+X_CLOSED = """
     xa xb xc ya yb
 xa  .  X  X  .  .
 xb  X  .  X  .  .
 xc  X  X  .  .  .
 ya  X  X  X  .  .
 yb  X  X  X  .  .
-""", None),
+"""   # default deny for ingress in namespace x
+
+# name, policies, expected TCP matrix, expected UDP matrix (None: the same)
+CASES = [
+    ("no-policy", [], ALL_OPEN, None),
+    ("default-deny-ingress-in-x", [netpol("deny", "  podSelector: {}\n  ingress: []\n")],
+     X_CLOSED, None),
     ("pod-selector-same-namespace", [netpol("a-from-b", """  podSelector: {matchLabels: {pod: a}}
   ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]
 """)], """
@@ -203,14 +210,7 @@ def test_drops_are_counted_per_policy_and_a_bad_reload_keeps_the_running_policie
     deny = netpol("deny", "  podSelector: {}\n  ingress: []\n")
     apply(c, deny)
     pods = pods_of(c)
-    blocked = """
-    xa xb xc ya yb
-xa  .  X  X  .  .
-xb  X  .  X  .  .
-xc  X  X  .  .  .
-ya  X  X  X  .  .
-yb  X  X  X  .  .
-"""
+    blocked = X_CLOSED
     def dropped():
         return {n: {p["policy"]: p["dropped"] for p in c.status(n)["policies"]}["x/deny"]
                 for n in ("node-a", "node-b")}
@@ -226,10 +226,8 @@ yb  X  X  X  .  .
     assert after["node-a"] - before["node-a"] >= 8 and after["node-b"] - before["node-b"] >= 4
     for n in after:
         assert after[n] - before[n] == counted_after[n] - counted_before[n]
-    c.path.write_text(c.base_text + deny + netpol("bad", "  podSelector: {matchExpressions: "
-                                                  "[{key: a, operator: Near, values: [b]}]}\n"))
-    result = subprocess.run([sys.executable, "-m", "vrouter", "reload", str(c.path)],
-                            capture_output=True, text=True, timeout=60)
+    result = reload(c, deny, netpol("bad", "  podSelector: {matchExpressions: "
+                                   "[{key: a, operator: Near, values: [b]}]}\n"))
     assert result.returncode != 0
     assert "matchExpressions[0].operator" in result.stderr and "'Near'" in result.stderr
     assert_matrix(pods, "tcp", TCP_PORT, blocked)
