@@ -20,7 +20,7 @@ from numba import njit
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from fastpath.conntrack import CT_COLS, new_state_table
+from fastpath.conntrack import connection_arrays, new_state_table
 from fastpath.groups import Conntrack
 from fastpath.layout import M_IN_PORT, M_ROW, M_START, META_COLS, P_GW_IP, P_UPLINK_PORT, PARAM_COUNT
 from fastpath.reasons import COUNTER_COUNT
@@ -34,6 +34,8 @@ cluster:
   podCIDR: 10.244.0.0/16
   serviceCIDR: 10.96.0.0/12
   services: {{maglevTableSize: 1021}}
+  dns: {{enabled: false}}   # its address would clash with the generated Services'
+  conntrack: {{maxEntries: {flows}}}
 nodes:
   - {{name: node-a, underlay: 127.0.0.11, podCIDR: 10.244.1.0/24}}
 pods:
@@ -83,11 +85,11 @@ def drive(buf, template, vips, n_flows, now, params, counters, services, conntra
 
 
 def run(services: int, flows: int) -> tuple[float, float, float]:
-    cluster = config.parse(CLUSTER.format(services=services_yaml(services)), "bench.yaml",
+    cluster = config.parse(CLUSTER.format(services=services_yaml(services), flows=max(flows, 64)),
+                           "bench.yaml",
                            check_host=False)
     st = servicetables.build(cluster, "node-a")
-    # room for 2 entries per flow at load 1/2
-    conntrack = Conntrack(*new_state_table(4 * flows, CT_COLS), *new_state_table(64, 3),
+    conntrack = Conntrack(*connection_arrays(flows), *new_state_table(64, 3),
                           *new_state_table(64, 3))
     counters = np.zeros(COUNTER_COUNT, dtype=np.uint64)
     vips = np.array([ip_to_int(s.cluster_ip) for s in cluster.services], dtype=np.int64)
@@ -99,7 +101,9 @@ def run(services: int, flows: int) -> tuple[float, float, float]:
     params[P_UPLINK_PORT] = 1   # the clients come from pod port 0
     args = (buf, template, vips, flows, 1000, params, counters, st.group, conntrack)
     drive(*args[:3], 64, *args[4:], True)      # compile (cached after the first run)
-    conntrack.ct_keys[:] = 0
+    fresh = connection_arrays(flows)
+    for array, empty in zip(conntrack[:4], fresh):
+        array[:] = empty
     t0 = time.perf_counter()
     drive(*args, False)
     base = (time.perf_counter() - t0) / flows

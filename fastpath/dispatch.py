@@ -100,7 +100,7 @@ def run_stages(buf, meta, i, now, tables, out):
         if stage == S_POD_IN:
             stage = pod_in(buf, meta, i, now, params, counters, tables.ports, tables.bridge)
         elif stage == S_OUTSIDE_IN:
-            stage = outside_in(buf, meta, i, params, counters, tables.outside)
+            stage = outside_in(buf, meta, i, now, params, counters, tables.outside)
         elif stage == S_OVERLAY_IN:
             stage = overlay_in(buf, meta, i, now, params, counters, tables.peers)
         elif stage == S_GATEWAY_IN:
@@ -119,7 +119,8 @@ def run_stages(buf, meta, i, now, tables, out):
         elif stage == S_BRIDGE:
             stage = bridge_stage(buf, meta, i, now, params, tables.bridge)
         elif stage == S_ROUTE:
-            stage = route_stage(buf, meta, i, params, tables.ports, tables.routes, tables.outside)
+            stage = route_stage(buf, meta, i, now, params, tables.ports, tables.routes,
+                                tables.outside)
         elif stage == S_TO_OVERLAY:
             stage = to_overlay(buf, meta, i, now, params, tables.peers)
         elif stage == S_LOCAL:

@@ -20,9 +20,10 @@ class Ports(NamedTuple):
 
 
 class Bridge(NamedTuple):
-    """The MAC table: MAC -> port, static flag, last-seen second (columns FDB_*)."""
-    fdb_keys: np.ndarray        # uint64[N], open addressing (fastpath.hashtable)
-    fdb_vals: np.ndarray        # int64[N, 3]
+    """The MAC table (fastpath.learning): MAC -> port, static flag, last seen, learned from."""
+    fdb_keys: np.ndarray        # uint64[N]: windowed, bounded (fastpath.learning)
+    fdb_vals: np.ndarray        # int64[N, L_COLS]
+    fdb_owned: np.ndarray       # int64[P]: learned MACs per pod port (capped: P_FDB_PORT_LIMIT)
 
 
 class Routes(NamedTuple):
@@ -44,9 +45,10 @@ class Peers(NamedTuple):
 
 
 class Outside(NamedTuple):
-    """Neighbours on the outside network: IPv4 -> MAC (preset and gleaned)."""
-    nb_keys: np.ndarray         # uint64
-    nb_mac: np.ndarray          # int64
+    """Neighbours on the outside network (fastpath.learning): IPv4 -> MAC, preset and gleaned."""
+    nb_keys: np.ndarray         # uint64[N]
+    nb_vals: np.ndarray         # int64[N, L_COLS]
+    nb_owned: np.ndarray        # int64[1]: gleaned entries
 
 
 class Services(NamedTuple):
@@ -61,8 +63,10 @@ class Services(NamedTuple):
 
 class Conntrack(NamedTuple):
     """Connection state (kept across reloads), see fastpath.conntrack."""
-    ct_keys: np.ndarray         # uint64[N, 2] (views into one cache-line-aligned array)
-    ct_vals: np.ndarray         # int64[N, CT_COLS]
+    slots: np.ndarray           # uint64[S, SLOT_COLS]: two keys per connection
+    recs: np.ndarray            # int64[N, REC_COLS]: one record per connection
+    free: np.ndarray            # int64[N]: free record numbers (a stack)
+    stats: np.ndarray           # int64[STATS_COLS]: CTS_*
     aff_keys: np.ndarray
     aff_vals: np.ndarray
     frag_keys: np.ndarray

@@ -47,7 +47,7 @@ M_SOCKET = 14      # overlay: which of the node's send sockets (outer UDP source
 M_OWN = 15         # 1: the node's own packet (built by the gateway, or an echo answer): it is
                    # routed but not forwarded (no TTL decrement) and never sent to the slow path
 M_FLOW = 16        # what conntrack knew of the frame's connection (FLOW_*), for the policy stage
-M_CT_SLOT = 17     # FLOW_NEW: the conntrack entry the frame's Service NAT just created
+M_CT_SLOT = 17     # FLOW_NEW: the connection record the frame just opened
 META_COLS = 18
 
 FLOW_NONE = 0          # not a tracked connection (or not TCP/UDP/ICMP echo)
@@ -135,4 +135,6 @@ P_NODE_MAC = 16
 P_OUTSIDE_NET = 17         # cluster.nodeNetwork
 P_OUTSIDE_MASK = 18
 P_MASQUERADE = 19          # 1: pods' traffic to the outside network is SNATed to P_NODE_IP
+P_FDB_PORT_LIMIT = 20      # MACs a pod port may have learned at once (cluster.fdbMaxPerPort)
+P_NEIGHBOUR_AGE = 21       # seconds a gleaned outside neighbour stays valid
 PARAM_COUNT = 24

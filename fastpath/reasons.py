@@ -58,6 +58,12 @@ COUNTERS = (
     Counter("drop_outside_not_for_us", DROP, "another host's frame on the outside bridge"),
     Counter("drop_service_no_local_endpoint", DROP, "externalTrafficPolicy Local, no endpoint here"),
     Counter("drop_service_no_snat_port", DROP, "no free source port to SNAT to"),
+    Counter("drop_service_invalid", DROP, "a TCP segment for a Service that cannot start a "
+            "connection (a stray RST or FIN), as kube-proxy drops conntrack INVALID"),
+    Counter("ct_full_refused", DROP, "a new connection refused: every conntrack record in reach "
+            "holds an assured connection (cluster.conntrack.maxEntries)"),
+    Counter("drop_tcp_rst_out_of_window", DROP, "a TCP reset outside the receiver's window: "
+            "not honoured"),
     Counter("drop_policy_ingress", DROP, "a NetworkPolicy isolates the receiving pod: no rule "
             "allows this new connection"),
     Counter("drop_policy_egress", DROP, "a NetworkPolicy isolates the sending pod: no rule "
@@ -68,7 +74,9 @@ COUNTERS = (
     # --- events -----------------------------------------------------------------------------------
     Counter("from_overlay", EVENT, "VXLAN datagrams accepted from peers"),
     Counter("from_outside", EVENT, "IPv4 packets accepted on the outside port"),
-    Counter("fdb_learn_table_full", EVENT, "a MAC not learned: the table was full"),
+    Counter("fdb_learn_table_full", EVENT, "a MAC not learned: its window of the table was full"),
+    Counter("fdb_learn_port_limit", EVENT, "a MAC not learned: its port has learned "
+            "cluster.fdbMaxPerPort MACs already"),
     Counter("outside_neighbour_table_full", EVENT, "an outside neighbour not learned: table full"),
     Counter("svc_new_flows", EVENT, "connections given a Service backend"),
     Counter("masqueraded_flows", EVENT, "pods' connections to the outside network SNATed to "
@@ -77,7 +85,9 @@ COUNTERS = (
             "conntrack so their replies pass"),
     Counter("ct_translated", EVENT, "packets translated by Service NAT"),
     Counter("ct_icmp_translated", EVENT, "ICMP errors about translated connections translated"),
-    Counter("ct_evicted", EVENT, "live conntrack/affinity entries evicted by a full window"),
+    Counter("ct_evicted", EVENT, "unassured connections evicted to make room (early drop)"),
+    Counter("aff_evicted", EVENT, "session affinity entries evicted by a full window"),
+    Counter("frag_evicted", EVENT, "fragment translations evicted by a full window"),
     Counter("slowpath_ratelimited", EVENT, "slow-path frames skipped: its token bucket was empty"),
     Counter("slowpath_ignored", EVENT, "slow-path frames it had nothing to say about"),
     Counter("slowpath_arp_spoofed", EVENT, "ARP claiming an address its port may not use"),

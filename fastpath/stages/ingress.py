@@ -7,25 +7,24 @@ trusted: lengths are taken from the IPv4 and TCP headers.
 import numpy as np
 from numba import njit
 
-from fastpath import hashtable
+from fastpath import learning
 from fastpath.checksum import read16, read32, read48
 from fastpath.ipv4 import ipv4_problem, l4_header_len
 from fastpath.layout import (
     ACT_DROP, ACT_SLOW, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, GSO_ECN, GSO_NONE, GSO_TCPV4,
     GSO_UDP_L4, M_CSUM_OFFSET, M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN,
-    M_OWN, M_ROW, M_START, M_VFLAGS, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM,
+    M_OWN, M_ROW, M_START, M_VFLAGS, P_FDB_AGE, P_FDB_PORT_LIMIT, VNET_F_DATA_VALID,
+    VNET_F_NEEDS_CSUM,
 )
 from fastpath.reasons import (
     R_DROP_BAD_VNET_HEADER, R_DROP_IPV6,
     R_DROP_OVERSIZE, R_DROP_RUNT, R_DROP_SOURCE_MAC_MULTICAST, R_DROP_SPOOFED_IP,
-    R_DROP_SPOOFED_MAC, R_DROP_UNKNOWN_ETHERTYPE, R_FDB_LEARN_TABLE_FULL, R_GSO_SUPERFRAMES,
+    R_DROP_SPOOFED_MAC, R_DROP_UNKNOWN_ETHERTYPE, R_FDB_LEARN_PORT_LIMIT, R_FDB_LEARN_TABLE_FULL,
+    R_GSO_SUPERFRAMES,
     R_SLOW_ARP,
 )
 from fastpath.stages import S_SERVICES, finish
 
-FDB_PORT = 0
-FDB_STATIC = 1
-FDB_SEEN = 2
 
 
 @njit(cache=True, _nrt=False)
@@ -119,8 +118,8 @@ def pod_in(buf, meta, i, now, params, counters, ports, bridge):
         return finish(meta, i, ACT_DROP, 0, problem)
     src_mac = read48(buf, row, s + 6)
     fdb_keys, fdb_vals = bridge.fdb_keys, bridge.fdb_vals
-    j = hashtable.find(fdb_keys, src_mac)
-    if j >= 0 and fdb_vals[j, FDB_STATIC] == 1 and fdb_vals[j, FDB_PORT] != in_port:
+    j = learning.find(fdb_keys, fdb_vals, src_mac, now, params[P_FDB_AGE])
+    if j >= 0 and fdb_vals[j, learning.L_STATIC] == 1 and fdb_vals[j, learning.L_VALUE] != in_port:
         return finish(meta, i, ACT_DROP, 0, R_DROP_SPOOFED_MAC)
     verdict = ethertype_verdict(read16(buf, row, s + 12))
     if verdict >= 0:
@@ -132,13 +131,14 @@ def pod_in(buf, meta, i, now, params, counters, ports, bridge):
         return finish(meta, i, ACT_DROP, 0, problem)
     if read32(buf, row, s + ETH_LEN + 12) != ports.port_ip[in_port]:
         return finish(meta, i, ACT_DROP, 0, R_DROP_SPOOFED_IP)
-    # the frame is valid: learn where its source MAC lives
-    j = hashtable.find_or_claim(fdb_keys, src_mac)
-    if j < 0:
-        counters[R_FDB_LEARN_TABLE_FULL] += 1
-    elif fdb_vals[j, FDB_STATIC] == 0:
-        fdb_vals[j, FDB_PORT] = in_port
-        fdb_vals[j, FDB_SEEN] = now
+    # the frame is valid: learn where its source MAC lives (a pod's own MAC is static)
+    if j < 0 or fdb_vals[j, learning.L_STATIC] == 0:
+        learned = learning.learn(fdb_keys, fdb_vals, src_mac, in_port, now, params[P_FDB_AGE],
+                                 bridge.fdb_owned, in_port, params[P_FDB_PORT_LIMIT])
+        if learned == learning.TABLE_FULL:
+            counters[R_FDB_LEARN_TABLE_FULL] += 1
+        elif learned == learning.OWNER_FULL:
+            counters[R_FDB_LEARN_PORT_LIMIT] += 1
     if meta[i, M_GSO_TYPE] != GSO_NONE:
         counters[R_GSO_SUPERFRAMES] += 1
     return S_SERVICES

@@ -3,10 +3,10 @@
 Runs after the services stage, so a connection to a Service is judged against the backend it
 was translated to. Only a connection's first packet is judged: a packet conntrack knows
 (M_FLOW: either direction of a tracked connection, or an ICMP error about one) passes, and an
-allowed first packet of a pod that any policy selects is followed by conntrack (a plain pair,
-ST_PLAIN), so the replies pass however the pods are isolated. A refused first packet is dropped
-and counted for every policy isolating its pod in that direction; a Service or masquerade
-translation it opened is forgotten.
+allowed first packet of a pod that any policy selects is followed by conntrack (a plain
+connection, F_PLAIN), so the replies pass however the pods are isolated. A refused first packet
+is dropped and counted for every policy isolating its pod in that direction; a Service or
+masquerade translation it opened is forgotten, with the translation of its later fragments.
 
 Tables: the Policy group (vrouter.node.policytables compiles it per node from the live model):
   port_rules[port, PR_*]     per local pod port: selected by any policy; per direction
@@ -21,14 +21,17 @@ from numba import njit
 from fastpath import hashtable
 from fastpath.checksum import read16, read32
 from fastpath.conntrack import (
-    FRAG_DST, FRAG_EXPIRES, FRAG_SRC, ST_PLAIN, T_FRAGMENT, echo_ports, forget_pair, open_pair,
-    tuple_key, wclaim, wfind,
+    C_O_DST, C_O_SRC, F_PLAIN, FRAG_DST, FRAG_EXPIRES, FRAG_NAT_TAG, FRAG_POLICY_TAG, FRAG_SRC,
+    T_FRAGMENT, echo_ports, open_connection, opens, release, track, tuple_key, wclaim, wfind,
 )
 from fastpath.layout import (
     ACT_DROP, ETH_LEN, FLOW_ESTABLISHED, FLOW_NEW, FLOW_NONE, M_CT_SLOT, M_FLOW, M_IN_PORT,
     M_OWN, M_ROW, M_START, P_UPLINK_PORT,
 )
-from fastpath.reasons import R_DROP_POLICY_EGRESS, R_DROP_POLICY_INGRESS, R_POLICY_FLOWS_TRACKED
+from fastpath.reasons import (
+    R_CT_FULL_REFUSED, R_DROP_POLICY_EGRESS, R_DROP_POLICY_INGRESS, R_FRAG_EVICTED,
+    R_POLICY_FLOWS_TRACKED,
+)
 from fastpath.stages import S_ROUTE, S_SWITCH, finish
 
 # port_rules columns
@@ -58,7 +61,6 @@ PS_COLS = 3
 SET_PODS = 0
 SET_BLOCK = 1
 
-FRAG_POLICY_TAG = 2    # fragment-table tag of an allowed first fragment (Service NAT uses 1)
 
 
 @njit(cache=True, inline="always", _nrt=False)
@@ -111,13 +113,23 @@ def allowed(policy, port, direction, peer, proto, dport):
 
 
 @njit(cache=True, _nrt=False)
-def deny(meta, i, now, policy, port, direction, proto, conntrack, reason):
+def deny(buf, meta, i, now, policy, port, direction, proto, conntrack, reason):
     pr = policy.port_rules
     first = pr[port, direction + D_FIRST_POLICY]
     for k in range(first, first + pr[port, direction + D_POLICIES]):
         policy.drops[policy.policy_ids[k]] += 1
-    if meta[i, M_FLOW] == FLOW_NEW:   # the Service / masquerade translation it opened
-        forget_pair(conntrack.ct_keys, conntrack.ct_vals, meta[i, M_CT_SLOT], proto, now)
+    if meta[i, M_FLOW] == FLOW_NEW:   # forget the Service / masquerade translation it opened...
+        rec = meta[i, M_CT_SLOT]
+        row, ip = meta[i, M_ROW], meta[i, M_START] + ETH_LEN
+        frag = read16(buf, row, ip + 6)
+        if frag & 0x2000:   # ...and what its later fragments would have been translated by
+            recs = conntrack.recs
+            k0, k1 = tuple_key(recs[rec, C_O_SRC], recs[rec, C_O_DST], proto,
+                               read16(buf, row, ip + 4), FRAG_NAT_TAG)
+            f = wfind(conntrack.frag_keys, conntrack.frag_vals, FRAG_EXPIRES, k0, k1, now)
+            if f >= 0:
+                conntrack.frag_vals[f, FRAG_EXPIRES] = now - 1
+        release(conntrack, rec)
     return finish(meta, i, ACT_DROP, 0, reason)
 
 
@@ -163,20 +175,24 @@ def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack)
             sport, dport = echo_ports(buf[row, l4], read16(buf, row, l4 + 4))
     if sender >= 0 and pr[sender, PR_EGRESS + D_ISOLATED] \
             and not allowed(policy, sender, PR_EGRESS, dst, proto, dport):
-        return deny(meta, i, now, policy, sender, PR_EGRESS, proto, conntrack,
+        return deny(buf, meta, i, now, policy, sender, PR_EGRESS, proto, conntrack,
                     R_DROP_POLICY_EGRESS)
     if receiver >= 0 and pr[receiver, PR_INGRESS + D_ISOLATED] \
             and not allowed(policy, receiver, PR_INGRESS, src, proto, dport):
-        return deny(meta, i, now, policy, receiver, PR_INGRESS, proto, conntrack,
+        return deny(buf, meta, i, now, policy, receiver, PR_INGRESS, proto, conntrack,
                     R_DROP_POLICY_INGRESS)
     # allowed: follow the connection, so that its replies pass
-    if meta[i, M_FLOW] == FLOW_NONE and first_fragment and sport >= 0:
-        open_pair(conntrack.ct_keys, conntrack.ct_vals, src, dst, proto, sport, dport, src,
-                  sport, dst, dport, ST_PLAIN, now, counters)
+    if meta[i, M_FLOW] == FLOW_NONE and first_fragment and sport >= 0 \
+            and opens(buf, row, ip + np.int64(buf[row, ip] & 0x0F) * 4, proto):
+        rec = open_connection(conntrack, src, dst, proto, sport, dport, src, sport, dst, dport,
+                              F_PLAIN, -1, now, counters)
+        if rec < 0:
+            return finish(meta, i, ACT_DROP, 0, R_CT_FULL_REFUSED)
+        track(conntrack, rec, 0, buf, row, ip, now)
         counters[R_POLICY_FLOWS_TRACKED] += 1
     if first_fragment and (frag & 0x2000):
         k0, k1 = tuple_key(src, dst, proto, read16(buf, row, ip + 4), FRAG_POLICY_TAG)
-        f = wclaim(frag_keys, frag_vals, FRAG_EXPIRES, k0, k1, now, counters)
+        f = wclaim(frag_keys, frag_vals, FRAG_EXPIRES, k0, k1, now, counters, R_FRAG_EVICTED)
         frag_vals[f, FRAG_SRC] = src
         frag_vals[f, FRAG_DST] = dst
         frag_vals[f, FRAG_EXPIRES] = now + T_FRAGMENT

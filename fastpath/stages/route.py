@@ -17,7 +17,7 @@ from fastpath.stages.outside import to_outside
 
 
 @njit(cache=True, _nrt=False)
-def route_stage(buf, meta, i, params, ports, routes, outside):
+def route_stage(buf, meta, i, now, params, ports, routes, outside):
     """`forwarded` packets pass through (TTL checked and decremented); the node's own
     (M_OWN: built by the gateway, or an echo answer) are originated here."""
     row, s = meta[i, M_ROW], meta[i, M_START]
@@ -41,7 +41,7 @@ def route_stage(buf, meta, i, params, ports, routes, outside):
             decrement_ttl(buf, row, ip)
         return finish(meta, i, ACT_PORT, port, R_FORWARDED_ROUTED)
     if (dst & params[P_OUTSIDE_MASK]) == params[P_OUTSIDE_NET]:
-        return to_outside(buf, meta, i, dst, forwarded, params, outside)
+        return to_outside(buf, meta, i, dst, forwarded, now, params, outside)
     masks = routes.route_masks
     for m in range(masks.shape[0]):
         j = hashtable.find(routes.route_keys, dst & masks[m])

@@ -19,9 +19,9 @@ from fastpath.checksum import (
     partial_update32, read16, read32, update16, update32, write16, write32,
 )
 from fastpath.conntrack import (
-    AFF_EXPIRES, AFF_IP, AFF_PORT, CT_DPORT, CT_DST, CT_EXPIRES, CT_SPORT, CT_SRC, CT_STATE,
-    FRAG_DST, FRAG_EXPIRES, FRAG_SRC, ST_CLOSED, ST_PLAIN, T_FRAGMENT, echo_ports,
-    forget_pair, mix, open_pair, track, tuple_key, wclaim, wfind,
+    AFF_EXPIRES, AFF_IP, AFF_PORT, C_FLAGS, F_MASQUERADE, F_PLAIN, FRAG_DST, FRAG_EXPIRES,
+    FRAG_NAT_TAG, FRAG_SRC, PASS, T_FRAGMENT, echo_ports, lookup, mix, open_connection, opens,
+    release, restarts, target, track, tuple_key, wclaim, wfind,
 )
 from fastpath.layout import (
     ACT_DROP, ACT_SLOW, ETH_LEN, FLOW_ESTABLISHED, FLOW_NEW, M_CT_SLOT, M_FLOW, M_IN_PORT, M_ROW,
@@ -29,8 +29,9 @@ from fastpath.layout import (
     P_UPLINK_PORT, VNET_F_NEEDS_CSUM,
 )
 from fastpath.reasons import (
-    R_CT_ICMP_TRANSLATED, R_CT_TRANSLATED, R_DROP_SERVICE_NO_LOCAL_ENDPOINT,
-    R_DROP_SERVICE_NO_SNAT_PORT, R_MASQUERADED_FLOWS, R_SLOW_SERVICE_REJECT, R_SVC_NEW_FLOWS,
+    R_AFF_EVICTED, R_CT_FULL_REFUSED, R_CT_ICMP_TRANSLATED, R_CT_TRANSLATED,
+    R_DROP_SERVICE_INVALID, R_DROP_SERVICE_NO_LOCAL_ENDPOINT, R_DROP_SERVICE_NO_SNAT_PORT, R_DROP_TCP_RST_OUT_OF_WINDOW,
+    R_FRAG_EVICTED, R_MASQUERADED_FLOWS, R_SLOW_SERVICE_REJECT, R_SVC_NEW_FLOWS,
 )
 from fastpath.stages import S_POLICY, finish
 
@@ -38,7 +39,7 @@ from fastpath.stages import S_POLICY, finish
 FE_ROW = 0
 FE_AFFINITY = 1     # seconds, 0 = none
 FE_SNAT = 2         # 1: always SNAT to the gateway (external traffic, policy Cluster)
-FE_ID = 3
+FE_ID = 3           # the Service port's stable id (affinity, conntrack flushes): never 0
 FE_EMPTY = 4        # with no endpoints: NAT_REJECT (0) or NAT_DROP_NO_LOCAL (1)
 FE_COLS = 5
 
@@ -48,6 +49,9 @@ NAT_DONE = 1          # translated in place
 NAT_REJECT = 2        # a frontend with no endpoints: the slow path answers RST / port unreachable
 NAT_DROP_NO_LOCAL = 3 # externalTrafficPolicy Local and no endpoint on this node
 NAT_DROP_NO_PORT = 4  # no free SNAT source port
+NAT_DROP_CT_FULL = 5  # no room to track a new connection (counted where it was refused)
+NAT_DROP_RST = 6      # a TCP reset outside the receiver's window
+NAT_DROP_INVALID = 7  # a TCP segment for a Service that cannot start a connection
 
 SNAT_PORT_LOW = 32768
 SNAT_PORT_SPAN = 28232   # 32768-60999, as Linux's default ephemeral range
@@ -64,6 +68,12 @@ def services_stage(buf, meta, i, now, params, counters, services, conntrack):
         return finish(meta, i, ACT_DROP, 0, R_DROP_SERVICE_NO_LOCAL_ENDPOINT)
     if result == NAT_DROP_NO_PORT:
         return finish(meta, i, ACT_DROP, 0, R_DROP_SERVICE_NO_SNAT_PORT)
+    if result == NAT_DROP_CT_FULL:
+        return finish(meta, i, ACT_DROP, 0, R_CT_FULL_REFUSED)
+    if result == NAT_DROP_RST:
+        return finish(meta, i, ACT_DROP, 0, R_DROP_TCP_RST_OUT_OF_WINDOW)
+    if result == NAT_DROP_INVALID:
+        return finish(meta, i, ACT_DROP, 0, R_DROP_SERVICE_INVALID)
     return S_POLICY
 
 
@@ -119,7 +129,7 @@ def _choose_backend(fe, src, k0, k1, now, services, conntrack, counters):
     aff_keys, aff_vals = conntrack.aff_keys, conntrack.aff_vals
     affinity = fe_vals[fe, FE_AFFINITY]
     client = np.uint64(src)
-    frontend = np.uint64(fe_vals[fe, FE_ID] + 1)
+    frontend = np.uint64(fe_vals[fe, FE_ID])
     if affinity > 0:
         a = wfind(aff_keys, aff_vals, AFF_EXPIRES, client, frontend, now)
         if a >= 0:
@@ -129,7 +139,8 @@ def _choose_backend(fe, src, k0, k1, now, services, conntrack, counters):
     b = maglev[fe_vals[fe, FE_ROW], np.int64(mix(k0, k1) % np.uint64(maglev.shape[1]))]
     ip, port = services.be_ip[b], services.be_port[b]
     if affinity > 0:
-        a = wclaim(aff_keys, aff_vals, AFF_EXPIRES, client, frontend, now, counters)
+        a = wclaim(aff_keys, aff_vals, AFF_EXPIRES, client, frontend, now, counters,
+                   R_AFF_EVICTED)
         aff_vals[a, AFF_IP] = ip
         aff_vals[a, AFF_PORT] = port
         aff_vals[a, AFF_EXPIRES] = now + affinity
@@ -137,26 +148,26 @@ def _choose_backend(fe, src, k0, k1, now, services, conntrack, counters):
 
 
 @njit(cache=True, _nrt=False)
-def _snat_port(src_ip, want, b_ip, b_port, proto, now, ct_keys, ct_vals):
+def _snat_port(src_ip, want, b_ip, b_port, proto, now, ct):
     """A source port on `src_ip` whose reply tuple is free: the client's own if possible."""
     for k in range(16):
         port = want if k == 0 else SNAT_PORT_LOW + np.int64((mix(want, k) % np.uint64(SNAT_PORT_SPAN)))
         k0, k1 = tuple_key(b_ip, src_ip, proto, b_port, port)
-        if wfind(ct_keys, ct_vals, CT_EXPIRES, k0, k1, now) < 0:
+        if lookup(ct, k0, k1, now)[0] < 0:
             return port
     return -1
 
 
 @njit(cache=True, _nrt=False)
-def icmp_error(buf, meta, i, row, ip, now, counters, ct_keys, ct_vals):
+def icmp_error(buf, meta, i, row, ip, now, counters, ct):
     """Translate an ICMP error (unreachable, time exceeded, ...) about a tracked connection.
 
     The error quotes a packet as it was on the wire after translation, travelling the other way
     than the error. Reversing the quoted 5-tuple gives the conntrack key of a packet going the
-    error's way; that entry's rewrite, applied mirrored to the quote, restores the addresses the
-    receiver knows (the service address instead of the backend's, the client's instead of the
-    gateway's), and the error goes to the quoted packet's original sender. An error sent by the
-    endpoint itself then also comes from the service address, as the client expects. ICMP
+    error's way; that direction's rewrite, applied mirrored to the quote, restores the addresses
+    the receiver knows (the service address instead of the backend's, the client's instead of
+    the gateway's), and the error goes to the quoted packet's original sender. An error sent by
+    the endpoint itself then also comes from the service address, as the client expects. ICMP
     checksums are never offloaded, so everything here is a complete checksum."""
     end = ip + read16(buf, row, ip + 2)
     icmp = ip + np.int64(buf[row, ip] & 0x0F) * 4
@@ -177,14 +188,15 @@ def icmp_error(buf, meta, i, row, ip, now, counters, ct_keys, ct_vals):
     q_sport = read16(buf, row, q_l4)
     q_dport = read16(buf, row, q_l4 + 2)
     k0, k1 = tuple_key(q_dst, q_src, q_proto, q_dport, q_sport)
-    j = wfind(ct_keys, ct_vals, CT_EXPIRES, k0, k1, now)
-    if j < 0:
+    rec, direction = lookup(ct, k0, k1, now)
+    if rec < 0:
         return NAT_PASS
     meta[i, M_FLOW] = FLOW_ESTABLISHED   # related to a tracked connection
-    if ct_vals[j, CT_STATE] & ST_PLAIN:
+    if ct.recs[rec, C_FLAGS] & F_PLAIN:
         return NAT_PASS
-    new_src, new_sport = ct_vals[j, CT_DST], ct_vals[j, CT_DPORT]   # the quote, mirrored
-    new_dst, new_dport = ct_vals[j, CT_SRC], ct_vals[j, CT_SPORT]
+    t_src, t_sport, t_dst, t_dport = target(ct.recs, rec, direction)
+    new_src, new_sport = t_dst, t_dport   # the quote, mirrored
+    new_dst, new_dport = t_src, t_sport
     icmp_check = read16(buf, row, icmp + 2)
     # the quoted IPv4 header (its checksum is part of the ICMP payload too)
     old_q_check = read16(buf, row, q + 10)
@@ -221,51 +233,68 @@ def masquerades(dst, params):
 
 
 @njit(cache=True, _nrt=False)
-def open_masquerade(ct_keys, ct_vals, src, dst, proto, sport, dport, now, params, counters):
+def open_masquerade(ct, src, dst, proto, sport, dport, now, params, counters):
     """Track a pod's new connection to the outside as coming from the node address (the pod's
-    own source port, or ICMP identifier, if its reply tuple is free); -1: no port is free."""
+    own source port, or ICMP identifier, if its reply tuple is free). Returns its record, or a
+    NAT_DROP_* result negated: -NAT_DROP_NO_PORT, -NAT_DROP_CT_FULL."""
     node = params[P_NODE_IP]
-    new_sport = _snat_port(node, sport, dst, dport, proto, now, ct_keys, ct_vals)
+    new_sport = _snat_port(node, sport, dst, dport, proto, now, ct)
     if new_sport < 0:
-        return -1
+        return -NAT_DROP_NO_PORT
+    rec = open_connection(ct, src, dst, proto, sport, dport, node, new_sport, dst, dport,
+                          F_MASQUERADE, -1, now, counters)
+    if rec < 0:
+        return -NAT_DROP_CT_FULL
     counters[R_MASQUERADED_FLOWS] += 1
-    return open_pair(ct_keys, ct_vals, src, dst, proto, sport, dport, node, new_sport, dst,
-                     dport, 0, now, counters)
+    return rec
 
 
 @njit(cache=True, _nrt=False)
-def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, conntrack):
+def _apply(buf, meta, i, row, ip, rec, direction, has_l4, partial, ct, counters):
+    """Rewrite the packet to its direction's tuple (nothing for a plain, policy-only
+    connection); NAT_DONE or NAT_PASS."""
+    if ct.recs[rec, C_FLAGS] & F_PLAIN:
+        return NAT_PASS
+    new_src, new_sport, new_dst, new_dport = target(ct.recs, rec, direction)
+    rewrite(buf, row, ip, new_src, new_sport, new_dst, new_dport, has_l4, partial)
+    counters[R_CT_TRANSLATED] += 1
+    return NAT_DONE
+
+
+@njit(cache=True, _nrt=False)
+def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, ct):
     """ICMP: errors about tracked connections are translated (icmp_error); echo is tracked by
     its identifier, and masqueraded like TCP and UDP (the identifier standing in for the port)."""
-    ct_keys, ct_vals = conntrack.ct_keys, conntrack.ct_vals
     l4 = ip + np.int64(buf[row, ip] & 0x0F) * 4
     if l4 + 8 > ip + read16(buf, row, ip + 2):
         return NAT_PASS
     kind = buf[row, l4]
     if kind != 0 and kind != 8:
-        return icmp_error(buf, meta, i, row, ip, now, counters, ct_keys, ct_vals)
+        return icmp_error(buf, meta, i, row, ip, now, counters, ct)
     src = read32(buf, row, ip + 12)
     dst = read32(buf, row, ip + 16)
     ident = read16(buf, row, l4 + 4)
     sport, dport = echo_ports(kind, ident)
     k0, k1 = tuple_key(src, dst, 1, sport, dport)
-    j = wfind(ct_keys, ct_vals, CT_EXPIRES, k0, k1, now)
-    if j < 0:
+    rec, direction = lookup(ct, k0, k1, now)
+    if rec < 0:
         if not (kind == 8 and from_pod and masquerades(dst, params)):
             return NAT_PASS
-        j = open_masquerade(ct_keys, ct_vals, src, dst, 1, sport, dport, now, params, counters)
-        if j < 0:
-            return NAT_DROP_NO_PORT
+        rec = open_masquerade(ct, src, dst, 1, sport, dport, now, params, counters)
+        if rec < 0:
+            return -rec
+        direction = 0
         meta[i, M_FLOW] = FLOW_NEW
-        meta[i, M_CT_SLOT] = j
+        meta[i, M_CT_SLOT] = rec
     else:
-        track(buf, row, l4, 1, j, ct_keys, ct_vals, now)
         meta[i, M_FLOW] = FLOW_ESTABLISHED
-        if ct_vals[j, CT_STATE] & ST_PLAIN:
-            return NAT_PASS
-    new_ident = ct_vals[j, CT_SPORT] if kind == 8 else ct_vals[j, CT_DPORT]
+    track(ct, rec, direction, buf, row, ip, now)
+    if ct.recs[rec, C_FLAGS] & F_PLAIN:
+        return NAT_PASS
+    new_src, new_sport, new_dst, new_dport = target(ct.recs, rec, direction)
+    new_ident = new_sport if kind == 8 else new_dport
     # the ICMP checksum covers no pseudo-header: only the identifier changes it
-    rewrite(buf, row, ip, ct_vals[j, CT_SRC], 0, ct_vals[j, CT_DST], 0, False, False)
+    rewrite(buf, row, ip, new_src, 0, new_dst, 0, False, False)
     if new_ident != ident:
         write16(buf, row, l4 + 2, update16(read16(buf, row, l4 + 2), ident, new_ident))
         write16(buf, row, l4 + 4, new_ident)
@@ -274,7 +303,7 @@ def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, conntrack):
 
 
 @njit(cache=True, _nrt=False)
-def nat(buf, meta, i, now, params, counters, services, conntrack):
+def nat(buf, meta, i, now, params, counters, services, ct):
     """Translate frame i's IPv4 packet if it belongs to a Service or masqueraded connection (see
     NAT_*), and note in M_FLOW what conntrack knows of its connection.
 
@@ -285,23 +314,22 @@ def nat(buf, meta, i, now, params, counters, services, conntrack):
     from_pod = 0 <= in_port < params[P_UPLINK_PORT]
     may_open = in_port >= 0
     partial = (meta[i, M_VFLAGS] & VNET_F_NEEDS_CSUM) != 0
-    ct_keys, ct_vals = conntrack.ct_keys, conntrack.ct_vals
     proto = np.int64(buf[row, ip + 9])
     frag = read16(buf, row, ip + 6)
     if proto == 1:
         if (frag & 0x3FFF) != 0:
             return NAT_PASS
-        return icmp(buf, meta, i, row, ip, from_pod, now, params, counters, conntrack)
+        return icmp(buf, meta, i, row, ip, from_pod, now, params, counters, ct)
     if proto != 6 and proto != 17:
         return NAT_PASS
     offset = frag & 0x1FFF
     more = (frag & 0x2000) != 0
     src = read32(buf, row, ip + 12)
     dst = read32(buf, row, ip + 16)
-    frag_keys, frag_vals = conntrack.frag_keys, conntrack.frag_vals
+    frag_keys, frag_vals = ct.frag_keys, ct.frag_vals
     if offset != 0:   # a later fragment: translate as its first fragment was
         ipid = read16(buf, row, ip + 4)
-        k0, k1 = tuple_key(src, dst, proto, ipid, 1)
+        k0, k1 = tuple_key(src, dst, proto, ipid, FRAG_NAT_TAG)
         f = wfind(frag_keys, frag_vals, FRAG_EXPIRES, k0, k1, now)
         if f < 0:
             return NAT_PASS
@@ -316,54 +344,52 @@ def nat(buf, meta, i, now, params, counters, services, conntrack):
     sport = read16(buf, row, l4)
     dport = read16(buf, row, l4 + 2)
     k0, k1 = tuple_key(src, dst, proto, sport, dport)
-    j = wfind(ct_keys, ct_vals, CT_EXPIRES, k0, k1, now)
-    if j >= 0 and proto == 6 and (ct_vals[j, CT_STATE] & ST_CLOSED) and (buf[row, l4 + 13] & 0x02):
-        # a SYN on a closed connection's tuple starts a new connection (as Linux conntrack
-        # does): forget the old one, or its reply entry would rewrite a direct connection that
-        # happens to reuse the backend's 4-tuple
-        forget_pair(ct_keys, ct_vals, j, proto, now)
-        j = -1
-    if j < 0:
+    rec, direction = lookup(ct, k0, k1, now)
+    if rec >= 0 and restarts(ct.recs, rec, direction, buf, row, l4):
+        release(ct, rec)
+        rec = -1
+    if rec < 0:
         if not may_open:
             return NAT_PASS
         fe_vals = services.fe_vals
         fe = hashtable.find(services.fe_keys, (np.int64(dst) << 24) | (proto << 16) | dport)
+        if not opens(buf, row, l4, proto):
+            # kube-proxy drops what conntrack calls INVALID: a stray RST or FIN for a Service
+            return NAT_DROP_INVALID if fe >= 0 else NAT_PASS
         if fe < 0:
             if not (from_pod and masquerades(dst, params)):
                 return NAT_PASS
-            j = open_masquerade(ct_keys, ct_vals, src, dst, proto, sport, dport, now, params,
-                                counters)
-            if j < 0:
-                return NAT_DROP_NO_PORT
+            rec = open_masquerade(ct, src, dst, proto, sport, dport, now, params, counters)
+            if rec < 0:
+                return -rec
         else:
             if fe_vals[fe, FE_ROW] < 0:
                 return NAT_DROP_NO_LOCAL if fe_vals[fe, FE_EMPTY] == 1 else NAT_REJECT
-            b_ip, b_port = _choose_backend(fe, src, k0, k1, now, services, conntrack, counters)
+            b_ip, b_port = _choose_backend(fe, src, k0, k1, now, services, ct, counters)
             new_src, new_sport = src, sport
             if fe_vals[fe, FE_SNAT] == 1 or b_ip == src:   # external (policy Cluster), or hairpin
                 new_src = params[P_GW_IP]
-                new_sport = _snat_port(new_src, sport, b_ip, b_port, proto, now, ct_keys, ct_vals)
+                new_sport = _snat_port(new_src, sport, b_ip, b_port, proto, now, ct)
                 if new_sport < 0:
                     return NAT_DROP_NO_PORT
-            j = open_pair(ct_keys, ct_vals, src, dst, proto, sport, dport, new_src, new_sport,
-                          b_ip, b_port, 0, now, counters)
+            rec = open_connection(ct, src, dst, proto, sport, dport, new_src, new_sport, b_ip,
+                                  b_port, 0, fe_vals[fe, FE_ID], now, counters)
+            if rec < 0:
+                return NAT_DROP_CT_FULL
             counters[R_SVC_NEW_FLOWS] += 1
             services.fe_new[fe] += 1
+        direction = 0
         meta[i, M_FLOW] = FLOW_NEW
-        meta[i, M_CT_SLOT] = j
+        meta[i, M_CT_SLOT] = rec
     else:
-        track(buf, row, l4, proto, j, ct_keys, ct_vals, now)
         meta[i, M_FLOW] = FLOW_ESTABLISHED
-        if ct_vals[j, CT_STATE] & ST_PLAIN:
-            return NAT_PASS
-    new_src, new_dst = ct_vals[j, CT_SRC], ct_vals[j, CT_DST]
-    rewrite(buf, row, ip, new_src, ct_vals[j, CT_SPORT], new_dst, ct_vals[j, CT_DPORT], True,
-            partial)
-    if more:   # first of several fragments: remember its translation for the rest
-        f0, f1 = tuple_key(src, dst, proto, read16(buf, row, ip + 4), 1)
-        f = wclaim(frag_keys, frag_vals, FRAG_EXPIRES, f0, f1, now, counters)
-        frag_vals[f, FRAG_SRC] = new_src
-        frag_vals[f, FRAG_DST] = new_dst
+    if track(ct, rec, direction, buf, row, ip, now) != PASS:
+        return NAT_DROP_RST
+    result = _apply(buf, meta, i, row, ip, rec, direction, True, partial, ct, counters)
+    if result == NAT_DONE and more:   # first of several fragments: its translation for the rest
+        f0, f1 = tuple_key(src, dst, proto, read16(buf, row, ip + 4), FRAG_NAT_TAG)
+        f = wclaim(frag_keys, frag_vals, FRAG_EXPIRES, f0, f1, now, counters, R_FRAG_EVICTED)
+        frag_vals[f, FRAG_SRC] = read32(buf, row, ip + 12)
+        frag_vals[f, FRAG_DST] = read32(buf, row, ip + 16)
         frag_vals[f, FRAG_EXPIRES] = now + T_FRAGMENT
-    counters[R_CT_TRANSLATED] += 1
-    return NAT_DONE
+    return result

@@ -31,14 +31,19 @@ def cluster(extra=""):
     return config.parse(open("configs/demo.yaml").read() + extra, "demo.yaml", check_host=False)
 
 
+def frozen():
+    """A clock that stands still: peers stay up however long scapy takes to check a test."""
+    return 1000.0
+
+
 @pytest.fixture
 def node_a():
-    return Dataplane(cluster(), "node-a")
+    return Dataplane(cluster(), "node-a", clock=frozen)
 
 
 @pytest.fixture
 def node_b():
-    return Dataplane(cluster(), "node-b")
+    return Dataplane(cluster(), "node-b", clock=frozen)
 
 
 def fold(x):

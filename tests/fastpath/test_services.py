@@ -8,7 +8,6 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from fastpath import conntrack as nat
-from fastpath.reasons import COUNTER_COUNT, R_CT_EVICTED
 from vrouter.model import config
 from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
 from vrouter.node.servicetables import maglev_row
@@ -206,47 +205,6 @@ def test_maglev_spreads_evenly_and_removal_moves_about_one_nth():
     owned_by_removed = np.count_nonzero(old == names[4])
     assert moved >= owned_by_removed
     assert moved <= owned_by_removed * 1.5 + 16381 * 0.02   # little beyond the removed slots
-
-
-# --- conntrack tables -------------------------------------------------------------------------
-
-def test_conntrack_is_bounded_evicts_the_oldest_and_ignores_expired_entries():
-    keys, vals = nat.new_state_table(64, nat.CT_COLS)
-    counters = np.zeros(COUNTER_COUNT, dtype=np.uint64)
-    for k in range(1000):
-        j = nat.wclaim(keys, vals, nat.CT_EXPIRES, np.uint64(k + 1), np.uint64(7), 100, counters)
-        vals[j, nat.CT_EXPIRES] = 100 + k
-    assert keys.shape[0] == 64                              # bounded
-    assert counters[R_CT_EVICTED] >= 1000 - 64          # the rest evicted, counted
-    assert nat.wfind(keys, vals, nat.CT_EXPIRES, np.uint64(1000), np.uint64(7), 100) >= 0  # newest
-    assert nat.wfind(keys, vals, nat.CT_EXPIRES, np.uint64(1), np.uint64(7), 100) < 0      # evicted
-    j = nat.wfind(keys, vals, nat.CT_EXPIRES, np.uint64(1000), np.uint64(7), 100)
-    assert nat.wfind(keys, vals, nat.CT_EXPIRES, np.uint64(1000), np.uint64(7),
-                     vals[j, nat.CT_EXPIRES] + 1) < 0       # expired: gone
-
-
-def ct_entry(dp, client_port):
-    t = dp.tables.conntrack
-    k0, k1 = nat.tuple_key(ip_to_int(A_IP), ip_to_int(VIP), 6, client_port, 80)
-    return nat.wfind(t.ct_keys, t.ct_vals, nat.CT_EXPIRES, k0, k1, int(dp.clock()))
-
-
-def test_tcp_connections_time_out_by_state():
-    now = [1000.0]
-    dp = Dataplane(make_dp().cluster, "node-a", clock=lambda: now[0])
-    sport, _target, _pkt = first_flow(dp, range(50000, 50100), lambda t, p: t == 1)
-    j = ct_entry(dp, sport)
-    assert dp.tables.conntrack.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_NEW
-    synack = Ether(src=B_MAC, dst=A_MAC) / IP(src=B_IP, dst=A_IP) / TCP(sport=8080, dport=sport,
-                                                                         flags="SA")
-    dp.process([(1, bytes(synack))])
-    assert dp.tables.conntrack.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_ESTABLISHED
-    rst = to_vip(sport)
-    rst[TCP].flags = "R"
-    dp.process([(0, bytes(rst))])
-    assert dp.tables.conntrack.ct_vals[j, nat.CT_EXPIRES] == 1000 + nat.T_TCP_CLOSED
-    now[0] += nat.T_TCP_CLOSED + 1
-    assert ct_entry(dp, sport) < 0
 
 
 def test_a_syn_on_a_closed_connections_tuple_starts_afresh():

@@ -23,7 +23,8 @@ def stages(result) -> list[str]:
 def snapshot(dp: Dataplane):
     t = dp.tables
     return (dp.counters.copy(), t.bridge.fdb_keys.copy(), t.bridge.fdb_vals.copy(),
-            t.conntrack.ct_keys.copy(), t.conntrack.ct_vals.copy(), t.services.fe_new.copy())
+            t.conntrack.slots.copy(), t.conntrack.recs.copy(), t.conntrack.free.copy(),
+            t.conntrack.stats.copy(), t.services.fe_new.copy())
 
 
 def test_same_node_pod_to_pod_is_bridged():

@@ -20,6 +20,7 @@ NETNS_RUN_DIR = "/run/netns"
 CNI = "cni"                  # pods[].netns: attached at runtime by the CNI plugin
 DEFAULT_MAX_PODS = 110       # pods per node, as Kubernetes' default
 DEFAULT_FDB_AGE = 300
+DEFAULT_FDB_MAX_PER_PORT = 16   # MACs one pod port may have learned at once
 DEFAULT_BUSY_POLL_US = 200   # see the README's latency notes
 DEFAULT_NODE_NETWORK = "172.18.0.0/24"   # as a kind cluster's docker network
 DEFAULT_DNS_DOMAIN = "cluster.local"
@@ -145,7 +146,15 @@ def dns_pod_ip(node: "Node") -> ipaddress.IPv4Address:
 @dataclass(frozen=True)
 class ServiceOptions:
     maglev_size: int = 16381        # prime; Maglev's M
-    max_flows: int = 65536          # tracked connections (two table entries each)
+
+
+@dataclass(frozen=True)
+class ConntrackOptions:
+    """The node's state tables (cluster.conntrack): each is bounded, and what happens at the
+    bound is counted (see fastpath.conntrack)."""
+    max_entries: int = 65536        # tracked connections (one record, two keys each)
+    affinity_entries: int = 16384   # ClientIP session affinity (client, Service port) entries
+    fragment_entries: int = 1024    # first fragments whose later fragments are still to come
 
 
 @dataclass(frozen=True)
@@ -158,8 +167,10 @@ class Cluster:
     nodes: tuple[Node, ...]
     pods: tuple[Pod, ...]
     fdb_age: int = DEFAULT_FDB_AGE
+    fdb_max_per_port: int = DEFAULT_FDB_MAX_PER_PORT
     services: tuple = ()          # services.Service, from the cluster file and --manifests
     service_options: ServiceOptions = ServiceOptions()
+    conntrack: ConntrackOptions = ConntrackOptions()
     manifests: str | None = None  # the --manifests directory, if any
     node_network: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_NODE_NETWORK)
     busy_poll_us: int = DEFAULT_BUSY_POLL_US   # keep polling this long after traffic (0: never)
@@ -453,8 +464,9 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
     parsed_services = [o for kind, o in objects if kind == "Service"]
     c = reader.mapping(doc["cluster"], "cluster",
                        {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
-                        "services", "busyPollMicroseconds", "maxPodsPerNode", "metricsPort",
-                        "dns", "masquerade"},
+                        "fdbMaxPerPort",
+                        "services", "conntrack", "busyPollMicroseconds", "maxPodsPerNode",
+                        "metricsPort", "dns", "masquerade"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
@@ -470,6 +482,8 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
     overlay = _build_overlay(reader, c.get("overlay", {}))
     fdb_age = reader.integer(c.get("fdbAgeSeconds", DEFAULT_FDB_AGE), "cluster.fdbAgeSeconds",
                              1, 86400)
+    fdb_max_per_port = reader.integer(c.get("fdbMaxPerPort", DEFAULT_FDB_MAX_PER_PORT),
+                                      "cluster.fdbMaxPerPort", 1, 4096)
     busy_poll = reader.integer(c.get("busyPollMicroseconds", DEFAULT_BUSY_POLL_US),
                                "cluster.busyPollMicroseconds", 0, 1_000_000)
     max_pods = reader.integer(c.get("maxPodsPerNode", DEFAULT_MAX_PODS), "cluster.maxPodsPerNode",
@@ -510,6 +524,7 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
             reader.fail("pods", f"pod {pod.name!r} would take the name of the cluster's outside "
                         "namespace")
     options = _build_service_options(reader, c.get("services", {}))
+    conntrack = _build_conntrack_options(reader, c.get("conntrack", {}))
     reserved = {n.address: f"the address of node {n.name!r}" for n in nodes}
     reserved[outside_host_address(node_network)] = "the outside host's address"
     dns_service = {dns.address: "cluster DNS (cluster.dns.address; "
@@ -526,7 +541,9 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
                        lambda p: p.key, "NetworkPolicy")
     return Cluster(source=reader.path, name=name, pod_cidr=pod_cidr, service_cidr=service_cidr,
                    overlay=overlay, nodes=tuple(nodes), pods=tuple(pods), fdb_age=fdb_age,
-                   services=tuple(allocated), service_options=options, manifests=manifests_dir,
+                   fdb_max_per_port=fdb_max_per_port,
+                   services=tuple(allocated), service_options=options, conntrack=conntrack,
+                   manifests=manifests_dir,
                    node_network=node_network, busy_poll_us=busy_poll, max_pods=max_pods,
                    metrics_port=metrics_port, dns=dns, namespaces=tuple(namespaces),
                    policies=tuple(policies), masquerade=masquerade)
@@ -585,13 +602,28 @@ def _is_prime(n: int) -> bool:
 
 def _build_service_options(reader: _Reader, raw) -> ServiceOptions:
     o = reader.mapping(raw, "cluster.services", {"maglevTableSize", "maxFlows"})
+    if "maxFlows" in o:
+        reader.fail("cluster.services.maxFlows", "moved: the connection table is sized by "
+                    "cluster.conntrack.maxEntries")
     size = reader.integer(o.get("maglevTableSize", 16381), "cluster.services.maglevTableSize",
                           7, 1_000_003)
     if not _is_prime(size):
         reader.fail("cluster.services.maglevTableSize", f"{size} is not a prime (Maglev needs one,"
                     " e.g. 251, 1021, 4093, 16381, 65521)")
-    flows = reader.integer(o.get("maxFlows", 65536), "cluster.services.maxFlows", 16, 1 << 24)
-    return ServiceOptions(maglev_size=size, max_flows=flows)
+    return ServiceOptions(maglev_size=size)
+
+
+def _build_conntrack_options(reader: _Reader, raw) -> ConntrackOptions:
+    o = reader.mapping(raw, "cluster.conntrack", {"maxEntries", "affinityEntries",
+                                                  "fragmentEntries"})
+    d = ConntrackOptions()
+    return ConntrackOptions(
+        max_entries=reader.integer(o.get("maxEntries", d.max_entries),
+                                   "cluster.conntrack.maxEntries", 64, 1 << 22),
+        affinity_entries=reader.integer(o.get("affinityEntries", d.affinity_entries),
+                                        "cluster.conntrack.affinityEntries", 64, 1 << 22),
+        fragment_entries=reader.integer(o.get("fragmentEntries", d.fragment_entries),
+                                        "cluster.conntrack.fragmentEntries", 64, 1 << 20))
 
 
 def _build_overlay(reader: _Reader, raw) -> Overlay:

@@ -16,7 +16,9 @@ import numpy as np
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
-from fastpath.conntrack import CT_EXPIRES, flush_backends, live_entries
+from fastpath.conntrack import (
+    AFF_EXPIRES, CTS_HIGH_WATER, FRAG_EXPIRES, flush_udp, live_entries, live_mask, sweep,
+)
 from fastpath.dispatch import forward
 from fastpath.groups import Frames, Output
 from fastpath.layout import (
@@ -28,10 +30,11 @@ from fastpath.layout import (
     VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import COUNTER_COUNT, COUNTER_NAMES
-from fastpath.stages.bridge import fdb_is_live
-from fastpath.stages.ingress import FDB_PORT, FDB_SEEN, FDB_STATIC
+from fastpath import learning
+from fastpath.learning import L_SEEN, L_STATIC, L_VALUE
 from vrouter.node import policytables, servicetables
 from vrouter.node import tables as tables_mod
+from vrouter.node.tables import NEIGHBOUR_AGE
 from vrouter.model.config import Cluster, Pod
 from vrouter.node.slowpath import SlowPath
 
@@ -283,12 +286,14 @@ class Dataplane:
     def check_reload(self, cluster: Cluster) -> None:
         """ValueError when `cluster` differs from the running one in what needs a restart."""
         def wiring(c):   # what the node is made of
-            return (c.name, c.nodes, c.overlay, c.service_options, c.fdb_age, c.busy_poll_us,
-                    c.max_pods, c.node_network, c.metrics_port)
+            return (c.name, c.nodes, c.overlay, c.service_options, c.conntrack, c.fdb_age,
+                    c.fdb_max_per_port, c.busy_poll_us, c.max_pods, c.node_network,
+                    c.metrics_port)
         if wiring(cluster) != wiring(self.cluster):
             raise ValueError("nodes, the overlay, the outside network and the node options "
-                             "(fdbAgeSeconds, busyPollMicroseconds, maxPodsPerNode, metricsPort, "
-                             "services) need a restart; pods and Services can change")
+                             "(fdbAgeSeconds, fdbMaxPerPort, busyPollMicroseconds, maxPodsPerNode, "
+                             "metricsPort, "
+                             "services, conntrack) need a restart; pods and Services can change")
 
     def reload(self, cluster: Cluster) -> dict:
         """Swap in the Services and NetworkPolicies of `cluster`, the live model (between batches, so atomically
@@ -301,10 +306,11 @@ class Dataplane:
         self.check_reload(cluster)
         new = servicetables.build(cluster, self.node.name)
         t = self.tables
-        old = set(zip(t.services.be_ip.tolist(), t.services.be_port.tolist()))
-        removed = old - set(zip(new.be_ip.tolist(), new.be_port.tolist()))
-        ct = t.conntrack
-        flushed = flush_backends(ct.ct_keys, ct.ct_vals, ct.aff_keys, ct.aff_vals, removed)
+        # every way a backend leaves a Service port (pod gone, relabelled, detached, its node
+        # gone, the port changed): its UDP flows and affinity entries go, so the next datagram
+        # of a fixed-source-port client picks a live backend (Kubernetes' conntrack e2e tests)
+        removed = servicetables.backend_pairs(self.services) - servicetables.backend_pairs(new)
+        flushed = flush_udp(t.conntrack, removed, self.now)
         servicetables.carry_counts(self.services, new)
         self.tables = t._replace(services=new.group)
         self.tables.params[P_MASQUERADE] = int(cluster.masquerade)
@@ -316,7 +322,8 @@ class Dataplane:
         self._rebuild_policy()
         self.slow.set_ports(self.ports)
         return {"frontends": len(new.frontends), "backends": len(new.backend_names),
-                "removed_backends": len(removed), "flushed_udp_flows": flushed,
+                "removed_backends": len({(ip, port) for _, ip, port in removed}),
+                "flushed_udp_flows": flushed,
                 "policies": len(cluster.policies)}
 
     def announce(self) -> list:
@@ -355,10 +362,10 @@ class Dataplane:
         b, now, age = self.tables.bridge, self.now, self.cluster.fdb_age
         entries = []
         for j in np.nonzero(b.fdb_keys)[0].tolist():
-            static, seen = int(b.fdb_vals[j, FDB_STATIC]), int(b.fdb_vals[j, FDB_SEEN])
-            if fdb_is_live(static, seen, now, age):
+            static, seen = int(b.fdb_vals[j, L_STATIC]), int(b.fdb_vals[j, L_SEEN])
+            if static or now - seen <= age:
                 entries.append({"mac": tables_mod.int_to_mac(int(b.fdb_keys[j])),
-                                "port": int(b.fdb_vals[j, FDB_PORT]), "static": bool(static),
+                                "port": int(b.fdb_vals[j, L_VALUE]), "static": bool(static),
                                 "age": None if static else now - seen})
         return entries
 
@@ -371,14 +378,32 @@ class Dataplane:
                 for f in self.services.frontends]
 
     def conntrack_fill(self) -> dict:
-        ct = self.tables.conntrack
-        return {"entries": live_entries(ct.ct_keys, ct.ct_vals, CT_EXPIRES, self.now),
-                "capacity": int(ct.ct_keys.shape[0])}
+        """How full the state tables are: connections (live, most at once, bound), affinity
+        and fragment entries."""
+        ct, now = self.tables.conntrack, self.now
+        return {"entries": int(np.count_nonzero(live_mask(ct.recs, now))),
+                "capacity": int(ct.recs.shape[0]),
+                "high_water": int(ct.stats[CTS_HIGH_WATER]),
+                "affinity": live_entries(ct.aff_keys, ct.aff_vals, AFF_EXPIRES, now),
+                "affinity_capacity": int(ct.aff_keys.shape[0]),
+                "fragments": live_entries(ct.frag_keys, ct.frag_vals, FRAG_EXPIRES, now),
+                "fragment_capacity": int(ct.frag_keys.shape[0])}
+
+    def sweep(self) -> dict:
+        """Once a second, between batches: free expired connections no packet has met, and
+        MACs and outside neighbours that aged out (recounting what each port has learned)."""
+        t, now = self.tables, self.now
+        return {"connections": sweep(t.conntrack, now),
+                "macs": learning.expire(t.bridge.fdb_keys, t.bridge.fdb_vals, t.bridge.fdb_owned,
+                                        now, self.cluster.fdb_age),
+                "neighbours": learning.expire(t.outside.nb_keys, t.outside.nb_vals,
+                                              t.outside.nb_owned, now, NEIGHBOUR_AGE)}
 
     def outside_neighbours(self) -> list[tuple[int, str]]:
-        o = self.tables.outside
-        return sorted((int(o.nb_keys[j]), tables_mod.int_to_mac(int(o.nb_mac[j])))
-                      for j in np.nonzero(o.nb_keys)[0].tolist())
+        o, now = self.tables.outside, self.now
+        return sorted((int(o.nb_keys[j]), tables_mod.int_to_mac(int(o.nb_vals[j, L_VALUE])))
+                      for j in np.nonzero(o.nb_keys)[0].tolist()
+                      if o.nb_vals[j, L_STATIC] or now - o.nb_vals[j, L_SEEN] <= NEIGHBOUR_AGE)
 
     def counter_dict(self) -> dict[str, int]:
         return {name: int(v) for name, v in zip(COUNTER_NAMES, self.counters.tolist())}

@@ -7,7 +7,8 @@ the control socket (`vrouter metrics`). What there is:
   vrouter_port_{rx,tx}_{packets,bytes}_total{interface, kind}   per pod port, outside, overlay
   vrouter_frames_total{verdict, kind}       every frame's verdict; kind forward | slow | drop
   vrouter_events_total{event}               everything else the data plane counts
-  vrouter_conntrack_entries, _capacity, vrouter_conntrack_evictions_total
+  vrouter_conntrack_entries, _capacity, _high_water, vrouter_conntrack_evictions_total,
+  vrouter_conntrack_refused_total
   vrouter_service_connections_total{service, port, frontend, scope}   new flows per frontend
   vrouter_batch_frames                      histogram: frames per read of a TAP or the overlay
   vrouter_pods, vrouter_peer_up{peer}, vrouter_ready, vrouter_captures, vrouter_node_info
@@ -69,13 +70,18 @@ def families(status: dict) -> list:
             frames.add_metric([counter.name, counter.kind], counters[counter.name])
 
     ct = status["conntrack"]
-    conntrack = [GaugeMetricFamily("vrouter_conntrack_entries", "live conntrack entries",
+    conntrack = [GaugeMetricFamily("vrouter_conntrack_entries", "live tracked connections",
                                    value=ct["entries"]),
-                 GaugeMetricFamily("vrouter_conntrack_capacity", "conntrack table slots",
-                                   value=ct["capacity"]),
-                 CounterMetricFamily("vrouter_conntrack_evictions", "live conntrack and affinity "
-                                     "entries evicted by a full window",
-                                     value=counters["ct_evicted"])]
+                 GaugeMetricFamily("vrouter_conntrack_capacity", "connections the table holds "
+                                   "at most (cluster.conntrack.maxEntries)", value=ct["capacity"]),
+                 GaugeMetricFamily("vrouter_conntrack_high_water", "most connections tracked at "
+                                   "once since the node started", value=ct["high_water"]),
+                 CounterMetricFamily("vrouter_conntrack_evictions", "unassured connections "
+                                     "evicted to make room (early drop)",
+                                     value=counters["ct_evicted"]),
+                 CounterMetricFamily("vrouter_conntrack_refused", "new connections refused: the "
+                                     "table was full of assured connections",
+                                     value=counters["ct_full_refused"])]
 
     connections = CounterMetricFamily("vrouter_service_connections", "connections (flows) each "
                                       "Service frontend gave a backend",

@@ -136,8 +136,13 @@ class Node:
     async def send_keepalives(self) -> None:
         await self.datapath.run(self.dp.mark_peers_seen_now)   # a grace period from now on
         while True:
-            self.datapath.call(lambda: self.datapath.route(self.dp.keepalive_frames))
+            self.datapath.call(self.housekeeping)
             await trio.sleep(KEEPALIVE_INTERVAL)
+
+    def housekeeping(self) -> None:
+        """Once a second, in the data-path thread: keepalives out, expired state reclaimed."""
+        self.datapath.route(self.dp.keepalive_frames)
+        self.dp.sweep()
 
     async def watch_attachments(self) -> None:
         """Other nodes say when their pods change; this catches what they could not say."""

@@ -38,6 +38,7 @@ class Frontend:
     backends: list[str]       # "ip:port"
     snat: bool
     scope: str                # "cluster" or "node-local"
+    port_id: int = 0          # the Service port's stable id (FE_ID)
     slot: int = -1            # its row in fe_keys / fe_vals / fe_new
 
 
@@ -78,6 +79,23 @@ def announcer(cluster: Cluster, service, address) -> str | None:
     if not nodes:
         return None
     return nodes[stable_hash(f"{service.key}/{address}") % len(nodes)]
+
+
+def port_id(service_key: str, port_name: str, protocol: str) -> int:
+    """A Service port's id, the same on every node and across reloads whatever the file's order
+    (session affinity and conntrack remember it): a 62-bit hash, never 0."""
+    return stable_hash(f"{service_key}/{port_name}/{protocol}") >> 2 | 1
+
+
+def backend_pairs(tables: "ServiceTables") -> set[tuple[int, int, int]]:
+    """(Service port id, backend ip, backend port) of every frontend: what conntrack entries
+    and affinity entries may point at."""
+    pairs = set()
+    for f in tables.frontends:
+        for backend in f.backends:
+            ip, _, port = backend.rpartition(":")
+            pairs.add((f.port_id, ip_to_int(ip), int(port)))
+    return pairs
 
 
 def frontend_key(ip: int, proto: int, port: int) -> int:
@@ -132,7 +150,7 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
         for sp in service.ports:
             every = endpoints(service, sp, cluster.pods)
             local = [e for e in every if e.pod.node == node_name]
-            fe_id = len(entries)
+            fe_id = port_id(service.key, sp.name, sp.protocol)
             internal_local = service.internal_policy == "Local"
             external_local = service.external_policy == "Local"
             internal = local if internal_local else every
@@ -155,7 +173,8 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
                 entries.append((frontend_key(ip_to_int(address), sp.proto_number, port), values))
                 scope = "node-local" if node_local else "cluster"
                 frontends.append(Frontend(service.key, sp.name, str(address), sp.protocol, port,
-                                          [f"{e.pod.ip}:{e.port}" for e in eps], snat, scope))
+                                          [f"{e.pod.ip}:{e.port}" for e in eps], snat, scope,
+                                          fe_id))
 
     fe_keys = hashtable.new_keys(max(1, len(entries)))
     fe_vals = np.zeros((fe_keys.shape[0], FE_COLS), dtype=np.int64)

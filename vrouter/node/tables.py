@@ -6,19 +6,20 @@ import ipaddress
 
 import numpy as np
 
-from fastpath import hashtable
-from fastpath.conntrack import CT_COLS, new_state_table
+from fastpath import hashtable, learning
+from fastpath.conntrack import connection_arrays, new_state_table
 from fastpath.groups import Bridge, Conntrack, Outside, Peers, Ports, Routes, Tables
 from fastpath.layout import (
-    PARAM_COUNT, P_CLUSTER_MASK, P_CLUSTER_NET, P_FDB_AGE, P_GW_IP, P_GW_MAC, P_LOCAL_MASK,
-    P_LOCAL_NET, P_MASQUERADE, P_NODE_IP, P_NODE_MAC, P_OUTSIDE_MASK, P_OUTSIDE_NET, P_PEER_DEAD_AFTER,
-    P_POD_MTU, P_PORT_COUNT, P_SOCKETS, P_UPLINK_PORT, P_VNI, P_VTEP_MAC,
+    PARAM_COUNT, P_CLUSTER_MASK, P_CLUSTER_NET, P_FDB_AGE, P_FDB_PORT_LIMIT, P_GW_IP, P_GW_MAC,
+    P_LOCAL_MASK, P_LOCAL_NET, P_MASQUERADE, P_NEIGHBOUR_AGE, P_NODE_IP, P_NODE_MAC,
+    P_OUTSIDE_MASK, P_OUTSIDE_NET, P_PEER_DEAD_AFTER, P_POD_MTU, P_PORT_COUNT, P_SOCKETS,
+    P_UPLINK_PORT, P_VNI, P_VTEP_MAC,
 )
-from fastpath.stages.ingress import FDB_PORT, FDB_STATIC
 from vrouter.model.config import Cluster
 
 FDB_MIN_ENTRIES = 4096
 NEIGHBOUR_MIN_ENTRIES = 1024
+NEIGHBOUR_AGE = 300   # seconds a gleaned outside neighbour stays valid
 PEER_DEAD_AFTER = 3   # seconds without any datagram from a peer
 SEND_SOCKETS = 8      # overlay send sockets: outer UDP source ports that flows are spread over
 
@@ -43,7 +44,7 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray, ports: dict,
     from vrouter.node import policytables, servicetables   # they import this module
     node = cluster.node(node_name)
     peers = [n for n in cluster.nodes if n.name != node_name]
-    flows = cluster.service_options.max_flows
+    ct = cluster.conntrack
     services = services or servicetables.build(cluster, node_name)
     return Tables(
         params=_params(cluster, node),
@@ -52,8 +53,9 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray, ports: dict,
         peers=_peers(peers),
         outside=_outside(cluster, peers),
         services=services.group,
-        conntrack=Conntrack(*new_state_table(2 * flows, CT_COLS), *new_state_table(flows // 4, 3),
-                            *new_state_table(1024, 3)),
+        conntrack=Conntrack(*connection_arrays(ct.max_entries),
+                            *new_state_table(ct.affinity_entries, 3),
+                            *new_state_table(ct.fragment_entries, 3)),
         policy=(policy or policytables.build(cluster, ports, cluster.max_pods)).group,
     )
 
@@ -67,7 +69,7 @@ def pod_groups(ports: dict, capacity: int, peers, old: Bridge | None = None) -> 
     for port, pod in ports.items():
         port_mac[port], port_ip[port], port_live[port] = mac_to_int(pod.mac), ip_to_int(pod.ip), 1
     return {"ports": Ports(port_mac, port_ip, port_live),
-            "bridge": _bridge(ports, old),
+            "bridge": _bridge(ports, capacity, old),
             "routes": _routes(ports, peers)}
 
 
@@ -92,24 +94,28 @@ def _params(cluster: Cluster, node) -> np.ndarray:
     params[P_OUTSIDE_NET] = ip_to_int(cluster.node_network.network_address)
     params[P_OUTSIDE_MASK] = ip_to_int(cluster.node_network.netmask)
     params[P_MASQUERADE] = int(cluster.masquerade)
+    params[P_FDB_PORT_LIMIT] = cluster.fdb_max_per_port
+    params[P_NEIGHBOUR_AGE] = NEIGHBOUR_AGE
     return params
 
 
-def _bridge(ports: dict, old: Bridge | None) -> Bridge:
-    """The pods' own MACs are static entries: nobody else may claim them (anti-spoofing)."""
-    fdb_keys = hashtable.new_keys(max(FDB_MIN_ENTRIES, 4 * len(ports)))
-    fdb_vals = np.zeros((fdb_keys.shape[0], 3), dtype=np.int64)
+def _bridge(ports: dict, capacity: int, old: Bridge | None) -> Bridge:
+    """The pods' own MACs are static entries: nobody else may claim them (anti-spoofing). With
+    `old`, learned MACs of ports still attached are kept."""
+    fdb_keys, fdb_vals = learning.new_table(max(FDB_MIN_ENTRIES, 8 * len(ports)))
     for port, pod in ports.items():
-        j = hashtable.find_or_claim(fdb_keys, mac_to_int(pod.mac))
-        fdb_vals[j, FDB_PORT] = port
-        fdb_vals[j, FDB_STATIC] = 1
+        if not learning.place_static(fdb_keys, fdb_vals, mac_to_int(pod.mac), port):
+            raise ValueError(f"no room for pod {pod.name}'s MAC in the MAC table")
+    owned = np.zeros(capacity, dtype=np.int64)
     if old is not None:
-        for j in np.nonzero((old.fdb_keys != 0) & (old.fdb_vals[:, FDB_STATIC] == 0))[0].tolist():
-            if old.fdb_vals[j, FDB_PORT] in ports:
-                k = hashtable.find_or_claim(fdb_keys, int(old.fdb_keys[j]))
-                if k >= 0 and fdb_vals[k, FDB_STATIC] == 0:
-                    fdb_vals[k] = old.fdb_vals[j]
-    return Bridge(fdb_keys, fdb_vals)
+        learned = (old.fdb_keys != 0) & (old.fdb_vals[:, learning.L_STATIC] == 0)
+        for j in np.nonzero(learned)[0].tolist():
+            port = int(old.fdb_vals[j, learning.L_VALUE])
+            if port in ports:
+                learning.learn(fdb_keys, fdb_vals, int(old.fdb_keys[j]), port,
+                               int(old.fdb_vals[j, learning.L_SEEN]), 1 << 40, owned, port,
+                               1 << 40)
+    return Bridge(fdb_keys, fdb_vals, owned)
 
 
 def _routes(ports: dict, peers) -> Routes:
@@ -139,9 +145,9 @@ def _peers(peers) -> Peers:
 
 def _outside(cluster: Cluster, peers) -> Outside:
     """Outside neighbours: the other nodes and the outside host are known; the rest is gleaned."""
-    nb_keys = hashtable.new_keys(max(NEIGHBOUR_MIN_ENTRIES, 2 * len(cluster.nodes)))
-    nb_mac = np.zeros(nb_keys.shape[0], dtype=np.int64)
+    nb_keys, nb_vals = learning.new_table(max(NEIGHBOUR_MIN_ENTRIES, 4 * len(cluster.nodes)))
     known = [(n.address, n.mac) for n in peers] + [(cluster.outside_host, cluster.outside_host_mac)]
     for address, mac in known:
-        nb_mac[hashtable.find_or_claim(nb_keys, ip_to_int(address))] = mac_to_int(mac)
-    return Outside(nb_keys, nb_mac)
+        if not learning.place_static(nb_keys, nb_vals, ip_to_int(address), mac_to_int(mac)):
+            raise ValueError(f"no room for outside neighbour {address} in the neighbour table")
+    return Outside(nb_keys, nb_vals, np.zeros(1, dtype=np.int64))

@@ -14,7 +14,7 @@ import ipaddress
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from fastpath.conntrack import copy_state_table
+from fastpath.conntrack import copy_connections, copy_state_table
 from fastpath.dispatch import forward
 from fastpath.groups import Bridge, Conntrack, Outside, Tables
 from fastpath.layout import (
@@ -57,12 +57,14 @@ def scratch_tables(t: Tables) -> Tables:
     ct = t.conntrack
     return t._replace(
         counters=t.counters.copy(),
-        bridge=Bridge(t.bridge.fdb_keys.copy(), t.bridge.fdb_vals.copy()),
+        bridge=Bridge(t.bridge.fdb_keys.copy(), t.bridge.fdb_vals.copy(),
+                      t.bridge.fdb_owned.copy()),
         peers=t.peers._replace(peer_seen=t.peers.peer_seen.copy()),
-        outside=Outside(t.outside.nb_keys.copy(), t.outside.nb_mac.copy()),
+        outside=Outside(t.outside.nb_keys.copy(), t.outside.nb_vals.copy(),
+                        t.outside.nb_owned.copy()),
         services=t.services._replace(fe_new=t.services.fe_new.copy()),
         policy=t.policy._replace(drops=t.policy.drops.copy()),
-        conntrack=Conntrack(*copy_state_table(ct.ct_keys, ct.ct_vals),
+        conntrack=Conntrack(*copy_connections(ct.slots, ct.recs, ct.free, ct.stats),
                             *copy_state_table(ct.aff_keys, ct.aff_vals),
                             *copy_state_table(ct.frag_keys, ct.frag_vals)))
 

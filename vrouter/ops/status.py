@@ -127,7 +127,10 @@ def render(status: dict, show_zero: bool = False) -> str:
             lines.append(f"    {f['frontend']:<24} {f['service']}{'/' + f['port'] if f['port'] else ''}"
                          f"{extra} -> {backends}  ({f['new_connections']} connections)")
         ct = status["conntrack"]
-        lines.append(f"  conntrack: {ct['entries']} entries of {ct['capacity']}")
+        lines.append(f"  conntrack: {ct['entries']} connections of {ct['capacity']} (at most "
+                     f"{ct['high_water']} so far); affinity {ct['affinity']} of "
+                     f"{ct['affinity_capacity']}, fragments {ct['fragments']} of "
+                     f"{ct['fragment_capacity']}")
     if status.get("policies"):
         lines.append("  network policies:")
         for p in status["policies"]:
