@@ -42,6 +42,10 @@ class Peers(NamedTuple):
     peer_ip: np.ndarray         # int64[K]
     peer_vtep_mac: np.ndarray   # int64[K]
     peer_seen: np.ndarray       # int64[K]: second a datagram last came from the peer
+    peer_net: np.ndarray        # int64[K]: its podCIDR (inner sources must lie there...)
+    peer_mask: np.ndarray       # int64[K]
+    peer_address: np.ndarray    # int64[K]: ...or be its node address
+    peer_kernel: np.ndarray     # int64[K]: 1: a Linux VXLAN device (partial checksums arrive)
 
 
 class Outside(NamedTuple):

@@ -55,6 +55,8 @@ COUNTERS = (
     Counter("drop_overlay_truncated", DROP, "VXLAN datagram too short"),
     Counter("drop_overlay_bad_inner", DROP, "inner frame not IPv4 to our VTEP and podCIDR"),
     Counter("drop_overlay_peer_down", DROP, "the destination node has been silent"),
+    Counter("drop_overlay_spoofed_source", DROP, "VXLAN whose inner source is neither in the "
+            "sending node's podCIDR nor its node address"),
     Counter("drop_outside_not_for_us", DROP, "another host's frame on the outside bridge"),
     Counter("drop_service_no_local_endpoint", DROP, "externalTrafficPolicy Local, no endpoint here"),
     Counter("drop_service_no_snat_port", DROP, "no free source port to SNAT to"),

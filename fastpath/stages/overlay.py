@@ -15,7 +15,7 @@ from fastpath.layout import (
 )
 from fastpath.reasons import (
     R_DROP_OVERLAY_BAD_FLAGS, R_DROP_OVERLAY_BAD_INNER, R_DROP_OVERLAY_BAD_VNI,
-    R_DROP_OVERLAY_PEER_DOWN, R_DROP_OVERLAY_TRUNCATED, R_DROP_OVERLAY_UNKNOWN_SOURCE,
+    R_DROP_OVERLAY_PEER_DOWN, R_DROP_OVERLAY_SPOOFED_SOURCE, R_DROP_OVERLAY_TRUNCATED, R_DROP_OVERLAY_UNKNOWN_SOURCE,
     R_FROM_OVERLAY, R_SLOW_FRAG_NEEDED, R_TO_OVERLAY,
 )
 from fastpath.stages import S_SERVICES, finish
@@ -39,7 +39,8 @@ def overlay_in(buf, meta, i, now, params, counters, peers):
         | np.int64(buf[row, v + 6])
     if vni != params[P_VNI]:
         return finish(meta, i, ACT_DROP, 0, R_DROP_OVERLAY_BAD_VNI)
-    peers.peer_seen[peers.peer_index[j]] = now   # a datagram from a peer proves it is alive
+    peer = peers.peer_index[j]
+    peers.peer_seen[peer] = now   # a datagram from a peer proves it is alive
     if length < ETH_LEN + 20 or read16(buf, row, s + 12) != ETH_P_IP \
             or read48(buf, row, s) != params[P_VTEP_MAC]:
         return finish(meta, i, ACT_DROP, 0, R_DROP_OVERLAY_BAD_INNER)
@@ -48,8 +49,14 @@ def overlay_in(buf, meta, i, now, params, counters, peers):
         return finish(meta, i, ACT_DROP, 0, R_DROP_OVERLAY_BAD_INNER)
     if (read32(buf, row, ip + 16) & params[P_LOCAL_MASK]) != params[P_LOCAL_NET]:
         return finish(meta, i, ACT_DROP, 0, R_DROP_OVERLAY_BAD_INNER)
+    # a peer speaks for its own pods and itself only: anything else is forged (any local user
+    # can send from a peer's 127.0.0.x)
+    src = read32(buf, row, ip + 12)
+    if (src & peers.peer_mask[peer]) != peers.peer_net[peer] and src != peers.peer_address[peer]:
+        return finish(meta, i, ACT_DROP, 0, R_DROP_OVERLAY_SPOOFED_SOURCE)
     counters[R_FROM_OVERLAY] += 1
-    complete_if_partial(buf, row, ip, counters)
+    if peers.peer_kernel[peer]:   # only a Linux VXLAN device hands over partial checksums
+        complete_if_partial(buf, row, ip, counters)
     return S_SERVICES   # replies of connections this node translated, then routing
 
 

@@ -213,6 +213,25 @@ def test_bad_overlay_datagrams_are_dropped_by_reason(dp, source, datagram, reaso
     assert counters(dp) == {"rx_frames": 1, reason: 1}
 
 
+def spoofed(src):
+    return Ether(src=VTEP_B, dst=VTEP_A) / IP(src=src, dst=A_IP) / UDP(sport=7, dport=9)
+
+
+@pytest.mark.parametrize("src", ["10.244.1.3",   # one of our own pods
+                                 "10.244.3.7",   # a podCIDR of no node
+                                 "172.18.0.1",   # the outside host
+                                 "192.0.2.1", "127.0.0.1"])
+def test_a_peer_may_only_speak_for_its_own_pods_and_itself(dp, src):
+    assert dp.process_datagrams([(ip_int(UNDERLAY_B), vxlan_datagram(spoofed(src)))]) == []
+    assert counters(dp) == {"rx_frames": 1, "drop_overlay_spoofed_source": 1}
+
+
+@pytest.mark.parametrize("src", ["10.244.2.3", "10.244.2.1", "10.244.2.0", "172.18.0.3"])
+def test_a_peers_pods_gateway_vtep_and_node_address_are_accepted(dp, src):
+    (port, _out), = dp.process_datagrams([(ip_int(UNDERLAY_B), vxlan_datagram(spoofed(src)))])
+    assert port == 0
+
+
 # every bit of the VXLAN header but the I flag (byte 0, 0x08) and the VNI (bytes 4-6) is reserved
 RESERVED_BITS = [(byte, mask) for byte in (0, 1, 2, 3, 7) for mask in (1 << k for k in range(8))
                  if (byte, mask) != (0, 0x08)]

@@ -320,7 +320,27 @@ def test_a_segment_with_a_bad_checksum_is_not_merged(node_a, node_b):
 
 # --- checksums a Linux VXLAN peer leaves partial -----------------------------------------------
 
-def test_partial_inner_checksums_from_a_kernel_peer_are_completed(node_b):
+def kernel_peer_b():
+    """node-b of a cluster whose node-a is served by a Linux VXLAN device."""
+    text = open("configs/demo.yaml").read().replace(
+        "{name: node-a, underlay: 127.0.0.11, podCIDR: 10.244.1.0/24}",
+        "{name: node-a, underlay: 127.0.0.11, podCIDR: 10.244.1.0/24, kernel: true}")
+    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-b", clock=frozen)
+
+
+def test_partial_inner_checksums_from_a_vrouter_peer_are_never_repaired(node_b):
+    """A vrouter peer always sends complete checksums: one that looks partial is corruption."""
+    pkt = (Ether(src="0e:76:0a:f4:01:00", dst="0e:76:0a:f4:02:00")
+           / IP(src=A_IP, dst=REMOTE_IP, ttl=63) / UDP(sport=1, dport=53) / b"from vrouter")
+    partial = as_pod_kernel_sends(pkt)[10:]
+    ((target, frame),) = node_b.process_datagrams(
+        [(UNDERLAY_A, bytes(VXLAN(vni=1, flags=0x08) / Ether(partial)))])
+    assert target == 1 and Ether(frame)[UDP].chksum == Ether(partial)[UDP].chksum
+    assert node_b.counter_dict()["csum_partial_completed"] == 0
+
+
+def test_partial_inner_checksums_from_a_kernel_peer_are_completed():
+    node_b = kernel_peer_b()
     for proto in (TCP(sport=1, dport=5201, flags="S"), UDP(sport=1, dport=53)):
         pkt = (Ether(src="0e:76:0a:f4:01:00", dst="0e:76:0a:f4:02:00")
                / IP(src=A_IP, dst=REMOTE_IP, ttl=63) / proto / b"from a kernel vtep")

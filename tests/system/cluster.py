@@ -70,13 +70,16 @@ def list_netns() -> set[str]:
 
 class Cluster:
     def __init__(self, tmp_path: Path, pods_per_node=(2, 2), port=4789, extra_pods=(),
-                 mtu=1500, underlays=None, services="", prefix=None, options=None):
+                 mtu=1500, underlays=None, services="", prefix=None, options=None,
+                 kernel_nodes=()):
         self.prefix = prefix or new_prefix()
         if underlays is None:
             a, b = unique_underlay_octets()
             underlays = [f"127.{a}.{b}.{k + 1}" for k in range(len(pods_per_node))]
         self.nodes = [{"name": f"node-{chr(97 + k)}", "underlay": underlays[k],
                        "podCIDR": f"10.244.{k + 1}.0/24"} for k in range(len(pods_per_node))]
+        for k in kernel_nodes:   # served by `vrouter kernel-node`: the others must know
+            self.nodes[k]["kernel"] = True
         self.pods = []
         for k, count in enumerate(pods_per_node):
             for j in range(count):
@@ -181,7 +184,8 @@ class SplitCluster(Cluster):
 
     def __init__(self, tmp_path: Path, kinds=("vrouter", "kernel"), pods_per_node=(1, 1)):
         self.kinds = kinds
-        super().__init__(tmp_path, pods_per_node=pods_per_node, underlays=self.UNDERLAY)
+        super().__init__(tmp_path, pods_per_node=pods_per_node, underlays=self.UNDERLAY,
+                         kernel_nodes=[k for k, kind in enumerate(kinds) if kind == "kernel"])
         self.hosts = [f"{self.prefix}-u{k + 1}" for k in range(len(kinds))]
         self.procs: dict[str, subprocess.Popen] = {}
 

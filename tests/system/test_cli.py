@@ -46,8 +46,11 @@ def test_a_leftover_namespace_is_reported_and_kept(tmp_path):
 
 def test_kernel_node_outside_a_namespace_of_its_own_is_refused_and_creates_nothing(tmp_path):
     from pyroute2 import IPRoute
-    cluster = Cluster(tmp_path, pods_per_node=(1, 1))
+    cluster = Cluster(tmp_path, pods_per_node=(1, 1), kernel_nodes=[1])
     before = list_netns()
+    unmarked = vrouter("kernel-node", str(cluster.path), "--node", "node-a")
+    assert unmarked.returncode == 2 and "node 'node-a' is not marked `kernel: true`" \
+        in unmarked.stderr, unmarked.stderr
     result = vrouter("kernel-node", str(cluster.path), "--node", "node-b")
     assert result.returncode == 1
     # either guard may fire first, depending on whether pid 1's namespace is visible to us

@@ -59,6 +59,7 @@ class Node:
     pod_cidr: ipaddress.IPv4Network
     vtep_mac: str
     address: ipaddress.IPv4Address   # the node's address on the outside network (NodePorts)
+    kernel: bool = False             # served by the Linux kernel (`vrouter kernel-node`)
 
     @property
     def mac(self) -> str:
@@ -637,8 +638,11 @@ def _build_overlay(reader: _Reader, raw) -> Overlay:
 
 
 def _build_node(reader: _Reader, raw, where, index, cluster_cidr, node_network, earlier) -> Node:
-    d = reader.mapping(raw, where, {"name", "underlay", "podCIDR", "vtepMAC", "address"},
+    d = reader.mapping(raw, where, {"name", "underlay", "podCIDR", "vtepMAC", "address", "kernel"},
                        required=("name", "underlay", "podCIDR"))
+    kernel = d.get("kernel", False)
+    if not isinstance(kernel, bool):
+        reader.fail(f"{where}.kernel", f"{kernel!r} is not true or false")
     name = reader.string(d["name"], f"{where}.name", _DNS_LABEL,
                          "a DNS label (lowercase letters, digits, '-')")
     underlay = reader.address(d["underlay"], f"{where}.underlay")
@@ -659,7 +663,7 @@ def _build_node(reader: _Reader, raw, where, index, cluster_cidr, node_network, 
                 else mac_from_ip("0e:76", cidr.network_address))
     address = _node_address(reader, d, where, index, node_network, earlier)
     return Node(name=name, index=index, underlay=underlay, pod_cidr=cidr, vtep_mac=vtep_mac,
-                address=address)
+                address=address, kernel=kernel)
 
 
 def _node_address(reader, d, where, index, node_network, earlier):

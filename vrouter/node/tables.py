@@ -140,7 +140,12 @@ def _peers(peers) -> Peers:
     return Peers(peer_keys, peer_index,
                  peer_ip=np.array([ip_to_int(p.underlay) for p in peers], dtype=np.int64),
                  peer_vtep_mac=np.array([mac_to_int(p.vtep_mac) for p in peers], dtype=np.int64),
-                 peer_seen=np.zeros(len(peers), dtype=np.int64))
+                 peer_seen=np.zeros(len(peers), dtype=np.int64),
+                 peer_net=np.array([ip_to_int(p.pod_cidr.network_address) for p in peers],
+                                   dtype=np.int64),
+                 peer_mask=np.array([ip_to_int(p.pod_cidr.netmask) for p in peers], dtype=np.int64),
+                 peer_address=np.array([ip_to_int(p.address) for p in peers], dtype=np.int64),
+                 peer_kernel=np.array([int(p.kernel) for p in peers], dtype=np.int64))
 
 
 def _outside(cluster: Cluster, peers) -> Outside:

@@ -173,6 +173,11 @@ def cmd_kernel_node(args) -> int:
     cluster = load_cluster(args.config, check_host=not args.down)
     if unknown_node(args, cluster):
         return EXIT_CONFIG
+    if not cluster.node(args.node).kernel:
+        print(f"vrouter: {cluster.source}: node {args.node!r} is not marked `kernel: true`: the "
+              "other nodes must know that a Linux VXLAN device serves it (it hands over partial "
+              "checksums)", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         if args.down:
             kernelnode.down(cluster, args.node)
