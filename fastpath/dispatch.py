@@ -10,6 +10,7 @@ reads it in tests and for the slow path.
 """
 from numba import njit
 
+from fastpath.budgets import icmp_allows, port_allows
 from fastpath.checksum import copy_bytes, read16, read32
 from fastpath.ipv4 import complete_checksum
 from fastpath.layout import (
@@ -23,7 +24,9 @@ from fastpath.layout import (
     VNET_F_NEEDS_CSUM, VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import (
-    R_DROP_NO_ROOM, R_DROP_RUNT, R_DROP_OWN_UNROUTABLE, R_RX_FRAMES, R_SLOW_OUTSIDE_ARP_NEEDED,
+    R_BUDGET_EVICTED, R_DROP_ICMP_RATELIMITED, R_DROP_NO_ROOM, R_DROP_OWN_UNROUTABLE, R_DROP_RUNT,
+    R_DROP_SLOW_PATH_BUDGET, R_RX_FRAMES, R_SLOW_FRAG_NEEDED, R_SLOW_HOST_UNREACHABLE,
+    R_SLOW_NO_ROUTE, R_SLOW_OUTSIDE_ARP_NEEDED, R_SLOW_SERVICE_REJECT, R_SLOW_TTL_EXCEEDED,
 )
 from fastpath.stages import (
     DONE, S_BRIDGE, S_GATEWAY_IN, S_OUTSIDE_IN, S_OVERLAY_IN, S_POD_IN, S_ROUTE, S_SERVICES,
@@ -132,6 +135,25 @@ def run_stages(buf, meta, i, now, tables, out):
 
 
 @njit(cache=True, _nrt=False)
+def _within_budget(buf, meta, i, reason, now, params, budgets, counters):
+    """-1 if the slow path may see frame i, else the drop reason (fastpath.budgets)."""
+    in_port = meta[i, M_IN_PORT]
+    port = in_port if in_port >= 0 else params[P_UPLINK_PORT] + 1   # the overlay
+    if not port_allows(budgets, port, now):
+        return R_DROP_SLOW_PATH_BUDGET
+    answer_is_error = reason == R_SLOW_TTL_EXCEEDED or reason == R_SLOW_HOST_UNREACHABLE \
+        or reason == R_SLOW_NO_ROUTE or reason == R_SLOW_SERVICE_REJECT
+    ip = meta[i, M_START] + ETH_LEN
+    row = meta[i, M_ROW]
+    if reason == R_SLOW_FRAG_NEEDED:   # DF set: "fragmentation needed"; clear: we fragment
+        answer_is_error = (read16(buf, row, ip + 6) & 0x4000) != 0
+    if answer_is_error and not icmp_allows(budgets, read32(buf, row, ip + 12), now, counters,
+                                           R_BUDGET_EVICTED):
+        return R_DROP_ICMP_RATELIMITED
+    return -1
+
+
+@njit(cache=True, _nrt=False)
 def _add_row(out, kind, src, row, start, length, target, frame):
     r = out.fill[F_ROWS]
     out.rows[r, :] = 0
@@ -217,11 +239,18 @@ def forward(frames, first, n, now, tables, out):
         meta[i, M_ACTION] = ACT_DROP
         run_stages(buf, meta, i, now, tables, out)
         action, reason = meta[i, M_ACTION], meta[i, M_REASON]
-        if meta[i, M_OWN] and action == ACT_SLOW and reason != R_SLOW_OUTSIDE_ARP_NEEDED:
-            # never loop back into the slow path with the node's own packets (except to ask
-            # for an outside neighbour, which drops this packet anyway)
-            action, reason = ACT_DROP, R_DROP_OWN_UNROUTABLE
-            finish(meta, i, action, 0, reason)
+        if action == ACT_SLOW:
+            if meta[i, M_OWN]:
+                if reason != R_SLOW_OUTSIDE_ARP_NEEDED:
+                    # never loop back into the slow path with the node's own packets (except
+                    # to ask for an outside neighbour, which drops this packet anyway)
+                    action, reason = ACT_DROP, R_DROP_OWN_UNROUTABLE
+                    finish(meta, i, action, 0, reason)
+            else:
+                over = _within_budget(buf, meta, i, reason, now, params, tables.budgets, counters)
+                if over >= 0:
+                    action, reason = ACT_DROP, over
+                    finish(meta, i, action, 0, reason)
         counters[reason] += 1
         _emit(buf, meta, i, action, params, out, counters)
         i += 1

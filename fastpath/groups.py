@@ -91,6 +91,14 @@ class Policy(NamedTuple):
     drops: np.ndarray           # int64[policies]: new connections refused, per policy
 
 
+class Budgets(NamedTuple):
+    """What may reach the slow path each second (see fastpath.budgets)."""
+    port_used: np.ndarray       # int64[ports + 2, 2]: per ingress port (pods, uplink, overlay)
+    dest_keys: np.ndarray       # uint64[N, 2]: per ICMP error destination (windowed)
+    dest_vals: np.ndarray       # int64[N, 2]
+    node_used: np.ndarray       # int64[2]: all ICMP errors
+
+
 class Tables(NamedTuple):
     params: np.ndarray          # int64[PARAM_COUNT], P_*
     counters: np.ndarray        # uint64[COUNTER_COUNT], R_*
@@ -102,6 +110,7 @@ class Tables(NamedTuple):
     services: Services
     conntrack: Conntrack
     policy: Policy
+    budgets: Budgets
 
 
 class Frames(NamedTuple):

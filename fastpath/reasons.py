@@ -71,6 +71,10 @@ COUNTERS = (
     Counter("drop_policy_egress", DROP, "a NetworkPolicy isolates the sending pod: no rule "
             "allows this new connection"),
     Counter("drop_own_unroutable", DROP, "a packet the node built itself has nowhere to go"),
+    Counter("drop_slow_path_budget", DROP, "for the slow path, but its port has spent this "
+            "second's budget (fastpath.budgets)"),
+    Counter("drop_icmp_ratelimited", DROP, "would be answered with an ICMP error or a refusal, "
+            "but its destination (or the node) has spent this second's budget"),
     Counter("drop_no_room", DROP, "more segments than one output batch holds"),
     Counter("drop_tx_error", DROP, "a write or send failed"),
     # --- events -----------------------------------------------------------------------------------
@@ -90,6 +94,7 @@ COUNTERS = (
     Counter("ct_evicted", EVENT, "unassured connections evicted to make room (early drop)"),
     Counter("aff_evicted", EVENT, "session affinity entries evicted by a full window"),
     Counter("frag_evicted", EVENT, "fragment translations evicted by a full window"),
+    Counter("budget_evicted", EVENT, "per-destination ICMP budgets evicted by a full window"),
     Counter("slowpath_ratelimited", EVENT, "slow-path frames skipped: its token bucket was empty"),
     Counter("slowpath_ignored", EVENT, "slow-path frames it had nothing to say about"),
     Counter("slowpath_arp_spoofed", EVENT, "ARP claiming an address its port may not use"),

@@ -30,7 +30,8 @@ ARP_RETRY = 1.0   # seconds between two ARP requests for the same outside addres
 
 
 class TokenBucket:
-    """Caps the slow path's work so that a flood of exceptions cannot starve the fast path."""
+    """Caps the slow path's work as a whole, behind the per-port and per-destination budgets
+    the fast path enforces (fastpath.budgets), so that nothing can starve the fast path."""
 
     def __init__(self, rate: float, burst: float, clock=time.monotonic):
         self.rate, self.burst, self.clock = rate, burst, clock
@@ -48,7 +49,7 @@ class TokenBucket:
 
 class SlowPath:
     def __init__(self, cluster: Cluster, node_name: str, counters, ports: dict | None = None,
-                 rate=2000.0, burst=500.0, clock=time.monotonic):
+                 rate=3000.0, burst=1500.0, clock=time.monotonic):
         """`ports`: port -> attached local Pod (default: the file's pods, in order)."""
         node = cluster.node(node_name)
         self.gateway = str(node.gateway)

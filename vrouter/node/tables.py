@@ -8,7 +8,7 @@ import numpy as np
 
 from fastpath import hashtable, learning
 from fastpath.conntrack import connection_arrays, new_state_table
-from fastpath.groups import Bridge, Conntrack, Outside, Peers, Ports, Routes, Tables
+from fastpath.groups import Bridge, Budgets, Conntrack, Outside, Peers, Ports, Routes, Tables
 from fastpath.layout import (
     PARAM_COUNT, P_CLUSTER_MASK, P_CLUSTER_NET, P_FDB_AGE, P_FDB_PORT_LIMIT, P_GW_IP, P_GW_MAC,
     P_LOCAL_MASK, P_LOCAL_NET, P_MASQUERADE, P_NEIGHBOUR_AGE, P_NODE_IP, P_NODE_MAC,
@@ -19,6 +19,7 @@ from vrouter.model.config import Cluster
 
 FDB_MIN_ENTRIES = 4096
 NEIGHBOUR_MIN_ENTRIES = 1024
+BUDGET_DESTINATIONS = 1024   # ICMP error destinations with a budget of their own at once
 NEIGHBOUR_AGE = 300   # seconds a gleaned outside neighbour stays valid
 PEER_DEAD_AFTER = 3   # seconds without any datagram from a peer
 SEND_SOCKETS = 8      # overlay send sockets: outer UDP source ports that flows are spread over
@@ -57,6 +58,8 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray, ports: dict,
                             *new_state_table(ct.affinity_entries, 3),
                             *new_state_table(ct.fragment_entries, 3)),
         policy=(policy or policytables.build(cluster, ports, cluster.max_pods)).group,
+        budgets=Budgets(np.zeros((cluster.max_pods + 2, 2), dtype=np.int64),
+                        *new_state_table(BUDGET_DESTINATIONS, 2), np.zeros(2, dtype=np.int64)),
     )
 
 

@@ -16,7 +16,7 @@ from scapy.layers.l2 import Ether
 
 from fastpath.conntrack import copy_connections, copy_state_table
 from fastpath.dispatch import forward
-from fastpath.groups import Bridge, Conntrack, Outside, Tables
+from fastpath.groups import Bridge, Budgets, Conntrack, Outside, Tables
 from fastpath.layout import (
     ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, F_TRACE, T_ACTION, T_DPORT, T_DST,
     T_NEXT, T_OUT, T_PROTO, T_REASON, T_SPORT, T_SRC, T_STAGE,
@@ -63,6 +63,9 @@ def scratch_tables(t: Tables) -> Tables:
         outside=Outside(t.outside.nb_keys.copy(), t.outside.nb_vals.copy(),
                         t.outside.nb_owned.copy()),
         services=t.services._replace(fe_new=t.services.fe_new.copy()),
+        budgets=Budgets(t.budgets.port_used.copy(),
+                        *copy_state_table(t.budgets.dest_keys, t.budgets.dest_vals),
+                        t.budgets.node_used.copy()),
         policy=t.policy._replace(drops=t.policy.drops.copy()),
         conntrack=Conntrack(*copy_connections(ct.slots, ct.recs, ct.free, ct.stats),
                             *copy_state_table(ct.aff_keys, ct.aff_vals),
