@@ -137,4 +137,7 @@ P_OUTSIDE_MASK = 18
 P_MASQUERADE = 19          # 1: pods' traffic to the outside network is SNATed to P_NODE_IP
 P_FDB_PORT_LIMIT = 20      # MACs a pod port may have learned at once (cluster.fdbMaxPerPort)
 P_NEIGHBOUR_AGE = 21       # seconds a gleaned outside neighbour stays valid
+P_SERVICE_NET = 22         # cluster.serviceCIDR
+P_SERVICE_MASK = 23
+P_OUTSIDE_GW = 10          # the nodes' default gateway on the outside network (0: none)
 PARAM_COUNT = 24

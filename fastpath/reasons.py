@@ -49,6 +49,9 @@ COUNTERS = (
     Counter("drop_spoofed_mac", DROP, "a pod sent with another pod's MAC"),
     Counter("drop_spoofed_ip", DROP, "a source address its port may not use"),
     Counter("drop_same_port", DROP, "bridged back to the port it came from"),
+    Counter("drop_martian", DROP, "to or from 0.0.0.0/8, 127.0.0.0/8 or multicast/reserved "
+            "space: never routed"),
+    Counter("drop_dhcp_server", DROP, "a pod answering as a DHCP server (UDP 67 to 68)"),
     Counter("drop_overlay_unknown_source", DROP, "VXLAN from an address that is no node"),
     Counter("drop_overlay_bad_vni", DROP, "VXLAN with another VNI"),
     Counter("drop_overlay_bad_flags", DROP, "VXLAN with the I flag clear or reserved bits set"),

@@ -17,7 +17,7 @@ from fastpath.layout import (
     VNET_F_NEEDS_CSUM,
 )
 from fastpath.reasons import (
-    R_DROP_BAD_VNET_HEADER, R_DROP_IPV6,
+    R_DROP_BAD_VNET_HEADER, R_DROP_DHCP_SERVER, R_DROP_IPV6,
     R_DROP_OVERSIZE, R_DROP_RUNT, R_DROP_SOURCE_MAC_MULTICAST, R_DROP_SPOOFED_IP,
     R_DROP_SPOOFED_MAC, R_DROP_UNKNOWN_ETHERTYPE, R_FDB_LEARN_PORT_LIMIT, R_FDB_LEARN_TABLE_FULL,
     R_GSO_SUPERFRAMES,
@@ -129,8 +129,11 @@ def pod_in(buf, meta, i, now, params, counters, ports, bridge):
     problem = packet_problem(buf, meta, i)
     if problem >= 0:
         return finish(meta, i, ACT_DROP, 0, problem)
-    if read32(buf, row, s + ETH_LEN + 12) != ports.port_ip[in_port]:
+    ip = s + ETH_LEN
+    if read32(buf, row, ip + 12) != ports.port_ip[in_port]:
         return finish(meta, i, ACT_DROP, 0, R_DROP_SPOOFED_IP)
+    if rogue_dhcp(buf, row, ip):
+        return finish(meta, i, ACT_DROP, 0, R_DROP_DHCP_SERVER)
     # the frame is valid: learn where its source MAC lives (a pod's own MAC is static)
     if j < 0 or fdb_vals[j, learning.L_STATIC] == 0:
         learned = learning.learn(fdb_keys, fdb_vals, src_mac, in_port, now, params[P_FDB_AGE],
@@ -142,6 +145,16 @@ def pod_in(buf, meta, i, now, params, counters, ports, bridge):
     if meta[i, M_GSO_TYPE] != GSO_NONE:
         counters[R_GSO_SUPERFRAMES] += 1
     return S_SERVICES
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def rogue_dhcp(buf, row, ip):
+    """A DHCP server's answer (UDP 67 -> 68): pods get their address from the node, and one
+    that answers others' DHCP could hand them its own gateway (the CVE-2020-10749 class)."""
+    if buf[row, ip + 9] != 17 or (read16(buf, row, ip + 6) & 0x1FFF) != 0:
+        return False
+    l4 = ip + np.int64(buf[row, ip] & 0x0F) * 4
+    return read16(buf, row, l4) == 67 and read16(buf, row, l4 + 2) == 68
 
 
 @njit(cache=True, _nrt=False)

@@ -14,7 +14,8 @@ from fastpath.layout import (
     P_UPLINK_PORT,
 )
 from fastpath.reasons import (
-    R_DROP_BAD_VNET_HEADER, R_DROP_OUTSIDE_NOT_FOR_US, R_DROP_SPOOFED_IP, R_FROM_OUTSIDE,
+    R_DROP_BAD_VNET_HEADER, R_DROP_MARTIAN, R_DROP_OUTSIDE_NOT_FOR_US, R_DROP_SPOOFED_IP,
+    R_FROM_OUTSIDE,
     R_GSO_SUPERFRAMES, R_OUTSIDE_NEIGHBOUR_TABLE_FULL, R_SLOW_ARP, R_SLOW_OUTSIDE_ARP_NEEDED,
     R_TO_OUTSIDE,
 )
@@ -61,6 +62,8 @@ def outside_in(buf, meta, i, now, params, counters, outside):
     src = read32(buf, row, s + ETH_LEN + 12)
     if (src & params[P_LOCAL_MASK]) == params[P_LOCAL_NET]:   # our own pods are not out there
         return finish(meta, i, ACT_DROP, 0, R_DROP_SPOOFED_IP)
+    if src == 0 or (src >> 24) == 127 or src >= 0xE0000000:
+        return finish(meta, i, ACT_DROP, 0, R_DROP_MARTIAN)
     glean(outside, src, src_mac, now, params, counters)
     counters[R_FROM_OUTSIDE] += 1
     if meta[i, M_GSO_TYPE] != GSO_NONE:
@@ -69,11 +72,12 @@ def outside_in(buf, meta, i, now, params, counters, outside):
 
 
 @njit(cache=True, _nrt=False)
-def to_outside(buf, meta, i, dst, forwarded, now, params, outside):
-    """Out of the uplink to an outside host (another node, the outside namespace). An unknown
-    neighbour: the slow path asks with ARP, and this packet is dropped, as routers do."""
+def to_outside(buf, meta, i, dst, next_hop, forwarded, now, params, outside):
+    """Out of the uplink towards `dst` through neighbour `next_hop` (dst itself on the outside
+    network, or its gateway). An unknown neighbour: the slow path asks with ARP, and this
+    packet is dropped, as routers do."""
     row, s = meta[i, M_ROW], meta[i, M_START]
-    j = learning.find(outside.nb_keys, outside.nb_vals, dst, now, params[P_NEIGHBOUR_AGE])
+    j = learning.find(outside.nb_keys, outside.nb_vals, next_hop, now, params[P_NEIGHBOUR_AGE])
     if j < 0:
         return finish(meta, i, ACT_SLOW, 0, R_SLOW_OUTSIDE_ARP_NEEDED)
     write48(buf, row, s, outside.nb_vals[j, learning.L_VALUE])

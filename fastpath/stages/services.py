@@ -25,7 +25,8 @@ from fastpath.conntrack import (
 )
 from fastpath.layout import (
     ACT_DROP, ACT_SLOW, ETH_LEN, FLOW_ESTABLISHED, FLOW_NEW, M_CT_SLOT, M_FLOW, M_IN_PORT, M_ROW,
-    M_START, M_VFLAGS, P_GW_IP, P_MASQUERADE, P_NODE_IP, P_OUTSIDE_MASK, P_OUTSIDE_NET,
+    M_START, M_VFLAGS, P_GW_IP, P_MASQUERADE, P_NODE_IP, P_OUTSIDE_GW, P_OUTSIDE_MASK,
+    P_OUTSIDE_NET,
     P_UPLINK_PORT, VNET_F_NEEDS_CSUM,
 )
 from fastpath.reasons import (
@@ -34,6 +35,7 @@ from fastpath.reasons import (
     R_FRAG_EVICTED, R_MASQUERADED_FLOWS, R_SLOW_SERVICE_REJECT, R_SVC_NEW_FLOWS,
 )
 from fastpath.stages import S_POLICY, finish
+from fastpath.stages.route import in_cluster, martian
 
 # frontend columns
 FE_ROW = 0
@@ -227,9 +229,14 @@ def icmp_error(buf, meta, i, row, ip, now, counters, ct):
 
 @njit(cache=True, inline="always", _nrt=False)
 def masquerades(dst, params):
-    """Does a pod's new connection to `dst` leave as the node (cluster.masquerade)?"""
-    return params[P_MASQUERADE] == 1 and (dst & params[P_OUTSIDE_MASK]) == params[P_OUTSIDE_NET] \
-        and dst != params[P_NODE_IP]
+    """Does a pod's new connection to `dst` leave as the node (cluster.masquerade)? Anything
+    outside the cluster does, as flannel's ip-masq makes it: the outside network, and what lies
+    beyond its gateway (cluster.outsideGateway)."""
+    if params[P_MASQUERADE] != 1 or dst == params[P_NODE_IP]:
+        return False
+    if (dst & params[P_OUTSIDE_MASK]) == params[P_OUTSIDE_NET]:
+        return True
+    return params[P_OUTSIDE_GW] != 0 and not in_cluster(dst, params) and not martian(dst)
 
 
 @njit(cache=True, _nrt=False)

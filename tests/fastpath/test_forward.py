@@ -19,8 +19,8 @@ VTEP_A, VTEP_B = "0e:76:0a:f4:01:00", "0e:76:0a:f4:02:00"
 UNDERLAY_A, UNDERLAY_B = "127.0.0.11", "127.0.0.12"
 
 
-def make_dp():
-    text = open("configs/demo.yaml").read()
+def make_dp(extra=""):
+    text = open("configs/demo.yaml").read().replace("  overlay:", extra + "  overlay:")
     return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a")
 
 
@@ -136,9 +136,52 @@ def test_unused_address_in_pod_cidr_gets_host_unreachable(dp):
     assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 1)
 
 
-def test_address_outside_the_cluster_gets_net_unreachable(dp):
+OUTSIDE_HOST_MAC = "02:76:ac:12:00:01"   # 172.18.0.1, the nodes' default gateway
+NODE_A_ADDRESS, NODE_A_MAC = "172.18.0.2", "02:76:ac:12:00:02"
+
+
+def test_the_world_beyond_goes_to_the_outside_gateway_as_the_node(dp):
+    (port, out), = dp.process([(0, bytes(routed(UDP(sport=4000, dport=53), dst="192.0.2.1")))])
+    pkt = Ether(out)
+    assert port == dp.uplink and (pkt.dst, pkt.src) == (OUTSIDE_HOST_MAC, NODE_A_MAC)
+    assert (pkt[IP].src, pkt[IP].dst, pkt[IP].ttl) == (NODE_A_ADDRESS, "192.0.2.1", 63)
+    assert counters(dp)["masqueraded_flows"] == 1
+
+
+def test_without_an_outside_gateway_the_world_is_net_unreachable():
+    dp = make_dp("  outsideGateway: none\n")
     (port, out), = dp.process([(0, bytes(routed(dst="192.0.2.1")))])
     assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 0)
+
+
+@pytest.mark.parametrize("dst", ["10.244.7.1",    # the cluster's podCIDR, but no node's
+                                 "10.96.9.9"])    # the serviceCIDR, but no Service
+def test_cluster_addresses_nobody_serves_are_net_unreachable_not_sent_outside(dp, dst):
+    (port, out), = dp.process([(0, bytes(routed(dst=dst)))])
+    assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 0)
+
+
+@pytest.mark.parametrize("dst", ["127.0.0.1", "127.1.2.3", "0.0.0.1", "224.0.0.1",
+                                 "255.255.255.255"])
+def test_martian_destinations_are_dropped(dp, dst):
+    """A pod may not reach the node's loopback through its gateway (the CVE-2020-8558 class)."""
+    assert dp.process([(0, bytes(routed(dst=dst)))]) == []
+    assert counters(dp) == {"rx_frames": 1, "drop_martian": 1}
+
+
+def test_a_pods_dhcp_server_answer_is_dropped(dp):
+    offer = Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src=A_IP, dst="255.255.255.255") \
+        / UDP(sport=67, dport=68) / (b"\x02" + bytes(239))
+    assert dp.process([(0, bytes(offer))]) == []
+    assert counters(dp) == {"rx_frames": 1, "drop_dhcp_server": 1}
+
+
+def test_ipv6_router_advertisements_are_not_forwarded(dp):
+    from scapy.layers.inet6 import ICMPv6ND_RA, IPv6
+    ra = Ether(src=A_MAC, dst="33:33:00:00:00:01") / IPv6(src="fe80::1", dst="ff02::1") \
+        / ICMPv6ND_RA()
+    assert dp.process([(0, bytes(ra))]) == []
+    assert counters(dp) == {"rx_frames": 1, "drop_ipv6": 1}
 
 
 # --- VXLAN encapsulation and decapsulation -------------------------------------------------------

@@ -181,6 +181,7 @@ class Cluster:
     namespaces: tuple = ()        # policy.Namespace objects declared (others exist implicitly)
     policies: tuple = ()          # policy.NetworkPolicy
     masquerade: bool = True       # pods' traffic to the outside network leaves as the node's
+    outside_gateway: ipaddress.IPv4Address | None = None   # the nodes' default route (None: none)
 
     def dns_pod(self, node_name: str) -> "Pod | None":
         return next((p for p in self.pods if p.dns_server and p.node == node_name), None)
@@ -467,7 +468,7 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
                        {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
                         "fdbMaxPerPort",
                         "services", "conntrack", "busyPollMicroseconds", "maxPodsPerNode",
-                        "metricsPort", "dns", "masquerade"},
+                        "metricsPort", "dns", "masquerade", "outsideGateway"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
@@ -536,6 +537,7 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
     masquerade = c.get("masquerade", True)
     if not isinstance(masquerade, bool):
         reader.fail("cluster.masquerade", f"{masquerade!r} is not true or false")
+    outside_gateway = _build_outside_gateway(reader, c, node_network, nodes)
     namespaces = _unique(reader, [o for kind, o in objects if kind == "Namespace"],
                          lambda ns: ns.name, "Namespace")
     policies = _unique(reader, [o for kind, o in objects if kind == "NetworkPolicy"],
@@ -547,7 +549,8 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
                    manifests=manifests_dir,
                    node_network=node_network, busy_poll_us=busy_poll, max_pods=max_pods,
                    metrics_port=metrics_port, dns=dns, namespaces=tuple(namespaces),
-                   policies=tuple(policies), masquerade=masquerade)
+                   policies=tuple(policies), masquerade=masquerade,
+                   outside_gateway=outside_gateway)
 
 
 def _unique(reader: _Reader, items: list, key, kind: str) -> list:
@@ -558,6 +561,25 @@ def _unique(reader: _Reader, items: list, key, kind: str) -> list:
                         f"{getattr(item, 'source', '') or reader.path})")
         seen[key(item)] = getattr(item, "source", "") or reader.path
     return items
+
+
+def _build_outside_gateway(reader: _Reader, c: dict, node_network, nodes):
+    """The nodes' default gateway, as a VPC router is: by default the outside host; `none`
+    (or null) leaves the nodes without a default route (net unreachable beyond nodeNetwork)."""
+    raw = c.get("outsideGateway", "default")
+    if raw == "default":
+        return outside_host_address(node_network)
+    if raw in (None, "none"):
+        return None
+    gateway = reader.address(raw, "cluster.outsideGateway")
+    if gateway not in node_network or gateway in (node_network.network_address,
+                                                  node_network.broadcast_address):
+        reader.fail("cluster.outsideGateway", f"{gateway} is not a host address of "
+                    f"cluster.nodeNetwork {node_network}: a gateway is on the network")
+    for node in nodes:
+        if node.address == gateway:
+            reader.fail("cluster.outsideGateway", f"{gateway} is node {node.name!r}'s address")
+    return gateway
 
 
 def _build_dns(reader: _Reader, raw, service_cidr) -> ClusterDNS:

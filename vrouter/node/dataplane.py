@@ -288,9 +288,10 @@ class Dataplane:
         def wiring(c):   # what the node is made of
             return (c.name, c.nodes, c.overlay, c.service_options, c.conntrack, c.fdb_age,
                     c.fdb_max_per_port, c.busy_poll_us, c.max_pods, c.node_network,
-                    c.metrics_port)
+                    c.outside_gateway, c.metrics_port)
         if wiring(cluster) != wiring(self.cluster):
-            raise ValueError("nodes, the overlay, the outside network and the node options "
+            raise ValueError("nodes, the overlay, the outside network (and its gateway) and the "
+                             "node options "
                              "(fdbAgeSeconds, fdbMaxPerPort, busyPollMicroseconds, maxPodsPerNode, "
                              "metricsPort, "
                              "services, conntrack) need a restart; pods and Services can change")

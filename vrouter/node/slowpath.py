@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 ICMP_ERROR_TYPES = {3, 4, 5, 11, 12}
 ICMP_QUOTE_LIMIT = 576 - 20 - 8   # RFC 1812 4.3.2.3: the error datagram stays within 576 bytes
 ARP_RETRY = 1.0   # seconds between two ARP requests for the same outside address
+ASKED_MAX = 1024  # outside addresses remembered as asked for
 
 
 class TokenBucket:
@@ -67,6 +68,7 @@ class SlowPath:
         self.node_address = str(node.address)
         self.node_mac = node.mac
         self.node_network = cluster.node_network
+        self.outside_gateway = cluster.outside_gateway and str(cluster.outside_gateway)
         self.announced: set[str] = set()   # load-balancer addresses we answer ARP for
         self.asked: dict[str, float] = {}   # outside address -> when we last asked with ARP
 
@@ -165,11 +167,18 @@ class SlowPath:
         return [(self.uplink, bytes(reply))]
 
     def _resolve(self, frame: bytes):
-        """A packet for an outside address we have no MAC for: ask (at most once a second)."""
+        """A packet for an outside neighbour we have no MAC for (the destination on the
+        outside network, or the gateway beyond it): ask, at most once a second each."""
         dst = Ether(frame)[IP].dst
+        if ipaddress.IPv4Address(dst) not in self.node_network:
+            if self.outside_gateway is None:
+                return []
+            dst = self.outside_gateway
         now = self.clock()
         if now - self.asked.get(dst, -ARP_RETRY) < ARP_RETRY:
             return []
+        if len(self.asked) >= ASKED_MAX:   # bounded: forget what was asked long enough ago
+            self.asked = {ip: t for ip, t in self.asked.items() if now - t < ARP_RETRY}
         self.asked[dst] = now
         request = Ether(dst="ff:ff:ff:ff:ff:ff", src=self.node_mac) / ARP(
             op=1, hwsrc=self.node_mac, psrc=self.node_address, pdst=dst)

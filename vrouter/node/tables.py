@@ -12,8 +12,8 @@ from fastpath.groups import Bridge, Budgets, Conntrack, Outside, Peers, Ports, R
 from fastpath.layout import (
     PARAM_COUNT, P_CLUSTER_MASK, P_CLUSTER_NET, P_FDB_AGE, P_FDB_PORT_LIMIT, P_GW_IP, P_GW_MAC,
     P_LOCAL_MASK, P_LOCAL_NET, P_MASQUERADE, P_NEIGHBOUR_AGE, P_NODE_IP, P_NODE_MAC,
-    P_OUTSIDE_MASK, P_OUTSIDE_NET, P_PEER_DEAD_AFTER, P_POD_MTU, P_PORT_COUNT, P_SOCKETS,
-    P_UPLINK_PORT, P_VNI, P_VTEP_MAC,
+    P_OUTSIDE_GW, P_OUTSIDE_MASK, P_OUTSIDE_NET, P_PEER_DEAD_AFTER, P_POD_MTU, P_PORT_COUNT,
+    P_SERVICE_MASK, P_SERVICE_NET, P_SOCKETS, P_UPLINK_PORT, P_VNI, P_VTEP_MAC,
 )
 from vrouter.model.config import Cluster
 
@@ -98,6 +98,9 @@ def _params(cluster: Cluster, node) -> np.ndarray:
     params[P_OUTSIDE_MASK] = ip_to_int(cluster.node_network.netmask)
     params[P_MASQUERADE] = int(cluster.masquerade)
     params[P_FDB_PORT_LIMIT] = cluster.fdb_max_per_port
+    params[P_SERVICE_NET] = ip_to_int(cluster.service_cidr.network_address)
+    params[P_SERVICE_MASK] = ip_to_int(cluster.service_cidr.netmask)
+    params[P_OUTSIDE_GW] = ip_to_int(cluster.outside_gateway) if cluster.outside_gateway else 0
     params[P_NEIGHBOUR_AGE] = NEIGHBOUR_AGE
     return params
 
