@@ -213,8 +213,9 @@ def _room(buf, meta, i, out):
     if out.fill[F_SLOW] + meta[i, M_LEN] > out.slow.shape[1]:
         return False
     if meta[i, M_GSO_TYPE] != GSO_NONE:   # a super-frame may be segmented: worst case
-        need, _trains = space_needed(buf, meta, i)
-        return out.fill[F_DATA] + need <= out.data.shape[1]
+        need, trains = space_needed(buf, meta, i)
+        return out.fill[F_DATA] + need <= out.data.shape[1] \
+            and out.fill[F_ROWS] + trains + ROWS_RESERVE <= out.rows.shape[0]
     return True
 
 

@@ -45,6 +45,8 @@ COUNTERS = (
     Counter("drop_bad_ipv4_header", DROP, "IPv4 header malformed or lengths inconsistent"),
     Counter("drop_bad_ipv4_checksum", DROP, "IPv4 header checksum wrong"),
     Counter("drop_bad_vnet_header", DROP, "virtio-net header inconsistent with the frame"),
+    Counter("drop_bad_gso_size", DROP, "a super-frame asking for segments smaller than any "
+            "kernel sends (or too many of them)"),
     Counter("drop_source_mac_multicast", DROP, "multicast source MAC"),
     Counter("drop_spoofed_mac", DROP, "a pod sent with another pod's MAC"),
     Counter("drop_spoofed_ip", DROP, "a source address its port may not use"),

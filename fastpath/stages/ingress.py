@@ -17,13 +17,16 @@ from fastpath.layout import (
     VNET_F_NEEDS_CSUM,
 )
 from fastpath.reasons import (
-    R_DROP_BAD_VNET_HEADER, R_DROP_DHCP_SERVER, R_DROP_IPV6,
+    R_DROP_BAD_GSO_SIZE, R_DROP_BAD_VNET_HEADER, R_DROP_DHCP_SERVER, R_DROP_IPV6,
     R_DROP_OVERSIZE, R_DROP_RUNT, R_DROP_SOURCE_MAC_MULTICAST, R_DROP_SPOOFED_IP,
     R_DROP_SPOOFED_MAC, R_DROP_UNKNOWN_ETHERTYPE, R_FDB_LEARN_PORT_LIMIT, R_FDB_LEARN_TABLE_FULL,
     R_GSO_SUPERFRAMES,
     R_SLOW_ARP,
 )
 from fastpath.stages import S_SERVICES, finish
+
+GSO_MIN_SIZE = 48        # Linux's TCP_MIN_SND_MSS: no smaller segment is ever asked for
+GSO_MAX_SEGMENTS = 1024  # what one super-frame may be cut into (64 KiB / 64 bytes)
 
 
 
@@ -93,6 +96,10 @@ def vnet_problem(buf, meta, i):
     hdr_len = meta[i, M_HDR_LEN]
     if size <= 0 or size > length - headers:
         return bad
+    # a segment size no kernel sends (TCP_MIN_SND_MSS is 48) would cut 64 KiB into a thousand
+    # segments: refused before it costs output rows
+    if size < GSO_MIN_SIZE or (length - headers + size - 1) // size > GSO_MAX_SEGMENTS:
+        return R_DROP_BAD_GSO_SIZE
     if hdr_len > length or (hdr_len != 0 and hdr_len < headers):
         return bad
     return -1

@@ -399,3 +399,23 @@ def test_an_inconsistent_vnet_header_is_dropped_and_counted(node_a, case):
     assert counters["drop_bad_vnet_header"] == 1 and counters["rx_frames"] == 1
     # and the node goes on: a good super-frame right after it is forwarded
     assert len(datagrams_to(node_a.process_tap(0, [_TCP_SUPER]))) == 4
+
+
+_BIG_TCP = superframe(b"g" * 60000, 1386)[1]
+
+
+@pytest.mark.parametrize("gso_size", [1, 7, 47])
+def test_a_segment_size_no_kernel_sends_is_refused_before_it_costs_rows(node_a, gso_size):
+    assert node_a.process_tap(0, [_header(_BIG_TCP, gso_size=gso_size)]) == []
+    counters = node_a.counter_dict()
+    assert counters["drop_bad_gso_size"] == 1 and counters["rx_frames"] == 1
+    assert len(datagrams_to(node_a.process_tap(0, [_TCP_SUPER]))) == 4
+
+
+def test_a_batch_of_the_smallest_segments_fits_the_output_rows(node_a):
+    """64 super-frames of 48-byte segments: each a thousand datagrams. The output batch
+    reserves rows per GSO train, so forward() stops early and goes on instead of overrunning."""
+    frame = _header(superframe(b"s" * (48 * 1000), 48)[1], gso_size=48)
+    segments = datagrams_to(node_a.process_tap(0, [frame] * 64))
+    assert len(segments) == 64 * 1000
+    assert node_a.counter_dict()["drop_no_room"] == 0
