@@ -5,9 +5,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
 import pytest
 
-from tests.system.cluster import list_netns, netns_exec, new_prefix, wait_for
+import vrouter
+from tests.system.cluster import child_env, list_netns, netns_exec, new_prefix, wait_for
 from tests.system.podman import IMAGE, Podman
 from vrouter.ops import control
 
@@ -82,12 +85,43 @@ def test_podman_containers_on_two_nodes_reach_each_other_pods_and_services(make_
 
 # --- the plugin, run as a runtime runs it ---------------------------------------------------------
 
-def cni(command, conf, **env):
-    full = {**os.environ, "CNI_COMMAND": command, "CNI_PATH": "/usr/lib/cni", **env}
-    result = subprocess.run([sys.executable, "-m", "vrouter.ops.cni"], input=json.dumps(conf)
-                            if isinstance(conf, dict) else conf, capture_output=True, text=True,
-                            env=full, timeout=60)
-    return result.returncode, json.loads(result.stdout) if result.stdout.strip() else None
+ONE_NODE = """
+cluster: {name: plugin-only, podCIDR: 10.244.0.0/16}
+nodes: [{name: node-a, underlay: 127.0.0.11, podCIDR: 10.244.1.0/24}]
+"""
+
+
+def install_plugin(directory: Path) -> Path:
+    """vrouter-cni as `vrouter cni-conf --plugin-dir` installs it for a runtime (this checkout's
+    code: the test runs it from here)."""
+    config = directory / "one.yaml"
+    config.write_text(ONE_NODE)
+    result = subprocess.run([sys.executable, "-m", "vrouter", "cni-conf", str(config), "--node",
+                             "node-a", "--plugin-dir", str(directory / "bin")],
+                            capture_output=True, text=True, timeout=60, env=child_env())
+    assert result.returncode == 0, result.stderr
+    return directory / "bin" / "vrouter-cni"
+
+
+@pytest.fixture(scope="module")
+def cni(tmp_path_factory):
+    """Run the installed plugin as a runtime does: its own working directory, an environment of
+    PATH and the CNI_* variables, the configuration on stdin."""
+    directory = tmp_path_factory.mktemp("cni")
+    plugin = install_plugin(directory)
+    workdir = directory / "runtime"
+    workdir.mkdir()
+
+    def run(command, conf, **env):
+        full = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_PATH": "/usr/lib/cni",
+                **env}
+        data = json.dumps(conf) if isinstance(conf, dict) else conf
+        result = subprocess.run([str(plugin)], input=data.encode() if isinstance(data, str)
+                                else data, capture_output=True, env=full, cwd=workdir,
+                                timeout=60)
+        out = result.stdout.decode()
+        return result.returncode, json.loads(out) if out.strip() else None
+    return run
 
 
 def conf_of(cluster, node="node-a", version="1.0.0", **extra):
@@ -114,7 +148,7 @@ def assert_spec_result(result, version, netns, ifname, subnet):
 
 @pytest.mark.parametrize("ipam", [None, "host-local"], ids=["node-ipam", "host-local"])
 @pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
-def test_add_check_del_as_a_runtime_does(make_cluster, tmp_path, ipam, version):
+def test_add_check_del_as_a_runtime_does(make_cluster, cni, tmp_path, ipam, version):
     cluster = make_cluster(pods_per_node=(1, 1))
     extra = {}
     if ipam:
@@ -156,7 +190,7 @@ def test_add_check_del_as_a_runtime_does(make_cluster, tmp_path, ipam, version):
         subprocess.run(["ip", "netns", "del", netns])
 
 
-def test_gc_and_status(make_cluster):
+def test_gc_and_status(make_cluster, cni):
     cluster = make_cluster(pods_per_node=(1, 1))
     conf = conf_of(cluster, version="1.1.0")
     assert cni("STATUS", conf) == (0, None)
@@ -183,30 +217,160 @@ def test_gc_and_status(make_cluster):
     assert code != 0 and error["code"] == 50
 
 
-def test_bad_input_gets_spec_errors_and_leaves_nothing_half_attached(make_cluster, tmp_path):
+def links(netns: str) -> dict:
+    """The interfaces of a namespace: name -> whether it is up."""
+    found = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show"], check=True,
+                                      capture_output=True, text=True).stdout)
+    return {link["ifname"]: "UP" in link["flags"] for link in found}
+
+
+class Untouched:
+    """What a refused call must leave as it was: the container's namespace (only lo, down),
+    the cluster's attachment records (none), node-a's ports, and node-a itself (same process,
+    ready)."""
+
+    def __init__(self, cluster, netns):
+        self.cluster, self.netns = cluster, netns
+        status = cluster.status("node-a")
+        self.pid, self.ports = status["pid"], [p["pod"] for p in status["ports"]]
+        self.records = Path(f"/run/vrouter/{cluster.prefix}/pods")
+        assert self.ports and links(netns) == {"lo": False}, "precondition"
+
+    def check(self, case):
+        assert links(self.netns) == {"lo": False}, case
+        assert not (self.records.exists() and list(self.records.iterdir())), case
+        status = self.cluster.status("node-a")
+        assert (status["pid"], status["ready"]) == (self.pid, True), case
+        assert [p["pod"] for p in status["ports"]] == self.ports, case
+        assert self.cluster.proc.poll() is None, case
+
+
+def test_bad_input_gets_spec_errors_and_leaves_nothing_half_attached(make_cluster, cni,
+                                                                     tmp_path):
+    """Every row of the spec's error table this plugin can meet, each as a runtime would make
+    the call; none leaves anything behind or disturbs the node, and then the same container
+    attaches normally."""
     cluster = make_cluster(pods_per_node=(1, 1))
     netns = f"{cluster.prefix}-sb"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     good = {"CNI_CONTAINERID": "bad1", "CNI_NETNS": f"/run/netns/{netns}", "CNI_IFNAME": "eth0"}
+    plain = tmp_path / "plain-file"
+    plain.write_text("not a namespace\n")
+    conf = conf_of(cluster)
     try:
+        untouched = Untouched(cluster, netns)
         cases = [
-            ("ADD", "{not json", good, 6),
-            ("ADD", conf_of(cluster), {"CNI_IFNAME": "eth0"}, 4),
-            ("FROB", conf_of(cluster), good, 4),
+            # 1: incompatible CNI version
             ("ADD", conf_of(cluster, version="0.4.0"), good, 1),
+            ("ADD", {k: v for k, v in conf.items() if k != "cniVersion"}, good, 1),
+            ("GC", conf, {}, 1),                                  # GC is 1.1.0
+            # 2: unsupported field (its key and value in the message)
+            ("ADD", {**conf, "ipMasq": True}, good, 2),
+            ("ADD", {**conf, "bridge": "cni0"}, good, 2),
+            ("ADD", {**conf, "runtimeConfig": {"portMappings": [{"hostPort": 8080}]}}, good, 2),
+            # 3: the container does not exist
+            ("ADD", conf, {**good, "CNI_NETNS": f"/run/netns/{cluster.prefix}-nosuch"}, 3),
+            # 4: invalid environment variables
+            ("FROB", conf, good, 4),
+            ("ADD", conf, {"CNI_IFNAME": "eth0", "CNI_NETNS": good["CNI_NETNS"]}, 4),
+            ("ADD", conf, {**good, "CNI_CONTAINERID": "-x"}, 4),
+            ("ADD", conf, {**good, "CNI_IFNAME": "eth0:1"}, 4),   # the reproduced crash
+            ("ADD", conf, {**good, "CNI_IFNAME": "a" * 16}, 4),
+            ("ADD", conf, {**good, "CNI_IFNAME": ".."}, 4),
+            ("ADD", conf, {**good, "CNI_IFNAME": "et h0"}, 4),
+            ("ADD", conf, {**good, "CNI_IFNAME": "eth%d"}, 4),
+            ("ADD", conf, {**good, "CNI_NETNS": f"run/netns/{netns}"}, 4),
+            ("ADD", conf, {**good, "CNI_NETNS": str(plain)}, 4),
+            ("ADD", conf, {**good, "CNI_NETNS": str(tmp_path)}, 4),
+            ("ADD", conf, {**good, "CNI_NETNS": "/proc/self/ns/net"}, 4),   # the host's own
+            ("ADD", conf, {**good, "CNI_NETNS": f"/run/netns/{cluster.prefix}-outside"}, 4),
+            ("ADD", conf, {**good, "CNI_ARGS": "K8S_POD_NAME"}, 4),
+            ("ADD", conf, {**good, "CNI_ARGS": "K8S_POD_NAME=Not_A_Label"}, 4),
+            ("ADD", conf, {**good, "CNI_PATH": "bin:/usr/lib/cni"}, 4),
+            # 5: I/O failure: more configuration than is read
+            ("ADD", json.dumps(conf) + " " * (1 << 20), good, 5),
+            # 6: content that does not decode
+            ("ADD", "{not json", good, 6),
+            ("ADD", b"\xff\xfe", good, 6),
+            ("ADD", "[1, 2]", good, 6),
+            ("ADD", {**conf, "node": 1}, good, 6),
+            ("ADD", {**conf, "cniVersion": "one"}, good, 6),
+            ("ADD", {**conf, "prevResult": {"ips": [{"address": "10.244.1.3"}]}}, good, 6),
+            ("CHECK", {**conf, "prevResult": {"interfaces": "eth0"}}, good, 6),
+            # 7: invalid network configuration
+            ("ADD", {k: v for k, v in conf.items() if k != "name"}, good, 7),
+            ("ADD", {k: v for k, v in conf.items() if k != "type"}, good, 7),
             ("ADD", conf_of(cluster, node="node-z"), good, 7),
-            ("ADD", {**conf_of(cluster), "cluster": "vt-nosuch"}, good, 11),   # not (yet) running
-            ("ADD", conf_of(cluster), {**good, "CNI_NETNS": "/run/netns/vt-nosuch"}, 3),
-            ("ADD", conf_of(cluster), {**good, "CNI_ARGS": f"K8S_POD_NAME={cluster.pod('a1')}"}, 100),
-            ("GC", conf_of(cluster), {}, 1),                      # GC is 1.1.0
+            ("ADD", {**conf, "ipam": {"type": "no-such-ipam"}}, good, 7),
+            ("CHECK", conf, good, 7),                             # without prevResult
+            # 11: try again later: the cluster is not (yet) running
+            ("ADD", {**conf, "cluster": "vt-nosuch"}, good, 11),
+            # 100: the name, or the namespace, is a pod's already
+            ("ADD", conf, {**good, "CNI_ARGS": f"K8S_POD_NAME={cluster.pod('a1')}"}, 100),
+            ("ADD", conf, {**good, "CNI_NETNS": f"/run/netns/{cluster.pod('a1')}"}, 100),
         ]
-        for command, conf, env, code in cases:
-            got, error = cni(command, conf, **env)
-            assert got != 0 and error["code"] == code, (command, conf, env, error)
+        for command, data, env, code in cases:
+            case = (command, data if len(str(data)) < 300 else "(1 MiB)", env)
+            got, error = cni(command, data, **env)
+            assert got != 0 and error is not None and error["code"] == code, (case, error)
             assert set(error) == {"cniVersion", "code", "msg", "details"} and error["msg"]
-        assert [p["pod"] for p in cluster.status("node-a")["ports"]] == [
-            cluster.pod("a1"), f"{cluster.prefix}-dns-node-a"]   # and its DNS server pod
-        assert netns_exec(netns, "ip", "-br", "link").stdout.count("\n") == 1   # only lo
+            if code == 2:
+                key = next(k for k in ("ipMasq", "bridge", "portMappings") if k in str(data))
+                assert key in error["msg"], error   # the spec: key and value
+            if code == 4 and command != "FROB":
+                assert "CNI_" in error["msg"], error   # the spec: the variable's name
+            untouched.check(case)
+        assert links(cluster.pod("a1"))["eth0"]   # the pod whose namespace was offered: intact
+
+        # the node refuses by itself what reaches it without the plugin's checks
+        sock = f"/run/vrouter/{cluster.prefix}/node-a.sock"
+        node_pid = cluster.status("node-a")["pid"]
+        for fields, kind, field in [
+                ({"ifname": "eth0:1"}, "invalid", "ifname"),
+                ({"container_id": "-x"}, "invalid", "container_id"),
+                ({"netns": f"/proc/{node_pid}/ns/net"}, "invalid", "netns"),
+                ({"netns": str(plain)}, "invalid", "netns"),
+                ({"name": "UPPER"}, "invalid", "name")]:
+            answer = control.request(sock, "attach", **{"name": "raw", "netns": netns, **fields})
+            assert (answer["ok"], answer["kind"], answer["field"]) == (False, kind, field), answer
+            untouched.check(fields)
+        result = subprocess.run([sys.executable, "-m", "vrouter", "attach", cluster.prefix,
+                                 "--node", "node-a", "--netns", netns, "--ifname", "eth0:1"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "interface name 'eth0:1' may not contain ':'" \
+            in result.stderr, result.stderr
+        untouched.check("vrouter attach --ifname eth0:1")
+
+        # the host side fails half-way (the container's policy routing refuses the gateway):
+        # the TAP was moved, renamed and addressed by then; all of it goes, the node stays
+        rule = ["ip", "-n", netns, "rule", "add", "prohibit", "to", "10.244.1.1", "priority", "10"]
+        subprocess.run(rule, check=True)
+        got, error = cni("ADD", conf, **good)
+        assert got != 0 and error["code"] == 5, error
+        assert "cannot configure eth0" in error["msg"] and "default route" in error["msg"], error
+        untouched.check("host side failed")
+        subprocess.run(["ip", "-n", netns, "rule", "del", *rule[5:]], check=True)
+
+        # the container has an eth0 already: the spec says ADD must fail; the TAP never got in
+        subprocess.run(["ip", "-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name",
+                        "peer0"], check=True)
+        got, error = cni("ADD", conf, **good)
+        assert got != 0 and error["code"] == 100 and "already has an eth0" in error["msg"], error
+        assert links(netns) == {"lo": False, "eth0": False, "peer0": False}
+        subprocess.run(["ip", "-n", netns, "link", "del", "eth0"], check=True)
+        untouched.check("eth0 exists")
+        # counted: the 3 CNI refusals the node made, the 5 raw ones, vrouter attach, these two
+        assert cluster.status("node-a")["attaches"]["refused"] == 11
+
+        # and now the same container attaches, as if nothing had happened
+        got, result = cni("ADD", conf, **good)
+        assert got == 0, result
+        ip = assert_spec_result(result, "1.0.0", good["CNI_NETNS"], "eth0", "10.244.1.0/24")
+        assert str(ip) == "10.244.1.3"       # the first free address: none was kept by a refusal
+        assert links(netns) == {"lo": True, "eth0": True}
+        assert netns_exec(netns, "ping", "-c", "1", "-W", "2", cluster.ip("b1")).returncode == 0
+        assert cni("DEL", conf, **good)[0] == 0
+        assert links(netns) == {"lo": True}
     finally:
         subprocess.run(["ip", "netns", "del", netns])
     # a node that is not running: ADD asks to try again later, DEL succeeds
@@ -220,7 +384,35 @@ def test_bad_input_gets_spec_errors_and_leaves_nothing_half_attached(make_cluste
         subprocess.run(["ip", "netns", "del", netns])
 
 
-def test_an_exhausted_pod_cidr_is_refused(tmp_path, make_cluster):
+def test_the_installed_plugin_imports_nothing_from_where_the_runtime_runs(tmp_path):
+    """The runtime (root) runs the plugin from its own working directory and environment: a
+    vrouter package planted there, or on PYTHONPATH, must not be what runs."""
+    plugin = install_plugin(tmp_path)
+    root = str(Path(vrouter.__file__).resolve().parents[1])
+    assert root in plugin.read_text()      # this checkout, by absolute path
+    planted = tmp_path / "cwd"
+    marker = tmp_path / "INJECTED"
+    for module in ("vrouter/__init__.py", "vrouter/ops/__init__.py", "vrouter/ops/cni.py"):
+        (planted / module).parent.mkdir(parents=True, exist_ok=True)
+        (planted / module).write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                      "print('{\"planted\": true}')\nraise SystemExit(0)\n")
+    for env in ({}, {"PYTHONPATH": str(planted)}, {"PYTHONSTARTUP": str(planted / "x.py"),
+                                                  "PYTHONHOME": str(planted)}):
+        result = subprocess.run([str(plugin)], input=b'{"cniVersion": "1.0.0"}', cwd=planted,
+                                capture_output=True, timeout=60,
+                                env={"PATH": os.environ["PATH"], "CNI_COMMAND": "VERSION", **env})
+        assert result.returncode == 0, (env, result.stderr)
+        assert json.loads(result.stdout) == {"cniVersion": "1.0.0",
+                                             "supportedVersions": ["1.0.0", "1.1.0"]}
+        assert not marker.exists(), env
+    # the planted package is importable the old way, so the test would see an injection
+    old = subprocess.run([sys.executable, "-m", "vrouter.ops.cni"], cwd=planted,
+                         input=b"{}", capture_output=True, timeout=60,
+                         env={"PATH": os.environ["PATH"], "CNI_COMMAND": "VERSION"})
+    assert marker.exists() and b"planted" in old.stdout
+
+
+def test_an_exhausted_pod_cidr_is_refused(tmp_path, make_cluster, cni):
     from tests.system.cluster import Cluster
 
     class Small(Cluster):   # node-a's podCIDR a /29: gateway .1, pods .2-.5, DNS server .6
@@ -244,6 +436,28 @@ def test_an_exhausted_pod_cidr_is_refused(tmp_path, make_cluster):
             subprocess.run(["ip", "netns", "del", name])
 
 
+def test_a_node_out_of_ports_refuses_before_making_anything(make_cluster, cni):
+    """maxPodsPerNode 3: node-a's pod and its DNS server pod leave one port for runtime pods."""
+    cluster = make_cluster(pods_per_node=(1, 1), options={"maxPodsPerNode": 3})
+    names = [f"{cluster.prefix}-p{k}" for k in range(2)]
+    for name in names:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        env = [{"CNI_CONTAINERID": f"p{k}", "CNI_NETNS": f"/run/netns/{n}", "CNI_IFNAME": "eth0"}
+               for k, n in enumerate(names)]
+        assert cni("ADD", conf_of(cluster), **env[0])[0] == 0
+        got, error = cni("ADD", conf_of(cluster), **env[1])
+        assert got != 0 and error["code"] == 101 and "pod ports" in error["msg"], error
+        assert links(names[1]) == {"lo": False}
+        assert [r.name for r in Path(f"/run/vrouter/{cluster.prefix}/pods").iterdir()] == \
+            ["ctr-p0.json"]
+        assert cni("DEL", conf_of(cluster), **env[0])[0] == 0      # a port is free again
+        assert cni("ADD", conf_of(cluster), **env[1])[0] == 0
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name])
+
+
 def test_malformed_and_oversized_control_requests_get_errors(make_cluster):
     import socket
     cluster = make_cluster(pods_per_node=(1, 1))
@@ -259,5 +473,6 @@ def test_malformed_and_oversized_control_requests_get_errors(make_cluster):
             answer = control.receive_line(s)
         assert "error" in json.loads(answer), payload[:40]
     assert cluster.status("node-a")["ready"] and cluster.proc.poll() is None
-    assert list_netns()   # and the cluster still serves
+    assert {cluster.pod("a1"), cluster.pod("b1")} <= list_netns()   # its pods are still there
+    assert cluster.status("node-a")["control"]["malformed"] == 4     # and counted
     assert cluster.sh("a1", "ping", "-c", "1", "-W", "2", cluster.ip("b1")).returncode == 0

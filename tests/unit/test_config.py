@@ -130,7 +130,8 @@ def test_an_external_address_may_not_be_a_node_address():
     with pytest.raises(config.ConfigError, match="172.18.0.3 is the address of node 'node-b'") \
             as err:
         parse(text)
-    assert err.value.field_path == "document 2.spec"
+    assert err.value.field_path == "document 2.spec.externalIPs[0]"
+    assert "Service default/web" in err.value.problem and "nodes[1].address" in err.value.problem
 
 
 def test_other_kubernetes_kinds_are_refused():

@@ -116,11 +116,115 @@ def test_bad_service_names_field_and_problem(edit, field, words):
     assert words in err.value.problem
 
 
-def test_duplicate_given_node_port_is_refused():
-    svc = WEB.replace("spec:", "spec:\n  type: NodePort").replace("targetPort: http}",
-                                                                  "targetPort: http, nodePort: 30001}")
-    with pytest.raises(config.ConfigError, match="30001/TCP is already default/a's"):
-        load(svc.replace("name: web}", "name: a}"), svc.replace("name: web}", "name: b}"))
+def service(name, spec, status=""):
+    """One Service document (flow-style spec)."""
+    return f"""
+    apiVersion: v1
+    kind: Service
+    metadata: {{name: {name}}}
+    spec: {spec}
+    """ + (f"status: {status}\n" if status else "")
+
+
+def refused(*docs):
+    with pytest.raises(config.ConfigError) as err:
+        load(*docs)
+    return err.value
+
+
+NODE_PORT = "{type: NodePort, selector: {app: web}, ports: [{port: 80, nodePort: 30001%s}]}"
+
+
+@pytest.mark.parametrize("second", ["", ", protocol: UDP"], ids=["same-protocol", "other-protocol"])
+def test_a_given_node_port_belongs_to_one_service(second):
+    err = refused(service("a", NODE_PORT % ""), service("b", NODE_PORT % second))
+    assert (err.path, err.field_path) == ("c.yaml", "document 3.spec.ports[0].nodePort")
+    assert "Service default/b" in err.problem and "Service default/a's" in err.problem
+    assert "document 2.spec.ports[0].nodePort" in err.problem     # where the first one is
+
+
+def test_one_service_may_use_a_node_port_for_tcp_and_udp():
+    (svc,) = user_services(load(service("dns", "{type: NodePort, ports: ["
+                                               "{name: u, port: 53, protocol: UDP, nodePort: 30053},"
+                                               "{name: t, port: 53, nodePort: 30053}]}")))
+    assert [(p.protocol, p.node_port) for p in svc.ports] == [("UDP", 30053), ("TCP", 30053)]
+    err = refused(service("dns", "{type: NodePort, ports: [{name: u, port: 53, nodePort: 30053},"
+                                 "{name: t, port: 54, nodePort: 30053}]}"))
+    assert err.field_path == "document 2.spec.ports[1].nodePort" and "default/dns" in err.problem
+
+
+def test_an_exhausted_node_port_range_is_an_error():
+    low, high = services.NODE_PORT_RANGE
+    ports = ", ".join(f"{{name: p{k}, port: {k + 1}}}" for k in range(high - low + 1))
+    full = service("full", f"{{type: NodePort, ports: [{ports}]}}")
+    c = load(full)          # every nodePort of the range, each once
+    assert len({p.node_port for p in c.service_by_key("default/full").ports}) == high - low + 1
+    err = refused(full, service("late", "{type: NodePort, ports: [{port: 80}]}"))
+    assert err.field_path == "document 3.spec.ports[0].nodePort"
+    assert "Service default/late" in err.problem and f"no nodePort is left in {low}-{high}" \
+        in err.problem
+
+
+EXTERNAL = "{selector: {app: web}, externalIPs: [%s], ports: [{port: %d%s}]}"
+
+
+def test_one_external_address_port_and_protocol_is_one_services():
+    first = service("a", EXTERNAL % ("192.0.2.7", 80, ""))
+    err = refused(first, service("b", EXTERNAL % ("192.0.2.9, 192.0.2.7", 80, "")))
+    assert (err.path, err.field_path) == ("c.yaml", "document 3.spec.externalIPs[1]")
+    assert "192.0.2.7:80/TCP of Service default/b" in err.problem
+    assert "already served by Service default/a (c.yaml: document 2.spec.externalIPs[0]" \
+        in err.problem
+    lb = service("lb", "{type: LoadBalancer, selector: {app: web}, ports: [{port: 80}]}",
+                 "{loadBalancer: {ingress: [{ip: 192.0.2.7}]}}")
+    err = refused(first, lb)
+    assert err.field_path == "document 3.status.loadBalancer.ingress[0].ip"
+    assert "default/lb" in err.problem and "default/a" in err.problem
+    # another port, or another protocol, of the same address is another frontend
+    c = load(first, service("b", EXTERNAL % ("192.0.2.7", 81, "")),
+             service("c", EXTERNAL % ("192.0.2.7", 80, ", protocol: UDP")))
+    assert len(user_services(c)) == 3
+
+
+@pytest.mark.parametrize("spec, status, field, words", [
+    (EXTERNAL % ("10.244.1.9", 80, ""), "", "document 2.spec.externalIPs[0]",
+     "10.244.1.9 is inside cluster.podCIDR 10.244.0.0/16"),
+    ("{type: LoadBalancer, loadBalancerIP: 10.96.0.1, selector: {app: web}, ports: [{port: 80}]}",
+     "", "document 2.spec.loadBalancerIP", "10.96.0.1 is inside cluster.serviceCIDR 10.96.0.0/16"),
+    ("{type: LoadBalancer, selector: {app: web}, ports: [{port: 80}]}",
+     "{loadBalancer: {ingress: [{ip: 10.244.2.2}]}}", "document 2.status.loadBalancer.ingress[0].ip",
+     "10.244.2.2 is inside cluster.podCIDR"),
+    (EXTERNAL % ("172.18.0.2", 80, ""), "", "document 2.spec.externalIPs[0]",
+     "172.18.0.2 is the address of node 'node-a' on cluster.nodeNetwork (nodes[0].address)"),
+    (EXTERNAL % ("172.18.0.1", 80, ""), "", "document 2.spec.externalIPs[0]",
+     "the outside host's address"),
+])
+def test_an_external_address_may_not_take_over_cluster_addresses(spec, status, field, words):
+    """CVE-2020-8554: an externalIP inside the podCIDR (or serviceCIDR, or a node's address)
+    would capture the traffic of the pod (Service, node) that has it."""
+    err = refused(service("hijack", spec, status))
+    assert (err.path, err.field_path) == ("c.yaml", field)
+    assert "Service default/hijack" in err.problem and words in err.problem
+
+
+@pytest.mark.parametrize("address, words", [
+    ("127.0.0.5", "loopback"), ("169.254.169.254", "link-local"), ("0.0.0.0", "unspecified"),
+    ("224.0.0.9", "link-local multicast")])
+def test_special_external_addresses_are_refused_as_kubernetes_does(address, words):
+    err = refused(service("odd", EXTERNAL % (address, 80, "")))
+    assert err.field_path == "document 2.spec.externalIPs[0]"
+    assert f"may not be in the {words} range" in err.problem
+
+
+def test_cluster_ips_are_inside_service_cidr_and_given_once():
+    err = refused(service("a", "{clusterIP: 10.97.0.1, ports: [{port: 80}]}"))
+    assert err.field_path == "document 2.spec.clusterIP"
+    assert "Service default/a: 10.97.0.1 is outside cluster.serviceCIDR 10.96.0.0/16" in err.problem
+    err = refused(service("a", "{clusterIP: 10.96.0.77, ports: [{port: 80}]}"),
+                  service("b", "{clusterIP: 10.96.0.77, ports: [{port: 81}]}"))
+    assert err.field_path == "document 3.spec.clusterIP"
+    assert "Service default/b: 10.96.0.77 is already taken by Service default/a (c.yaml: " \
+           "document 2.spec.clusterIP)" in err.problem
 
 
 def test_manifests_directory_errors_name_the_manifest_file(tmp_path):

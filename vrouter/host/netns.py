@@ -10,13 +10,46 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import functools
 import os
+import stat
 
 from pyroute2 import netns as pr_netns
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703   # _IO(0xb7, 0x3): which kind of namespace an nsfs file is (Linux >= 4.11)
 NETNS_DIR = "/run/netns"
+
+
+class NotANamespace(ValueError):
+    """A path that is not a network namespace (a plain file, a directory, another kind)."""
+
+
+def identity(path: str) -> tuple[int, int]:
+    """The (device, inode) that names the network namespace at `path` (a /run/netns bind
+    mount or /proc/PID/ns/net): two paths of one namespace have the same. FileNotFoundError
+    when nothing is there, PermissionError, NotANamespace when it is something else. Only a
+    regular file is opened (a FIFO would block, a device could act on being opened)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotANamespace(f"{path} is not a network namespace (not a namespace file)")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        raise NotANamespace(f"{path} is not a network namespace (a plain file)") from None
+    finally:
+        os.close(fd)
+    if kind != CLONE_NEWNET:
+        raise NotANamespace(f"{path} is a namespace, but not a network namespace")
+    return st.st_dev, st.st_ino
+
+
+def own_identity() -> tuple[int, int]:
+    """The network namespace this process runs in."""
+    return identity("/proc/self/ns/net")
 
 
 def _netns_dir_propagation(pid: str) -> dict[str, str]:

@@ -40,6 +40,19 @@ class HostError(Exception):
     """The host cannot do what was asked (privileges, missing device, name clash...)."""
 
 
+class InterfaceExists(HostError):
+    """The pod's namespace has an interface of the name the pod's needs already."""
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, readably: pyroute2's NetlinkError says only "(22, 'Invalid argument')"."""
+    if isinstance(exc, NetlinkError):
+        detail = exc.args[1] if len(exc.args) > 1 else None
+        return f"netlink error {exc.code} ({os.strerror(exc.code)})" + (
+            f": {detail}" if detail and detail != os.strerror(exc.code) else "")
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def check_host() -> None:
     """Root and a usable /dev/net/tun, or a clear error before anything is created."""
     if os.geteuid() != 0:
@@ -131,9 +144,9 @@ def write_resolv_conf(netns_name: str, text: str) -> None:
 
 
 def move_tap(tap: TunTapDevice, netns_path: str, ifname: str, taken: str) -> None:
-    """Move a TAP's kernel end into a network namespace, named `ifname` there; HostError(taken)
-    when the namespace has an interface of that name already."""
-    nsfd = os.open(netns_path, os.O_RDONLY)
+    """Move a TAP's kernel end into a network namespace, named `ifname` there;
+    InterfaceExists(taken) when the namespace has an interface of that name already."""
+    nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with IPRoute() as ipr:
             index = ipr.link_lookup(ifname=tap.name)[0]
@@ -141,7 +154,7 @@ def move_tap(tap: TunTapDevice, netns_path: str, ifname: str, taken: str) -> Non
                 ipr.link("set", index=index, net_ns_fd=nsfd, ifname=ifname)
             except NetlinkError as exc:
                 if exc.code == errno.EEXIST:
-                    raise HostError(taken) from None
+                    raise InterfaceExists(taken) from None
                 raise
     finally:
         os.close(nsfd)
@@ -162,31 +175,50 @@ def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,
     elif not netns_exists(pod):
         raise HostError(f"network namespace {pod.netns!r} of pod {pod.name!r} does not exist")
 
-    # a short random name for the moment the TAP lives in the node's namespace
-    tap, uso = open_tap("vrt")
+    # every step names itself when it fails; closing the TAP (the stack) undoes them all: the
+    # device, in whichever namespace it is by then, goes with its address and route
+    with _step(f"cannot open a TAP device ({TUN_PATH})"):
+        # a short random name for the moment the TAP lives in the node's namespace
+        tap, uso = open_tap("vrt")
     port = PodPort(pod, tap, uso, ifindex=0)
     stack.callback(port.close)
-    move_tap(tap, pod.netns_path, pod.ifname,
-             taken=f"network namespace {pod.netns!r} already has an {pod.ifname}; vrouter "
-                   "needs that name for the pod's interface")
+    with _step(f"cannot move the TAP into {pod.netns} as {pod.ifname}"):
+        move_tap(tap, pod.netns_path, pod.ifname,
+                 taken=f"network namespace {pod.netns!r} already has an {pod.ifname}; vrouter "
+                       "needs that name for the pod's interface")
     node = cluster.node(pod.node)
-    port.ifindex = configure_pod_side(pod, cluster.overlay.pod_mtu, node.gateway,
-                                      node.pod_cidr.prefixlen)
+    with _step(f"cannot configure {pod.ifname} in {pod.netns} ({pod.ip}/"
+               f"{node.pod_cidr.prefixlen}, default route via {node.gateway})"):
+        port.ifindex = configure_pod_side(pod, cluster.overlay.pod_mtu, node.gateway,
+                                          node.pod_cidr.prefixlen)
     return port
+
+
+@contextlib.contextmanager
+def _step(what: str):
+    """Any failure of the block (NetlinkError, pytun's errors, OSError, a lookup that found
+    nothing) as a HostError saying which step failed and why."""
+    try:
+        yield
+    except HostError:
+        raise
+    except Exception as exc:
+        raise HostError(f"{what}: {describe(exc)}") from exc
 
 
 def configure_pod_side(pod: Pod, mtu: int, gateway, prefixlen: int) -> int:
     """Inside the pod: its interface (eth0) with MAC, MTU, address/prefix and a default route;
-    lo up."""
+    lo up. lo comes last: it is the only change that would outlive the interface if a step
+    failed."""
     with IPRoute(netns=pod.netns_path) as ipr:
-        lo = ipr.link_lookup(ifname="lo")[0]
-        ipr.link("set", index=lo, state="up")
         index = ipr.link_lookup(ifname=pod.ifname)[0]
         ipr.link("set", index=index, address=pod.mac, mtu=mtu)
         _disable_ipv6(pod)
         ipr.link("set", index=index, state="up")
         ipr.addr("add", index=index, address=str(pod.ip), prefixlen=prefixlen)
         ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+        lo = ipr.link_lookup(ifname="lo")[0]
+        ipr.link("set", index=lo, state="up")
         return index
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from fastpath.layout import OVERLAY_OVERHEAD
+from vrouter.model.names import DNS_LABEL as _DNS_LABEL
 
 NETNS_RUN_DIR = "/run/netns"
 CNI = "cni"                  # pods[].netns: attached at runtime by the CNI plugin
@@ -24,7 +25,6 @@ DEFAULT_FDB_MAX_PER_PORT = 16   # MACs one pod port may have learned at once
 DEFAULT_BUSY_POLL_US = 200   # see the README's latency notes
 DEFAULT_NODE_NETWORK = "172.18.0.0/24"   # as a kind cluster's docker network
 DEFAULT_DNS_DOMAIN = "cluster.local"
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -527,11 +527,15 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
                         "namespace")
     options = _build_service_options(reader, c.get("services", {}))
     conntrack = _build_conntrack_options(reader, c.get("conntrack", {}))
-    reserved = {n.address: f"the address of node {n.name!r}" for n in nodes}
-    reserved[outside_host_address(node_network)] = "the outside host's address"
+    reserved = {n.address: f"the address of node {n.name!r} on cluster.nodeNetwork "
+                           f"(nodes[{n.index}].address)" for n in nodes}
+    reserved[outside_host_address(node_network)] = ("the outside host's address (the first of "
+                                                    "cluster.nodeNetwork)")
     dns_service = {dns.address: "cluster DNS (cluster.dns.address; "
                                   "give cluster.dns another address, or this Service another)"} if dns.enabled else {}
-    allocated = services.allocate(parsed_services, service_cidr, reserved, dns_service)
+    allocated = services.allocate(parsed_services, service_cidr, reserved, dns_service,
+                                  networks=((pod_cidr, "cluster.podCIDR"),
+                                            (service_cidr, "cluster.serviceCIDR")))
     if dns.enabled:
         allocated.append(services.kube_dns(dns.address))
     masquerade = c.get("masquerade", True)

@@ -177,13 +177,15 @@ def parse(reader, doc: dict, where: str, source: str) -> dict:
         reader.fail(f"{w}.externalTrafficPolicy", "only meaningful for NodePort, LoadBalancer "
                     "or externalIPs")
 
-    external = []
+    external = {}   # address -> the field that first gives it
     for n, ip in enumerate(spec.get("externalIPs", []) or []):
-        external.append(reader.address(ip, f"{w}.externalIPs[{n}]"))
+        address = _non_special(reader, ip, f"{w}.externalIPs[{n}]")
+        external.setdefault(address, f"{w}.externalIPs[{n}]")
     if "loadBalancerIP" in spec:
         if kind != "LoadBalancer":
             reader.fail(f"{w}.loadBalancerIP", "only valid for type LoadBalancer")
-        external.append(reader.address(spec["loadBalancerIP"], f"{w}.loadBalancerIP"))
+        address = _non_special(reader, spec["loadBalancerIP"], f"{w}.loadBalancerIP")
+        external.setdefault(address, f"{w}.loadBalancerIP")
     if kind == "LoadBalancer":
         status = reader.mapping(doc.get("status", {}) or {}, f"{where}.status", {"loadBalancer"})
         lb = reader.mapping(status.get("loadBalancer", {}) or {}, f"{where}.status.loadBalancer",
@@ -194,13 +196,14 @@ def parse(reader, doc: dict, where: str, source: str) -> dict:
             if "ip" not in entry:
                 reader.fail(f"{where}.status.loadBalancer.ingress[{n}]", "needs an ip "
                             "(hostname ingress is not supported)")
-            external.append(reader.address(entry["ip"], f"{where}.status.loadBalancer.ingress[{n}].ip"))
+            field = f"{where}.status.loadBalancer.ingress[{n}].ip"
+            external.setdefault(reader.address(entry["ip"], field), field)
     if headless and external:
         reader.fail(f"{w}.externalIPs", "a headless Service has no addresses to expose")
 
     return dict(name=name, namespace=namespace, type=kind, cluster_ip=cluster_ip, headless=headless,
                 ports=ports, selector=tuple(sorted((k, str(v)) for k, v in selector.items())),
-                external_ips=tuple(dict.fromkeys(external)), affinity_timeout=timeout,
+                external_ips=tuple(external), external_fields=external, affinity_timeout=timeout,
                 external_policy=policies["externalTrafficPolicy"],
                 internal_policy=policies["internalTrafficPolicy"], where=where, source=source)
 
@@ -218,9 +221,26 @@ def _external_name(reader, spec, w, name, namespace, where, source) -> dict:
     ports = _ports(reader, spec.get("ports") or [], f"{w}.ports", "ExternalName", True, False) \
         if spec.get("ports") else ()
     return dict(name=name, namespace=namespace, type="ExternalName", cluster_ip=None,
-                headless=True, ports=ports, selector=(), external_ips=(), affinity_timeout=0,
+                headless=True, ports=ports, selector=(), external_ips=(), external_fields={},
+                affinity_timeout=0,
                 external_policy="Cluster", internal_policy="Cluster", where=where,
                 source=source, external_name=target.lower().rstrip("."))
+
+
+def _non_special(reader, value, where) -> ipaddress.IPv4Address:
+    """An external address as Kubernetes validates one: not unspecified, loopback, link-local
+    or link-local multicast (those are every node's own)."""
+    address = reader.address(value, where)
+    for network, what in _SPECIAL:
+        if address in network:
+            reader.fail(where, f"{address} may not be in the {what} range ({network})")
+    return address
+
+
+_SPECIAL = [(ipaddress.IPv4Network("0.0.0.0/32"), "unspecified"),
+            (ipaddress.IPv4Network("127.0.0.0/8"), "loopback"),
+            (ipaddress.IPv4Network("169.254.0.0/16"), "link-local"),
+            (ipaddress.IPv4Network("224.0.0.0/24"), "link-local multicast")]
 
 
 def _ports(reader, raw, where, kind, headless, allocate_node_ports):
@@ -261,15 +281,20 @@ def _ports(reader, raw, where, kind, headless, allocate_node_ports):
 
 
 def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network,
-             reserved: dict | None = None, reserved_cluster_ips: dict | None = None
-             ) -> list[Service]:
+             reserved: dict | None = None, reserved_cluster_ips: dict | None = None,
+             networks: tuple = ()) -> list[Service]:
     """Give open clusterIPs and nodePorts deterministic values (hash of the name, then probing),
-    after every explicitly given one is known; report clashes between given ones, external
-    addresses that are `reserved` ({address: whose}, e.g. node addresses), and clusterIPs
-    that are `reserved_cluster_ips` (cluster DNS's)."""
+    after every explicitly given one is known. Conflicts are errors that name both sides (the
+    file and field of each): a clusterIP outside serviceCIDR or given twice, or one that is
+    `reserved_cluster_ips` (cluster DNS's); a nodePort given twice, or none left; an external
+    address that is `reserved` ({address: whose}, e.g. node addresses) or inside one of
+    `networks` ((network, "cluster.podCIDR"), ...: an external address there would capture
+    traffic for pods or Services, CVE-2020-8554); one external address:port/protocol served by
+    two Services."""
     reserved = reserved or {}
-    used_ips: dict = dict(reserved_cluster_ips or {})
-    used_ports: dict = {}
+    used_ips: dict = dict(reserved_cluster_ips or {})   # address -> whose (a description)
+    used_ports: dict = {}      # nodePort -> (key, protocols, where): one Service per nodePort
+    frontends: dict = {}       # (external address, protocol, port) -> whose
     keys: set = set()
     for p in parsed:
         key = f"{p['namespace']}/{p['name']}"
@@ -277,28 +302,51 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network,
             raise ConfigError(p["source"], f"{p['where']}.metadata.name",
                               f"duplicate Service {key}")
         keys.add(key)
-        for address in p["external_ips"]:
+        for address, field in p["external_fields"].items():
             if address in reserved:
-                raise ConfigError(p["source"], f"{p['where']}.spec",
-                                  f"external address {address} is {reserved[address]}")
+                raise ConfigError(p["source"], field,
+                                  f"Service {key}: external address {address} is "
+                                  f"{reserved[address]}")
+            for network, name in networks:
+                if address in network:
+                    raise ConfigError(p["source"], field,
+                                      f"Service {key}: external address {address} is inside "
+                                      f"{name} {network}; it would take that traffic over "
+                                      "(CVE-2020-8554)")
+            for n, sp in enumerate(p["ports"]):
+                slot = (address, sp.protocol, sp.port)
+                whose = f"Service {key} ({p['source']}: {field}, {p['where']}.spec.ports[{n}])"
+                if slot in frontends:
+                    raise ConfigError(p["source"], field,
+                                      f"{address}:{sp.port}/{sp.protocol} of {whose} is "
+                                      f"already served by {frontends[slot]}")
+                frontends[slot] = whose
         ip = p["cluster_ip"]
         if ip is not None:
             if ip not in service_cidr:
                 raise ConfigError(p["source"], f"{p['where']}.spec.clusterIP",
-                                  f"{ip} is outside cluster.serviceCIDR {service_cidr}")
+                                  f"Service {key}: {ip} is outside cluster.serviceCIDR "
+                                  f"{service_cidr}")
             if ip in used_ips:
                 raise ConfigError(p["source"], f"{p['where']}.spec.clusterIP",
-                                  f"{ip} is already taken by {used_ips[ip]}")
-            used_ips[ip] = key
+                                  f"Service {key}: {ip} is already taken by {used_ips[ip]}")
+            used_ips[ip] = f"Service {key} ({p['source']}: {p['where']}.spec.clusterIP)"
         for n, sp in enumerate(p["ports"]):
             if sp.node_port:
-                if (sp.protocol, sp.node_port) in used_ports:
-                    raise ConfigError(p["source"], f"{p['where']}.spec.ports[{n}].nodePort",
-                                      f"{sp.node_port}/{sp.protocol} is already "
-                                      f"{used_ports[(sp.protocol, sp.node_port)]}'s")
-                used_ports[(sp.protocol, sp.node_port)] = key
+                field = f"{p['where']}.spec.ports[{n}].nodePort"
+                owner = used_ports.get(sp.node_port)
+                # Kubernetes: a nodePort belongs to one Service, which may use it for TCP and UDP
+                if owner and (owner[0] != key or sp.protocol in owner[1]):
+                    raise ConfigError(p["source"], field,
+                                      f"Service {key}: nodePort {sp.node_port}/{sp.protocol} is "
+                                      f"already Service {owner[0]}'s ({owner[2]})")
+                if owner:
+                    owner[1].add(sp.protocol)
+                else:
+                    used_ports[sp.node_port] = (key, {sp.protocol}, f"{p['source']}: {field}")
     first = int(service_cidr.network_address) + 1
     size = service_cidr.num_addresses - 2
+    low, high = NODE_PORT_RANGE
     services = []
     for p in parsed:
         key = f"{p['namespace']}/{p['name']}"
@@ -312,18 +360,21 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network,
                     break
             else:
                 raise ConfigError(p["source"], f"{p['where']}.spec.clusterIP",
-                                  f"serviceCIDR {service_cidr} is full")
-            used_ips[ip] = key
+                                  f"Service {key}: serviceCIDR {service_cidr} is full")
+            used_ips[ip] = f"Service {key}"
         ports = []
-        for sp in p["ports"]:
+        for n, sp in enumerate(p["ports"]):
             if sp.node_port == 0:
-                low, high = NODE_PORT_RANGE
                 start = stable_hash(f"{key}/{sp.name}/{sp.protocol}") % (high - low + 1)
                 for k in range(high - low + 1):
                     candidate = low + (start + k) % (high - low + 1)
-                    if (sp.protocol, candidate) not in used_ports:
+                    if candidate not in used_ports:
                         break
-                used_ports[(sp.protocol, candidate)] = key
+                else:
+                    raise ConfigError(p["source"], f"{p['where']}.spec.ports[{n}].nodePort",
+                                      f"Service {key}: no nodePort is left in {low}-{high} "
+                                      f"(all {high - low + 1} are taken)")
+                used_ports[candidate] = (key, {sp.protocol}, "allocated")
                 sp = ServicePort(sp.name, sp.protocol, sp.port, sp.target_port, candidate)
             ports.append(sp)
         services.append(Service(

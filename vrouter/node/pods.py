@@ -18,21 +18,25 @@ import os
 
 import trio
 
-from vrouter.host import state
-from vrouter.host.tap import HostError, attach_pod
+from vrouter.host import netns as host_netns, state
+from vrouter.host.tap import InterfaceExists, attach_pod, describe
 from vrouter.model import attachments
 from vrouter.model.attachments import Attachment
-from vrouter.model.config import Cluster, Pod, mac_from_ip, _DNS_LABEL
+from vrouter.model.config import Cluster, Pod, mac_from_ip
+from vrouter.model.names import cni_name_problem, dns_label_problem, interface_problem
+from vrouter.node.dataplane import PodsFull
 
 log = logging.getLogger("vrouter.node.pods")
 
 
 class PodError(Exception):
-    """An attach or detach request that cannot be done; `kind` says why (for CNI's codes)."""
+    """An attach or detach request that cannot be done; `kind` says why and `field` which
+    request field was wrong, if one was (vrouter-cni turns both into CNI's codes)."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, field: str | None = None):
         super().__init__(message)
         self.kind = kind   # "invalid", "taken", "exhausted", "no-netns", "unknown", "host"
+        self.field = field
 
 
 def same_interface(a: Pod, b: Pod) -> bool:
@@ -102,21 +106,32 @@ class LocalPods:
                 try:
                     await self._attach(pod)
                     added.append(name)
-                except (HostError, OSError, PodError) as exc:
+                except PodError as exc:
                     log.warning("node %s: cannot attach pod %s: %s", node.name, name, exc)
-                    failed.append({"pod": name, "error": str(exc)})
+                    failed.append({"pod": name, "kind": exc.kind, "field": exc.field,
+                                   "error": str(exc)})
             summary = await node.datapath.run(lambda: node.swap(live))
             node.cluster = live
         return {**summary, "attached": added, "detached": len(gone), "failed": failed}
 
     async def _attach(self, pod: Pod) -> int:
+        """The pod's host side and its port, or PodError with everything made undone: whatever
+        the host throws (NetlinkError, pytun's errors, OSError, ...) is the pod's failure,
+        never the node's."""
         stack = contextlib.ExitStack()
         try:
-            tap = await trio.to_thread.run_sync(self._host_attach, pod, stack)
-            port = await self.node.datapath.run(lambda: self._serve(pod, tap))
+            try:
+                tap = await trio.to_thread.run_sync(self._host_attach, pod, stack)
+                port = await self.node.datapath.run(lambda: self._serve(pod, tap))
+            except InterfaceExists as exc:
+                raise PodError("taken", str(exc), "ifname") from exc
+            except PodsFull as exc:
+                raise PodError("exhausted", str(exc)) from exc
+            except Exception as exc:
+                raise PodError("host", f"pod {pod.name!r}: {describe(exc)}") from exc
         except BaseException:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(stack.close)
+                await trio.to_thread.run_sync(_close, stack, pod.name)
             raise
         self.ports[port] = tap
         self.stacks[port] = stack
@@ -137,8 +152,8 @@ class LocalPods:
         await node.datapath.run(unserve)
         self.ports.pop(port, None)
         stack = self.stacks.pop(port)
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(stack.close)   # the TAP closes: the interface goes
+        with trio.CancelScope(shield=True):   # the TAP closes: the interface goes
+            await trio.to_thread.run_sync(_close, stack, f"port {port}")
 
     def _host_attach(self, pod: Pod, stack: contextlib.ExitStack):
         """The pod's TAP in its netns, addressed; its namespace made when the node owns it (and
@@ -161,27 +176,33 @@ class LocalPods:
     # --- requests: attach, detach, check, gc ---------------------------------------------------
 
     def new_attachment(self, request: dict) -> Attachment:
-        """The pod a request describes, checked against the live model (PodError if not)."""
+        """The pod a request describes, checked against the live model and the host before
+        anything is made (PodError if it cannot be attached)."""
         node, live = self.node, self.node.cluster
         name = request.get("name")
-        if not isinstance(name, str) or not _DNS_LABEL.match(name):
-            raise PodError("invalid", f"pod name {name!r} is not a DNS label")
+        _check(dns_label_problem(name), "name", f"pod name {name!r}")
         namespace = request.get("namespace") or "default"
-        if not _DNS_LABEL.match(namespace):
-            raise PodError("invalid", f"namespace {namespace!r} is not a DNS label")
-        netns = request.get("netns")
-        if not isinstance(netns, str) or not netns:
-            raise PodError("invalid", "a network namespace (name or path) is required")
-        path = netns if netns.startswith("/") else os.path.join("/run/netns", netns)
-        if not os.path.exists(path):
-            raise PodError("no-netns", f"network namespace {netns!r} does not exist ({path})")
+        _check(dns_label_problem(namespace), "namespace", f"namespace {namespace!r}")
+        container_id = request.get("container_id") or ""
+        if container_id:
+            _check(cni_name_problem(container_id), "container_id", f"container id {container_id!r}")
+        network = request.get("network") or ""
+        if network:
+            _check(cni_name_problem(network), "network", f"network name {network!r}")
         ifname = request.get("ifname") or "eth0"
-        if not isinstance(ifname, str) or not 0 < len(ifname) <= 15 or "/" in ifname:
-            raise PodError("invalid", f"interface name {ifname!r} is not valid")
+        _check(interface_problem(ifname), "ifname", f"interface name {ifname!r}")
         labels = request.get("labels") or {}
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in labels.items()):
-            raise PodError("invalid", "labels must map strings to strings")
+            raise PodError("invalid", "labels must map strings to strings", "labels")
+        netns = request.get("netns")
+        if not isinstance(netns, str) or not netns or "\0" in netns:
+            raise PodError("invalid", "a network namespace (name or path) is required", "netns")
+        path = netns if netns.startswith("/") else os.path.join("/run/netns", netns)
+        self._check_netns(netns, path)
+        if len(node.dp.ports) >= node.dp.capacity:
+            raise PodError("exhausted", f"node {node.name!r} has all {node.dp.capacity} pod "
+                                        "ports in use (cluster.maxPodsPerNode)")
         try:
             declared = live.pod(name)
         except KeyError:
@@ -189,35 +210,62 @@ class LocalPods:
         if declared is not None:
             if not declared.awaiting_cni:
                 raise PodError("taken", f"pod name {name!r} is taken (by the pod on node "
-                                        f"{declared.node!r}, netns {declared.netns})")
+                                        f"{declared.node!r}, netns {declared.netns})", "name")
             if declared.node != node.name:
                 raise PodError("taken", f"pod {name!r} of the cluster file belongs to node "
-                                        f"{declared.node!r}, not {node.name!r}")
+                                        f"{declared.node!r}, not {node.name!r}", "name")
             pod = dataclasses.replace(declared, netns=path, ifname=ifname)
         else:
             ip = self._address(request.get("ip"))
             pod = Pod(name=name, namespace=namespace, node=node.name, ip=ip,
                       mac=mac_from_ip("0a:58", ip), netns=path, owns_netns=False,
                       labels=tuple(sorted(labels.items())), ifname=ifname)
-        return Attachment(pod, str(request.get("container_id") or ""),
-                          str(request.get("network") or ""))
+        return Attachment(pod, container_id, network)
+
+    def _check_netns(self, netns: str, path: str) -> None:
+        """`path` is a network namespace, and none vrouter uses already: not the node's own
+        (a pod's default route would become the host's), not the outside network's, not a
+        pod's (one pod, one namespace)."""
+        try:
+            wanted = host_netns.identity(path)
+        except FileNotFoundError:
+            raise PodError("no-netns", f"network namespace {netns!r} does not exist ({path})",
+                           "netns") from None
+        except host_netns.NotANamespace as exc:
+            raise PodError("invalid", str(exc), "netns") from None
+        except OSError as exc:   # not ours to read, say
+            raise PodError("invalid", f"network namespace {netns!r}: {describe(exc)}",
+                           "netns") from None
+        live = self.node.cluster
+        if wanted == _identity("/proc/self/ns/net"):
+            raise PodError("invalid", f"{netns} is the network namespace of node "
+                                      f"{self.node.name!r} itself, not a container's", "netns")
+        if wanted == _identity(os.path.join("/run/netns", live.outside_netns)):
+            raise PodError("invalid", f"{netns} is the cluster's outside network "
+                                      f"({live.outside_netns}), not a container's", "netns")
+        for pod in live.pods:
+            if not pod.awaiting_cni and _identity(pod.netns_path) == wanted:
+                raise PodError("taken", f"network namespace {netns} is pod {pod.name!r}'s "
+                                        f"already (on node {pod.node!r})", "netns")
 
     def _address(self, wanted) -> ipaddress.IPv4Address:
         """`wanted` (from a delegated IPAM plugin) if it is free here, else the lowest free
         address of the node's podCIDR after the gateway."""
         node, live = self.node, self.node.cluster
         cidr = node.node.pod_cidr
-        taken = {p.ip for p in live.pods} | {node.node.gateway}
+        # the records too: one attached a moment ago may not be in the live model yet
+        taken = {p.ip for p in live.pods} | {node.node.gateway} | {
+            a.pod.ip for a in attachments.load(live.name)}
         if wanted:
             try:
                 ip = ipaddress.IPv4Address(str(wanted).split("/")[0])
             except ValueError:
-                raise PodError("invalid", f"{wanted!r} is not an IPv4 address") from None
+                raise PodError("invalid", f"{wanted!r} is not an IPv4 address", "ip") from None
             if ip not in cidr or ip in (cidr.network_address, cidr.broadcast_address):
                 raise PodError("invalid", f"{ip} is not a pod address of node {node.name!r}'s "
-                                          f"podCIDR {cidr}")
+                                          f"podCIDR {cidr}", "ip")
             if ip in taken:
-                raise PodError("taken", f"address {ip} is taken")
+                raise PodError("taken", f"address {ip} is taken", "ip")
             return ip
         for ip in cidr.hosts():
             if ip not in taken:
@@ -235,6 +283,28 @@ class LocalPods:
                     and (not ifname or a.pod.ifname == ifname):
                 return a
         return None
+
+
+def _check(problem: str | None, field: str, what: str) -> None:
+    if problem:
+        raise PodError("invalid", f"{what} {problem}", field)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """A namespace's identity, None when there is none at `path` (a pod not started yet)."""
+    try:
+        return host_netns.identity(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _close(stack: contextlib.ExitStack, what: str) -> None:
+    """Undo a pod's host side; a step that fails is logged, never raised over the error that
+    made us undo it."""
+    try:
+        stack.close()
+    except Exception as exc:
+        log.error("undoing the host side of %s failed: %s", what, describe(exc))
 
 
 def _running(cluster_name: str, node_name: str) -> bool:

@@ -19,7 +19,7 @@ import trio
 
 from fastpath.io import CAPTURE_RX, CAPTURE_TX
 from vrouter.host import outside, state
-from vrouter.host.tap import HostError, check_host, interface_problem
+from vrouter.host.tap import HostError, check_host, describe, interface_problem
 from vrouter.host.underlay import open_overlay
 from vrouter.model import attachments
 from vrouter.model.config import Cluster, ConfigError, load
@@ -81,6 +81,10 @@ class Node:
         self.nursery: trio.Nursery | None = None
         self.started = time.time()
         self.reloads = {"ok": 0, "refused": 0, "last_error": None}
+        # attach requests (vrouter attach, vrouter-cni ADD): a refused one changed nothing
+        self.attaches = {"ok": 0, "refused": 0, "last_error": None}
+        self.control_stats: dict = {}   # malformed or failed control requests (control.serve)
+        self.refresh_errors = 0          # refreshes that failed in the background and were kept out
         self.tracer: Tracer | None = None   # made at the first trace (its batch is 8 MB)
         self.metrics: Metrics | None = None
         self.dns: DnsServer | None = None
@@ -145,11 +149,18 @@ class Node:
         self.dp.sweep()
 
     async def watch_attachments(self) -> None:
-        """Other nodes say when their pods change; this catches what they could not say."""
+        """Other nodes say when their pods change; this catches what they could not say. It runs
+        in the node's nursery: nothing a record holds may end it (a failure is logged, counted,
+        and tried again at the next change)."""
         while True:
             await trio.sleep(REFRESH_INTERVAL)
-            if self.pods.live(self.file) != self.cluster:
-                await self.refresh({})
+            try:
+                if self.pods.live(self.file) != self.cluster:
+                    await self.refresh({})
+            except Exception:
+                self.refresh_errors += 1
+                log.exception("node %s: refreshing the live model failed; serving the last one",
+                              self.name)
 
     # --- control ------------------------------------------------------------------------------
 
@@ -166,7 +177,10 @@ class Node:
         try:
             file = load(self.file.source, manifests=self.file.manifests)
             summary = await self.pods.apply(self.pods.live(file))
-        except (ConfigError, ValueError) as exc:
+        except Exception as exc:   # ConfigError, ValueError; anything else is logged in full
+            if not isinstance(exc, (ConfigError, ValueError)):
+                log.exception("node %s: reload failed", self.name)
+                exc = f"{type(exc).__name__}: {exc}"
             log.warning("node %s: reload refused, keeping the running state: %s", self.name, exc)
             self.reloads["refused"] += 1
             self.reloads["last_error"] = str(exc)
@@ -182,6 +196,10 @@ class Node:
             return {"ok": True, **await self.pods.apply(self.pods.live(self.file))}
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:   # a bug, not a request's fault: the node keeps serving
+            self.refresh_errors += 1
+            log.exception("node %s: refresh failed", self.name)
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
     def swap(self, cluster: Cluster) -> dict:
         """In the data-path thread: the new Service tables, then gratuitous ARPs for them."""
@@ -207,27 +225,48 @@ class Node:
 
     async def attach(self, request: dict) -> dict:
         """Attach a pod (a runtime's netns) here: claim its name cluster-wide, give it its
-        interface, tell the other nodes. The answer describes the interface as CNI reports it."""
+        interface, tell the other nodes. The answer describes the interface as CNI reports it.
+        A refused attach (a bad request, or the host side failing) changes nothing: no record,
+        no port, nothing in the namespace; the answer says why (kind, field)."""
         try:
-            async with self.pods.lock:
-                attachment = self.pods.new_attachment(request)
-                try:
-                    attachments.claim(self.cluster.name, attachment)
-                except attachments.NameTaken:
-                    raise PodError("taken", f"pod name {attachment.pod.name!r} is taken "
-                                            "(attached already)") from None
-            summary = await self.refresh({})
-            port = self.dp.port_of(attachment.pod.name)
-            if port is None:
-                attachments.release(self.cluster.name, attachment.pod.name)
-                await self.refresh({})
-                why = next((f["error"] for f in summary.get("failed", [])
-                            if f["pod"] == attachment.pod.name), summary.get("error", "unknown"))
-                raise PodError("host", f"cannot attach pod {attachment.pod.name!r}: {why}")
+            port = await self._attach_request(request)
         except PodError as exc:
-            return {"ok": False, "kind": exc.kind, "error": str(exc)}
+            self.attaches["refused"] += 1
+            self.attaches["last_error"] = str(exc)
+            log.warning("node %s: attach refused: %s", self.name, exc)
+            return {"ok": False, "kind": exc.kind, "field": exc.field, "error": str(exc)}
+        self.attaches["ok"] += 1
         self.tell_peers()
         return {"ok": True, **self.interface(port)}
+
+    async def _attach_request(self, request: dict) -> int:
+        async with self.pods.lock:
+            attachment = self.pods.new_attachment(request)
+            name = attachment.pod.name
+            try:
+                attachments.claim(self.cluster.name, attachment)
+            except attachments.NameTaken:
+                raise PodError("taken", f"pod name {name!r} is taken (attached already)",
+                               "name") from None
+            except OSError as exc:
+                raise PodError("host", f"cannot record pod {name!r}: {exc}") from None
+        try:
+            summary = await self.refresh({})
+            port = self.dp.port_of(name)
+            if port is None:
+                failure = next((f for f in summary.get("failed", []) if f["pod"] == name),
+                               {"kind": "host", "field": None,
+                                "error": summary.get("error", "unknown")})
+                raise PodError(failure["kind"], f"cannot attach pod {name!r}: "
+                                                f"{failure['error']}", failure["field"])
+        except BaseException:
+            # undo: the record goes, and a peer that saw it in the meantime hears so
+            attachments.release(self.cluster.name, name)
+            with trio.CancelScope(shield=True):
+                await self.refresh({})
+            self.tell_peers()
+            raise
+        return port
 
     def interface(self, port: int) -> dict:
         pod, tap = self.dp.ports[port], self.pods.ports[port]
@@ -257,11 +296,15 @@ class Node:
             return {"ok": False, "kind": "unknown", "error": "no such attachment on this node"}
         port = self.dp.port_of(record.pod.name)
         if port is None:
-            return {"ok": False, "kind": "host", "error": f"pod {record.pod.name!r} has no port"}
-        problem = await trio.to_thread.run_sync(interface_problem, self.dp.ports[port],
-                                                self.node.pod_cidr.prefixlen)
+            return {"ok": False, "kind": "changed", "error": f"pod {record.pod.name!r} has no "
+                                                             "port"}
+        try:
+            problem = await trio.to_thread.run_sync(interface_problem, self.dp.ports[port],
+                                                    self.node.pod_cidr.prefixlen)
+        except Exception as exc:   # the namespace went while we looked, say
+            problem = f"cannot inspect {record.pod.ifname} in {record.pod.netns}: {describe(exc)}"
         if problem:
-            return {"ok": False, "kind": "host", "error": problem}
+            return {"ok": False, "kind": "changed", "error": problem}
         return {"ok": True, **self.interface(port)}
 
     async def capture(self, request: dict):
@@ -355,7 +398,7 @@ class Node:
                                     "refresh": self.refresh, "attach": self.attach,
                                     "detach": self.detach, "check": self.check, "gc": self.gc,
                                     "capture": self.capture, "trace": self.trace,
-                                    "metrics": self.metrics_text})
+                                    "metrics": self.metrics_text}, self.control_stats)
                 log.info("node %s up: %d pods, underlay %s:%d, address %s in %s", self.name,
                          len(self.dp.ports), self.node.underlay, self.cluster.overlay.port,
                          self.node.address, self.cluster.outside_netns)

@@ -79,7 +79,7 @@ def cmd_cni_conf(args) -> int:
     if args.plugin_dir:
         target = Path(args.plugin_dir) / "vrouter-cni"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(f"#!/bin/sh\nexec {sys.executable} -m vrouter.ops.cni \"$@\"\n")
+        target.write_text(plugin_wrapper())
         target.chmod(0o755)
         print(f"installed {target}", file=sys.stderr)
     if not args.install:
@@ -95,6 +95,21 @@ def cmd_cni_conf(args) -> int:
               "add --plugin-dir DIR (podman looks in /opt/cni/bin and /usr/lib/cni, "
               "among others)", file=sys.stderr)
     return 0
+
+
+def plugin_wrapper() -> str:
+    """The vrouter-cni executable for a runtime's plugin directory: this Python, isolated (-I:
+    neither the runtime's working directory nor PYTHON* variables reach sys.path, so a
+    vrouter/ planted where the runtime runs cannot be imported by this root process), with
+    the vrouter that writes it, by absolute path (an editable install or a checkout works
+    the same)."""
+    import shlex
+    import vrouter
+    root = str(Path(vrouter.__file__).resolve().parent.parent)
+    code = (f"import sys; sys.path.insert(0, {root!r}); "
+            "from vrouter.ops.cni import main; sys.exit(main())")
+    return ("#!/bin/sh\n# vrouter-cni, written by `vrouter cni-conf --plugin-dir`\n"
+            f"exec {shlex.quote(sys.executable)} -I -c {shlex.quote(code)} \"$@\"\n")
 
 
 def cmd_check(args) -> int:

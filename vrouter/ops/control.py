@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import socket
 from pathlib import Path
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import trio
 
 MAX_REQUEST = 64 * 1024
+log = logging.getLogger("vrouter.control")
 
 
 @dataclass
@@ -30,7 +32,16 @@ class Stream:
 FINISH_TIMEOUT = 5.0
 
 
-async def serve(path: Path, handlers: dict[str, Callable[[dict], dict]]) -> None:
+ACCEPT_BACKOFF = 0.1   # seconds to wait after accept failed (out of fds, say) before again
+
+
+async def serve(path: Path, handlers: dict[str, Callable[[dict], dict]],
+                stats: dict | None = None) -> None:
+    """Answer requests until cancelled. `stats` counts what went wrong (malformed requests,
+    handlers that raised, failed accepts): none of it ends the server."""
+    stats = {} if stats is None else stats
+    for key in ("malformed", "failed", "accept_errors"):
+        stats.setdefault(key, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         path.unlink()
@@ -41,13 +52,20 @@ async def serve(path: Path, handlers: dict[str, Callable[[dict], dict]]) -> None
     async with trio.open_nursery() as nursery:
         try:
             while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(_answer, conn, handlers)
+                try:
+                    conn, _ = await listener.accept()
+                except OSError as exc:   # EMFILE, ENFILE, ENOBUFS...: the node must go on
+                    stats["accept_errors"] += 1
+                    log.warning("control socket %s: accept failed: %s", path, exc)
+                    await trio.sleep(ACCEPT_BACKOFF)
+                    continue
+                nursery.start_soon(_answer, conn, handlers, stats)
         finally:
             listener.close()
 
 
-async def _answer(conn, handlers) -> None:
+async def _answer(conn, handlers, stats: dict | None = None) -> None:
+    stats = {"malformed": 0, "failed": 0} if stats is None else stats
     stream = trio.SocketStream(conn)
     try:
         async with stream:
@@ -63,13 +81,24 @@ async def _answer(conn, handlers) -> None:
                 request = json.loads(data or b"{}")
                 if not isinstance(request, dict):
                     raise ValueError("a request is a JSON object with a \"cmd\"")
-                handler = handlers.get(request.get("cmd"))
-                answer = (handler(request) if handler
-                          else {"error": f"unknown command {request.get('cmd')!r}"})
-                if inspect.isawaitable(answer):
-                    answer = await answer
-            except Exception as exc:   # a bad request gets an answer, never kills the node
-                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            except ValueError as exc:   # also bad UTF-8
+                stats["malformed"] += 1
+                request, answer = None, {"error": f"malformed request: {exc}"}
+            if request is not None:
+                try:
+                    cmd = request.get("cmd")
+                    handler = handlers.get(cmd) if isinstance(cmd, str) else None
+                    if handler is None:
+                        stats["malformed"] += 1
+                        answer = {"error": f"unknown command {request.get('cmd')!r}"}
+                    else:
+                        answer = handler(request)
+                        if inspect.isawaitable(answer):
+                            answer = await answer
+                except Exception as exc:   # a request gets an answer, never kills the node
+                    stats["failed"] += 1
+                    log.exception("control request %r failed", request.get("cmd"))
+                    answer = {"error": f"{type(exc).__name__}: {exc}"}
             if isinstance(answer, Stream):
                 await _stream(stream, answer)
                 return

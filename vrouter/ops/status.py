@@ -70,6 +70,8 @@ def node_status(node) -> dict:
         "policies": dp.policy.summary(),
         "masquerade": node.cluster.masquerade,
         "reloads": dict(node.reloads),
+        "attaches": dict(node.attaches),
+        "control": {**node.control_stats, "refresh_errors": node.refresh_errors},
         "metrics": ("http://%s:%d/metrics" % address
                     if (address := node.cluster.metrics_address(node.name)) else None),
         "datapath": _datapath(node),
@@ -162,6 +164,14 @@ def render(status: dict, show_zero: bool = False) -> str:
     if r.get("ok") or r.get("refused"):
         lines.append(f"  reloads: {r['ok']} applied, {r['refused']} refused"
                      + (f" (last: {r['last_error']})" if r.get("last_error") else ""))
+    a = status.get("attaches", {})
+    if a.get("ok") or a.get("refused"):
+        lines.append(f"  attach requests: {a['ok']} attached, {a['refused']} refused"
+                     + (f" (last: {a['last_error']})" if a.get("last_error") else ""))
+    c = {k: v for k, v in (status.get("control") or {}).items() if v}
+    if c:
+        lines.append("  control socket: " + ", ".join(f"{k.replace('_', ' ')} {v}"
+                                                       for k, v in sorted(c.items())))
     lines.append("  counters:")
     for name, value in status["counters"].items():
         if value or show_zero:
