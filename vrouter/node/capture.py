@@ -21,6 +21,7 @@ from fastpath.io import CAPTURE_RX, CAPTURE_TX, ST_TIMEOUT_MS
 FLUSH_MS = 50           # at most this late while capturing
 IDLE_TIMEOUT_MS = 1000
 QUEUED_BATCHES = 256    # per session; beyond that the client is too slow and batches are dropped
+MAX_SESSIONS = 8        # captures running on one node at once
 LINKTYPE_ETHERNET = 1
 
 
@@ -88,8 +89,13 @@ class Captures:
         self.datapath = datapath
         self.sessions: dict[int, Session] = {}
         self.ids = itertools.count(1)
+        self.refused = 0   # sessions refused: MAX_SESSIONS were running
 
-    def add(self, session: Session) -> int:
+    def add(self, session: Session) -> int | None:
+        """The session's key, or None when MAX_SESSIONS run already (counted)."""
+        if len(self.sessions) >= MAX_SESSIONS:
+            self.refused += 1
+            return None
         key = next(self.ids)
         self.sessions[key] = session
         self._arm()

@@ -90,6 +90,8 @@ class DnsServer:
     async def _serve_tcp(self, nursery: trio.Nursery) -> None:
         while True:
             conn, _ = await self.tcp.accept()
+            if not self.clients.available_tokens:   # the others wait (in the listen backlog)
+                self.resolver.counts["tcp_clients_full"] += 1
             await self.clients.acquire_on_behalf_of(conn)
             nursery.start_soon(self._client, conn)
 

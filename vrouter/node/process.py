@@ -23,7 +23,7 @@ from vrouter.host.tap import HostError, check_host, describe, interface_problem
 from vrouter.host.underlay import open_overlay
 from vrouter.model import attachments
 from vrouter.model.config import Cluster, ConfigError, load
-from vrouter.node.capture import Session
+from vrouter.node.capture import MAX_SESSIONS as MAX_CAPTURES, Session
 from vrouter.node.datapath import Datapath, ensure_compiled
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.dnsserver import DnsServer, open_sockets
@@ -332,6 +332,9 @@ class Node:
         session = Session({port: bits[direction] for port in names}, names,
                           trio.lowlevel.current_trio_token())
         key = await self.datapath.run(lambda: self.datapath.captures.add(session))
+        if key is None:
+            return {"ok": False, "error": f"{self.name} runs {MAX_CAPTURES} captures already; "
+                                          "stop one first"}
 
         captures = self.datapath.captures
 

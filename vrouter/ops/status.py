@@ -26,6 +26,9 @@ def _datapath(node) -> dict | None:
         return None
     return {**datapath.describe(),
             "captures": len(datapath.captures.sessions),
+            "captures_refused": datapath.captures.refused,
+            "capture_frames_dropped": int(datapath.io.capture.fill[2])
+            + sum(s.dropped for s in datapath.captures.sessions.values()),
             "outside": datapath.traffic(node.dp.uplink),
             "overlay": datapath.traffic(datapath.overlay_port),
             "batch_sizes": datapath.batch_sizes()}
