@@ -54,6 +54,13 @@ def iperf3(server_ns: str, server_ip: str, client_ns: str, *args: str, seconds: 
     return json.loads(result.stdout)
 
 
+def udp_counters(netns: str) -> dict[str, int]:
+    """The Udp: line of a namespace's /proc/net/snmp (InDatagrams, RcvbufErrors, ...)."""
+    lines = [line.split() for line in netns_exec(netns, "cat", "/proc/net/snmp").stdout.splitlines()
+             if line.startswith("Udp:")]
+    return dict(zip(lines[0][1:], map(int, lines[1][1:])))
+
+
 def child_env() -> dict:
     """The environment for `python -m vrouter` run from another directory: this checkout first."""
     root = str(Path(__file__).resolve().parents[2])

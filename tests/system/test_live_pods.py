@@ -11,7 +11,9 @@ import pytest
 import yaml
 from pyroute2 import netns as pr_netns
 
-from tests.system.cluster import iperf3, list_netns, netns_exec, new_prefix, wait_for
+from tests.system.cluster import (
+    iperf3, list_netns, netns_exec, new_prefix, udp_counters, wait_for,
+)
 from tests.system.test_pods import ping
 from tests.system.test_services import SERVER
 
@@ -130,12 +132,6 @@ def test_a_reload_adds_removes_and_relabels_pods_of_the_file(make_cluster):
     assert ping(cluster, "b2", cluster.ip("a1"), count=2).returncode == 0
     backends = {f["frontend"]: f["backends"] for f in cluster.status("node-b")["services"]}
     assert backends[f"{VIP}:80/TCP"] == ["10.244.1.2:8080"]   # a1 relabelled, a2 gone
-
-
-def udp_counters(netns):
-    lines = [line.split() for line in netns_exec(netns, "cat", "/proc/net/snmp").stdout.splitlines()
-             if line.startswith("Udp:")]
-    return dict(zip(lines[0][1:], map(int, lines[1][1:])))
 
 
 def where_lost(cluster) -> dict:

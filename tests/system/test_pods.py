@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.system.cluster import iperf3, list_netns, wait_for
+from tests.system.cluster import iperf3, list_netns, udp_counters, wait_for
 
 
 def ping(cluster, pod, dst, *extra, count=3):
@@ -66,18 +66,21 @@ def test_iperf3_tcp(demo, server):
     if server == "b1":   # across nodes: segmented into GSO trains, coalesced again for the pod
         assert a["gso_segments"] > 10 * a["gso_superframes"] > 0
         assert a["tx_datagrams"] > 10 * a["tx_syscalls"] // 2
-        assert grew["node-b"]["gro_coalesced"] > 10 * grew["node-b"]["gro_bad_checksum"] >= 0
+        assert grew["node-b"]["gro_bad_checksum"] == 0
         assert grew["node-b"]["gro_coalesced"] > 1000
 
 
 @pytest.mark.parametrize("server", ["a2", "b1"], ids=["same-node", "cross-node"])
 def test_iperf3_udp(demo, server):
-    """20 Mbit/s of full-size datagrams for a second is far below what the node moves: nothing
-    should be lost."""
+    """20 Mbit/s of full-size datagrams for a second is far below what the node moves: the
+    network loses none. (A datagram iperf3's receiving socket had no room for is iperf3's
+    loss, counted by the receiver's kernel as RcvbufErrors: only those may be missing.)"""
+    before = udp_counters(demo.pod(server))
     report = iperf(demo, server, "a1", "-u", "-b", "20M")
     end = report["end"]["sum"]
+    socket_full = udp_counters(demo.pod(server))["RcvbufErrors"] - before["RcvbufErrors"]
     assert end["packets"] > 1000
-    assert end["lost_packets"] <= end["packets"] // 100, end
+    assert end["lost_packets"] <= socket_full, (end, socket_full)
 
 
 def test_tcpdump_in_a_pod_shows_the_arp_exchange_and_the_traffic(demo):
