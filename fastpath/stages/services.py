@@ -373,12 +373,15 @@ def nat(buf, meta, i, now, params, counters, services, ct):
             if fe_vals[fe, FE_ROW] < 0:
                 return NAT_DROP_NO_LOCAL if fe_vals[fe, FE_EMPTY] == 1 else NAT_REJECT
             b_ip, b_port = _choose_backend(fe, src, k0, k1, now, services, ct, counters)
-            new_src, new_sport = src, sport
+            new_src = src
             if fe_vals[fe, FE_SNAT] == 1 or b_ip == src:   # external (policy Cluster), or hairpin
                 new_src = params[P_GW_IP]
-                new_sport = _snat_port(new_src, sport, b_ip, b_port, proto, now, ct)
-                if new_sport < 0:
-                    return NAT_DROP_NO_PORT
+            # the client's own port unless its reply tuple is another connection's (the client
+            # reached two ports of the Service that lead to one backend port from one source
+            # port): then another, as Linux's NAT resolves such a clash
+            new_sport = _snat_port(new_src, sport, b_ip, b_port, proto, now, ct)
+            if new_sport < 0:
+                return NAT_DROP_NO_PORT
             rec = open_connection(ct, src, dst, proto, sport, dport, new_src, new_sport, b_ip,
                                   b_port, 0, fe_vals[fe, FE_ID], now, counters)
             if rec < 0:
