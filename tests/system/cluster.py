@@ -96,10 +96,11 @@ class Cluster:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> "Cluster":
+    def start(self, python_flags: tuple[str, ...] = ()) -> "Cluster":
         # started as a user would, from the file's directory with a relative path: commands
         # that name the running cluster from elsewhere must still find its file
-        self.proc = subprocess.Popen([sys.executable, "-m", "vrouter", "up", self.path.name],
+        self.proc = subprocess.Popen([sys.executable, *python_flags, "-m", "vrouter", "up",
+                                      self.path.name],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      cwd=self.path.parent, env=child_env())
         deadline = time.monotonic() + READY_TIMEOUT

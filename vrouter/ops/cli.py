@@ -164,6 +164,9 @@ def cmd_run(args) -> int:
     except HostError as exc:
         print(f"vrouter: {exc}", file=sys.stderr)
         return EXIT_HOST
+    except node.DatapathFailed as exc:
+        print(f"vrouter: {exc}; its pods' namespaces are kept for its restart", file=sys.stderr)
+        return node.EXIT_DATAPATH
     return 0
 
 
