@@ -85,19 +85,22 @@ def ports_of(cluster, node: str) -> set[str]:
 def test_a_killed_node_comes_back_with_its_pods_and_a_killed_up_is_cleaned_by_down(make_cluster):
     cluster = make_cluster(pods_per_node=(1, 1))
     taps_before = tun_devices()
-    with namespaces(f"{cluster.prefix}-rt") as (rt,):
-        attached = vrouter("attach", cluster.prefix, "--node", "node-b", "--netns", rt,
-                           "--label", "app=rt")
-        assert attached.returncode == 0, attached.stderr
+    with namespaces(f"{cluster.prefix}-rt", f"{cluster.prefix}-gone") as (rt, gone):
+        for netns in (rt, gone):
+            attached = vrouter("attach", cluster.prefix, "--node", "node-b", "--netns", netns)
+            assert attached.returncode == 0, attached.stderr
         rt_ip = "10.244.2.3"
         dns_b = f"{cluster.prefix}-dns-node-b"
         expected_b = {cluster.pod("b1"), rt, dns_b}
-        assert ports_of(cluster, "node-b") == expected_b
+        assert ports_of(cluster, "node-b") == expected_b | {gone}
         old = cluster.status("node-b")
         old_process = state.identity(old["pid"])
         pingers = [Pinger(cluster, "a1", cluster.ip("b1")), Pinger(cluster, "a1", rt_ip)]
         try:
             wait_for(lambda: all(p.replies for p in pingers), what="pings through node-b")
+            # one runtime pod's netns goes while node-b is down: its record must be released
+            os.kill(old["pid"], signal.SIGSTOP)
+            subprocess.run(["ip", "netns", "del", gone], check=True)
             killed_at = time.time()
             os.kill(old["pid"], signal.SIGKILL)
 
@@ -149,8 +152,10 @@ def test_a_killed_node_comes_back_with_its_pods_and_a_killed_up_is_cleaned_by_do
         assert cluster.leftovers() == [f"netns {rt}"]   # the runtime's namespace is not ours
         assert "eth0" not in netns_exec(rt, "ip", "-br", "link").stdout
         assert not state.cluster_dir(cluster.prefix).exists()
-    output = cluster.proc.stdout.read()
+    cluster.reader.join(30)
+    output = cluster.output()
     assert "node node-b was killed by SIGKILL; restarting it" in output, output[-3000:]
+    assert f"pod {gone} attached at runtime is gone (its network namespace" in output
 
 
 def test_a_pod_whose_netns_vanishes_is_detached_and_the_node_does_not_spin(make_cluster):
@@ -290,3 +295,39 @@ def test_down_never_signals_a_process_that_only_shares_a_recorded_pid(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_node_that_keeps_dying_is_given_up_and_down_stops_a_running_up(tmp_path):
+    cluster = Cluster(tmp_path, pods_per_node=(1, 1))
+    try:
+        cluster.start(up_args=("--max-restarts", "1"))
+        lines = cluster.lines
+        first = cluster.status("node-b")["pid"]
+        os.kill(first, signal.SIGKILL)
+
+        def restarted():
+            try:
+                status = cluster.status("node-b")
+            except (OSError, ValueError):
+                return False
+            return status["pid"] != first and status["ready"]
+        wait_for(restarted, timeout=60, what="the first restart")
+        os.kill(cluster.status("node-b")["pid"], signal.SIGKILL)
+        wait_for(lambda: any("giving up on it" in line for line in lines), timeout=30,
+                 what="vrouter up to give up on node-b")
+        given_up = next(json.loads(line) for line in lines if "giving up on it" in line)
+        assert given_up["level"] == "ERROR" and given_up["message"].startswith(
+            "node node-b was killed by SIGKILL; it was restarted 1 times within 60 s"), given_up
+        # the rest runs on, supervised
+        assert cluster.proc.poll() is None and cluster.status("node-a")["ready"]
+        assert cluster.sh("a1", "ping", "-c", "1", "-W", "2", "10.244.1.1").returncode == 0
+        # `vrouter down` while up runs: up is stopped first, so nothing is restarted
+        down = vrouter("down", cluster.prefix)
+        assert down.returncode == 0, down.stderr
+        assert f"stopped vrouter up (pid {cluster.proc.pid})" in down.stdout
+        assert cluster.proc.wait(60) == 0
+        cluster.reader.join(30)
+        assert sum("started again" in line for line in lines) == 1, lines
+    finally:
+        cluster.stop()
+    assert cluster.leftovers() == []

@@ -113,8 +113,8 @@ class Node:
 
     def write_record(self) -> None:
         """Our record: the namespaces we made, and those of an earlier run not reused yet."""
-        state.write_record(self.cluster.name, self.name,
-                           self.created_netns + sorted(self.pods.adoptable - set(self.created_netns)),
+        earlier = sorted(self.pods.adoptable - set(self.created_netns))
+        state.write_record(self.cluster.name, self.name, self.created_netns + earlier,
                            self.source, self.pods.lost)
 
     def _remove_traces(self) -> None:
@@ -159,8 +159,7 @@ class Node:
                                  self.overlay, self.cluster.overlay.port, self.cluster.busy_poll_us)
         stack.callback(self.datapath.stop)   # before the TAPs and sockets close
         self.datapath.warm_up()
-        self.snapshot = snapshot_from(self.datapath, lambda: node_status(self))
-        self.metrics = Metrics(self.snapshot)
+        self.metrics = Metrics(snapshot_from(self.datapath, lambda: node_status(self)))
         address = self.cluster.metrics_address(self.name)
         if address is not None:
             try:
@@ -274,10 +273,7 @@ class Node:
         needs a restart, keeps everything as it was."""
         try:
             file = load(self.file.source, manifests=self.file.manifests)
-            if self.pods.lost:   # a reload tries the lost pods of the file again
-                self.pods.lost.clear()
-                self.write_record()
-            summary = await self.pods.apply(self.pods.live(file))
+            summary = await self._apply_trying_lost(file)
         except (ConfigError, ValueError) as exc:
             log.warning("node %s: reload refused, keeping the running state: %s", self.name, exc)
             self.reloads["refused"] += 1
@@ -287,6 +283,20 @@ class Node:
         self.reloads["ok"] += 1
         log.info("node %s: reloaded: %s", self.name, summary)
         return {"ok": True, **summary}
+
+    async def _apply_trying_lost(self, file: Cluster) -> dict:
+        """Apply a re-read file with the lost pods of the file back in it (their namespaces
+        made anew); a refused one keeps them lost."""
+        lost, self.pods.lost = self.pods.lost, set()
+        if lost:
+            self.write_record()
+        try:
+            return await self.pods.apply(self.pods.live(file))
+        except ValueError:
+            if lost:
+                self.pods.lost |= lost
+                self.write_record()
+            raise
 
     async def refresh(self, _request: dict) -> dict:
         """Pods were attached or detached somewhere in the cluster: serve the new model."""
@@ -448,13 +458,21 @@ class Node:
             self.tell_peers()
         return {"ok": True, "removed": [a.pod.name for a in gone]}
 
+    def _start_pod_lost(self, nursery: trio.Nursery, port: int) -> None:
+        """In trio (run_sync_soon from the data-path thread): detach the pod, unless the node
+        is shutting down anyway."""
+        try:
+            nursery.start_soon(self.supervised_once, self.pod_lost, port)
+        except RuntimeError:
+            pass   # the nursery is closed: everything is being detached
+
     async def main(self) -> None:
         token = trio.lowlevel.current_trio_token()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 self.datapath.on_failure = lambda: token.run_sync_soon(nursery.cancel_scope.cancel)
                 self.datapath.on_port_gone = lambda port: token.run_sync_soon(
-                    nursery.start_soon, self.supervised_once, self.pod_lost, port)
+                    self._start_pod_lost, nursery, port)
                 self.datapath.start()
                 self.datapath.call(lambda: self.datapath.write_l2(self.dp.announce()))
                 nursery.start_soon(self.supervised, self.probe_pods)
