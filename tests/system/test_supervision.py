@@ -215,6 +215,8 @@ spec:
                 p.stop()
         metrics = vrouter("metrics", prefix, "--node", "node-a")
         assert 'vrouter_faults_total{fault="pods_lost"} 2.0' in metrics.stdout
+        shown = vrouter("status", prefix, "--node", "node-a")
+        assert "faults contained: pods_lost 2" in shown.stdout, shown.stdout
         # a reload tries the file's pod again: vrouter makes its namespace anew
         reload = vrouter("reload", prefix)
         assert reload.returncode == 0, reload.stderr

@@ -57,7 +57,7 @@ class Faults:
         self.counts = dict.fromkeys(self.KINDS, 0)
         self._logged: dict[str, float] = {}
 
-    def count(self, kind: str, message: str, *args, exc_info: bool = True) -> None:
+    def count(self, kind: str, message: str, *args, exc_info=True) -> None:
         self.counts[kind] += 1
         now = time.monotonic()
         if now - self._logged.get(kind, -FAULT_LOG_INTERVAL) >= FAULT_LOG_INTERVAL:
@@ -197,11 +197,18 @@ class Datapath:
 
     # --- requests from the control side ----------------------------------------------------------
 
-    def call(self, fn: Callable[[], object], done: Callable[[object, BaseException | None], None]
-             = lambda result, error: None) -> None:
-        """Run fn() in the data-path thread between two batches; then done(result, error)."""
-        self.requests.put((fn, done))
+    def call(self, fn: Callable[[], object],
+             done: Callable[[object, BaseException | None], None] | None = None) -> None:
+        """Run fn() in the data-path thread between two batches; then done(result, error).
+        Without `done` (nobody waits for it: keepalives, probes) an error is logged and
+        counted as a request error."""
+        self.requests.put((fn, done or self._report))
         self.wake()
+
+    def _report(self, _result, error: BaseException | None) -> None:
+        if error is not None:
+            self.faults.count("request_errors", "a request in the data path failed: %r", error,
+                              exc_info=(type(error), error, error.__traceback__))
 
     async def run(self, fn: Callable[[], object]):
         """From trio: run fn() in the data-path thread and return its result."""
@@ -248,8 +255,6 @@ class Datapath:
                 result, error = fn(), None
             except Exception as exc:   # the caller gets it; the data path goes on
                 result, error = None, exc
-                self.faults.count("request_errors", "a request in the data path failed: %r",
-                                  exc)
             self.request_count += 1
             self.longest_request_ns = max(self.longest_request_ns,
                                           time.perf_counter_ns() - started)
