@@ -48,6 +48,8 @@ c_sched_yield = types.ExternalFunction("sched_yield", types.intc())
 
 EINTR = 4
 EAGAIN = 11
+EPOLLERR = 0x008
+EPOLLHUP = 0x010
 MSG_DONTWAIT = 0x40
 CLOCK_REALTIME = 0
 CLOCK_MONOTONIC = 1
@@ -75,6 +77,7 @@ WHY_TIMEOUT = 3       # nothing happened for the wait time
 WHY_ERROR = 4         # epoll_wait failed
 WHY_GATEWAY = 5       # the gateway's batch (state[ST_GATEWAY_N]) is written
 WHY_CAPTURE = 6       # the capture ring is half full: drain it
+WHY_PORT_GONE = 7     # a TAP fails (its device is gone with the pod's netns): state[ST_GONE_PORT]
 
 # Stats.batch_sizes: 8 buckets (1, 2-3, ..., 128+) of frames per read, then their sum
 BATCH_FRAMES = 8
@@ -94,7 +97,8 @@ ST_SPIN_NS = 4        # busy-poll window after traffic (0: off)
 ST_TIMEOUT_MS = 5     # longest sleep in epoll_wait before returning WHY_TIMEOUT (-1: forever)
 ST_NOW = 6            # the fast path's clock (seconds), as of the last wake-up
 ST_GATEWAY_N = 7      # > 0: run this many frames of the gateway's batch, then return
-STATE_COLS = 8
+ST_GONE_PORT = 8      # the port of the last WHY_PORT_GONE
+STATE_COLS = 9
 
 
 @njit(cache=True, inline="always", _nrt=False)
@@ -151,7 +155,8 @@ def _capture(io, port, sent, buf, row, start, length):
 @njit(cache=True, _nrt=False)
 def read_tap(fd, port, frames, io, counters):
     """Read up to a batch of frames (each behind its virtio-net header) from a TAP, one per row,
-    into meta rows 0..n-1; returns n."""
+    into meta rows 0..n-1; returns n, or -1 when the first read fails with anything but EAGAIN
+    (the device is gone: a read then fails forever and epoll reports the fd forever)."""
     buf, meta = frames.buf, frames.meta
     base = buf.ctypes.data
     room = SLOT - HEADROOM + VNET_HDR_LEN
@@ -159,6 +164,10 @@ def read_tap(fd, port, frames, io, counters):
     while n < buf.shape[0]:
         got = c_read(fd, base + n * SLOT + HEADROOM - VNET_HDR_LEN, room)
         if got <= 0:
+            if got < 0 and n == 0:
+                err = _errno()
+                if err != EAGAIN and err != EINTR:
+                    return -1
             break
         counters[R_RX_SYSCALLS] += 1
         h = HEADROOM - VNET_HDR_LEN
@@ -457,6 +466,10 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
                 n = recv_overlay(fd, frames, rx, io, counters)
             elif port >= 0:
                 n = read_tap(fd, port, frames, io, counters)
+                # the pod's netns went: Python stops polling the fd and detaches the pod
+                if n < 0 or (n == 0 and events[e * stride] & (EPOLLERR | EPOLLHUP)):
+                    state[ST_GONE_PORT] = port
+                    return WHY_PORT_GONE
             else:
                 continue
             if n == 0:

@@ -11,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,21 +107,37 @@ class Cluster:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> "Cluster":
+    def start(self, python_flags: tuple[str, ...] = (), up_args: tuple[str, ...] = ()
+              ) -> "Cluster":
         # started as a user would, from the file's directory with a relative path: commands
         # that name the running cluster from elsewhere must still find its file
-        self.proc = subprocess.Popen([sys.executable, "-m", "vrouter", "up", self.path.name],
+        self.proc = subprocess.Popen([sys.executable, *python_flags, "-m", "vrouter", "up",
+                                      self.path.name, *up_args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      cwd=self.path.parent, env=child_env())
+        self.lines: list[str] = []   # what up (and its nodes) wrote, as it comes
+        is_up = threading.Event()
+
+        def read():
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if line.startswith(f"vrouter: cluster {self.prefix!r} is up"):
+                    is_up.set()
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
+        # up says so once every node is ready, and from then on it supervises them
         deadline = time.monotonic() + READY_TIMEOUT
-        while not all(self._ready(n["name"]) for n in self.nodes):
+        while not is_up.wait(0.05):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"vrouter up exited early:\n{self.proc.stdout.read()}")
+                self.reader.join(10)
+                raise RuntimeError(f"vrouter up exited early:\n{self.output()}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("cluster not ready in time")
-            time.sleep(0.05)
         return self
+
+    def output(self) -> str:
+        return "".join(self.lines)
 
     def _ready(self, node: str) -> bool:
         try:
@@ -129,17 +146,18 @@ class Cluster:
             return False
 
     def stop(self, sig=signal.SIGINT) -> str:
-        output = ""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                output, _ = self.proc.communicate(timeout=60)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                output, _ = self.proc.communicate()
+                self.proc.wait()
         subprocess.run([sys.executable, "-m", "vrouter", "down", str(self.path)],
                        capture_output=True)
-        return output or ""
+        if self.proc:
+            self.reader.join(30)   # the pipe ends when up and every node have gone
+        return self.output() if self.proc else ""
 
     def leftovers(self) -> list[str]:
         """Namespaces, devices, processes and state this cluster still has on the machine."""

@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import secrets
+from typing import Callable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -161,14 +162,19 @@ def move_tap(tap: TunTapDevice, netns_path: str, ifname: str, taken: str) -> Non
 
 
 def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,
-               created_netns: list[str]) -> PodPort:
+               created_netns: list[str], reuse: bool = False,
+               remove: Callable[[str], None] = remove_netns) -> PodPort:
+    """`reuse`: the pod's own namespace may exist already (made by an earlier run of this node,
+    which crashed: the pod's processes are still in it). `remove` removes an own namespace when
+    the pod goes."""
     if pod.owns_netns:
-        if netns_exists(pod):
-            raise HostError(f"network namespace {pod.netns!r} for pod {pod.name!r} already exists; "
-                            f"if it is left over from an earlier run, `vrouter down "
-                            f"{cluster.source}` or `ip netns del {pod.netns}` removes it")
-        create_netns(pod.netns)
-        stack.callback(remove_netns, pod.netns)
+        if not (reuse and netns_exists(pod)):
+            if netns_exists(pod):
+                raise HostError(f"network namespace {pod.netns!r} for pod {pod.name!r} already "
+                                f"exists; if it is left over from an earlier run, `vrouter down "
+                                f"{cluster.source}` or `ip netns del {pod.netns}` removes it")
+            create_netns(pod.netns)
+        stack.callback(remove, pod.netns)
         created_netns.append(pod.netns)
         if cluster.dns.enabled and not pod.dns_server:
             write_resolv_conf(pod.netns, cluster.dns.resolv_conf(pod.namespace))

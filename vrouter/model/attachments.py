@@ -26,13 +26,16 @@ class Attachment:
     pod: Pod                 # as attached: its netns is a path, never "cni"
     container_id: str = ""   # the CNI container id ("" for `vrouter attach`)
     network: str = ""        # the CNI network name ("" for `vrouter attach`)
+    netns_id: str = ""       # the netns attached ("dev:inode"): a node restarting re-attaches
+                             # the pod only if its netns path still names that one
 
     def to_json(self) -> dict:
         p = self.pod
         return {"name": p.name, "namespace": p.namespace, "node": p.node, "ip": str(p.ip),
                 "mac": p.mac, "netns": p.netns, "labels": dict(p.labels),
                 "ports": [dataclasses.asdict(cp) for cp in p.ports],
-                "ifname": p.ifname, "container_id": self.container_id, "network": self.network}
+                "ifname": p.ifname, "container_id": self.container_id, "network": self.network,
+                "netns_id": self.netns_id}
 
     @staticmethod
     def from_json(d: dict) -> "Attachment":
@@ -41,7 +44,28 @@ class Attachment:
                   owns_netns=False, labels=tuple(sorted(d.get("labels", {}).items())),
                   ports=tuple(ContainerPort(**cp) for cp in d.get("ports", [])),
                   ifname=d.get("ifname", "eth0"))
-        return Attachment(pod, d.get("container_id", ""), d.get("network", ""))
+        return Attachment(pod, d.get("container_id", ""), d.get("network", ""),
+                          d.get("netns_id", ""))
+
+
+def netns_id(path: str) -> str:
+    """What names a network namespace while it exists ("dev:inode" of its nsfs file); "" if
+    `path` names none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def netns_problem(a: Attachment) -> str | None:
+    """None if the attachment's netns is still there (the same namespace), else what is wrong."""
+    now = netns_id(a.pod.netns_path)
+    if not now:
+        return f"its network namespace {a.pod.netns} is gone"
+    if a.netns_id and now != a.netns_id:
+        return f"{a.pod.netns} is another network namespace now"
+    return None
 
 
 class NameTaken(Exception):

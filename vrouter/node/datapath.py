@@ -6,6 +6,14 @@ from the control side (trio), and once a second. Everything that touches the tab
 reload, keepalives, ARP probes) runs here, between two batches, submitted with `call` (or
 `run` from trio), so the fast path never sees a half-made change.
 
+Faults: an exception in the slow path (one frame's handling) or in a request is counted, logged
+(throttled) and contained: the frame is dropped, the request's caller gets the exception, the
+loop goes on. A TAP whose device vanished (the pod's netns was deleted) is taken out of the
+epoll set at once (it would report an error forever) and handed to the node to detach
+(`on_port_gone`). If the loop itself fails (epoll_wait fails, a bug outside those guards), the
+thread records the failure and calls `on_failure`: the node then exits with a code of its own
+(3), keeping its pods' namespaces, and its supervisor restarts it (see vrouter.node.process).
+
 Why a thread and not a trio task per fd: waking trio for a frame costs ~100 us on this machine
 class, a raw epoll wake-up ~40-60 us, and busy-polling after traffic (state ST_SPIN_NS) removes
 even that for the reply of a request; see the README's latency notes.
@@ -23,8 +31,8 @@ from typing import Callable
 import trio
 
 from fastpath.io import (
-    BATCH_FRAMES, FD_NONE, FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_SPIN_NS, TX_BYTES, TX_FRAMES,
-    WHY_CAPTURE, WHY_ERROR, WHY_SLOW, serve,
+    BATCH_FRAMES, FD_NONE, FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_GONE_PORT, ST_SPIN_NS, TX_BYTES,
+    TX_FRAMES, WHY_CAPTURE, WHY_ERROR, WHY_PORT_GONE, WHY_SLOW, serve,
 )
 from fastpath.layout import BATCH
 from fastpath.reasons import R_DROP_TX_ERROR
@@ -36,6 +44,26 @@ log = logging.getLogger("vrouter.node.datapath")
 
 # the buckets of Stats.batch_sizes by their upper bound (a Prometheus histogram's "le")
 BATCH_BUCKETS = ("1", "3", "7", "15", "31", "63", "127", "+Inf")
+FAULT_LOG_INTERVAL = 10.0   # seconds between two log lines of one kind of fault
+
+
+class Faults:
+    """Counts of contained faults, and a log line for each kind at most every few seconds (a
+    frame that breaks the slow path may come thousands of times a second)."""
+
+    KINDS = ("slow_path_errors", "request_errors", "pods_lost")
+
+    def __init__(self):
+        self.counts = dict.fromkeys(self.KINDS, 0)
+        self._logged: dict[str, float] = {}
+
+    def count(self, kind: str, message: str, *args, exc_info=True) -> None:
+        self.counts[kind] += 1
+        now = time.monotonic()
+        if now - self._logged.get(kind, -FAULT_LOG_INTERVAL) >= FAULT_LOG_INTERVAL:
+            self._logged[kind] = now
+            log.error(message + " (%s so far: %d)", *args, kind, self.counts[kind],
+                      exc_info=exc_info)
 
 
 class Datapath:
@@ -69,8 +97,11 @@ class Datapath:
         self.overlay_port = dp.uplink + 1   # the overlay's row in stats and capture
         self.stopping = False
         self.failure: BaseException | None = None
+        self.faults = Faults()
         self.thread = threading.Thread(target=self._run, name="datapath", daemon=True)
         self.on_failure: Callable[[], None] = lambda: None
+        # a pod's TAP went with its netns (in this thread; the node detaches the pod)
+        self.on_port_gone: Callable[[int], None] = lambda port: None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -121,12 +152,27 @@ class Datapath:
         self.epoll.register(tap.fd, select.EPOLLIN)
 
     def remove_tap(self, port: int):
-        """Stop serving a port; returns its TapPort for the caller to close."""
-        tap = self.taps.pop(port)
+        """Stop serving a port; returns its TapPort for the caller to close (None if it is not
+        served: its device went, and `_port_gone` took it out already)."""
+        tap = self.taps.pop(port, None)
+        if tap is None:
+            return None
         self.epoll.unregister(tap.fd)
         self.io.tap_fds[port] = -1
         self.io.fd_port[tap.fd] = FD_NONE
         return tap
+
+    def _port_gone(self, port: int) -> None:
+        """serve() found the port's TAP failing (WHY_PORT_GONE): stop polling it now, so the
+        loop never spins on it, and let the node detach the pod the normal way."""
+        if self.remove_tap(port) is None:
+            return
+        self.faults.count("pods_lost", "port %d: its TAP failed (the pod's network namespace is "
+                          "gone?); not polled any more, detaching the pod", port, exc_info=False)
+        try:
+            self.on_port_gone(port)
+        except Exception:
+            log.exception("telling the node that port %d is gone failed", port)
 
     def describe(self) -> dict:
         """What `vrouter status` shows of the data path's set-up."""
@@ -151,11 +197,18 @@ class Datapath:
 
     # --- requests from the control side ----------------------------------------------------------
 
-    def call(self, fn: Callable[[], object], done: Callable[[object, BaseException | None], None]
-             = lambda result, error: None) -> None:
-        """Run fn() in the data-path thread between two batches; then done(result, error)."""
-        self.requests.put((fn, done))
+    def call(self, fn: Callable[[], object],
+             done: Callable[[object, BaseException | None], None] | None = None) -> None:
+        """Run fn() in the data-path thread between two batches; then done(result, error).
+        Without `done` (nobody waits for it: keepalives, probes) an error is logged and
+        counted as a request error."""
+        self.requests.put((fn, done or self._report))
         self.wake()
+
+    def _report(self, _result, error: BaseException | None) -> None:
+        if error is not None:
+            self.faults.count("request_errors", "a request in the data path failed: %r", error,
+                              exc_info=(type(error), error, error.__traceback__))
 
     async def run(self, fn: Callable[[], object]):
         """From trio: run fn() in the data-path thread and return its result."""
@@ -209,6 +262,8 @@ class Datapath:
                 done(result, error)
             except RuntimeError:
                 pass   # trio has already finished (shutdown)
+            except Exception:
+                log.exception("a data-path request's completion failed")
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -218,6 +273,8 @@ class Datapath:
                 why = self._serve()
                 if why == WHY_SLOW:
                     self._slow_path()
+                elif why == WHY_PORT_GONE:
+                    self._port_gone(int(self.state[ST_GONE_PORT]))
                 elif why == WHY_ERROR:
                     raise OSError("epoll_wait failed in the data path")
                 elif why != WHY_CAPTURE:
@@ -231,12 +288,28 @@ class Datapath:
             self.on_failure()
 
     def _slow_path(self) -> None:
+        """The frames serve() handed over, one at a time: one that breaks the slow path is
+        dropped and counted, the others are answered."""
         dp = self.dp
         items = dp.slow_items(dp.out)
         dp.out.fill[:] = 0
-        l2, routed = dp.handle_slow(items)
-        self.write_l2(l2)
-        self.route(routed)
+        l2: list = []
+        routed: list = []
+        for item in items:
+            try:
+                answer, more = dp.handle_slow([item])
+            except Exception as exc:
+                self.faults.count("slow_path_errors", "the slow path failed on a frame from "
+                                  "port %d (reason %d), dropped it: %r", item[1], item[2], exc)
+                continue
+            l2 += answer
+            routed += more
+        try:
+            self.write_l2(l2)
+            self.route(routed)
+        except Exception as exc:
+            self.faults.count("slow_path_errors", "sending the slow path's answers failed: %r",
+                              exc)
 
     # --- frames the node originates ----------------------------------------------------------------
 

@@ -1,6 +1,9 @@
 """A node's Prometheus metrics: the status snapshot (vrouter.ops.status.node_status, read in the
 data-path thread) turned into metric families at every scrape.
 
+The snapshot is cached: a scrape reads the data path at most once a second (SNAPSHOT_MAX_AGE),
+so a scraper in a loop costs the data path one short pause a second, not one per scrape.
+
 Served on 127.0.0.1:cluster.metricsPort+k for node k when metricsPort is set, and always through
 the control socket (`vrouter metrics`). What there is:
 
@@ -12,9 +15,13 @@ the control socket (`vrouter metrics`). What there is:
   vrouter_service_connections_total{service, port, frontend, scope}   new flows per frontend
   vrouter_batch_frames                      histogram: frames per read of a TAP or the overlay
   vrouter_pods, vrouter_peer_up{peer}, vrouter_ready, vrouter_captures, vrouter_node_info
+  vrouter_faults_total{fault}               contained faults: pods lost, slow-path and request
+                                            errors, control connections refused or timed out
 """
 from __future__ import annotations
 
+import threading
+import time
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
@@ -25,6 +32,7 @@ from prometheus_client.core import (
 from fastpath.reasons import COUNTERS, EVENT
 
 SCRAPE_TIMEOUT = 5.0
+SNAPSHOT_MAX_AGE = 1.0   # seconds a scrape may serve the last snapshot
 
 
 class NodeCollector:
@@ -110,6 +118,15 @@ def families(status: dict) -> list:
         result += [batch, GaugeMetricFamily("vrouter_captures", "vrouter capture sessions",
                                             value=datapath["captures"])]
 
+    if status.get("faults"):
+        faults = CounterMetricFamily("vrouter_faults", "faults the node contained: pods whose "
+                                     "netns vanished, slow-path frames and requests that "
+                                     "raised, control connections refused (over the cap) or "
+                                     "timed out", labels=["fault"])
+        for name, value in sorted(status["faults"].items()):
+            faults.add_metric([name], value)
+        result.append(faults)
+
     peers = GaugeMetricFamily("vrouter_peer_up", "1 while an overlay peer answers",
                               labels=["peer"])
     for p in status["peers"]:
@@ -148,6 +165,30 @@ class Metrics:
             self.server = None
 
 
-def snapshot_from(datapath, read: Callable[[], dict]) -> Callable[[], dict]:
-    """read() run in the data-path thread, waited for from a scrape's thread."""
-    return lambda: datapath.run_blocking(read, SCRAPE_TIMEOUT)
+class CachedSnapshot:
+    """read() run in the data-path thread (waited for from a scrape's thread) at most once per
+    `max_age` seconds; scrapes in between get the last result. Scrapes that come while one
+    reads wait for that read instead of queueing their own."""
+
+    def __init__(self, datapath, read: Callable[[], dict], max_age: float = SNAPSHOT_MAX_AGE,
+                 clock: Callable[[], float] = time.monotonic):
+        self.datapath = datapath
+        self.read = read
+        self.max_age = max_age
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.value: dict | None = None
+        self.taken = 0.0
+        self.reads = 0   # how often the data path was asked
+
+    def __call__(self) -> dict:
+        with self.lock:
+            if self.value is None or self.clock() - self.taken >= self.max_age:
+                self.value = self.datapath.run_blocking(self.read, SCRAPE_TIMEOUT)
+                self.taken = self.clock()
+                self.reads += 1
+            return self.value
+
+
+def snapshot_from(datapath, read: Callable[[], dict]) -> CachedSnapshot:
+    return CachedSnapshot(datapath, read)

@@ -5,8 +5,13 @@ file plus the pods attached at runtime anywhere in the cluster). `apply` makes t
 new live model: the host side of a pod (its TAP moved into its netns, addressed) is made or
 removed in a worker thread, its port is added to or taken from the data path between two batches,
 and the Service tables follow. It runs when the file is reloaded, when a pod is attached or
-detached here (`vrouter attach`, vrouter-cni), and when another node says its pods changed (or
-every few seconds, in case it could not say so).
+detached here (`vrouter attach`, vrouter-cni), when another node says its pods changed (or
+every few seconds, in case it could not say so), and when a pod's netns vanishes under the node.
+
+A node that starts again after a crash (kill -9, a failed data path) rebuilds from what is on
+the machine: the namespaces its earlier run created for the file's pods are reused (`adoptable`,
+from its record), and its runtime attachments whose namespace still exists are attached again
+(`restore`), so the pods' processes keep their sockets and their flows resume on new TAPs.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import os
 import trio
 
 from vrouter.host import netns as host_netns, state
-from vrouter.host.tap import InterfaceExists, attach_pod, describe
+from vrouter.host.tap import InterfaceExists, attach_pod, describe, remove_netns
 from vrouter.model import attachments
 from vrouter.model.attachments import Attachment
 from vrouter.model.config import Cluster, Pod, mac_from_ip
@@ -52,21 +57,64 @@ class LocalPods:
         self.stacks: dict = {}           # port -> ExitStack undoing that pod's host side
         self.lock = trio.Lock()          # one change at a time
         self.seen: tuple = ()            # the records the last apply saw
+        # namespaces an earlier (crashed) run of this node created: its pods reuse them
+        self.adoptable: set[str] = set()
+        # file pods whose netns vanished under the node: left out until a reload or a restart
+        self.lost: set[str] = set()
+        # at start, this node's runtime attachments wait until the data path runs (restore)
+        self.restoring = True
 
     # --- the live model ----------------------------------------------------------------------
 
     def live(self, file: Cluster) -> Cluster:
         """The file plus the attachments of nodes that are running (a SIGKILLed node's records
-        stay behind until `vrouter down`; its pods are gone)."""
-        records = [a for a in attachments.load(file.name) if _running(file.name, a.pod.node)]
+        stay behind until it restarts or `vrouter down`; meanwhile its pods are gone), less the
+        file pods a running node lost (their netns vanished)."""
+        running = {}
+        for n in file.nodes:
+            record = state.read_record(file.name, n.name)
+            if state.is_running(record):
+                running[n.name] = record
+        lost = {name for record in running.values() for name in record.get("lost_pods") or ()}
+        if lost:
+            file = dataclasses.replace(file, pods=tuple(p for p in file.pods
+                                                        if p.name not in lost))
+        records = [a for a in attachments.load(file.name) if a.pod.node in running
+                   and not (self.restoring and a.pod.node == self.node.name)]
         self.seen = tuple(sorted(a.pod.name for a in records))
         return attachments.live_cluster(file, records)
 
-    def forget_stale(self, cluster_name: str, node_name: str) -> None:
-        """At start: records of this node are from an earlier run whose TAPs died with it."""
+    def check_records(self, cluster_name: str, node_name: str) -> list[str]:
+        """At start: release this node's attachment records whose netns is gone (or is not the
+        one attached: a /proc/PID/ns/net path whose pid now names another process); the others
+        are attached again by `restore`. Returns the names released."""
+        released = []
         for a in attachments.load(cluster_name):
-            if a.pod.node == node_name:
+            if a.pod.node != node_name:
+                continue
+            problem = attachments.netns_problem(a)
+            if problem:
+                log.warning("node %s: pod %s attached at runtime is gone (%s): released",
+                            node_name, a.pod.name, problem)
                 attachments.release(cluster_name, a.pod.name)
+                released.append(a.pod.name)
+        return released
+
+    async def restore(self) -> dict:
+        """Attach this node's runtime pods again (the data path runs): those whose host side
+        fails are released, the others serve as before the restart."""
+        node = self.node
+        self.restoring = False
+        summary = await self.apply(self.live(node.file))
+        failed = [f["pod"] for f in summary.get("failed", [])]
+        for a in attachments.load(node.cluster.name):
+            if a.pod.node == node.name and a.pod.name in failed:
+                attachments.release(node.cluster.name, a.pod.name)
+                log.warning("node %s: pod %s attached at runtime cannot be attached again: "
+                            "released", node.name, a.pod.name)
+        if failed:
+            summary = await self.apply(self.live(node.file))
+        return summary
 
     # --- at start: synchronous, on the node's ExitStack ----------------------------------------
 
@@ -156,22 +204,41 @@ class LocalPods:
             await trio.to_thread.run_sync(_close, stack, f"port {port}")
 
     def _host_attach(self, pod: Pod, stack: contextlib.ExitStack):
-        """The pod's TAP in its netns, addressed; its namespace made when the node owns it (and
-        recorded for `vrouter down`)."""
+        """The pod's TAP in its netns, addressed; its namespace made when the node owns it (or
+        reused when an earlier run of this node made it), and recorded for `vrouter down`."""
         node = self.node
         created: list[str] = []
-        tap = attach_pod(node.cluster, pod, stack, created)
+        tap = attach_pod(node.cluster, pod, stack, created, reuse=pod.netns in self.adoptable,
+                         remove=self._remove_owned)
         if created:
+            self.adoptable -= set(created)   # reused: recorded as made by this run now
             node.created_netns += created
-            state.write_record(node.cluster.name, node.name, node.created_netns, node.source)
+            node.write_record()
 
             def unrecord():
+                if node.preserve:
+                    return   # a failed node keeps its record for its restart
                 for name in created:
                     if name in node.created_netns:
                         node.created_netns.remove(name)
-                state.write_record(node.cluster.name, node.name, node.created_netns, node.source)
+                node.write_record()
             stack.callback(unrecord)
         return tap
+
+    def _remove_owned(self, name: str) -> None:
+        """A namespace of ours goes with its pod, unless the node failed: then its restart
+        reuses it (and the pod's processes keep their sockets)."""
+        if not self.node.preserve:
+            remove_netns(name)
+
+    def remove_unadopted(self) -> None:
+        """After the start: namespaces of the earlier run that no pod reused (a pod the file
+        no longer has) are ours to remove."""
+        for name in sorted(self.adoptable):
+            log.info("node %s: removing network namespace %s of an earlier run", self.node.name,
+                     name)
+            remove_netns(name)
+        self.adoptable.clear()
 
     # --- requests: attach, detach, check, gc ---------------------------------------------------
 
@@ -220,7 +287,7 @@ class LocalPods:
             pod = Pod(name=name, namespace=namespace, node=node.name, ip=ip,
                       mac=mac_from_ip("0a:58", ip), netns=path, owns_netns=False,
                       labels=tuple(sorted(labels.items())), ifname=ifname)
-        return Attachment(pod, container_id, network)
+        return Attachment(pod, container_id, network, attachments.netns_id(path))
 
     def _check_netns(self, netns: str, path: str) -> None:
         """`path` is a network namespace, and none vrouter uses already: not the node's own
@@ -306,7 +373,3 @@ def _close(stack: contextlib.ExitStack, what: str) -> None:
     except Exception as exc:
         log.error("undoing the host side of %s failed: %s", what, describe(exc))
 
-
-def _running(cluster_name: str, node_name: str) -> bool:
-    record = state.read_record(cluster_name, node_name)
-    return bool(record) and state.pid_alive(record.get("pid", 0))

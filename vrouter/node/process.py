@@ -5,6 +5,14 @@ SIGTERM) removes whatever was created. Then the data-path thread (vrouter.node.d
 traffic, and trio runs the control side: the control socket, signals, ARP probes of the pods,
 overlay keepalives. Whatever the control side does to the data plane runs in the data-path
 thread between two batches.
+
+Faults are contained: a control request that raises is answered with the error (vrouter.ops.
+control), a background task that raises is logged, counted and started again, a pod whose netns
+vanishes is detached. Only the data-path thread failing ends the node: it exits with
+EXIT_DATAPATH (3) and, as after a kill -9, leaves its pods' namespaces and its record behind, so
+that its restart (by `vrouter up`) reuses them: the pods' processes keep their sockets.
+A node that starts where an earlier run of it crashed adopts what that run left (the record's
+namespaces; the runtime attachments whose netns still exists).
 """
 from __future__ import annotations
 
@@ -40,8 +48,17 @@ KEEPALIVE_INTERVAL = 1.0
 REFRESH_INTERVAL = 2.0   # seconds between two reads of the cluster's attachment records
 
 
+TASK_RESTART_DELAY = 1.0   # seconds before a background task that raised runs again
+
+EXIT_DATAPATH = 3          # the data path failed: restart me (my namespaces are kept)
+
+
 class Stop(Exception):
     """SIGTERM during setup: unwind it like Ctrl-C does."""
+
+
+class DatapathFailed(Exception):
+    """The data-path thread failed: the node ends, keeping its namespaces for its restart."""
 
 
 class _Signals:
@@ -83,27 +100,60 @@ class Node:
         self.reloads = {"ok": 0, "refused": 0, "last_error": None}
         # attach requests (vrouter attach, vrouter-cni ADD): a refused one changed nothing
         self.attaches = {"ok": 0, "refused": 0, "last_error": None}
-        self.control_stats: dict = {}   # malformed or failed control requests (control.serve)
         self.refresh_errors = 0          # refreshes that failed in the background and were kept out
         self.tracer: Tracer | None = None   # made at the first trace (its batch is 8 MB)
         self.metrics: Metrics | None = None
         self.dns: DnsServer | None = None
         self.dns_sockets: tuple = ()
+        # the data path failed: keep the namespaces and the record for the restart
+        self.preserve = False
+        self.adopting = False                 # an earlier run of this node crashed
+        self.restored = False                 # runtime pods re-attached after the start
+        self.control_stats = control.ServerStats()
+        self.task_errors = 0                  # background tasks that raised (and ran again)
 
     # --- setup ------------------------------------------------------------------------------
 
+    def write_record(self) -> None:
+        """Our record: the namespaces we made, and those of an earlier run not reused yet."""
+        earlier = sorted(self.pods.adoptable - set(self.created_netns))
+        state.write_record(self.cluster.name, self.name, self.created_netns + earlier,
+                           self.source, self.pods.lost)
+
+    def _remove_traces(self) -> None:
+        if not self.preserve:
+            state.remove_traces(self.cluster.name, self.name)
+
+    def _remove_unadopted(self) -> None:
+        if not self.preserve:
+            self.pods.remove_unadopted()
+
     def setup(self, stack: contextlib.ExitStack) -> None:
+        previous = state.read_record(self.cluster.name, self.name)
+        if state.is_running(previous) and previous["pid"] != os.getpid():
+            raise HostError(f"node {self.name!r} of cluster {self.cluster.name!r} runs already "
+                            f"(pid {previous['pid']}); `vrouter down {self.cluster.name}` "
+                            "stops it")
+        if previous:   # an earlier run crashed here: its namespaces are for our pods
+            self.adopting = True
+            self.pods.adoptable = set(previous.get("created_netns") or ())
+            log.info("node %s: starting where an earlier run (pid %s) stopped", self.name,
+                     previous.get("pid"))
         self.overlay = open_overlay(self.cluster, self.node, stack)
-        state.write_record(self.cluster.name, self.name, self.created_netns, self.source)
-        stack.callback(state.remove_traces, self.cluster.name, self.name)
-        self.pods.forget_stale(self.cluster.name, self.name)
-        # on the way out: this node's runtime pods go with it (the others stop using them)
-        stack.callback(self.pods.forget_stale, self.cluster.name, self.name)
+        self.write_record()
+        stack.callback(self._remove_traces)
+        stack.callback(self._remove_unadopted)
+        # this node's runtime pods whose netns is gone are released; the others come back in
+        # main() (restore), once the data path runs. A clean stop keeps them recorded too: the
+        # node's next start re-attaches them (`vrouter down` releases them)
+        self.pods.check_records(self.cluster.name, self.name)
         self.cluster = self.pods.live(self.file)
         self.dp = Dataplane(self.cluster, self.name)
         stack.callback(self.pods.close_all)
         for port, pod in sorted(self.dp.ports.items()):
             self.pods.attach_at_start(port, pod)
+        self.pods.remove_unadopted()
+        self.write_record()
         dns_pod = self.cluster.dns_pod(self.name)
         if dns_pod is not None:
             self.dns_sockets = open_sockets(dns_pod, stack)
@@ -128,6 +178,28 @@ class Node:
         gc.freeze()
 
     # --- timers -------------------------------------------------------------------------------
+
+    async def supervised(self, task, *args) -> None:
+        """Run a background task of the node; if it raises, log it, count it and run it again
+        after a pause: a bug in one of them must not end the node."""
+        while True:
+            try:
+                await task(*args)
+                return
+            except Exception:
+                self.task_errors += 1
+                log.exception("node %s: %s failed (%d task errors); running it again in %g s",
+                              self.name, getattr(task, "__name__", task), self.task_errors,
+                              TASK_RESTART_DELAY)
+            await trio.sleep(TASK_RESTART_DELAY)
+
+    async def supervised_once(self, task, *args) -> None:
+        """A one-off task (a reload on SIGHUP, a lost pod): if it raises, log and count it."""
+        try:
+            await task(*args)
+        except Exception:
+            self.task_errors += 1
+            log.exception("node %s: %s failed", self.name, getattr(task, "__name__", task))
 
     async def probe_pods(self) -> None:
         """ARP from the gateway to every pod that has not answered yet (readiness); pods come
@@ -162,11 +234,51 @@ class Node:
                 log.exception("node %s: refreshing the live model failed; serving the last one",
                               self.name)
 
+    async def restore(self) -> None:
+        """After the start: this node's runtime pods (recorded, their netns still there) are
+        attached again, then the node is ready."""
+        try:
+            summary = await self.pods.restore()
+            if summary.get("attached"):
+                log.info("node %s: re-attached runtime pods %s", self.name,
+                         ", ".join(summary["attached"]))
+                self.tell_peers()
+        except Exception:   # the node serves its file pods all the same
+            self.task_errors += 1
+            log.exception("node %s: re-attaching its runtime pods failed", self.name)
+        finally:
+            self.restored = True
+
+    async def pod_lost(self, port: int) -> None:
+        """The pod's TAP failed: its netns is gone (a runtime removed the container without a
+        CNI DEL, or `ip netns del`). Detach it the normal way: its port is freed, every node's
+        Service endpoints drop it, a runtime attachment's record is released; a pod of the
+        cluster file stays out until a reload or a restart of the node."""
+        pod = self.dp.ports.get(port)
+        if pod is None:
+            return
+        log.warning("node %s: pod %s lost its interface (network namespace %s gone?): "
+                    "detaching it", self.name, pod.name, pod.netns)
+        if self.pods.record_of(pod.name) is not None:
+            attachments.release(self.cluster.name, pod.name)
+        else:
+            self.pods.lost.add(pod.name)
+            self.write_record()
+        await self.refresh({})
+        self.tell_peers()
+
     # --- control ------------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return set(self.dp.ports) <= self.dp.slow.answered
+        return self.restored and set(self.dp.ports) <= self.dp.slow.answered
+
+    def faults(self) -> dict:
+        """What went wrong and was contained (status, metrics)."""
+        stats = self.control_stats
+        return {**self.datapath.faults.counts, "task_errors": self.task_errors,
+                "control_refused": stats.refused, "control_timeouts": stats.timeouts,
+                "control_malformed": stats.malformed, "control_errors": stats.errors}
 
     async def status(self, _request: dict) -> dict:
         return await self.datapath.run(lambda: node_status(self))
@@ -176,7 +288,7 @@ class Node:
         needs a restart, keeps everything as it was."""
         try:
             file = load(self.file.source, manifests=self.file.manifests)
-            summary = await self.pods.apply(self.pods.live(file))
+            summary = await self._apply_trying_lost(file)
         except Exception as exc:   # ConfigError, ValueError; anything else is logged in full
             if not isinstance(exc, (ConfigError, ValueError)):
                 log.exception("node %s: reload failed", self.name)
@@ -189,6 +301,20 @@ class Node:
         self.reloads["ok"] += 1
         log.info("node %s: reloaded: %s", self.name, summary)
         return {"ok": True, **summary}
+
+    async def _apply_trying_lost(self, file: Cluster) -> dict:
+        """Apply a re-read file with the lost pods of the file back in it (their namespaces
+        made anew); a refused one keeps them lost."""
+        lost, self.pods.lost = self.pods.lost, set()
+        if lost:
+            self.write_record()
+        try:
+            return await self.pods.apply(self.pods.live(file))
+        except ValueError:
+            if lost:
+                self.pods.lost |= lost
+                self.write_record()
+            raise
 
     async def refresh(self, _request: dict) -> dict:
         """Pods were attached or detached somewhere in the cluster: serve the new model."""
@@ -382,20 +508,32 @@ class Node:
             self.tell_peers()
         return {"ok": True, "removed": [a.pod.name for a in gone]}
 
+    def _start_pod_lost(self, nursery: trio.Nursery, port: int) -> None:
+        """In trio (run_sync_soon from the data-path thread): detach the pod, unless the node
+        is shutting down anyway."""
+        try:
+            nursery.start_soon(self.supervised_once, self.pod_lost, port)
+        except RuntimeError:
+            pass   # the nursery is closed: everything is being detached
+
     async def main(self) -> None:
         token = trio.lowlevel.current_trio_token()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 self.datapath.on_failure = lambda: token.run_sync_soon(nursery.cancel_scope.cancel)
+                self.datapath.on_port_gone = lambda port: token.run_sync_soon(
+                    self._start_pod_lost, nursery, port)
                 self.datapath.start()
                 self.datapath.call(lambda: self.datapath.write_l2(self.dp.announce()))
-                nursery.start_soon(self.probe_pods)
-                nursery.start_soon(self.send_keepalives)
+                nursery.start_soon(self.supervised, self.probe_pods)
+                nursery.start_soon(self.supervised, self.send_keepalives)
                 self.nursery = nursery
-                nursery.start_soon(self.watch_attachments)
+                # before the control socket: an attach must not take a restored pod's address
+                await self.restore()
+                nursery.start_soon(self.supervised, self.watch_attachments)
                 if self.dns_sockets:   # this node has a DNS server pod
                     self.dns = DnsServer(lambda: self.cluster, *self.dns_sockets)
-                    nursery.start_soon(self.dns.serve)
+                    nursery.start_soon(self.supervised, self.dns.serve)
                 nursery.start_soon(control.serve, state.socket_path(self.cluster.name, self.name),
                                    {"status": self.status, "reload": self.reload,
                                     "refresh": self.refresh, "attach": self.attach,
@@ -407,13 +545,14 @@ class Node:
                          self.node.address, self.cluster.outside_netns)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        nursery.start_soon(self.reload, {})
+                        nursery.start_soon(self.supervised_once, self.reload, {})
                         continue
                     log.info("node %s: %s, shutting down", self.name, signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     break
         if self.datapath.failure is not None:
-            raise HostError(f"node {self.name}: the data path failed: {self.datapath.failure}")
+            raise DatapathFailed(f"node {self.name}: the data path failed: "
+                                 f"{self.datapath.failure!r}")
 
 
 def run(cluster: Cluster, node_name: str) -> None:
@@ -431,9 +570,19 @@ def run(cluster: Cluster, node_name: str) -> None:
             except Stop:
                 log.info("node %s: interrupted during setup, cleaning up", node_name)
                 return
+            except Exception:
+                # a failed start after a crash leaves what the crash left (and what it made,
+                # recorded) to the next start or `vrouter down`; a first start removes it all
+                node.preserve = node.adopting
+                raise
             policy.raising = False
             if policy.received is None:
-                _run_trio(node)
+                try:
+                    _run_trio(node)
+                except DatapathFailed:
+                    # keep the pods' namespaces and the record: the restart reuses them
+                    node.preserve = True
+                    raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -179,6 +179,9 @@ def cmd_run(args) -> int:
     except HostError as exc:
         print(f"vrouter: {exc}", file=sys.stderr)
         return EXIT_HOST
+    except node.DatapathFailed as exc:
+        print(f"vrouter: {exc}; its pods' namespaces are kept for its restart", file=sys.stderr)
+        return node.EXIT_DATAPATH
     return 0
 
 
@@ -212,8 +215,11 @@ def cmd_kernel_node(args) -> int:
 
 def cmd_up(args) -> int:
     from vrouter.ops import launcher
+    if args.max_restarts < 0:
+        print("vrouter: --max-restarts must be 0 or more", file=sys.stderr)
+        return EXIT_CONFIG
     return launcher.up(load_cluster(args.config or default_config(), manifests=args.manifests),
-                       args.timeout)
+                       args.timeout, launcher.RestartPolicy(max_restarts=args.max_restarts))
 
 
 def cmd_down(args) -> int:
@@ -264,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start every node of a config on this machine (the demo)")
     p.add_argument("config", nargs="?", help="cluster file (default: configs/demo.yaml)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    p.add_argument("--max-restarts", type=int, default=5, metavar="N",
+                   help="restart a node that exits at most N times a minute, then give up on "
+                        "it (default 5; 0: never restart)")
     p.add_argument("--manifests", metavar="DIR", help="also read Service manifests from DIR")
     p.set_defaults(func=cmd_up)
 

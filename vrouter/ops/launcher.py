@@ -1,19 +1,45 @@
-"""`vrouter up` and `vrouter down`: every node of a config as its own process on this machine."""
+"""`vrouter up` and `vrouter down`: every node of a config as its own process on this machine.
+
+`up` is the nodes' supervisor: a node that exits (any way, kill -9 included) is started again,
+at once the first time and then after a growing pause, at most RestartPolicy.max_restarts
+times a minute; after that `up` gives up on that node (saying so) and keeps the others running.
+A restarted node rebuilds itself from the cluster file, its record and the runtime attachment
+records (vrouter.node.process), so its pods come back with their namespaces.
+
+`up` records itself in /run/vrouter/CLUSTER/launcher.up, so that `vrouter down` stops it first
+(else it would restart the nodes `down` stops). Nodes are started with an interpreter that
+imports exactly the vrouter and fastpath this process imported (`python_command`), never a copy
+in the working directory.
+"""
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
+import fastpath
+import vrouter
 from vrouter.host import outside, state
+from vrouter.model import attachments
 from vrouter.ops import control, logs
 from vrouter.model.config import Cluster
 from vrouter.node.datapath import ensure_compiled
 from vrouter.host.tap import HostError, check_host, remove_netns
 
+log = logging.getLogger("vrouter.up")
+
 STOP_GRACE = 15.0
+SUPERVISE_INTERVAL = 0.2   # seconds between two looks at the nodes
+EXIT_DATAPATH = 3          # a node's own code for "my data path failed" (vrouter.node.process)
+
+# the child: sys.path as the launcher's (its package roots first), then the CLI
+_BOOT = ("import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
+         "from vrouter.ops.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 class _Interrupted(Exception):
@@ -24,21 +50,85 @@ def _interrupt(signum, frame):
     raise _Interrupted()
 
 
+def import_path() -> list[str]:
+    """The module search path that finds this process's own vrouter and fastpath first: their
+    package roots, then this process's sys.path without the working directory (`-m` and `-c`
+    put it first) and with relative entries made absolute."""
+    roots: list[str] = []
+    for module in (vrouter, fastpath):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))
+        if root not in roots:
+            roots.append(root)
+    path = list(roots)
+    for entry in sys.path:
+        if not entry:
+            continue
+        if not os.path.isabs(entry) and os.path.exists(entry):
+            entry = os.path.abspath(entry)
+        if entry not in path:
+            path.append(entry)
+    return path
+
+
+def python_command() -> list[str]:
+    """`python -I -c BOOT PATH`: isolated (no working directory or PYTHON* variables on the
+    path), then the launcher's path set explicitly: editable installs, installed packages and
+    PYTHONPATH checkouts alike give the child the launcher's files. Arguments after it are the
+    CLI's (`run CONFIG --node N`)."""
+    return [sys.executable, "-I", "-c", _BOOT, json.dumps(import_path())]
+
+
 def node_command(cluster: Cluster, node_name: str) -> list[str]:
-    command = [sys.executable, "-m", "vrouter", *logs.child_args(), "run", cluster.source,
-               "--node", node_name]
+    command = [*python_command(), *logs.child_args(), "run", cluster.source, "--node", node_name]
     if cluster.manifests:
         command += ["--manifests", cluster.manifests]
     return command
 
 
-def up(cluster: Cluster, timeout: float) -> int:
+@dataclass
+class RestartPolicy:
+    """When to restart a node that exited (sans-IO: times are given). The k-th restart within
+    `window` seconds waits backoff[k] seconds (the first at once: a crash costs the pods the
+    least); after `max_restarts` in a window, give up on the node."""
+    max_restarts: int = 5
+    window: float = 60.0
+    backoff: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def next(self, node: str, now: float) -> float | None:
+        """The pause before restarting `node`, which exited at `now`; None: give up."""
+        recent = [t for t in self.history.get(node, []) if now - t < self.window]
+        if len(recent) >= self.max_restarts:
+            self.history[node] = recent
+            return None
+        delay = self.backoff[min(len(recent), len(self.backoff) - 1)]
+        self.history[node] = recent + [now + delay]
+        return delay
+
+    def restarts(self, node: str) -> int:
+        return len(self.history.get(node, []))
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    if code == EXIT_DATAPATH:
+        return f"exited with code {code} (its data path failed)"
+    return f"exited with code {code}"
+
+
+def up(cluster: Cluster, timeout: float, policy: RestartPolicy | None = None) -> int:
     try:
         check_host()
     except HostError as exc:
         print(f"vrouter: {exc}", file=sys.stderr)
         return 1
     running = [n.name for n in cluster.nodes if _live_record(cluster, n.name)]
+    if state.is_running(state.read_launcher(cluster.name)):
+        running.insert(0, "(its launcher)")
     if running:
         print(f"vrouter: cluster {cluster.name!r} already runs node(s) {', '.join(running)}; "
               f"`vrouter down {cluster.source}` stops it", file=sys.stderr)
@@ -46,17 +136,16 @@ def up(cluster: Cluster, timeout: float) -> int:
     procs: dict[str, subprocess.Popen] = {}
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        state.write_launcher(cluster.name, {"config": os.path.abspath(cluster.source),
+                                            "manifests": cluster.manifests
+                                            and os.path.abspath(cluster.manifests)})
         ensure_compiled()   # once, here: the nodes then load it instead of all compiling at once
         for node in cluster.nodes:
             procs[node.name] = subprocess.Popen(node_command(cluster, node.name))
         if not _wait_ready(cluster, procs, timeout):
             return 1
         print(summary(cluster), flush=True)
-        while all(p.poll() is None for p in procs.values()):
-            time.sleep(0.5)
-        dead = [name for name, p in procs.items() if p.poll() is not None]
-        print(f"vrouter: node(s) {', '.join(dead)} exited; tearing the cluster down", file=sys.stderr)
-        return 1
+        return _supervise(cluster, procs, policy or RestartPolicy())
     except _Interrupted:
         print("\nvrouter: stopping the cluster", file=sys.stderr)
         return 0
@@ -65,8 +154,43 @@ def up(cluster: Cluster, timeout: float) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop(procs)
         down(cluster, quiet=True)
+        state.remove_launcher(cluster.name)
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+def _supervise(cluster: Cluster, procs: dict[str, subprocess.Popen],
+               policy: RestartPolicy) -> int:
+    """Restart nodes that exit, as `policy` says, until interrupted (_Interrupted) or until no
+    node is left (1). `procs` is kept current (the caller stops what is in it)."""
+    due: dict[str, float] = {}   # node -> when to start it again
+    while True:
+        now = time.monotonic()
+        for name, proc in list(procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del procs[name]
+            delay = policy.next(name, now)
+            if delay is None:
+                log.error("node %s %s; it was restarted %d times within %.0f s: giving up on "
+                          "it (the other nodes keep running; Ctrl-C or `vrouter down %s` "
+                          "removes what it left)", name, describe_exit(code), policy.max_restarts,
+                          policy.window, cluster.name)
+                continue
+            log.warning("node %s %s; restarting it%s (restart %d, at most %d within %.0f s)",
+                        name, describe_exit(code), f" in {delay:g} s" if delay else "",
+                        policy.restarts(name), policy.max_restarts, policy.window)
+            due[name] = now + delay
+        for name, when in list(due.items()):
+            if now >= when:
+                del due[name]
+                procs[name] = subprocess.Popen(node_command(cluster, name))
+                log.info("node %s started again (pid %d)", name, procs[name].pid)
+        if not procs and not due:
+            log.error("every node of cluster %s has failed for good: stopping", cluster.name)
+            return 1
+        time.sleep(SUPERVISE_INTERVAL)
 
 
 def _wait_ready(cluster: Cluster, procs, timeout: float) -> bool:
@@ -106,30 +230,37 @@ def _stop(procs: dict[str, subprocess.Popen]) -> None:
 
 def _live_record(cluster: Cluster, node_name: str):
     record = state.read_record(cluster.name, node_name)
-    return record if record and state.pid_alive(record["pid"]) else None
+    return record if state.is_running(record) else None
 
 
 def down(cluster: Cluster, quiet: bool = False) -> int:
-    """Stop the cluster's node processes and remove namespaces they recorded as theirs."""
+    """Stop the cluster's launcher (`up`) and node processes, remove the namespaces the nodes
+    recorded as theirs, and forget the cluster's runtime attachments. Processes are recognised
+    by their recorded identity (pid and start time), never by a pid alone."""
+    launcher = state.read_launcher(cluster.name)
+    if launcher and launcher.get("pid") != os.getpid():
+        # first: it would restart the nodes stopped below; it stops them itself
+        if state.stop_process(launcher, 2 * STOP_GRACE) and not quiet:
+            print(f"stopped vrouter up (pid {launcher['pid']})")
     for node in cluster.nodes:
         record = state.read_record(cluster.name, node.name)
         if record is None:
             continue
-        pid = record.get("pid")
-        if pid and pid != os.getpid() and state.pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE
-            while state.pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if state.pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        if record.get("pid") != os.getpid():
+            state.stop_process(record, STOP_GRACE)
         for name in record.get("created_netns", []):
             remove_netns(name)
             if not quiet:
                 print(f"removed network namespace {name}")
         state.remove_traces(cluster.name, node.name)
+    for a in attachments.load(cluster.name):   # their nodes are gone: nobody serves them
+        attachments.release(cluster.name, a.pod.name)
     if outside.release(cluster) and not quiet:   # left behind by nodes killed with SIGKILL
         print(f"removed network namespace {cluster.outside_netns}")
+    if launcher and launcher.get("pid") != os.getpid():
+        state.remove_launcher(cluster.name)   # (`up` removes its own after this)
+    for node in cluster.nodes:
+        state.remove_traces(cluster.name, node.name)   # and the directories, now empty
     return 0
 
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 import time
 
+import fastpath
+import vrouter
 from vrouter.node.tables import ip_to_int
 
 
@@ -74,11 +77,15 @@ def node_status(node) -> dict:
         "masquerade": node.cluster.masquerade,
         "reloads": dict(node.reloads),
         "attaches": dict(node.attaches),
-        "control": {**node.control_stats, "refresh_errors": node.refresh_errors},
         "metrics": ("http://%s:%d/metrics" % address
                     if (address := node.cluster.metrics_address(node.name)) else None),
         "datapath": _datapath(node),
         "dns": _dns(node),
+        "faults": node.faults() if node.datapath else {},
+        "control": {**node.control_stats.as_dict(), "refresh_errors": node.refresh_errors},
+        # the code this process runs: `vrouter up` starts nodes that import its own files
+        "code": {"python": sys.executable, "vrouter": vrouter.__file__,
+                 "fastpath": fastpath.__file__},
         "counters": dp.counter_dict(),
     }
 
@@ -163,6 +170,9 @@ def render(status: dict, show_zero: bool = False) -> str:
         lines.append(f"  dns: {d['address']} ({d['domain']}) served by {d['server']}: {answers}")
     if status.get("metrics"):
         lines.append(f"  metrics: {status['metrics']}")
+    faults = {k: v for k, v in (status.get("faults") or {}).items() if v}
+    if faults:
+        lines.append("  faults contained: " + ", ".join(f"{k} {v}" for k, v in faults.items()))
     r = status.get("reloads", {})
     if r.get("ok") or r.get("refused"):
         lines.append(f"  reloads: {r['ok']} applied, {r['refused']} refused"
