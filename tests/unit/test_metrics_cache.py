@@ -21,7 +21,7 @@ class FakeDatapath:
 
 STATUS = {"cluster": "c", "node": "n", "podCIDR": "10.244.1.0/24", "underlay": "127.0.0.1:4789",
           "ports": [], "counters": {c.name: 0 for c in COUNTERS},
-          "conntrack": {"entries": 0, "capacity": 1},
+          "conntrack": {"entries": 0, "capacity": 1, "high_water": 0},
           "services": [], "peers": [], "ready": True, "faults": {"pods_lost": 2}}
 
 
