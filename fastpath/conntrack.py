@@ -19,7 +19,8 @@ Tables (the Conntrack group, built by vrouter.node.tables; they persist across r
 Bounds (Linux's early_drop): a new connection needs a free record and a free slot in each key's
 window. Expired connections found there are freed on the way; otherwise the unassured connection
 (one that has not yet seen traffic both ways, for TCP a completed handshake) that expires first is
-evicted (`ct_evicted`); when every candidate is assured the new connection is refused
+evicted (`ct_evicted`), or, when its keys' windows hold none, one of the next EVICTION_SCAN
+records a clock hand passes; when every candidate is assured the new connection is refused
 (`ct_full_refused`) and its packet dropped. A sweep (sweep(), once a second) frees expired records
 that no lookup met.
 
@@ -36,6 +37,7 @@ from fastpath.checksum import read16, read32
 from fastpath.reasons import R_CT_EVICTED
 
 WINDOW = 8
+EVICTION_SCAN = 64     # records looked at for an unassured one when a full table's windows had none
 
 # --- slot table ----------------------------------------------------------------------------------
 SL_K0 = 0
@@ -81,6 +83,7 @@ F_MASQUERADE = 8       # a pod's connection to the outside network, SNATed to th
 # stats columns
 CTS_FREE = 0           # records on the free stack
 CTS_HIGH_WATER = 1     # most records ever in use at once
+CTS_HAND = 2           # where _victim_anywhere looks next
 STATS_COLS = 4
 
 # --- TCP ---------------------------------------------------------------------------------------
@@ -266,6 +269,23 @@ def _reclaim(ct, k0, k1, now):
 
 
 @njit(cache=True, _nrt=False)
+def _victim_anywhere(ct, now):
+    """An unassured (or expired) connection among the next EVICTION_SCAN records after the
+    last place looked (a clock hand over the table): the windows of a new connection's keys
+    may hold nobody at all. -1 if all of those are assured."""
+    recs = ct.recs
+    n = recs.shape[0]
+    hand = ct.stats[CTS_HAND]
+    for d in range(min(EVICTION_SCAN, n)):
+        rec = (hand + d) % n
+        if recs[rec, C_PROTO] != 0 and (recs[rec, C_EXPIRES] < now or _evictable(recs, rec, now)):
+            ct.stats[CTS_HAND] = (rec + 1) % n
+            return rec
+    ct.stats[CTS_HAND] = (hand + EVICTION_SCAN) % n
+    return -1
+
+
+@njit(cache=True, _nrt=False)
 def _room(ct, k0, k1, now, protect, counters):
     """A free slot in key (k0, k1)'s window: an empty one, one an expired connection held, or
     one an evicted unassured connection held; -1 if all hold live assured connections."""
@@ -313,9 +333,10 @@ def open_connection(ct, src, dst, proto, sport, dport, new_src, new_sport, new_d
         j = _victim_slot(ct, k0, k1, now, -1)
         if j < 0:
             j = _victim_slot(ct, r0, r1, now, -1)
-        if j < 0:
+        victim = _record_of(ct.slots[j, SL_REF]) if j >= 0 else _victim_anywhere(ct, now)
+        if victim < 0:
             return -1
-        release(ct, _record_of(ct.slots[j, SL_REF]))
+        release(ct, victim)
         counters[R_CT_EVICTED] += 1
     n = ct.stats[CTS_FREE] - 1
     rec = ct.free[n]

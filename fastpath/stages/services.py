@@ -31,7 +31,8 @@ from fastpath.layout import (
 )
 from fastpath.reasons import (
     R_AFF_EVICTED, R_CT_FULL_REFUSED, R_CT_ICMP_TRANSLATED, R_CT_TRANSLATED,
-    R_DROP_SERVICE_INVALID, R_DROP_SERVICE_NO_LOCAL_ENDPOINT, R_DROP_SERVICE_NO_SNAT_PORT, R_DROP_TCP_RST_OUT_OF_WINDOW,
+    R_DROP_SERVICE_INVALID, R_DROP_SERVICE_NO_LOCAL_ENDPOINT, R_DROP_SERVICE_NO_SNAT_PORT,
+    R_DROP_TCP_RST_OUT_OF_WINDOW,
     R_FRAG_EVICTED, R_MASQUERADED_FLOWS, R_SLOW_SERVICE_REJECT, R_SVC_NEW_FLOWS,
 )
 from fastpath.stages import S_POLICY, finish
@@ -55,8 +56,9 @@ NAT_DROP_CT_FULL = 5  # no room to track a new connection (counted where it was 
 NAT_DROP_RST = 6      # a TCP reset outside the receiver's window
 NAT_DROP_INVALID = 7  # a TCP segment for a Service that cannot start a connection
 
-SNAT_PORT_LOW = 32768
-SNAT_PORT_SPAN = 28232   # 32768-60999, as Linux's default ephemeral range
+SNAT_TRIES = 32
+SNAT_PORT_LOW = 1024
+SNAT_PORT_SPAN = 64512   # 1024-65535, as Linux's NAT maps a source port of 1024 and up
 
 
 @njit(cache=True, _nrt=False)
@@ -150,10 +152,13 @@ def _choose_backend(fe, src, k0, k1, now, services, conntrack, counters):
 
 
 @njit(cache=True, _nrt=False)
-def _snat_port(src_ip, want, b_ip, b_port, proto, now, ct):
-    """A source port on `src_ip` whose reply tuple is free: the client's own if possible."""
-    for k in range(16):
-        port = want if k == 0 else SNAT_PORT_LOW + np.int64((mix(want, k) % np.uint64(SNAT_PORT_SPAN)))
+def _snat_port(src_ip, want, b_ip, b_port, proto, now, ct, seed):
+    """A source port on `src_ip` whose reply tuple is free: the client's own if possible, else
+    one of SNAT_TRIES others drawn from 1024-65535 (as Linux's NAT maps them) by a hash of the
+    whole original tuple (`seed`), so that clients of one port spread over the range; -1 when
+    all of those are taken."""
+    for k in range(SNAT_TRIES):
+        port = want if k == 0 else SNAT_PORT_LOW + np.int64(mix(seed, k) % np.uint64(SNAT_PORT_SPAN))
         k0, k1 = tuple_key(b_ip, src_ip, proto, b_port, port)
         if lookup(ct, k0, k1, now)[0] < 0:
             return port
@@ -245,7 +250,8 @@ def open_masquerade(ct, src, dst, proto, sport, dport, now, params, counters):
     own source port, or ICMP identifier, if its reply tuple is free). Returns its record, or a
     NAT_DROP_* result negated: -NAT_DROP_NO_PORT, -NAT_DROP_CT_FULL."""
     node = params[P_NODE_IP]
-    new_sport = _snat_port(node, sport, dst, dport, proto, now, ct)
+    k0, k1 = tuple_key(src, dst, proto, sport, dport)
+    new_sport = _snat_port(node, sport, dst, dport, proto, now, ct, mix(k0, k1))
     if new_sport < 0:
         return -NAT_DROP_NO_PORT
     rec = open_connection(ct, src, dst, proto, sport, dport, node, new_sport, dst, dport,
@@ -379,7 +385,7 @@ def nat(buf, meta, i, now, params, counters, services, ct):
             # the client's own port unless its reply tuple is another connection's (the client
             # reached two ports of the Service that lead to one backend port from one source
             # port): then another, as Linux's NAT resolves such a clash
-            new_sport = _snat_port(new_src, sport, b_ip, b_port, proto, now, ct)
+            new_sport = _snat_port(new_src, sport, b_ip, b_port, proto, now, ct, mix(k0, k1))
             if new_sport < 0:
                 return NAT_DROP_NO_PORT
             rec = open_connection(ct, src, dst, proto, sport, dport, new_src, new_sport, b_ip,

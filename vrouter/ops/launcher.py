@@ -141,6 +141,11 @@ def up(cluster: Cluster, timeout: float, policy: RestartPolicy | None = None) ->
                                             and os.path.abspath(cluster.manifests)})
         ensure_compiled()   # once, here: the nodes then load it instead of all compiling at once
         for node in cluster.nodes:
+            if node.kernel:   # the Linux kernel serves it (`vrouter kernel-node`), not vrouter
+                print(f"vrouter: node {node.name} is marked kernel: set it up with `vrouter "
+                      f"kernel-node {cluster.source} --node {node.name}` in its own namespace",
+                      file=sys.stderr)
+                continue
             procs[node.name] = subprocess.Popen(node_command(cluster, node.name))
         if not _wait_ready(cluster, procs, timeout):
             return 1
