@@ -10,9 +10,11 @@ around them. It only ever goes into namespaces the tests made, or to loopback.
 """
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import sys
+import time
 
 import numpy as np
 
@@ -136,17 +138,23 @@ def garbage(count: int, seed: int, templates: list[bytes], min_len: int, max_len
         yield bytes(frame)
 
 
-def send_frames(iface: str, count: int, seed: int) -> int:
+def send_frames(iface: str, count: int, seed: int, mtu: int = 1450) -> int:
+    """Garbage frames up to the interface's MTU (what its driver takes), each sent: a full
+    queue (ENOBUFS) is waited out, not skipped."""
     raw, _vxlan = _templates()
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((iface, 0))
         sent = 0
-        for frame in garbage(count, seed, raw, 14, 1500):
-            try:
-                s.send(frame)
-                sent += 1
-            except OSError:   # ENOBUFS: the queue is full; the rest keeps coming
-                pass
+        for frame in garbage(count, seed, raw, 14, 14 + mtu):
+            while True:
+                try:
+                    s.send(frame)
+                    sent += 1
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOBUFS, errno.EAGAIN):
+                        raise
+                    time.sleep(0.001)
     return sent
 
 
