@@ -55,11 +55,27 @@ def iperf3(server_ns: str, server_ip: str, client_ns: str, *args: str, seconds: 
     return json.loads(result.stdout)
 
 
+def snmp(netns: str) -> dict[str, dict[str, int]]:
+    """A namespace's /proc/net/snmp by protocol: {"Ip": {"InReceives": ...}, "Udp": ...}."""
+    found: dict[str, dict[str, int]] = {}
+    lines = [line.split() for line in netns_exec(netns, "cat", "/proc/net/snmp").stdout.splitlines()]
+    for names, values in zip(lines[0::2], lines[1::2]):
+        found[names[0].rstrip(":")] = dict(zip(names[1:], map(int, values[1:])))
+    return found
+
+
 def udp_counters(netns: str) -> dict[str, int]:
     """The Udp: line of a namespace's /proc/net/snmp (InDatagrams, RcvbufErrors, ...)."""
-    lines = [line.split() for line in netns_exec(netns, "cat", "/proc/net/snmp").stdout.splitlines()
-             if line.startswith("Udp:")]
-    return dict(zip(lines[0][1:], map(int, lines[1][1:])))
+    return snmp(netns)["Udp"]
+
+
+def udp_delivered(before: dict, after: dict) -> int:
+    """UDP datagrams a namespace's IP layer handed to UDP between two snmp() readings: every
+    delivered datagram that was neither TCP nor ICMP. (Udp InDatagrams counts only what the
+    application read: a datagram still queued when iperf3's server closes counts nowhere.)"""
+    def delta(proto, key):
+        return after[proto][key] - before[proto][key]
+    return delta("Ip", "InDelivers") - delta("Tcp", "InSegs") - delta("Icmp", "InMsgs")
 
 
 def child_env() -> dict:
