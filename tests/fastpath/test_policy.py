@@ -270,3 +270,35 @@ def test_a_pod_attached_at_runtime_is_isolated_as_its_labels_say():
     dp.detach(port)
     dp.attach(dataclasses.replace(late, labels=(("app", "web"),)))
     assert delivered(dp.process([(0, late_syn)]), port)
+
+
+UDP_SERVICE = """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns-like}
+spec:
+  clusterIP: 10.96.0.101
+  selector: {app: web}
+  ports: [{name: u, port: 53, protocol: UDP, targetPort: 5353}]
+"""
+
+
+def test_fragments_of_a_datagram_the_policy_refused_do_not_pass():
+    """web-2 admits nothing: the first fragment of a datagram to the Service is refused after
+    its DNAT, and the translation it opened for its later fragments is forgotten with it."""
+    from scapy.layers.inet import fragment
+    deny = policy("  podSelector: {}\n  policyTypes: [Ingress]\n")
+    dp = make_dp(UDP_SERVICE + deny)
+    refused = 0
+    for sport in range(42000, 42100):
+        datagram = IP(src=A_IP, dst="10.96.0.101", id=sport) / UDP(sport=sport, dport=53) \
+            / (b"z" * 3000)
+        first, *rest = fragment(datagram, fragsize=1400)
+        out = dp.process([(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / first))])
+        if out:   # to web-3 on node-b, which judges its own ingress
+            assert all(target >= OVERLAY_TARGET for target, _f in out)
+            continue
+        refused += 1   # to web-1 or web-2 here: refused after its DNAT
+        assert dp.process([(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / f)) for f in rest]) == []
+    assert refused >= 30 and drops(dp, "drop_policy_ingress") == refused
