@@ -114,6 +114,8 @@ class ClusterDNS:
     enabled: bool = True
     address: ipaddress.IPv4Address | None = None   # the kube-dns ClusterIP (serviceCIDR .10)
     domain: str = DEFAULT_DNS_DOMAIN
+    ttl: int = 30                  # as kubeadm's Corefile sets it (CoreDNS's own default: 5)
+    pods: str = "insecure"         # A-B-C-D.NS.pod records: insecure | verified | disabled
 
     def settings(self, namespace: str) -> dict:
         """What a Kubernetes pod of `namespace` resolves with (dnsPolicy ClusterFirst), in the
@@ -587,7 +589,12 @@ def _build_outside_gateway(reader: _Reader, c: dict, node_network, nodes):
 
 
 def _build_dns(reader: _Reader, raw, service_cidr) -> ClusterDNS:
-    d = reader.mapping(raw, "cluster.dns", {"enabled", "address", "domain"})
+    d = reader.mapping(raw, "cluster.dns", {"enabled", "address", "domain", "ttl", "pods"})
+    ttl = reader.integer(d.get("ttl", ClusterDNS.ttl), "cluster.dns.ttl", 0, 3600)
+    pods = d.get("pods", ClusterDNS.pods)
+    if pods not in ("insecure", "verified", "disabled"):
+        reader.fail("cluster.dns.pods", f"{pods!r} is not insecure, verified or disabled "
+                    "(CoreDNS's pod record modes)")
     enabled = d.get("enabled", True)
     if not isinstance(enabled, bool):
         reader.fail("cluster.dns.enabled", f"{enabled!r} is not true or false")
@@ -601,7 +608,7 @@ def _build_dns(reader: _Reader, raw, service_cidr) -> ClusterDNS:
     labels = domain.rstrip(".").split(".")
     if not all(_DNS_LABEL.match(label) for label in labels) or len(domain) > 200:
         reader.fail("cluster.dns.domain", f"{domain!r} is not a DNS domain (e.g. cluster.local)")
-    return ClusterDNS(enabled=enabled, address=address, domain=".".join(labels))
+    return ClusterDNS(enabled=enabled, address=address, domain=".".join(labels), ttl=ttl, pods=pods)
 
 
 def _dns_pods(reader: _Reader, cluster_name: str, nodes, pods) -> list[Pod]:

@@ -143,8 +143,8 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
     node_address = cluster.node(node_name).address
     announced = []
     for service in cluster.services:
-        if service.cluster_ip is None:
-            continue   # headless: DNS only, nothing to proxy
+        if service.cluster_ip is None or not service.proxied:
+            continue   # headless, or labelled for another proxy: DNS only, nothing to proxy
         announced += [str(ip) for ip in service.external_ips if ip in cluster.node_network
                       and announcer(cluster, service, ip) == node_name]
         for sp in service.ports:
