@@ -288,3 +288,36 @@ def test_the_bound_is_what_the_config_says(entries):
     dp, _clock = small_table(entries)
     fill = dp.conntrack_fill()
     assert fill["capacity"] == entries and fill["entries"] == 0
+
+
+SHORT_AFFINITY = """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  clusterIP: 10.96.0.100
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 10}}
+  ports: [{name: tcp, port: 80, targetPort: 8080}]
+"""
+
+
+def test_session_affinity_holds_for_its_timeout_from_the_last_connection_and_then_lets_go():
+    dp, clock = clocked_dp(SHORT_AFFINITY)
+    ((target, frame),) = dp.process([(0, bytes(to_vip(49500)))])
+    sticky = inner(target, frame)[IP].dst
+    seen = set()
+    for k in range(1, 30):   # every new connection within the timeout: the same backend...
+        clock.now += 0.3
+        ((target, frame),) = dp.process([(0, bytes(to_vip(49500 + k)))])
+        seen.add(inner(target, frame)[IP].dst)
+    assert seen == {sticky}   # (the timeout runs from the last connection: 9 s went by)
+    clock.now += 11   # ...and after it, Maglev decides again: other backends come up
+    seen = set()
+    for k in range(40):
+        clock.now += 11
+        ((target, frame),) = dp.process([(0, bytes(to_vip(49600 + k)))])
+        seen.add(inner(target, frame)[IP].dst)
+    assert len(seen) >= 2

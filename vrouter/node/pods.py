@@ -56,6 +56,7 @@ class LocalPods:
         self.ports: dict = {}            # port -> PodPort (its TAP), for status and cleanup
         self.stacks: dict = {}           # port -> ExitStack undoing that pod's host side
         self.lock = trio.Lock()          # one change at a time
+        self.down_nodes: set[str] = set()   # peers silent for too long (their pods are out)
         self.seen: tuple = ()            # the records the last apply saw
         # namespaces an earlier (crashed) run of this node created: its pods reuse them
         self.adoptable: set[str] = set()
@@ -76,10 +77,11 @@ class LocalPods:
             if state.is_running(record):
                 running[n.name] = record
         lost = {name for record in running.values() for name in record.get("lost_pods") or ()}
-        if lost:
-            file = dataclasses.replace(file, pods=tuple(p for p in file.pods
-                                                        if p.name not in lost))
+        if lost or self.down_nodes:   # and the pods of nodes gone silent are gone with them
+            file = dataclasses.replace(file, pods=tuple(
+                p for p in file.pods if p.name not in lost and p.node not in self.down_nodes))
         records = [a for a in attachments.load(file.name) if a.pod.node in running
+                   and a.pod.node not in self.down_nodes
                    and not (self.restoring and a.pod.node == self.node.name)]
         self.seen = tuple(sorted(a.pod.name for a in records))
         return attachments.live_cluster(file, records)
@@ -160,6 +162,7 @@ class LocalPods:
                                    "error": str(exc)})
             summary = await node.datapath.run(lambda: node.swap(live))
             node.cluster = live
+        await node.model_changed()
         return {**summary, "attached": added, "detached": len(gone), "failed": failed}
 
     async def _attach(self, pod: Pod) -> int:

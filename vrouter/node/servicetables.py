@@ -28,6 +28,13 @@ from vrouter.model.services import stable_hash, endpoints
 from vrouter.node.tables import ip_to_int
 
 
+@dataclass(frozen=True)
+class _HealthEndpoint:
+    """The node's health server as a backend (the shape row_for reads)."""
+    pod: object
+    port: int
+
+
 @dataclass
 class Frontend:
     service: str
@@ -141,6 +148,7 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
         return rows[members]
 
     node_address = cluster.node(node_name).address
+    dns_pod = cluster.dns_pod(node_name)
     announced = []
     for service in cluster.services:
         if service.cluster_ip is None or not service.proxied:
@@ -175,6 +183,20 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
                 frontends.append(Frontend(service.key, sp.name, str(address), sp.protocol, port,
                                           [f"{e.pod.ip}:{e.port}" for e in eps], snat, scope,
                                           fe_id))
+
+    # healthCheckNodePort (LoadBalancer, externalTrafficPolicy Local): node address:port leads to
+    # the node's health server, a real socket in its DNS server pod (vrouter.node.healthcheck)
+    for service in cluster.services:
+        port = service.health_check_node_port
+        if not port or not service.proxied or dns_pod is None:
+            continue
+        row = row_for([_HealthEndpoint(dns_pod, port)])
+        values = [0] * FE_COLS
+        values[FE_ROW] = row
+        values[FE_ID] = port_id(service.key, "healthz", "TCP")
+        entries.append((frontend_key(ip_to_int(node_address), 6, port), values))
+        frontends.append(Frontend(service.key, "healthz", str(node_address), "TCP", port,
+                                  [f"{dns_pod.ip}:{port}"], False, "node-local", values[FE_ID]))
 
     fe_keys = hashtable.new_keys(max(1, len(entries)))
     fe_vals = np.zeros((fe_keys.shape[0], FE_COLS), dtype=np.int64)
