@@ -311,6 +311,7 @@ def test_session_affinity_holds_for_its_timeout_from_the_last_connection_and_the
     seen = set()
     for k in range(1, 30):   # every new connection within the timeout: the same backend...
         clock.now += 0.3
+        dp.mark_peers_seen_now()
         ((target, frame),) = dp.process([(0, bytes(to_vip(49500 + k)))])
         seen.add(inner(target, frame)[IP].dst)
     assert seen == {sticky}   # (the timeout runs from the last connection: 9 s went by)
