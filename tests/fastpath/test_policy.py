@@ -302,3 +302,27 @@ def test_fragments_of_a_datagram_the_policy_refused_do_not_pass():
         refused += 1   # to web-1 or web-2 here: refused after its DNAT
         assert dp.process([(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / f)) for f in rest]) == []
     assert refused >= 30 and drops(dp, "drop_policy_ingress") == refused
+
+
+def sctp(src, dst, dport, sport=40000, src_mac=A_MAC, dst_mac=B_MAC):
+    from scapy.layers.sctp import SCTP, SCTPChunkInit
+    return bytes(Ether(src=src_mac, dst=dst_mac) / IP(src=src, dst=dst)
+                 / SCTP(sport=sport, dport=dport) / SCTPChunkInit())
+
+
+def test_an_sctp_rule_opens_sctp_and_nothing_else_and_its_replies_pass():
+    only_sctp = policy("  podSelector: {matchLabels: {app: web}}\n"
+                       "  policyTypes: [Ingress, Egress]\n"
+                       "  ingress: [{ports: [{port: 9000, protocol: SCTP}]}]\n"
+                       "  egress: [{ports: [{port: 9000, protocol: SCTP}]}]\n")
+    dp = dp_with(only_sctp)
+    assert delivered(dp.process([(0, sctp(A_IP, B_IP, 9000))]), 1)      # allowed both ways
+    assert dp.process([(0, sctp(A_IP, B_IP, 9001, sport=40001))]) == []   # another port
+    assert dp.process([(0, tcp(A_IP, B_IP, 9000, sport=40002))]) == []    # TCP on its number
+    assert dp.process([(0, udp(A_IP, B_IP, 9000, sport=40003))]) == []    # UDP on its number
+    # web-2's answer to the allowed association passes, though web-2's egress is isolated
+    answer = sctp(B_IP, A_IP, 40000, sport=9000, src_mac=B_MAC, dst_mac=A_MAC)
+    assert delivered(dp.process([(1, answer)]), 0)
+    # an answer nobody asked for does not
+    stray = sctp(B_IP, A_IP, 40009, sport=9000, src_mac=B_MAC, dst_mac=A_MAC)
+    assert dp.process([(1, stray)]) == []

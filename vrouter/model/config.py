@@ -809,8 +809,8 @@ def _build_ports(reader, raw, where):
         name = reader.string(d.get("name", f"port-{n}"), f"{w}.name")
         number = reader.integer(d["containerPort"], f"{w}.containerPort", 1, 65535)
         protocol = d.get("protocol", "TCP")
-        if protocol not in ("TCP", "UDP"):
-            reader.fail(f"{w}.protocol", f"{protocol!r} is not supported (TCP or UDP)")
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            reader.fail(f"{w}.protocol", f"{protocol!r} is not a protocol (TCP, UDP or SCTP)")
         ports.append(ContainerPort(name, number, protocol))
     return tuple(ports)
 
