@@ -325,7 +325,7 @@ class Dataplane:
         return {"frontends": len(new.frontends), "backends": len(new.backend_names),
                 "removed_backends": len({(ip, port) for _, ip, port in removed}),
                 "flushed_udp_flows": flushed,
-                "policies": len(cluster.policies)}
+                "policies": len(cluster.policies), "shadowed_host_ports": new.shadowed}
 
     def announce(self) -> list:
         """Gratuitous ARPs for the node address and any load-balancer address newly ours (the

@@ -347,6 +347,9 @@ class Node:
         """In the data-path thread: the new Service tables, then gratuitous ARPs for them."""
         summary = self.dp.reload(cluster)
         self.datapath.write_l2(self.dp.announce())
+        for hidden in summary["shadowed_host_ports"]:
+            log.warning("node %s: host port %s is hidden by a Service frontend", self.name,
+                        hidden)
         return summary
 
     def tell_peers(self) -> None:
