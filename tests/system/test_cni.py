@@ -494,7 +494,9 @@ def test_host_ports_lead_from_the_node_address_to_the_pod_keeping_the_client(mak
     published = {"name": f"{prefix}-a1", "node": "node-a", "ports": [
         {"containerPort": TCP_PORT, "hostPort": 8080},
         {"containerPort": UDP_PORT, "protocol": "UDP", "hostPort": 8053}]}
-    cluster = make_cluster(pods_per_node=(0, 1), extra_pods=[published], prefix=prefix)
+    neighbour = {"name": f"{prefix}-a2", "node": "node-a"}
+    cluster = make_cluster(pods_per_node=(0, 1), extra_pods=[published, neighbour],
+                           prefix=prefix)
     a, b = node_address(cluster, "node-a"), node_address(cluster, "node-b")
     outside = f"{prefix}-outside"
     subprocess.run(["ip", "netns", "add", f"{prefix}-r1"], check=True)
@@ -504,6 +506,8 @@ def test_host_ports_lead_from_the_node_address_to_the_pod_keeping_the_client(mak
                 backend, source = client(cluster, outside, proto, a, port)[:2]
                 assert (backend, source) == ("a1", OUTSIDE_HOST)   # the client's own address
                 assert client(cluster, "b1", proto, a, port)[0] == "a1"   # from another node
+                assert client(cluster, "a2", proto, a, port)[0] == "a1"   # from its own node
+                assert client(cluster, "a1", proto, a, port)[0] == "a1"   # from itself
                 assert attempt(cluster, outside, proto, b, port) is None  # not node-b's port
             frontends = {f["frontend"]: f for f in cluster.status("node-a")["services"]}
             assert frontends[f"{a}:8080/TCP"]["backends"] == [f"{cluster.ip('a1')}:{TCP_PORT}"]
