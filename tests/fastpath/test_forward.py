@@ -8,8 +8,9 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
 from fastpath.checksum import update16
+from tests.harness import OVERLAY_TARGET, keepalives, process, process_datagrams
 from vrouter.model import config
-from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
+from vrouter.node.dataplane import Dataplane
 
 GW_MAC = "02:76:0a:f4:01:01"
 A_IP, A_MAC = "10.244.1.2", "0a:58:0a:f4:01:02"
@@ -40,13 +41,13 @@ def routed(payload=None, src=A_IP, dst=B_IP, ttl=64, **ip):
 
 def test_l2_forward_between_pods_leaves_frame_untouched(dp):
     frame = Ether(src=A_MAC, dst=B_MAC) / IP(src=A_IP, dst=B_IP) / UDP(sport=1, dport=2) / b"hi"
-    assert dp.process([(0, bytes(frame))]) == [(1, bytes(frame))]
+    assert process(dp, [(0, bytes(frame))]) == [(1, bytes(frame))]
     assert counters(dp) == {"rx_frames": 1, "forwarded_l2": 1}
 
 
 def test_routed_via_gateway_rewrites_macs_and_decrements_ttl(dp):
     frame = routed(TCP(sport=1234, dport=80, flags="S"), ttl=17)
-    (port, out), = dp.process([(0, bytes(frame))])
+    (port, out), = process(dp, [(0, bytes(frame))])
     expected = frame.copy()
     expected[Ether].src, expected[Ether].dst = GW_MAC, B_MAC
     expected[IP].ttl = 16
@@ -84,13 +85,13 @@ def test_incremental_checksum_matches_full_recompute_over_random_headers():
     (bytes(Ether(src=A_MAC, dst=A_MAC) / IP(src=A_IP, dst=A_IP)), "drop_same_port"),
 ])
 def test_bad_frames_are_dropped_and_counted_by_reason(dp, frame, reason):
-    assert dp.process([(0, frame)]) == []
+    assert process(dp, [(0, frame)]) == []
     assert counters(dp) == {"rx_frames": 1, reason: 1}
 
 
 def test_a_bad_frame_does_not_disturb_its_batch(dp):
     good = bytes(Ether(src=A_MAC, dst=B_MAC) / IP(src=A_IP, dst=B_IP) / UDP())
-    out = dp.process([(0, good), (0, b"\x01\x02"), (0, good)])
+    out = process(dp, [(0, good), (0, b"\x01\x02"), (0, good)])
     assert out == [(1, good), (1, good)]
 
 
@@ -98,7 +99,7 @@ def test_broadcast_and_unknown_unicast_flood_to_other_ports(dp):
     bcast = bytes(Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src=A_IP, dst="10.244.1.255") / UDP())
     unknown = bytes(Ether(src=A_MAC, dst="0a:58:00:00:00:99") / IP(src=A_IP, dst=B_IP) / UDP())
     # every other port: web-2 (1) and the node's DNS server pod (2)
-    assert dp.process([(0, bcast), (0, unknown)]) == [(1, bcast), (2, bcast), (1, unknown),
+    assert process(dp, [(0, bcast), (0, unknown)]) == [(1, bcast), (2, bcast), (1, unknown),
                                                       (2, unknown)]
 
 
@@ -110,34 +111,34 @@ def test_mac_learning_and_ageing():
     other_mac = "0a:58:0a:f4:01:77"   # a MAC the user gave pod B by hand
     learn = bytes(Ether(src=other_mac, dst=A_MAC) / IP(src=B_IP, dst=A_IP) / UDP())
     to_it = bytes(Ether(src=A_MAC, dst=other_mac) / IP(src=A_IP, dst=B_IP) / UDP())
-    assert dp.process([(1, learn)]) == [(0, learn)]
-    assert dp.process([(0, to_it)]) == [(1, to_it)]          # learned: straight to port 1
+    assert process(dp, [(1, learn)]) == [(0, learn)]
+    assert process(dp, [(0, to_it)]) == [(1, to_it)]          # learned: straight to port 1
     now[0] += 61
-    assert dp.process([(0, to_it)]) == [(1, to_it), (2, to_it)]   # aged out: flooded
+    assert process(dp, [(0, to_it)]) == [(1, to_it), (2, to_it)]   # aged out: flooded
     assert counters(dp)["flooded"] == 1
 
 
 def test_arp_goes_to_the_slow_path_and_is_answered(dp):
     req = Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=A_MAC, psrc=A_IP, pdst="10.244.1.1")
-    (port, out), = dp.process([(0, bytes(req))])
+    (port, out), = process(dp, [(0, bytes(req))])
     assert port == 0 and Ether(out)[ARP].hwsrc == GW_MAC
     assert counters(dp)["slow_arp"] == 1
 
 
 def test_ttl_one_gets_time_exceeded_from_the_gateway(dp):
-    (port, out), = dp.process([(0, bytes(routed(ttl=1)))])
+    (port, out), = process(dp, [(0, bytes(routed(ttl=1)))])
     reply = Ether(out)
     assert port == 0 and reply.src == GW_MAC and reply.dst == A_MAC
     assert reply[IP].src == "10.244.1.1" and reply[ICMP].type == 11
 
 
 def test_unused_address_in_pod_cidr_gets_host_unreachable(dp):
-    (port, out), = dp.process([(0, bytes(routed(dst="10.244.1.99")))])
+    (port, out), = process(dp, [(0, bytes(routed(dst="10.244.1.99")))])
     assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 1)
 
 
 def test_address_outside_the_cluster_gets_net_unreachable(dp):
-    (port, out), = dp.process([(0, bytes(routed(dst="192.0.2.1")))])
+    (port, out), = process(dp, [(0, bytes(routed(dst="192.0.2.1")))])
     assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 0)
 
 
@@ -147,7 +148,7 @@ def test_encapsulation_matches_scapy(dp):
     """The node's UDP socket carries the datagram (the kernel writes outer IPv4/UDP): the fast
     path's output is the VXLAN header and the inner frame, addressed VTEP to VTEP."""
     inner = routed(UDP(sport=5555, dport=53) / b"query", dst=REMOTE_IP, ttl=30)
-    (target, datagram), = dp.process([(0, bytes(inner))])
+    (target, datagram), = process(dp, [(0, bytes(inner))])
     assert target == OVERLAY_TARGET + 0
     assert len(datagram) == len(inner) + 8
     vx = VXLAN(datagram)
@@ -163,7 +164,7 @@ def test_outer_source_port_follows_the_inner_flow(dp):
     """Flows are spread over the node's send sockets (their UDP source ports) by a hash of the
     inner flow, so an ECMP underlay spreads them too; one flow always uses one socket."""
     def socket_of(sp):
-        (emitted,) = dp.process([(0, bytes(routed(UDP(sport=sp, dport=80), dst=REMOTE_IP)))],
+        (emitted,) = process(dp, [(0, bytes(routed(UDP(sport=sp, dport=80), dst=REMOTE_IP)))],
                                 detail=True)
         return emitted.socket
     assert socket_of(1000) == socket_of(1000)
@@ -172,7 +173,7 @@ def test_outer_source_port_follows_the_inner_flow(dp):
 
 def test_too_big_with_df_gets_frag_needed(dp):
     big = routed(UDP() / (b"x" * 1472), dst=REMOTE_IP, flags="DF")
-    (port, out), = dp.process([(0, bytes(big))])
+    (port, out), = process(dp, [(0, bytes(big))])
     icmp = Ether(out)[ICMP]
     assert port == 0 and (icmp.type, icmp.code, icmp.nexthopmtu) == (3, 4, 1450)
 
@@ -191,7 +192,7 @@ def ip_int(addr):
 
 def test_decapsulated_frame_is_delivered_to_the_pod(dp):
     inner = from_b()
-    (port, out), = dp.process_datagrams([(ip_int(UNDERLAY_B), vxlan_datagram(inner))])
+    (port, out), = process_datagrams(dp, [(ip_int(UNDERLAY_B), vxlan_datagram(inner))])
     expected = inner.copy()
     expected[Ether].src, expected[Ether].dst = GW_MAC, A_MAC
     expected[IP].ttl = 19
@@ -209,7 +210,7 @@ def test_decapsulated_frame_is_delivered_to_the_pod(dp):
     (UNDERLAY_B, vxlan_datagram(from_b(dst="10.244.2.9")), "drop_overlay_bad_inner"),
 ])
 def test_bad_overlay_datagrams_are_dropped_by_reason(dp, source, datagram, reason):
-    assert dp.process_datagrams([(ip_int(source), datagram)]) == []
+    assert process_datagrams(dp, [(ip_int(source), datagram)]) == []
     assert counters(dp) == {"rx_frames": 1, reason: 1}
 
 
@@ -224,7 +225,7 @@ def test_every_reserved_bit_is_rejected(dp, byte, mask):
     header = bytearray(vxlan_datagram(from_b())[:8])
     header[byte] |= mask
     datagram = bytes(header) + bytes(from_b())
-    assert dp.process_datagrams([(ip_int(UNDERLAY_B), datagram)]) == []
+    assert process_datagrams(dp, [(ip_int(UNDERLAY_B), datagram)]) == []
     assert counters(dp) == {"rx_frames": 1, "drop_overlay_bad_flags": 1}
 
 
@@ -239,16 +240,16 @@ def silence_peer(dp):
 
 def test_down_peer_drops_pod_traffic_but_keepalives_still_go(dp):
     silence_peer(dp)
-    assert dp.process([(0, bytes(routed(dst=REMOTE_IP)))]) == []
+    assert process(dp, [(0, bytes(routed(dst=REMOTE_IP)))]) == []
     assert counters(dp)["drop_overlay_peer_down"] == 1
-    (emitted,) = dp.keepalives()
+    (emitted,) = keepalives(dp)
     inner = Ether(bytes(VXLAN(emitted.data).payload))
     assert emitted.target == OVERLAY_TARGET and (inner[IP].src, inner[IP].dst) == ("10.244.1.0", "10.244.2.0")
 
 
 def test_any_datagram_from_a_peer_marks_it_up_again(dp):
     silence_peer(dp)
-    dp.process_datagrams([(ip_int(UNDERLAY_B), vxlan_datagram(from_b()))])
+    process_datagrams(dp, [(ip_int(UNDERLAY_B), vxlan_datagram(from_b()))])
     assert dp.peer_is_up(0)
 
 
@@ -263,7 +264,7 @@ def assert_icmp_valid(pkt):
 
 def test_a_ping_to_the_gateway_is_answered_in_the_fast_path(dp):
     request = routed(ICMP(id=9, seq=3) / (b"p" * 56), dst="10.244.1.1", ttl=5)
-    (port, frame), = dp.process([(0, bytes(request))])
+    (port, frame), = process(dp, [(0, bytes(request))])
     reply = Ether(frame)
     assert port == 0 and (reply.src, reply.dst) == (GW_MAC, A_MAC)
     assert (reply[IP].src, reply[IP].dst, reply[IP].ttl) == ("10.244.1.1", A_IP, 64)
@@ -275,14 +276,14 @@ def test_a_ping_to_the_gateway_is_answered_in_the_fast_path(dp):
 
 def test_keepalives_are_answered_and_consumed_without_the_slow_path():
     node_a, node_b = make_dp(), Dataplane(make_dp().cluster, "node-b")
-    (keepalive,) = node_a.keepalives()
-    (answer,) = node_b.process_datagrams([(ip_int(UNDERLAY_A), keepalive.data)], detail=True)
+    (keepalive,) = keepalives(node_a)
+    (answer,) = process_datagrams(node_b, [(ip_int(UNDERLAY_A), keepalive.data)], detail=True)
     reply = Ether(bytes(VXLAN(answer.data).payload))
     assert answer.target == OVERLAY_TARGET and reply[ICMP].type == 0
     assert (reply[IP].src, reply[IP].dst) == ("10.244.2.0", "10.244.1.0")
     assert_icmp_valid(reply)
     silence_peer(node_a)
-    assert node_a.process_datagrams([(ip_int(UNDERLAY_B), answer.data)]) == []
+    assert process_datagrams(node_a, [(ip_int(UNDERLAY_B), answer.data)]) == []
     assert node_a.peer_is_up(0) and node_a.counter_dict()["to_node"] == 1
     assert node_b.counter_dict()["echo_answered"] == 1
     assert node_a.counter_dict()["slow_to_gateway"] == node_b.counter_dict()["slow_to_gateway"] == 0
@@ -290,7 +291,7 @@ def test_keepalives_are_answered_and_consumed_without_the_slow_path():
 
 def test_an_echo_with_ip_options_is_left_to_the_slow_path(dp):
     request = routed(ICMP(id=1, seq=1), dst="10.244.1.1", options=[IPOption_RR()])
-    (port, frame), = dp.process([(0, bytes(request))])
+    (port, frame), = process(dp, [(0, bytes(request))])
     assert port == 0 and Ether(frame)[ICMP].type == 0
     assert counters(dp)["slow_to_gateway"] == 1 and "echo_answered" not in counters(dp)
 
@@ -302,5 +303,5 @@ def test_all_fragments_of_a_datagram_take_the_same_send_socket(dp):
     for sport in range(2000, 2020):
         datagram = IP(src=A_IP, dst=REMOTE_IP, id=sport) / UDP(sport=sport, dport=53) / (b"f" * 3000)
         frames = [(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / f)) for f in fragment(datagram, 1400)]
-        sockets = {e.socket for e in dp.process(frames, detail=True)}
+        sockets = {e.socket for e in process(dp, frames, detail=True)}
         assert len(sockets) == 1

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
+from vrouter.node.dataplane import Dataplane
 from vrouter.node.trace import TraceError, Tracer
 
 from tests.fastpath.test_services import A_IP, B_IP, REMOTE, VIP, inner, make_dp, to_vip
+from tests.harness import OVERLAY_TARGET, process
 
 
 SOURCE_PORTS = [50001 + k for k in range(8)]   # one per overlay send socket
@@ -66,7 +67,7 @@ def test_cluster_ip_names_the_backend_a_real_connection_gets_and_changes_nothing
     assert service["service"] == "default/web" and service["frontend"] == f"{VIP}:80/TCP"
     assert service["connection"] == "new"
 
-    ((target, frame),) = dp.process([(0, bytes(to_vip(41000)))])   # the real SYN, same 5-tuple
+    ((target, frame),) = process(dp, [(0, bytes(to_vip(41000)))])   # the real SYN, same 5-tuple
     real = inner(target, frame)
     assert service["backend"] == f"{real[IP].dst}:{real[TCP].dport}"
 
