@@ -100,7 +100,7 @@ def test_broadcast_and_unknown_unicast_flood_to_other_ports(dp):
     unknown = bytes(Ether(src=A_MAC, dst="0a:58:00:00:00:99") / IP(src=A_IP, dst=B_IP) / UDP())
     # every other port: web-2 (1) and the node's DNS server pod (2)
     assert process(dp, [(0, bcast), (0, unknown)]) == [(1, bcast), (2, bcast), (1, unknown),
-                                                      (2, unknown)]
+                                                       (2, unknown)]
 
 
 def test_mac_learning_and_ageing():
@@ -165,7 +165,7 @@ def test_outer_source_port_follows_the_inner_flow(dp):
     inner flow, so an ECMP underlay spreads them too; one flow always uses one socket."""
     def socket_of(sp):
         (emitted,) = process(dp, [(0, bytes(routed(UDP(sport=sp, dport=80), dst=REMOTE_IP)))],
-                                detail=True)
+                                 detail=True)
         return emitted.socket
     assert socket_of(1000) == socket_of(1000)
     assert len({socket_of(p) for p in range(1000, 1032)}) >= 6   # of 8 sockets

@@ -224,7 +224,7 @@ def overlay_train(node_a, payload, mss, **kw):
 def receive_train(node_b, datagrams):
     """node-b reading the datagrams as one UDP GRO train (all the size of the first)."""
     return process_datagrams(node_b, [(UNDERLAY_A, b"".join(datagrams))],
-                                    segment=len(datagrams[0]), detail=True)
+                                     segment=len(datagrams[0]), detail=True)
 
 
 def test_coalescing_rebuilds_what_was_segmented(node_a, node_b):

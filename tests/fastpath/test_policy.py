@@ -54,7 +54,7 @@ def from_overlay(dp, inner_frame: bytes):
     """`inner_frame` as node-b sends it: routed to node-a's VTEP."""
     frame = Ether(src=VTEP_B_MAC, dst=VTEP_A_MAC) / Ether(inner_frame)[IP]
     return process_datagrams(dp, [(ip_to_int(NODE_B_UNDERLAY),
-                                  bytes(VXLAN(vni=1, flags=0x08) / frame))])
+                                   bytes(VXLAN(vni=1, flags=0x08) / frame))])
 
 
 def delivered(out, port):
@@ -133,7 +133,7 @@ def test_service_traffic_is_judged_against_the_backend_port():
     remote = refused = 0
     for sport in range(30000, 30100):
         out = process(dp, [(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst=VIP)
-                                    / TCP(sport=sport, dport=80)))])
+                                     / TCP(sport=sport, dport=80)))])
         if out:   # the backend on node-b: its own node judges it, node-a sends it on
             ((target, frame),) = out
             pkt = Ether(bytes(VXLAN(frame).payload))

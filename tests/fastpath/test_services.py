@@ -117,7 +117,7 @@ def test_reply_from_a_remote_backend_over_the_overlay_is_reverse_translated(dp):
     reply = (Ether(src="0e:76:0a:f4:02:00", dst="0e:76:0a:f4:01:00") /
              IP(src=REMOTE, dst=A_IP, ttl=63) / UDP(sport=5353, dport=sport) / b"answer")
     ((target, frame),) = process_datagrams(dp, [(ip_to_int("127.0.0.12"),
-                                                bytes(VXLAN(vni=1, flags=0x08) / reply))])
+                                                 bytes(VXLAN(vni=1, flags=0x08) / reply))])
     pkt = Ether(frame)
     assert target == 0
     assert (pkt[IP].src, pkt[UDP].sport, pkt[UDP].dport) == (VIP, 53, sport)
