@@ -22,6 +22,13 @@ from vrouter.node.dataplane import load_into, vnet_header
 OVERLAY_TARGET = 1 << 20
 
 
+def still_clock(at: float = 1_000_000.0):
+    """A clock that does not move: the data plane's view of time (peer liveness, MAC ageing,
+    conntrack expiry) then depends on what a test does, not on how fast the machine runs it
+    (with the wall clock, a test slower than 3 s finds its overlay peers down)."""
+    return lambda: at
+
+
 class Emitted(NamedTuple):
     """One write or send of the data plane, as tests see it."""
     target: int        # port, or OVERLAY_TARGET + peer

@@ -8,7 +8,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
 from fastpath.checksum import update16
-from tests.harness import OVERLAY_TARGET, keepalives, process, process_datagrams
+from tests.harness import OVERLAY_TARGET, keepalives, process, process_datagrams, still_clock
 from vrouter.model import config
 from vrouter.node.dataplane import Dataplane
 
@@ -22,7 +22,8 @@ UNDERLAY_A, UNDERLAY_B = "127.0.0.11", "127.0.0.12"
 
 def make_dp():
     text = open("configs/demo.yaml").read()
-    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a")
+    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a",
+                     clock=still_clock())
 
 
 @pytest.fixture
@@ -275,7 +276,7 @@ def test_a_ping_to_the_gateway_is_answered_in_the_fast_path(dp):
 
 
 def test_keepalives_are_answered_and_consumed_without_the_slow_path():
-    node_a, node_b = make_dp(), Dataplane(make_dp().cluster, "node-b")
+    node_a, node_b = make_dp(), Dataplane(make_dp().cluster, "node-b", clock=still_clock())
     (keepalive,) = keepalives(node_a)
     (answer,) = process_datagrams(node_b, [(ip_int(UNDERLAY_A), keepalive.data)], detail=True)
     reply = Ether(bytes(VXLAN(answer.data).payload))

@@ -9,7 +9,7 @@ from tests.fastpath.test_gso import (
     UNDERLAY_A, _ARP, _TCP_SUPER, _UDP_SMALL, cluster, overlay_train,
 )
 from tests.fastpath.test_services import SERVICE
-from tests.harness import process_datagrams, process_tap
+from tests.harness import process_datagrams, process_tap, still_clock
 from vrouter.node.dataplane import Dataplane
 
 VERDICTS = [c.name for c in COUNTERS if c.kind != EVENT]
@@ -37,13 +37,13 @@ def mutate(rng, data: bytes, hot: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def seeds():
-    node_a = Dataplane(cluster(), "node-a")
+    node_a = Dataplane(cluster(), "node-a", clock=still_clock())
     return {"tap": [_TCP_SUPER, _UDP_SMALL, _ARP],
             "overlay": overlay_train(node_a, b"f" * 5000, 1386)}
 
 
 def test_mutated_tap_reads_are_each_counted_once_and_never_crash(seeds):
-    dp = Dataplane(cluster(SERVICE), "node-a")
+    dp = Dataplane(cluster(SERVICE), "node-a", clock=still_clock())
     rng = random.Random(1)
     for n in range(1, 1501):
         seed = rng.choice(seeds["tap"])
@@ -52,7 +52,7 @@ def test_mutated_tap_reads_are_each_counted_once_and_never_crash(seeds):
 
 
 def test_mutated_overlay_datagrams_and_trains_are_each_counted_once(seeds):
-    dp = Dataplane(cluster(SERVICE), "node-b")
+    dp = Dataplane(cluster(SERVICE), "node-b", clock=still_clock())
     rng = random.Random(2)
     train = seeds["overlay"]
     for n in range(1, 501):
@@ -63,7 +63,7 @@ def test_mutated_overlay_datagrams_and_trains_are_each_counted_once(seeds):
 
 
 def test_garbage_is_dropped(seeds):
-    dp = Dataplane(cluster(), "node-a")
+    dp = Dataplane(cluster(), "node-a", clock=still_clock())
     rng = random.Random(3)
     reads = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 200))) for _ in range(300)]
     process_tap(dp, 0, reads)

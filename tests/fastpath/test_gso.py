@@ -15,7 +15,7 @@ from fastpath.layout import (
 )
 from tests.fastpath.test_services import SERVICE, VIP
 from tests.fastpath.test_services import assert_checksums_valid as assert_valid_checksums
-from tests.harness import OVERLAY_TARGET, process_datagrams, process_tap
+from tests.harness import OVERLAY_TARGET, process_datagrams, process_tap, still_clock
 from vrouter.model import config
 from vrouter.node.dataplane import VNET_HEADER, Dataplane
 
@@ -34,12 +34,12 @@ def cluster(extra=""):
 
 @pytest.fixture
 def node_a():
-    return Dataplane(cluster(), "node-a")
+    return Dataplane(cluster(), "node-a", clock=still_clock())
 
 
 @pytest.fixture
 def node_b():
-    return Dataplane(cluster(), "node-b")
+    return Dataplane(cluster(), "node-b", clock=still_clock())
 
 
 def fold(x):
@@ -182,7 +182,7 @@ def test_a_superframe_is_bridged_and_routed_on_the_node_in_one_write(node_a):
 
 
 def test_service_nat_keeps_a_partial_checksum_partial_and_consistent():
-    dp = Dataplane(cluster(SERVICE), "node-a")
+    dp = Dataplane(cluster(SERVICE), "node-a", clock=still_clock())
     seen = set()
     for sport in range(20000, 20040):
         pkt = (Ether(src=A_MAC, dst=GW_A) / IP(src=A_IP, dst=VIP)

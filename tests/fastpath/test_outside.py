@@ -11,7 +11,7 @@ from tests.fastpath.test_services import (
     A_IP, A_MAC, B_IP, B_MAC, GW_MAC, REMOTE, VIP, assert_checksums_valid, first_flow, inner,
     make_dp, to_vip,
 )
-from tests.harness import OVERLAY_TARGET, process
+from tests.harness import OVERLAY_TARGET, process, still_clock
 from vrouter.model import config
 from vrouter.node.dataplane import Dataplane
 
@@ -91,7 +91,8 @@ def test_a_reload_that_moves_the_last_local_endpoint_moves_the_announcement(dp):
     assert dp.services.announced == []            # only node-b has endpoints now
     assert [Ether(f)[ARP].psrc for _p, f in dp.announce()] == [NODE_IP]
     assert process(dp, [(UPLINK, arp_who_has(LB_IP))]) == []
-    node_b = Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-b")
+    node_b = Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-b",
+                       clock=still_clock())
     assert node_b.services.announced == [LB_IP]
 
 

@@ -9,7 +9,7 @@ from scapy.layers.vxlan import VXLAN
 
 from fastpath import conntrack as nat
 from fastpath.reasons import COUNTER_COUNT, R_CT_EVICTED
-from tests.harness import OVERLAY_TARGET, process, process_datagrams
+from tests.harness import OVERLAY_TARGET, process, process_datagrams, still_clock
 from vrouter.model import config
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.servicetables import maglev_row
@@ -45,7 +45,8 @@ def make_dp(extra=SERVICE, **replace):
     text = open("configs/demo.yaml").read() + extra
     for old, new in replace.items():
         text = text.replace(old, new)
-    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a")
+    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a",
+                     clock=still_clock())
 
 
 @pytest.fixture

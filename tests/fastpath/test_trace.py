@@ -7,7 +7,7 @@ from vrouter.node.dataplane import Dataplane
 from vrouter.node.trace import TraceError, Tracer
 
 from tests.fastpath.test_services import A_IP, B_IP, REMOTE, VIP, inner, make_dp, to_vip
-from tests.harness import OVERLAY_TARGET, process
+from tests.harness import OVERLAY_TARGET, process, still_clock
 
 
 SOURCE_PORTS = [50001 + k for k in range(8)]   # one per overlay send socket
@@ -49,7 +49,7 @@ def test_remote_pod_leaves_over_the_overlay_and_the_peer_takes_it_up():
     assert outer["dport"] == dp.cluster.overlay.port and outer["vni"] == dp.cluster.overlay.vni
     assert outer["sport"] in SOURCE_PORTS and outer["inner_length"] == len(datagram) - 8
 
-    peer = Dataplane(dp.cluster, "node-b")
+    peer = Dataplane(dp.cluster, "node-b", clock=still_clock())
     hop = tracer(peer).from_overlay(result["to"]["source"], datagram)
     assert stages(hop)[0] == "overlay_in"
     assert hop["verdict"] == "forwarded_routed"
