@@ -55,6 +55,7 @@ SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
 IOV_MAX = 1024
+HUNG_UP = -1          # read_tap: the fd has nothing to read, ever again (EOF or an error)
 
 # kernel structure sizes, in 8-byte words
 MMSG_WORDS = 8        # struct mmsghdr: msghdr (56 bytes) + msg_len, padded
@@ -75,6 +76,7 @@ WHY_TIMEOUT = 3       # nothing happened for the wait time
 WHY_ERROR = 4         # epoll_wait failed
 WHY_GATEWAY = 5       # the gateway's batch (state[ST_GATEWAY_N]) is written
 WHY_CAPTURE = 6       # the capture ring is half full: drain it
+WHY_HANGUP = 7        # a TAP fd hung up (state[ST_HANGUP_PORT]): stop polling it
 
 # Stats.batch_sizes: 8 buckets (1, 2-3, ..., 128+) of frames per read, then their sum
 BATCH_FRAMES = 8
@@ -94,7 +96,8 @@ ST_SPIN_NS = 4        # busy-poll window after traffic (0: off)
 ST_TIMEOUT_MS = 5     # longest sleep in epoll_wait before returning WHY_TIMEOUT (-1: forever)
 ST_NOW = 6            # the fast path's clock (seconds), as of the last wake-up
 ST_GATEWAY_N = 7      # > 0: run this many frames of the gateway's batch, then return
-STATE_COLS = 8
+ST_HANGUP_PORT = 8    # WHY_HANGUP: the port whose TAP fd hung up
+STATE_COLS = 9
 
 
 @njit(cache=True, inline="always", _nrt=False)
@@ -151,7 +154,9 @@ def _capture(io, port, sent, buf, row, start, length):
 @njit(cache=True, _nrt=False)
 def read_tap(fd, port, frames, io, counters):
     """Read up to a batch of frames (each behind its virtio-net header) from a TAP, one per row,
-    into meta rows 0..n-1; returns n."""
+    into meta rows 0..n-1; returns n, or HUNG_UP when there was nothing to read and never will
+    be: end of file (the other end closed) or an error other than EAGAIN (a TAP whose device is
+    gone). epoll reports such an fd ready for ever."""
     buf, meta = frames.buf, frames.meta
     base = buf.ctypes.data
     room = SLOT - HEADROOM + VNET_HDR_LEN
@@ -159,6 +164,8 @@ def read_tap(fd, port, frames, io, counters):
     while n < buf.shape[0]:
         got = c_read(fd, base + n * SLOT + HEADROOM - VNET_HDR_LEN, room)
         if got <= 0:
+            if n == 0 and (got == 0 or (_errno() != EAGAIN and _errno() != EINTR)):
+                return HUNG_UP
             break
         counters[R_RX_SYSCALLS] += 1
         h = HEADROOM - VNET_HDR_LEN
@@ -457,6 +464,9 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
                 n = recv_overlay(fd, frames, rx, io, counters)
             elif port >= 0:
                 n = read_tap(fd, port, frames, io, counters)
+                if n == HUNG_UP:   # Python stops polling it (else this loop would spin)
+                    state[ST_HANGUP_PORT] = port
+                    return WHY_HANGUP
             else:
                 continue
             if n == 0:

@@ -23,8 +23,8 @@ from typing import Callable
 import trio
 
 from fastpath.io import (
-    BATCH_FRAMES, FD_NONE, FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_SPIN_NS, TX_BYTES, TX_FRAMES,
-    WHY_CAPTURE, WHY_ERROR, WHY_SLOW, serve,
+    BATCH_FRAMES, FD_NONE, FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_HANGUP_PORT, ST_SPIN_NS,
+    TX_BYTES, TX_FRAMES, WHY_CAPTURE, WHY_ERROR, WHY_HANGUP, WHY_SLOW, serve,
 )
 from fastpath.layout import BATCH
 from fastpath.reasons import R_DROP_TX_ERROR
@@ -46,6 +46,7 @@ class Datapath:
         """`taps`: port number -> TapPort, the pods' and the uplink's (port dp.uplink)."""
         self.dp = dp
         self.taps: dict = {}
+        self.hung_up: set[int] = set()   # ports whose TAP fd hung up: no longer polled
         self.overlay = overlay
         self.epoll = select.epoll()
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -123,7 +124,10 @@ class Datapath:
     def remove_tap(self, port: int):
         """Stop serving a port; returns its TapPort for the caller to close."""
         tap = self.taps.pop(port)
-        self.epoll.unregister(tap.fd)
+        if port in self.hung_up:
+            self.hung_up.discard(port)
+        else:
+            self.epoll.unregister(tap.fd)
         self.io.tap_fds[port] = -1
         self.io.fd_port[tap.fd] = FD_NONE
         return tap
@@ -220,6 +224,8 @@ class Datapath:
                     self._slow_path()
                 elif why == WHY_ERROR:
                     raise OSError("epoll_wait failed in the data path")
+                elif why == WHY_HANGUP:
+                    self._hung_up(int(self.state[ST_HANGUP_PORT]))
                 elif why != WHY_CAPTURE:
                     self._drain_wake()
                 if self.captures.sessions:
@@ -229,6 +235,17 @@ class Datapath:
             self.failure = exc
             log.exception("the data path failed")
             self.on_failure()
+
+    def _hung_up(self, port: int) -> None:
+        """A TAP fd that will never be readable again (its device is gone) stays ready in
+        epoll: stop polling it. Writes to it fail and are counted until the pod is detached."""
+        tap = self.taps[port]
+        self.epoll.unregister(tap.fd)
+        self.io.fd_port[tap.fd] = FD_NONE
+        self.hung_up.add(port)
+        pod = self.dp.ports.get(port)
+        log.warning("the TAP of port %d (%s) hung up: no longer read", port,
+                    pod.name if pod is not None else "the uplink")
 
     def _slow_path(self) -> None:
         dp = self.dp
