@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ REQUIRED_ENV = {"ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
                 "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
                 "GC": (), "STATUS": (), "VERSION": ()}
 REQUEST_TIMEOUT = 60
+NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")   # cluster and node names (DNS labels)
 
 
 class CniError(Exception):
@@ -68,7 +70,7 @@ def main() -> int:
         if command not in COMMANDS:
             raise CniError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {command!r}",
                            f"one of {', '.join(sorted(COMMANDS))}")
-        conf = _read_config(sys.stdin.read())
+        conf = _read_config(sys.stdin.buffer.read())
         version = conf.get("cniVersion") or version
         if command == "VERSION":
             return _print({"cniVersion": version if version in SUPPORTED else SUPPORTED[-1],
@@ -94,13 +96,18 @@ def _print(obj: dict) -> int:
     return 0
 
 
-def _read_config(text: str) -> dict:
+def _read_config(data: bytes) -> dict:
     try:
-        conf = json.loads(text or "{}")
-    except ValueError as exc:
+        conf = json.loads(data or b"{}")   # UTF-8 (or -16, -32) as RFC 8259 has it
+    except (ValueError, RecursionError) as exc:
         raise CniError(DECODE_FAILURE, "the network configuration is not JSON", str(exc)) from None
     if not isinstance(conf, dict):
         raise CniError(DECODE_FAILURE, "the network configuration is not a JSON object")
+    for key in ("ipam", "prevResult"):
+        if conf.get(key) is not None and not isinstance(conf[key], dict):
+            raise CniError(DECODE_FAILURE, f"the network configuration's {key} is not an object")
+    if not isinstance(conf.get("name", ""), str):
+        raise CniError(DECODE_FAILURE, "the network configuration's name is not a string")
     return conf
 
 
@@ -118,6 +125,10 @@ def _target(conf: dict) -> tuple[str, str]:
     if not isinstance(cluster, str) or not isinstance(node, str) or not cluster or not node:
         raise CniError(INVALID_CONFIG, "the network configuration needs \"cluster\" and \"node\"",
                        "`vrouter cni-conf CLUSTER --node NODE` writes one")
+    for what, name in (("cluster", cluster), ("node", node)):
+        if not NAME.fullmatch(name):   # they name paths under /run/vrouter
+            raise CniError(INVALID_CONFIG, f"{what} {name!r} is not a {what} name",
+                           "a DNS label: lowercase letters, digits and '-'")
     return cluster, node
 
 
@@ -215,7 +226,11 @@ def check(conf: dict, version: str) -> int:
     previous = conf.get("prevResult") or {}
     expected = _result(answer, version)
     for key in ("interfaces", "ips"):
-        if previous.get(key) is not None and _comparable(previous[key]) != _comparable(expected[key]):
+        if previous.get(key) is None:
+            continue
+        if not isinstance(previous[key], list) or not all(isinstance(i, dict) for i in previous[key]):
+            raise CniError(DECODE_FAILURE, f"prevResult.{key} is not a list of objects")
+        if _comparable(previous[key]) != _comparable(expected[key]):
             raise CniError(IO_FAILURE, f"the attachment's {key} differ from prevResult",
                            f"now {expected[key]}, then {previous[key]}")
     return 0
