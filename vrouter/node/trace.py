@@ -112,7 +112,7 @@ class Tracer:
         except ValueError:
             raise TraceError(f"dst {request.get('dst')!r} is not an IPv4 address") from None
         proto = request.get("proto", "tcp")
-        if proto not in PROTOCOLS:
+        if not isinstance(proto, str) or proto not in PROTOCOLS:
             raise TraceError(f"proto {proto!r}: tcp, udp or icmp")
         ports = []
         for name, default in (("sport", 40000), ("dport", 80)):

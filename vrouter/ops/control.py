@@ -17,6 +17,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import trio
 
 MAX_REQUEST = 64 * 1024
+DRAIN_TIMEOUT = 1.0   # seconds to read the rest of a request too large to answer
 
 
 @dataclass
@@ -57,15 +58,17 @@ async def _answer(conn, handlers) -> None:
                 if not chunk:
                     break
                 data += chunk
+            too_large = len(data) >= MAX_REQUEST and not data.endswith(b"\n")
             try:
-                if len(data) >= MAX_REQUEST and not data.endswith(b"\n"):
+                if too_large:
                     raise ValueError(f"request larger than {MAX_REQUEST // 1024} KiB")
                 request = json.loads(data or b"{}")
                 if not isinstance(request, dict):
                     raise ValueError("a request is a JSON object with a \"cmd\"")
-                handler = handlers.get(request.get("cmd"))
+                cmd = request.get("cmd")
+                handler = handlers.get(cmd) if isinstance(cmd, str) else None
                 answer = (handler(request) if handler
-                          else {"error": f"unknown command {request.get('cmd')!r}"})
+                          else {"error": f"unknown command {cmd!r}"})
                 if inspect.isawaitable(answer):
                     answer = await answer
             except Exception as exc:   # a bad request gets an answer, never kills the node
@@ -74,6 +77,11 @@ async def _answer(conn, handlers) -> None:
                 await _stream(stream, answer)
                 return
             await stream.send_all(json.dumps(answer).encode() + b"\n")
+            if too_large:   # closing with its rest unread would reset the connection, and the
+                await stream.send_eof()   # client would not read the answer: drain it first
+                with trio.move_on_after(DRAIN_TIMEOUT):
+                    while await stream.receive_some(65536):
+                        pass
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass   # the client went away
 
