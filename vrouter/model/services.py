@@ -27,7 +27,7 @@ _SPEC_FIELDS = {
     "allocateLoadBalancerNodePorts", "externalName",
 }
 _EXTERNAL_NAME = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?$")
+    r"^(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?\Z")
 # fields Kubernetes has and vrouter does not implement: refused with the reason
 _UNSUPPORTED = {
     "loadBalancerSourceRanges": "source ranges are not enforced by vrouter",
