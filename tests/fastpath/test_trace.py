@@ -111,6 +111,14 @@ spec:
 
 
 
+def test_a_request_with_fields_of_the_wrong_kind_is_a_trace_error():
+    t = tracer(make_dp())
+    with pytest.raises(TraceError, match="proto"):
+        t.answer({"from": "pod", "pod": "web-1", "dst": B_IP, "proto": ["tcp"]})
+    with pytest.raises(TraceError, match="receive buffer"):
+        t.answer({"from": "overlay", "source": "127.0.0.12", "datagram": "00" * 70000})
+
+
 def test_a_policy_refusal_shows_in_the_policy_stage_and_counts_nothing():
     dp = make_dp("\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
                  "metadata: {name: closed}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n")

@@ -18,9 +18,10 @@ from fastpath.conntrack import copy_state_table
 from fastpath.dispatch import forward
 from fastpath.groups import Bridge, Conntrack, Outside, Tables
 from fastpath.layout import (
-    ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, F_ROWS, F_TRACE, O_DONE, O_KIND, O_LEN,
-    O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_OVERLAY, SRC_DATA, T_ACTION,
-    T_DPORT, T_DST, T_NEXT, T_OUT, T_PROTO, T_REASON, T_SPORT, T_SRC, T_STAGE,
+    ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, F_ROWS, F_TRACE, HEADROOM, O_DONE,
+    O_KIND, O_LEN, O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_OVERLAY, SLOT,
+    SRC_DATA, T_ACTION, T_DPORT, T_DST, T_NEXT, T_OUT, T_PROTO, T_REASON, T_SPORT, T_SRC,
+    T_STAGE, VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import COUNTER_HELP, COUNTER_NAMES, COUNTERS, R_SVC_NEW_FLOWS
 from fastpath.stages import DONE, STAGE_NAMES, S_SERVICES
@@ -33,6 +34,7 @@ PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
 ACTIONS = {ACT_DROP: "drop", ACT_PORT: "port", ACT_FLOOD: "flood", ACT_SLOW: "slow",
            ACT_OVERLAY: "overlay"}
 MAX_STEPS = 32
+MAX_DATAGRAM = SLOT - HEADROOM + VXLAN_HEADER_LEN   # what one recvmmsg message holds
 PROBE_PAYLOAD = b"vrouter trace"
 
 
@@ -104,6 +106,9 @@ class Tracer:
                 ipaddress.IPv4Address(request["source"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise TraceError(f"an overlay trace needs source (IPv4) and datagram (hex): {exc}")
+            if len(datagram) > MAX_DATAGRAM:
+                raise TraceError(f"a datagram of {len(datagram)} bytes: a receive buffer holds "
+                                 f"{MAX_DATAGRAM}")
             return self.from_overlay(request["source"], datagram)
         if source not in ("pod", "outside"):
             raise TraceError(f"from {source!r}: pod, outside or overlay")
