@@ -14,10 +14,12 @@ if __name__ == "__main__":
     from tests.fuzz import runner
     raise SystemExit(runner.main("tests.fuzz.cni_call"))
 
+import atexit
 import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -49,6 +51,7 @@ def setup() -> Path:
     if _place:
         return _place[0]
     root = Path(tempfile.mkdtemp(prefix="vrouter-fuzz-cni-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     (root / "cni-path").mkdir()
     (root / "netns").touch()   # a CNI_NETNS that exists
     node_dir = root / "state" / CLUSTER
