@@ -272,33 +272,44 @@ def _ipam(conf: dict, command: str, quiet: bool = False) -> str | None:
     delegation: same environment but CNI_COMMAND, the whole configuration on stdin. ADD returns
     the address it gave (with its prefix)."""
     kind = (conf.get("ipam") or {}).get("type")
-    if not isinstance(kind, str) or "/" in kind or not kind:
+    if not isinstance(kind, str) or "/" in kind or kind in ("", ".", ".."):
         raise CniError(INVALID_CONFIG, "ipam.type must name an IPAM plugin")
     for directory in os.environ.get("CNI_PATH", "").split(os.pathsep):
         plugin = os.path.join(directory, kind)
-        if directory and os.access(plugin, os.X_OK):
+        if directory and os.path.isfile(plugin) and os.access(plugin, os.X_OK):
             break
     else:
         if quiet:
             return None
         raise CniError(INVALID_CONFIG, f"IPAM plugin {kind!r} is not in CNI_PATH",
                        os.environ.get("CNI_PATH", ""))
-    result = subprocess.run([plugin], input=json.dumps(_for_delegate(plugin, conf)),
-                            capture_output=True, text=True,
-                            env={**os.environ, "CNI_COMMAND": command}, timeout=60)
+    try:
+        result = subprocess.run([plugin], input=json.dumps(_for_delegate(plugin, conf)),
+                                capture_output=True, text=True,
+                                env={**os.environ, "CNI_COMMAND": command}, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:   # cannot run, or hangs
+        if quiet:
+            return None
+        raise CniError(IO_FAILURE, f"IPAM {kind} {command} failed: {exc}") from None
     if quiet:
         return None
     try:
         answer = json.loads(result.stdout or "{}")
     except ValueError:
         answer = {}
+    if not isinstance(answer, dict):
+        answer = {}
     if result.returncode != 0 or "code" in answer:
-        raise CniError(answer.get("code", IO_FAILURE), f"IPAM {kind} {command} failed: "
-                       f"{answer.get('msg') or result.stderr.strip()}", answer.get("details", ""))
-    ips = answer.get("ips") or []
-    if not ips:
+        code = answer.get("code")
+        raise CniError(code if isinstance(code, int) else IO_FAILURE,
+                       f"IPAM {kind} {command} failed: "
+                       f"{answer.get('msg') or result.stderr.strip()}", str(answer.get("details", "")))
+    ips = answer.get("ips")
+    address = ips[0].get("address") if isinstance(ips, list) and ips and isinstance(ips[0], dict) \
+        else None
+    if not isinstance(address, str):
         raise CniError(IO_FAILURE, f"IPAM {kind} gave no address")
-    return ips[0]["address"]
+    return address
 
 
 def _for_delegate(plugin: str, conf: dict) -> dict:
