@@ -17,7 +17,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import trio
 
 MAX_REQUEST = 64 * 1024
-DRAIN_TIMEOUT = 1.0   # seconds to read the rest of a request too large to answer
+DRAIN_TIMEOUT = 1.0   # seconds to read what a client sent after its request, before closing
 
 
 @dataclass
@@ -77,11 +77,12 @@ async def _answer(conn, handlers) -> None:
                 await _stream(stream, answer)
                 return
             await stream.send_all(json.dumps(answer).encode() + b"\n")
-            if too_large:   # closing with its rest unread would reset the connection, and the
-                await stream.send_eof()   # client would not read the answer: drain it first
-                with trio.move_on_after(DRAIN_TIMEOUT):
-                    while await stream.receive_some(65536):
-                        pass
+            # closing with anything the client sent still unread (the rest of a request too
+            # large, a second line) would reset the connection, and the client lose the answer
+            await stream.send_eof()
+            with trio.move_on_after(DRAIN_TIMEOUT):
+                while await stream.receive_some(65536):
+                    pass
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass   # the client went away
 
