@@ -1,5 +1,6 @@
 """Bad input never crashes the data plane and never goes uncounted: mutated frames, datagrams and
-virtio-net headers each get exactly one verdict (fastpath.reasons: every frame is counted once)."""
+virtio-net headers each get exactly one verdict (fastpath.reasons: every frame is counted once).
+tests/fuzz/test_fuzzers.py runs this file again with numba's bounds checks compiled in."""
 import random
 
 import pytest
