@@ -16,10 +16,11 @@ from scapy.layers.sctp import SCTP, SCTPChunkInit
 from scapy.layers.vxlan import VXLAN
 
 from fastpath.stages.policy import D_ISOLATED, PR_EGRESS, PR_INGRESS, allowed
+from tests.harness import OVERLAY_TARGET, process, process_datagrams
 from vrouter.model import config
 from vrouter.model.policy import EGRESS, INGRESS, PROTOCOL_NUMBERS, allows
 from vrouter.node import policytables
-from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
+from vrouter.node.dataplane import Dataplane
 from vrouter.node.tables import ip_to_int
 
 NAMESPACES = ("x", "y", "z")
@@ -211,13 +212,13 @@ def frame(src, dst, proto, sport, dport):
 def delivered(dps, src, dst, data: bytes) -> bool:
     """Send from src's port on its node; follow it over the overlay; did dst's port get it?"""
     node = dps[src.node]
-    out = node.process([(node.port_of(src.name), data)])
+    out = process(node, [(node.port_of(src.name), data)])
     if src.node != dst.node:
         datagrams = [d for t, d in out if t >= OVERLAY_TARGET]
         if not datagrams:
             return False
         other = dps[dst.node]
-        out = other.process_datagrams([(ip_to_int(UNDERLAY[src.node]), d) for d in datagrams])
+        out = process_datagrams(other, [(ip_to_int(UNDERLAY[src.node]), d) for d in datagrams])
         node = other
     port = node.port_of(dst.name)
     return any(t == port and Ether(f)[IP].dst == str(dst.ip) for t, f in out)

@@ -25,8 +25,9 @@ DEFAULT_FDB_MAX_PER_PORT = 16   # MACs one pod port may have learned at once
 DEFAULT_BUSY_POLL_US = 200   # see the README's latency notes
 DEFAULT_NODE_NETWORK = "172.18.0.0/24"   # as a kind cluster's docker network
 DEFAULT_DNS_DOMAIN = "cluster.local"
-_NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+# \Z, not $: $ also matches before a final newline
+_NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 
 
 class ConfigError(Exception):
@@ -367,6 +368,8 @@ def _documents(text: str, path: str) -> list:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(path, where, f"invalid YAML: {reason}") from None
+    except RecursionError:
+        raise ConfigError(path, "", "invalid YAML: nested too deeply") from None
 
 
 def parse(text: str, path: str = "<string>", check_host: bool = True,

@@ -28,7 +28,7 @@ _SPEC_FIELDS = {
     "allocateLoadBalancerNodePorts", "externalName", "healthCheckNodePort",
 }
 _EXTERNAL_NAME = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?$")
+    r"^(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?\Z")
 # fields Kubernetes has and vrouter does not implement: refused with the reason
 _UNSUPPORTED = {
     "loadBalancerSourceRanges": "source ranges are not enforced by vrouter",
@@ -286,11 +286,14 @@ def _ports(reader, raw, where, kind, headless, allocate_node_ports):
         if (protocol, port) in seen:
             reader.fail(f"{w}.port", f"{protocol} port {port} appears twice")
         seen.add((protocol, port))
-        target = d.get("targetPort", port)
+        target = d.get("targetPort")
+        if target is None:       # absent or null: the API server defaults it to port
+            target = port
         if isinstance(target, str) and not target.isdigit():
             target = reader.string(target, f"{w}.targetPort")
         else:
-            target = reader.integer(int(target), f"{w}.targetPort", 1, 65535)
+            target = reader.integer(int(target) if isinstance(target, str) else target,
+                                    f"{w}.targetPort", 1, 65535)
         node_port = None
         if "nodePort" in d:
             if kind in ("ClusterIP", "ExternalName"):

@@ -89,8 +89,8 @@ UNSUPPORTED = {"dns": "DNS settings come from the cluster (cluster.dns)",
                "ipMasq": "masquerading is the cluster's (cluster.masquerade)",
                "plugins": "a conflist is the runtime's to execute; give vrouter-cni one plugin"
                           " object"}
-_SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
-_ARG_KEY = re.compile(r"^[A-Za-z0-9_]+$")
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+\Z")
+_ARG_KEY = re.compile(r"^[A-Za-z0-9_]+\Z")
 
 
 class CniError(Exception):
@@ -297,6 +297,10 @@ def _configuration(conf: dict, command: str) -> None:
         if not conf.get(key):
             raise CniError(INVALID_CONFIG, f"the network configuration needs \"{key}\"",
                            "`vrouter cni-conf CLUSTER --node NODE` writes one")
+        # names, not paths: "../../run/vrouter/other" must not reach another cluster's socket
+        problem = dns_label_problem(conf[key])
+        if problem:
+            raise CniError(INVALID_CONFIG, f"{key} {conf[key]!r} {problem}")
     if "ipam" in conf:
         ipam_type = conf["ipam"].get("type")
         if not isinstance(ipam_type, str) or not ipam_type or "/" in ipam_type \
