@@ -25,7 +25,7 @@ import trio
 
 from vrouter.host import netns as host_netns, state
 from vrouter.host.tap import InterfaceExists, attach_pod, describe, remove_netns
-from vrouter.model import attachments
+from vrouter.model import addressing, attachments
 from vrouter.model.attachments import Attachment
 from vrouter.model.config import Cluster, Pod, mac_from_ip
 from vrouter.model.names import cni_name_problem, dns_label_problem, interface_problem
@@ -328,16 +328,16 @@ class LocalPods:
                 ip = ipaddress.IPv4Address(str(wanted).split("/")[0])
             except ValueError:
                 raise PodError("invalid", f"{wanted!r} is not an IPv4 address", "ip") from None
-            if ip not in cidr or ip in (cidr.network_address, cidr.broadcast_address):
+            if addressing.pod_address_problem(ip, cidr, node.name):
                 raise PodError("invalid", f"{ip} is not a pod address of node {node.name!r}'s "
                                           f"podCIDR {cidr}", "ip")
             if ip in taken:
                 raise PodError("taken", f"address {ip} is taken", "ip")
             return ip
-        for ip in cidr.hosts():
-            if ip not in taken:
-                return ip
-        raise PodError("exhausted", f"node {node.name!r}'s podCIDR {cidr} has no free address")
+        ip = addressing.lowest_free(cidr, taken)
+        if ip is None:
+            raise PodError("exhausted", f"node {node.name!r}'s podCIDR {cidr} has no free address")
+        return ip
 
     def record_of(self, name: str | None = None, container_id: str | None = None,
                   ifname: str | None = None) -> Attachment | None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from vrouter.host import state
+from vrouter.model import addressing
 from vrouter.ops import control, logs, observe
 from vrouter.ops.common import (
     EXIT_CONFIG, EXIT_HOST, ask, cluster_arg, default_config, load_cluster, unknown_node,
@@ -65,12 +66,9 @@ def cmd_cni_conf(args) -> int:
     node = cluster.node(args.node)
     plugin = {"type": "vrouter-cni", "cluster": cluster.name, "node": node.name}
     if args.ipam:
-        # the upper half of the node's podCIDR: the lower one is where file pods get theirs;
-        # its last address is the node's DNS server pod
-        hosts = list(node.pod_cidr.hosts())
-        last = hosts[-2] if cluster.dns.enabled else hosts[-1]
+        first, last = addressing.ipam_range(node.pod_cidr, cluster.dns.enabled)
         plugin["ipam"] = {"type": args.ipam, "ranges": [[{
-            "subnet": str(node.pod_cidr), "rangeStart": str(hosts[len(hosts) // 2]),
+            "subnet": str(node.pod_cidr), "rangeStart": str(first),
             "rangeEnd": str(last), "gateway": str(node.gateway)}]]}
         if args.ipam_data_dir:
             plugin["ipam"]["dataDir"] = args.ipam_data_dir

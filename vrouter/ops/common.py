@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vrouter.host import state
 from vrouter.model import attachments, config
+from vrouter.model.names import DNS_LABEL
 from vrouter.ops import control
 
 EXIT_CONFIG = 2
@@ -33,7 +34,7 @@ def load_cluster(path: str, check_host: bool = True, manifests: str | None = Non
 def cluster_arg(arg: str) -> config.Cluster:
     """CLUSTER arguments: a cluster file, or the name of a running cluster (whose nodes
     recorded the file they run)."""
-    if Path(arg).is_file() or not config._DNS_LABEL.match(arg):
+    if Path(arg).is_file() or not DNS_LABEL.match(arg):
         return load_cluster(arg, check_host=False)
     for record in sorted(state.cluster_dir(arg).glob("*.json")):
         source = (state.read_record(arg, record.stem) or {}).get("source") or {}
