@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from vrouter.model.netnsnames import (  # noqa: F401 (re-exported)
 from vrouter.model.reader import Reader, documents, join, read_text
 from vrouter.model.reader import Reader as _Reader  # noqa: F401 (re-exported)
 from vrouter.model.types import (  # noqa: F401 (re-exported)
-    DEFAULT_BUSY_POLL_US, DEFAULT_DNS_DOMAIN, DEFAULT_FDB_AGE, DEFAULT_FDB_MAX_PER_PORT,
+    DEFAULT_BUSY_POLL_US, DEFAULT_DNS_DOMAIN, DEFAULT_LEASE_TTL, DEFAULT_FDB_AGE, DEFAULT_FDB_MAX_PER_PORT,
     DEFAULT_MAX_PODS, DEFAULT_NODE_NETWORK, Cluster, ClusterDNS, ConfigError, ConntrackOptions,
     ContainerPort, Datastore, Node, Overlay, Pod, ServiceOptions, mac_from_ip, outside_host_address,
 )
@@ -92,7 +93,7 @@ def spec_of(text: str, path: str = "<string>", check_host: bool = True,
     if not docs:
         reader.fail("", "the file is empty: expected a cluster document with cluster, nodes, pods")
     cluster_doc = reader.mapping(docs[0], "", {"cluster", "nodes", "pods"},
-                                 required=("cluster", "nodes"))
+                                 required=("cluster",))
     objects = []
     for n, doc in enumerate(docs[1:], start=1):
         objects += check_object(reader, doc, f"document {n + 1}", path)
@@ -105,8 +106,10 @@ def spec_of(text: str, path: str = "<string>", check_host: bool = True,
 KINDS = ("Service", "Pod", "Namespace", "NetworkPolicy")
 
 
-def check_object(reader: Reader, doc, where: str, source: str) -> list[tuple[str, object]]:
-    """One Kubernetes object (or a List of them) -> (kind, parsed object) pairs."""
+def check_object(reader: Reader, doc, where: str, source: str, stored: bool = False
+                 ) -> list[tuple[str, object]]:
+    """One Kubernetes object (or a List of them) -> (kind, parsed object) pairs. `stored`: it
+    comes from the store, where a Pod's status.podIP is the address its node gave it."""
     from vrouter.model import policy, services
     if not isinstance(doc, dict) or "kind" not in doc:
         reader.fail(where, "expected a Kubernetes object with apiVersion and kind")
@@ -115,7 +118,7 @@ def check_object(reader: Reader, doc, where: str, source: str) -> list[tuple[str
         items = doc.get("items") or []
         out = []
         for k, item in enumerate(items):
-            out += check_object(reader, item, f"{where}.items[{k}]", source)
+            out += check_object(reader, item, f"{where}.items[{k}]", source, stored)
         return out
     if kind == "Service":
         return [(kind, services.parse(reader, doc, where, source))]
@@ -124,15 +127,17 @@ def check_object(reader: Reader, doc, where: str, source: str) -> list[tuple[str
     if kind == "NetworkPolicy":
         return [(kind, policy.parse_policy(reader, doc, where, source))]
     if kind == "Pod":
-        return [(kind, _pod_manifest(reader, doc, where))]
+        return [(kind, _pod_manifest(reader, doc, where, stored))]
     reader.fail(join(where, "kind"), f"unsupported Kubernetes kind {kind!r} (vrouter reads "
                 f"{', '.join(KINDS)} and List)")
 
 
+NETNS_ANNOTATION = "vrouter.io/netns"   # `cni`: a container runtime attaches the pod
 # where a pods[] field lives in a v1 Pod manifest (for error messages)
 _POD_MANIFEST_FIELDS = {"name": "metadata.name", "namespace": "metadata.namespace",
                         "labels": "metadata.labels", "node": "spec.nodeName",
-                        "ports": "spec.containers[].ports"}
+                        "ports": "spec.containers[].ports", "ip": "status.podIP",
+                        "netns": f"metadata.annotations.{NETNS_ANNOTATION}"}
 
 
 @dataclass(frozen=True)
@@ -151,9 +156,11 @@ class _PodEntry:
         self.reader.fail(self.at(key) if key else self.where, problem)
 
 
-def _pod_manifest(reader: Reader, doc: dict, where: str) -> _PodEntry:
+def _pod_manifest(reader: Reader, doc: dict, where: str, stored: bool = False) -> _PodEntry:
     """A v1 Pod: vrouter reads its name, namespace, labels, node and container ports (the pod
-    gets its own network namespace, made by vrouter, and an address from the node's podCIDR)."""
+    gets its own network namespace, made by vrouter, and an address from the node's podCIDR;
+    with the annotation vrouter.io/netns: cni a container runtime attaches it instead). From
+    the store, status.podIP is the address its node gave it (kubelet's status)."""
     reader.mapping(doc, where, {"apiVersion", "kind", "metadata", "spec", "status"},
                    required=("metadata", "spec"))
     if doc.get("apiVersion", "v1") != "v1":
@@ -175,6 +182,17 @@ def _pod_manifest(reader: Reader, doc: dict, where: str) -> _PodEntry:
         ports += _build_ports(reader, raw_ports, f"{w}.ports")
     fields = {"name": name, "namespace": namespace, "node": spec["nodeName"],
               "ports": tuple(ports), "labels": meta.get("labels") or {}}
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        reader.fail(f"{where}.metadata.annotations", "must be a mapping of strings")
+    if NETNS_ANNOTATION in annotations:
+        if annotations[NETNS_ANNOTATION] != CNI:
+            reader.fail(f"{where}.metadata.annotations.{NETNS_ANNOTATION}",
+                        f"{annotations[NETNS_ANNOTATION]!r}: the only value is {CNI!r}")
+        fields["netns"] = CNI
+    status = doc.get("status") or {}
+    if stored and isinstance(status, dict) and status.get("podIP"):
+        fields["ip"] = status["podIP"]
     return _PodEntry(reader, where, fields, _POD_MANIFEST_FIELDS)
 
 
@@ -186,7 +204,8 @@ def _build_cluster(reader: Reader, doc: dict, objects, check_host: bool,
                        {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
                         "fdbMaxPerPort",
                         "services", "conntrack", "busyPollMicroseconds", "maxPodsPerNode",
-                        "metricsPort", "dns", "masquerade", "outsideGateway"},
+                        "metricsPort", "dns", "masquerade", "outsideGateway", "datastore",
+                        "nodeCIDRMaskSize"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", DNS_LABEL,
@@ -210,8 +229,17 @@ def _build_cluster(reader: Reader, doc: dict, objects, check_host: bool,
                               1, 4096)
     metrics_port = reader.integer(c.get("metricsPort", 0), "cluster.metricsPort", 0, 65535)
 
-    raw_nodes = doc["nodes"]
-    if not isinstance(raw_nodes, list) or not raw_nodes:
+    datastore = _build_datastore(reader, c.get("datastore", {"type": "file"}), check_host)
+    node_mask = reader.integer(c.get("nodeCIDRMaskSize", max(addressing.DEFAULT_NODE_MASK,
+                                                             pod_cidr.prefixlen)),
+                               "cluster.nodeCIDRMaskSize", pod_cidr.prefixlen, 30)
+    raw_nodes = doc.get("nodes")
+    if datastore.type == "etcd" and raw_nodes in (None, []):
+        raw_nodes = []   # every node registers itself
+    elif not isinstance(raw_nodes, list) or not raw_nodes:
+        if raw_nodes is None:
+            reader.fail("nodes", "required field is missing (with cluster.datastore type etcd "
+                        "nodes may register themselves instead)")
         reader.fail("nodes", "must be a non-empty list of nodes")
     if len(raw_nodes) > node_network.num_addresses - 3:
         reader.fail("cluster.nodeNetwork", f"{node_network} has no room for {len(raw_nodes)} nodes "
@@ -275,7 +303,8 @@ def _build_cluster(reader: Reader, doc: dict, objects, check_host: bool,
                    node_network=node_network, busy_poll_us=busy_poll, max_pods=max_pods,
                    metrics_port=metrics_port, dns=dns, namespaces=tuple(namespaces),
                    policies=tuple(policies), masquerade=masquerade,
-                   outside_gateway=outside_gateway, spec=spec)
+                   outside_gateway=outside_gateway, datastore=datastore, node_mask=node_mask,
+                   spec=spec)
 
 
 def _unique(reader: Reader, items: list, key, kind: str) -> list:
@@ -305,6 +334,53 @@ def _build_outside_gateway(reader: Reader, c: dict, node_network, nodes):
         if node.address == gateway:
             reader.fail("cluster.outsideGateway", f"{gateway} is node {node.name!r}'s address")
     return gateway
+
+
+_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
+_PREFIX = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
+
+
+def _build_datastore(reader: Reader, raw, check_host: bool) -> Datastore:
+    """cluster.datastore: {type: file} (the records under /run/vrouter of one machine) or
+    {type: etcd, endpoints, prefix, leaseTTL, tls: {caFile, certFile, keyFile}}."""
+    where = "cluster.datastore"
+    d = reader.mapping(raw, where, {"type", "endpoints", "prefix", "leaseTTL", "tls"},
+                       required=("type",))
+    kind = d["type"]
+    if kind == "file":
+        for key in d:
+            if key != "type":
+                reader.fail(f"{where}.{key}", "only a datastore of type etcd takes it")
+        return Datastore()
+    if kind != "etcd":
+        reader.fail(f"{where}.type", f"{kind!r}: file or etcd")
+    endpoints = d.get("endpoints")
+    if not isinstance(endpoints, list) or not endpoints:
+        reader.fail(f"{where}.endpoints", "must be a non-empty list of URLs such as "
+                    "http://127.0.0.1:2379")
+    for n, url in enumerate(endpoints):
+        if not isinstance(url, str) or not _URL.match(url):
+            reader.fail(f"{where}.endpoints[{n}]", f"{url!r} is not an http:// or https:// URL "
+                        "with a host (and a port), such as http://127.0.0.1:2379")
+    prefix = d.get("prefix", "/vrouter")
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        reader.fail(f"{where}.prefix", f"{prefix!r} is not a key prefix such as /vrouter "
+                    "(a '/' then letters, digits, '_', '.', '-'; no '/' at the end)")
+    ttl = reader.integer(d.get("leaseTTL", DEFAULT_LEASE_TTL), f"{where}.leaseTTL", 2, 3600)
+    tls = reader.mapping(d.get("tls", {}), f"{where}.tls", {"caFile", "certFile", "keyFile"})
+    files = {}
+    for key in ("caFile", "certFile", "keyFile"):
+        if key in tls:
+            files[key] = reader.string(tls[key], f"{where}.tls.{key}", what="a file name")
+            if check_host and not os.path.isfile(files[key]):
+                reader.fail(f"{where}.tls.{key}", f"{files[key]}: no such file")
+    if ("certFile" in files) != ("keyFile" in files):
+        reader.fail(f"{where}.tls", "certFile and keyFile go together")
+    if files and not all(u.startswith("https://") for u in endpoints):
+        reader.fail(f"{where}.endpoints", "with tls every endpoint is an https:// URL")
+    return Datastore(type="etcd", endpoints=tuple(u.rstrip("/") for u in endpoints),
+                     prefix=prefix, lease_ttl=ttl, ca_file=files.get("caFile"),
+                     cert_file=files.get("certFile"), key_file=files.get("keyFile"))
 
 
 def _is_prime(n: int) -> bool:
@@ -374,6 +450,13 @@ def _build_node(reader: Reader, raw, where, index, cluster_cidr, node_network, e
     address = _node_address(reader, d, where, index, node_network, earlier)
     return Node(name=name, index=index, underlay=underlay, pod_cidr=cidr, vtep_mac=vtep_mac,
                 address=address, kernel=kernel)
+
+
+def check_node(cluster: Cluster, reader: Reader, where: str, fields: dict, earlier) -> Node:
+    """A node that registered itself (`fields` as a nodes[] item), checked as the file's nodes
+    are, against `earlier` nodes (ConfigError)."""
+    return _build_node(reader, fields, where, len(earlier), cluster.pod_cidr,
+                       cluster.node_network, earlier)
 
 
 def _node_address(reader, d, where, index, node_network, earlier):
