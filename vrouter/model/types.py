@@ -43,7 +43,7 @@ class Overlay:
 @dataclass(frozen=True)
 class Node:
     name: str
-    index: int
+    index: int = field(compare=False)   # its place in the model (metrics port), not what it is
     underlay: ipaddress.IPv4Address
     pod_cidr: ipaddress.IPv4Network
     vtep_mac: str

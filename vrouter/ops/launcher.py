@@ -248,7 +248,8 @@ def down(cluster: Cluster, quiet: bool = False) -> int:
             print(f"stopped vrouter up (pid {launcher['pid']})")
     # the nodes of the model and those recorded here (a node that registered itself)
     names = sorted({n.name for n in cluster.nodes} | {
-        p.stem for p in state.cluster_dir(cluster.name).glob("*.json")})
+        p.stem for p in state.cluster_dir(cluster.name).glob("*.json")} | {
+        p.stem for p in state.cluster_dir(cluster.name).glob("*.lease")})
     stopped = []
     for name in names:
         record = state.read_record(cluster.name, name)

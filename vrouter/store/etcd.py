@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import ssl
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import httpx
+
+# a node sends a keepalive every few seconds: httpx's INFO line per request is noise
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 GRPC_NOT_FOUND = 5
 GRPC_OUT_OF_RANGE = 11      # also "required revision has been compacted"
