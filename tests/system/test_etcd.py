@@ -186,6 +186,20 @@ def test_bad_input_never_reaches_the_store(cluster):
     assert {n["metadata"]["name"] for n in cluster.get("nodes")["items"]} == set(cluster.names)
 
 
+def test_a_lost_lease_is_taken_again_with_the_same_podcidr(cluster):
+    before = {n["metadata"]["name"]: n["spec"]["podCIDR"] for n in cluster.get("nodes")["items"]}
+    lease = cluster.status("n1")["store"]["lease"]
+    cluster.etcd.etcdctl("lease", "revoke", f"{lease:x}")   # as if it had expired
+    wait_for(lambda: cluster.status("n1")["store"]["lease_lost"] == 1, timeout=4 * TTL,
+             what="n1 to find its lease gone")
+    wait_for(lambda: {n["metadata"]["name"]: n["spec"]["podCIDR"]
+                      for n in cluster.get("nodes")["items"]} == before, timeout=10,
+             what="n1 registered again")
+    assert cluster.status("n1")["store"]["lease"] != lease
+    wait_for(lambda: all("n1" in {p["node"] for p in cluster.status(n)["peers"]}
+                         for n in ("n2", "n3")), timeout=10, what="n1 a peer again")
+
+
 @pytest.mark.long
 def test_a_killed_node_vanishes_after_its_lease_and_returns_with_its_podcidr(cluster):
     before = {n["metadata"]["name"]: n["spec"]["podCIDR"] for n in cluster.get("nodes")["items"]}
