@@ -186,6 +186,35 @@ def test_bad_input_never_reaches_the_store(cluster):
     assert {n["metadata"]["name"] for n in cluster.get("nodes")["items"]} == set(cluster.names)
 
 
+def test_a_runtime_attachment_is_a_store_key_every_node_sees(cluster):
+    netns = f"{cluster.prefix}-rt"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        attach = cluster.vrouter("attach", str(cluster.path), "--node", "n2", "--netns", netns,
+                                 "--label", "app=web")
+        assert attach.returncode == 0, attach.stderr
+        ip = attach.stdout.split(": eth0 ")[1].split("/")[0]
+        items = {i["metadata"]["name"]: i for i in cluster.get("pods")["items"]}
+        assert items[netns]["status"]["podIP"] == ip and items[netns]["spec"]["nodeName"] == "n2"
+        wait_for(lambda: all(any(ip in b for f in cluster.status(n)["services"]
+                                 if f["service"] == "default/web" for b in f["backends"])
+                             for n in cluster.names), timeout=10, what="the endpoint everywhere")
+        # the name is claimed cluster-wide: another host's node refuses it
+        subprocess.run(["ip", "netns", "add", f"{netns}2"], check=True)
+        again = cluster.vrouter("attach", str(cluster.path), "--node", "n3", "--netns",
+                                f"{netns}2", "--name", netns)
+        assert again.returncode == 2 and f"pod name {netns!r} is taken" in again.stderr, \
+            again.stderr
+        detach = cluster.vrouter("detach", str(cluster.path), "--name", netns)
+        assert detach.returncode == 0, detach.stderr
+        wait_for(lambda: all(not any(ip in b for f in cluster.status(n)["services"]
+                                     for b in f["backends"]) for n in cluster.names),
+                 timeout=10, what="the endpoint gone everywhere")
+    finally:
+        for name in (netns, f"{netns}2"):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
 def test_a_lost_lease_is_taken_again_with_the_same_podcidr(cluster):
     before = {n["metadata"]["name"]: n["spec"]["podCIDR"] for n in cluster.get("nodes")["items"]}
     lease = cluster.status("n1")["store"]["lease"]
