@@ -106,11 +106,15 @@ class FileStore(Store):
         base = self.history.get(revision - 1)
         if base is None:
             raise Compacted(f"the file store has no snapshot {revision - 1} to watch from")
-        yield self._changes(prefix, {k: v for k, v in base.items() if k.startswith(prefix)})
-
-    async def _changes(self, prefix: str, known: dict):
-        wake = trio.Event()
+        wake = trio.Event()   # from now on: a poke before the first read is not missed
         self.wakeups.add(wake)
+        try:
+            yield self._changes(prefix, {k: v for k, v in base.items() if k.startswith(prefix)},
+                                wake)
+        finally:
+            self.wakeups.discard(wake)
+
+    async def _changes(self, prefix: str, known: dict, wake: trio.Event):
         try:
             while True:
                 with trio.move_on_after(POLL_INTERVAL):
