@@ -62,3 +62,9 @@ def test_node_subnets():
     assert len(subnets) == 256 and str(subnets[3]) == "10.244.3.0/24"
     assert addressing.subnet_key(subnets[3]) == "10.244.3.0-24"
     assert addressing.subnet_from_key("10.244.3.0-24") == subnets[3]
+
+
+def test_the_models_overlay_overhead_is_the_fast_paths():
+    from fastpath.layout import OVERLAY_OVERHEAD
+    from vrouter.model import types
+    assert types.OVERLAY_OVERHEAD == OVERLAY_OVERHEAD

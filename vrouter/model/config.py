@@ -16,7 +16,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastpath.layout import OVERLAY_OVERHEAD
 from vrouter.model import addressing
 from vrouter.model.dnspods import (  # noqa: F401 (re-exported)
     DNS_LABELS, DNS_NAMESPACE, DNS_SERVICE, build_dns, dns_pod_ip, dns_pods,
@@ -30,7 +29,7 @@ from vrouter.model.reader import Reader, documents, join, read_text
 from vrouter.model.reader import Reader as _Reader  # noqa: F401 (re-exported)
 from vrouter.model.types import (  # noqa: F401 (re-exported)
     DEFAULT_BUSY_POLL_US, DEFAULT_DNS_DOMAIN, DEFAULT_LEASE_TTL, DEFAULT_FDB_AGE, DEFAULT_FDB_MAX_PER_PORT,
-    DEFAULT_MAX_PODS, DEFAULT_NODE_NETWORK, Cluster, ClusterDNS, ConfigError, ConntrackOptions,
+    DEFAULT_MAX_PODS, DEFAULT_NODE_NETWORK, OVERLAY_OVERHEAD, Cluster, ClusterDNS, ConfigError, ConntrackOptions,
     ContainerPort, Datastore, Node, Overlay, Pod, ServiceOptions, mac_from_ip, outside_host_address,
 )
 

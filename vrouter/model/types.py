@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from fastpath.layout import OVERLAY_OVERHEAD
 from vrouter.model import addressing
 from vrouter.model.netnsnames import CNI, netns_path, outside_netns_name
 
@@ -16,6 +15,10 @@ DEFAULT_BUSY_POLL_US = 200   # see the README's latency notes
 DEFAULT_NODE_NETWORK = "172.18.0.0/24"   # as a kind cluster's docker network
 DEFAULT_DNS_DOMAIN = "cluster.local"
 DEFAULT_LEASE_TTL = 30       # seconds (cluster.datastore.leaseTTL)
+# outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (RFC 7348): fastpath.layout has the same (a test
+# says so); not imported from there, since fastpath loads numba (half a second), which commands
+# that only read a cluster file (apply, get, vrouter-cni) do without
+OVERLAY_OVERHEAD = 50
 
 
 class ConfigError(Exception):
