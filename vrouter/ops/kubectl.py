@@ -152,8 +152,7 @@ def cmd_apply(args) -> int:
     from vrouter.store import run
 
     for _attempt in range(COMMIT_ATTEMPTS):
-        items = _items(cluster)
-        revisions = _revisions(cluster)
+        items, revisions = _read(cluster)
         try:
             puts, outcome = _plan(cluster, items, wanted)
         except ConfigError as exc:
@@ -178,11 +177,13 @@ def cmd_apply(args) -> int:
     return EXIT_HOST
 
 
-def _revisions(cluster) -> dict[str, int]:
+def _read(cluster) -> tuple[dict[str, bytes], dict[str, int]]:
+    """Every key's value and revision, in one read."""
     from vrouter.store import run
 
     async def read(store):
-        return {k: i.revision for k, i in (await store.list("")).items.items()}
+        snapshot = await store.list("")
+        return snapshot.values(), {k: i.revision for k, i in snapshot.items.items()}
     try:
         return run(cluster, read)
     except StoreError as exc:
