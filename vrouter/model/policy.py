@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from vrouter.model.config import _DNS_LABEL
+from vrouter.model.names import DNS_LABEL as _DNS_LABEL
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}

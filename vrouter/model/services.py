@@ -12,9 +12,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from vrouter.model.config import (
-    DNS_LABELS, DNS_NAMESPACE, DNS_SERVICE, ConfigError,
-)
+from vrouter.model.dnspods import DNS_LABELS, DNS_NAMESPACE, DNS_SERVICE
+from vrouter.model.types import ConfigError
 
 NODE_PORT_RANGE = (30000, 32767)
 IGNORED_BY_PROXY = ("service.kubernetes.io/service-proxy-name", "service.kubernetes.io/headless")

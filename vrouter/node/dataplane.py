@@ -193,14 +193,21 @@ class Dataplane:
         self.tables = self.tables._replace(policy=new.group)
 
     def check_reload(self, cluster: Cluster) -> None:
-        """ValueError when `cluster` differs from the running one in what needs a restart."""
+        """ValueError when `cluster` differs from the running one in what needs a restart.
+        Other nodes may come and go (they register in the store, their lease expires)."""
+        try:
+            cluster.node(self.node.name)
+        except KeyError:
+            raise ValueError(f"node {self.node.name!r} itself is not in the new model") from None
+
         def wiring(c):   # what the node is made of
-            return (c.name, c.nodes, c.overlay, c.service_options, c.conntrack, c.fdb_age,
+            return (c.name, c.node(self.node.name), c.overlay, c.service_options, c.conntrack,
+                    c.fdb_age,
                     c.fdb_max_per_port, c.busy_poll_us, c.max_pods, c.node_network,
                     c.outside_gateway, c.metrics_port)
         if wiring(cluster) != wiring(self.cluster):
-            raise ValueError("nodes, the overlay, the outside network (and its gateway) and the "
-                             "node options "
+            raise ValueError("this node, the overlay, the outside network (and its gateway) "
+                             "and the node options "
                              "(fdbAgeSeconds, fdbMaxPerPort, busyPollMicroseconds, maxPodsPerNode, "
                              "metricsPort, "
                              "services, conntrack) need a restart; pods and Services can change")
@@ -214,6 +221,7 @@ class Dataplane:
         Established TCP connections keep their backends; UDP flows and affinity entries to a
         removed backend are flushed, so the next packet of such a flow chooses a live one."""
         self.check_reload(cluster)
+        peers_changed = self.set_peers(cluster)
         new = servicetables.build(cluster, self.node.name)
         t = self.tables
         # every way a backend leaves a Service port (pod gone, relabelled, detached, its node
@@ -234,7 +242,26 @@ class Dataplane:
         return {"frontends": len(new.frontends), "backends": len(new.backend_names),
                 "removed_backends": len({(ip, port) for _, ip, port in removed}),
                 "flushed_udp_flows": flushed,
-                "policies": len(cluster.policies), "shadowed_host_ports": new.shadowed}
+                "policies": len(cluster.policies), "shadowed_host_ports": new.shadowed,
+                "peers_changed": peers_changed}
+
+    def set_peers(self, cluster: Cluster) -> bool:
+        """The other nodes of `cluster` as overlay peers (between batches): their tables, routes
+        and keepalives; a peer that stays keeps when it was last heard from. False if they are
+        the same nodes as before."""
+        peers = [n for n in cluster.nodes if n.name != self.node.name]
+        if peers == self.peers:
+            return False
+        seen = {p.name: int(self.tables.peers.peer_seen[k]) for k, p in enumerate(self.peers)}
+        self.peers = peers
+        group = tables_mod._peers(peers)
+        for k, p in enumerate(peers):   # a new peer gets a full grace period from now
+            group.peer_seen[k] = seen.get(p.name, self.now)
+        self.tables = self.tables._replace(
+            peers=group, outside=tables_mod._outside(cluster, peers),
+            **tables_mod.pod_groups(self.ports, self.capacity, peers, self.tables.bridge))
+        self.keepalive_frames = self._build_keepalives()
+        return True
 
     def announce(self) -> list:
         """Gratuitous ARPs for the node address and any load-balancer address newly ours (the

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from vrouter.host import state
-from vrouter.ops import control, logs, observe
+from vrouter.model import addressing
+from vrouter.ops import control, kubectl, logs, observe
 from vrouter.ops.common import (
-    EXIT_CONFIG, EXIT_HOST, ask, cluster_arg, default_config, load_cluster, unknown_node,
+    EXIT_CONFIG, EXIT_HOST, ask, cluster_arg, default_config, load_cluster,
+    store_items, unknown_node,
 )
 
 
@@ -51,8 +53,14 @@ def cmd_attach(args) -> int:
 
 def cmd_detach(args) -> int:
     from vrouter.model import attachments
+    from vrouter.store.base import StoreError, attachment_key
     cluster = cluster_arg(args.cluster)
-    record = next((a for a in attachments.load(cluster.name) if a.pod.name == args.name), None)
+    try:
+        value = store_items(cluster).get(attachment_key(args.name))
+    except StoreError as exc:
+        print(f"vrouter: the datastore does not answer: {exc}", file=sys.stderr)
+        return EXIT_HOST
+    record = attachments.Attachment.from_json(json.loads(value)) if value else None
     if record is None:
         print(f"vrouter: no pod {args.name!r} is attached at runtime in cluster "
               f"{cluster.name!r} (pods of the cluster file leave through a reload)",
@@ -76,12 +84,9 @@ def cmd_cni_conf(args) -> int:
     node = cluster.node(args.node)
     plugin = {"type": "vrouter-cni", "cluster": cluster.name, "node": node.name}
     if args.ipam:
-        # the upper half of the node's podCIDR: the lower one is where file pods get theirs;
-        # its last address is the node's DNS server pod
-        hosts = list(node.pod_cidr.hosts())
-        last = hosts[-2] if cluster.dns.enabled else hosts[-1]
+        first, last = addressing.ipam_range(node.pod_cidr, cluster.dns.enabled)
         plugin["ipam"] = {"type": args.ipam, "ranges": [[{
-            "subnet": str(node.pod_cidr), "rangeStart": str(hosts[len(hosts) // 2]),
+            "subnet": str(node.pod_cidr), "rangeStart": str(first),
             "rangeEnd": str(last), "gateway": str(node.gateway)}]]}
         if args.ipam_data_dir:
             plugin["ipam"]["dataDir"] = args.ipam_data_dir
@@ -202,10 +207,30 @@ def cmd_run(args) -> int:
     from vrouter.node import process as node
     from vrouter.host.tap import HostError
     cluster = load_cluster(args.config, manifests=args.manifests)
-    if unknown_node(args, cluster):
+    listed = any(n.name == args.node for n in cluster.nodes)
+    if listed and (args.underlay or args.address):
+        print(f"vrouter: {cluster.source}: node {args.node!r} is listed there: its underlay and "
+              "address come from the file (--underlay and --address are for nodes that "
+              "register themselves)", file=sys.stderr)
         return EXIT_CONFIG
+    if not listed:
+        if cluster.datastore.type != "etcd":
+            unknown_node(args, cluster)
+            print("vrouter: (with cluster.datastore {type: etcd} a node the file does not list "
+                  "registers itself: --underlay ADDRESS)", file=sys.stderr)
+            return EXIT_CONFIG
+        if not args.underlay:
+            print(f"vrouter: node {args.node!r} is not in {cluster.source}: give --underlay "
+                  "ADDRESS (its address on the network between the hosts) to register it",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        from vrouter.model.names import dns_label_problem
+        if dns_label_problem(args.node):
+            print(f"vrouter: --node {args.node!r} {dns_label_problem(args.node)}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
     try:
-        node.run(cluster, args.node)
+        node.run(cluster, args.node, args.underlay, args.address)
     except HostError as exc:
         print(f"vrouter: {exc}", file=sys.stderr)
         return EXIT_HOST
@@ -287,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one node in the foreground")
     p.add_argument("config")
     p.add_argument("--node", required=True, help="which node of the config this process is")
+    p.add_argument("--underlay", metavar="IP", help="a node the file does not list registers "
+                   "itself (cluster.datastore etcd) with this overlay address, and gets a "
+                   "podCIDR from cluster.podCIDR")
+    p.add_argument("--address", metavar="IP", help="its address on cluster.nodeNetwork "
+                   "(default: one after the file's nodes, by its podCIDR)")
     p.add_argument("--manifests", metavar="DIR", help="also read Service manifests from DIR")
     p.set_defaults(func=cmd_run)
 
@@ -362,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cni_conf)
 
     observe.add_parsers(sub)
+    kubectl.add_parsers(sub)
 
     p = sub.add_parser("check", help="validate a cluster file and show the pods' addresses")
     p.add_argument("config")

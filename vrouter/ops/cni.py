@@ -429,6 +429,8 @@ def _configured_nodes(cluster: str) -> list[str] | None:
         source = (state.read_record(cluster, record.stem) or {}).get("source") or {}
         try:
             doc = next(yaml.safe_load_all(Path(source["config"]).read_text()))
+            if (doc["cluster"].get("datastore") or {}).get("type") == "etcd":
+                return None   # nodes may register themselves: any name may be one
             return [n["name"] for n in doc["nodes"]]
         except (OSError, KeyError, TypeError, StopIteration, yaml.YAMLError):
             continue
@@ -570,20 +572,41 @@ def status(call: Invocation) -> int:
 
 
 def _stranded(cluster: str, node: str) -> list[str]:
-    """Pods attached at runtime to `node` whose records outlived it."""
-    found = []
+    """Pods attached at runtime to `node` whose records outlived it (in the cluster's store:
+    the file store of this machine, or etcd when the cluster's file says so)."""
+    from vrouter.store import run
+    from vrouter.store.base import ATTACHMENTS, StoreError
+    from vrouter.store.filestore import FileStore
+
+    async def read(store):
+        return (await store.list(ATTACHMENTS)).values()
+    file = _cluster_file(cluster)
     try:
-        names = sorted(os.listdir(state.cluster_dir(cluster) / "pods"))
-    except OSError:
+        items = run(file, read) if file is not None else FileStore(cluster).read(ATTACHMENTS)
+    except StoreError:
         return []
-    for name in names:
+    found = []
+    for key, value in sorted(items.items()):
+        value = getattr(value, "value", value)
         try:
-            record = json.loads((state.cluster_dir(cluster) / "pods" / name).read_text())
-        except (OSError, ValueError):
+            record = json.loads(value)
+        except (ValueError, UnicodeDecodeError):
             continue
         if isinstance(record, dict) and record.get("node") == node:
             found.append(str(record.get("name")))
     return found
+
+
+def _cluster_file(cluster: str):
+    """The cluster file a running cluster's nodes recorded, loaded; None if there is none."""
+    from vrouter.model import config
+    for record in sorted(state.cluster_dir(cluster).glob("*.json")):
+        source = (state.read_record(cluster, record.stem) or {}).get("source") or {}
+        try:
+            return config.load(source["config"], check_host=False)
+        except (KeyError, TypeError, config.ConfigError):
+            continue
+    return None
 
 
 # --- delegated IPAM ---------------------------------------------------------------------------
