@@ -1,6 +1,6 @@
 """vrouter beside the Linux kernel doing the same job, in one run, in one table.
 
-    python3 -m benchmarks [--seconds 5] [--json FILE] [--no-scale] [--apply]
+    python3 -m benchmarks [--seconds 5] [--json FILE] [--no-scale] [--scale 4x16] [--scale-only] [--apply]
 
 Builds the kernel reference (../shared/reference/kernel-cluster.sh: two nodes with a bridge, a
 VXLAN device and iptables kube-proxy rules; override the path with VROUTER_KERNEL_REF) and a
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,18 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def pss_mib(pid: int) -> float:
+    """The proportional set size: pages shared by n processes count 1/n in each."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+SCALE_IDLE_SECONDS = 5.0
+SCALE_SAMPLE_PAIRS = 32
 
 
 class Setups:
@@ -135,17 +148,37 @@ def measure_ceilings(seconds: float, results: dict) -> None:
 
 
 def measure_scale(tmp: Path, nodes: int, pods: int) -> dict:
-    """Start nodes x pods with `vrouter up` (fast path already compiled): time to ready, memory."""
+    """Start nodes x pods with `vrouter up` (fast path already compiled): time to ready, memory
+    per node (RSS and PSS), the nodes' CPU while idle, and pings between sampled pod pairs
+    across the whole mesh."""
     cluster = Cluster(tmp, pods_per_node=(pods,) * nodes)
     start = time.monotonic()
     cluster.start()
     ready = time.monotonic() - start
     try:
-        rss = [rss_mib(cluster.status(f"node-{chr(97 + k)}")["pid"]) for k in range(nodes)]
+        pids = [cluster.status(n["name"])["pid"] for n in cluster.nodes]
+        rss = [rss_mib(p) for p in pids]
+        pss = [pss_mib(p) for p in pids]
+        before = sum(cpu_seconds(p) for p in pids)
+        time.sleep(SCALE_IDLE_SECONDS)   # idle: what the nodes use with no traffic at all
+        idle = (sum(cpu_seconds(p) for p in pids) - before) / SCALE_IDLE_SECONDS
+        names = [p["name"] for p in cluster.pods]
+        chooser = random.Random(nodes * 1000 + pods)
+        pairs = [tuple(chooser.sample(names, 2)) for _ in range(SCALE_SAMPLE_PAIRS)]
+        answered = sum(cluster.sh(a, "ping", "-c", "1", "-W", "2", cluster.ip(b)).returncode == 0
+                       for a, b in pairs)
     finally:
         cluster.stop()
     return {"nodes": nodes, "pods": nodes * pods, "ready_seconds": ready,
-            "rss_mib_per_node": sum(rss) / len(rss)}
+            "rss_mib_per_node": sum(rss) / len(rss), "pss_mib_per_node": sum(pss) / len(pss),
+            "idle_cpu_cores": idle, "pairs": len(pairs), "pairs_answered": answered}
+
+
+def scale_row(s: dict) -> str:
+    return (f"{'scale':<26} {s['nodes']} nodes x {s['pods'] // s['nodes']} pods: ready in "
+            f"{s['ready_seconds']:.1f} s; per node process {s['pss_mib_per_node']:.0f} MiB PSS "
+            f"({s['rss_mib_per_node']:.0f} MiB RSS); idle CPU {s['idle_cpu_cores']:.3f} cores "
+            f"(all nodes); {s['pairs_answered']}/{s['pairs']} sampled pod pairs answer ping")
 
 
 def table(results: dict, extra: dict) -> str:
@@ -188,7 +221,13 @@ def main() -> int:
     parser.add_argument("--apply", action="store_true", help="also the etcd row: vrouter apply "
                         "of a Service to a first connection from every node, and an idle "
                         "node's etcd requests (benchmarks/apply.py)")
+    parser.add_argument("--scale-only", action="store_true", help="only the scale row")
     args = parser.parse_args()
+    if args.scale_only:
+        nodes, per_node = (int(x) for x in args.scale.split("x"))
+        tmp = Path(tempfile.mkdtemp(prefix="vrouter-bench-"))
+        print(scale_row(measure_scale(tmp, nodes, per_node)))
+        return 0
 
     rows = ["same-node TCP", "cross-node TCP", "pod -> ClusterIP TCP", "same-node UDP 64 B",
             "cross-node UDP 64 B", "pod -> ClusterIP conn/s", "same-node ping p50",
@@ -231,9 +270,7 @@ def main() -> int:
           f"{platform.release()}\n")
     print(table(results, extra))
     if "scale" in extra:
-        s = extra["scale"]
-        print(f"{'scale':<26} {s['nodes']} nodes x {s['pods'] // s['nodes']} pods: ready in "
-              f"{s['ready_seconds']:.1f} s, {s['rss_mib_per_node']:.0f} MiB RSS per node process")
+        print(scale_row(extra["scale"]))
     if "apply" in extra:
         from benchmarks import apply
         print(apply.row(extra["apply"]))

@@ -99,6 +99,16 @@ def list_netns() -> set[str]:
         return set()
 
 
+def letters(k: int) -> str:
+    """0 -> 'a', 25 -> 'z', 26 -> 'aa': node k's letter (node-a, pod PREFIX-a1)."""
+    name = ""
+    k += 1
+    while k:
+        k, r = divmod(k - 1, 26)
+        name = chr(97 + r) + name
+    return name
+
+
 class Cluster:
     def __init__(self, tmp_path: Path, pods_per_node=(2, 2), port=4789, extra_pods=(),
                  mtu=1500, underlays=None, services="", prefix=None, options=None,
@@ -107,14 +117,14 @@ class Cluster:
         if underlays is None:
             a, b = unique_underlay_octets()
             underlays = [f"127.{a}.{b}.{k + 1}" for k in range(len(pods_per_node))]
-        self.nodes = [{"name": f"node-{chr(97 + k)}", "underlay": underlays[k],
+        self.nodes = [{"name": f"node-{letters(k)}", "underlay": underlays[k],
                        "podCIDR": f"10.244.{k + 1}.0/24"} for k in range(len(pods_per_node))]
         for k in kernel_nodes:   # served by `vrouter kernel-node`: the others must know
             self.nodes[k]["kernel"] = True
         self.pods = []
         for k, count in enumerate(pods_per_node):
             for j in range(count):
-                self.pods.append({"name": f"{self.prefix}-{chr(97 + k)}{j + 1}",
+                self.pods.append({"name": f"{self.prefix}-{letters(k)}{j + 1}",
                                   "node": self.nodes[k]["name"]})
         self.pods.extend(extra_pods)
         self.doc = {"cluster": {"name": self.prefix, "podCIDR": "10.244.0.0/16",

@@ -379,6 +379,7 @@ def compile_fast_path() -> None:
         datapath = Datapath(Dataplane(cluster, "a"), {}, OverlaySockets(sockets[0], sockets[1:]),
                             4789, 0)
         datapath.warm_up()
+        datapath.dp.sweep()   # the once-a-second sweep: compiled apart from serve
         datapath.stop()
     finally:
         for s in sockets:

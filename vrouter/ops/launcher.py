@@ -7,9 +7,10 @@ A restarted node rebuilds itself from the cluster file, its record and the runti
 records (vrouter.node.process), so its pods come back with their namespaces.
 
 `up` records itself in /run/vrouter/CLUSTER/launcher.up, so that `vrouter down` stops it first
-(else it would restart the nodes `down` stops). Nodes are started with an interpreter that
-imports exactly the vrouter and fastpath this process imported (`python_command`), never a copy
-in the working directory.
+(else it would restart the nodes `down` stops). Nodes are forked from this process once it has
+loaded the compiled fast path and everything else a node loads (vrouter.ops.forkednodes), so
+they share those pages and run exactly the launcher's vrouter and fastpath, never a copy in the
+working directory. A vrouter interpreter started anew (`python_command`) imports the same.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 import fastpath
 import vrouter
 from vrouter.host import outside, state
-from vrouter.ops import control, logs
+from vrouter.ops import control, forkednodes, logs
 from vrouter.model.config import Cluster
 from vrouter.node.datapath import ensure_compiled
 from vrouter.host.tap import HostError, check_host, remove_netns
@@ -77,11 +78,18 @@ def python_command() -> list[str]:
     return [sys.executable, "-I", "-c", _BOOT, json.dumps(import_path())]
 
 
-def node_command(cluster: Cluster, node_name: str) -> list[str]:
-    command = [*python_command(), *logs.child_args(), "run", cluster.source, "--node", node_name]
+def node_args(cluster: Cluster, node_name: str) -> list[str]:
+    """The CLI arguments that run one node of `cluster`."""
+    args = [*logs.child_args(), "run", cluster.source, "--node", node_name]
     if cluster.manifests:
-        command += ["--manifests", cluster.manifests]
-    return command
+        args += ["--manifests", cluster.manifests]
+    return args
+
+
+def start_node(cluster: Cluster, node_name: str) -> forkednodes.ForkedNode:
+    """A node forked from this (warmed) launcher; ps shows it as `vrouter run CONFIG --node N`."""
+    args = node_args(cluster, node_name)
+    return forkednodes.fork_node(args, " ".join(["vrouter", *args]))
 
 
 @dataclass
@@ -132,20 +140,21 @@ def up(cluster: Cluster, timeout: float, policy: RestartPolicy | None = None) ->
         print(f"vrouter: cluster {cluster.name!r} already runs node(s) {', '.join(running)}; "
               f"`vrouter down {cluster.source}` stops it", file=sys.stderr)
         return 1
-    procs: dict[str, subprocess.Popen] = {}
+    procs: dict[str, forkednodes.ForkedNode] = {}
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         state.write_launcher(cluster.name, {"config": os.path.abspath(cluster.source),
                                             "manifests": cluster.manifests
                                             and os.path.abspath(cluster.manifests)})
         ensure_compiled()   # once, here: the nodes then load it instead of all compiling at once
+        forkednodes.warm()  # and what else they load: forked from here, they share it
         for node in cluster.nodes:
             if node.kernel:   # the Linux kernel serves it (`vrouter kernel-node`), not vrouter
                 print(f"vrouter: node {node.name} is marked kernel: set it up with `vrouter "
                       f"kernel-node {cluster.source} --node {node.name}` in its own namespace",
                       file=sys.stderr)
                 continue
-            procs[node.name] = subprocess.Popen(node_command(cluster, node.name))
+            procs[node.name] = start_node(cluster, node.name)
         if not _wait_ready(cluster, procs, timeout):
             return 1
         print(summary(cluster), flush=True)
@@ -163,7 +172,7 @@ def up(cluster: Cluster, timeout: float, policy: RestartPolicy | None = None) ->
             signal.signal(s, handler)
 
 
-def _supervise(cluster: Cluster, procs: dict[str, subprocess.Popen],
+def _supervise(cluster: Cluster, procs: dict[str, forkednodes.ForkedNode],
                policy: RestartPolicy) -> int:
     """Restart nodes that exit, as `policy` says, until interrupted (_Interrupted) or until no
     node is left (1). `procs` is kept current (the caller stops what is in it)."""
@@ -189,7 +198,7 @@ def _supervise(cluster: Cluster, procs: dict[str, subprocess.Popen],
         for name, when in list(due.items()):
             if now >= when:
                 del due[name]
-                procs[name] = subprocess.Popen(node_command(cluster, name))
+                procs[name] = start_node(cluster, name)
                 log.info("node %s started again (pid %d)", name, procs[name].pid)
         if not procs and not due:
             log.error("every node of cluster %s has failed for good: stopping", cluster.name)
@@ -219,7 +228,7 @@ def _wait_ready(cluster: Cluster, procs, timeout: float) -> bool:
     return True
 
 
-def _stop(procs: dict[str, subprocess.Popen]) -> None:
+def _stop(procs: dict[str, forkednodes.ForkedNode]) -> None:
     for p in procs.values():
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
