@@ -96,6 +96,7 @@ class Node:
         self.node = cluster.node(node_name) if self.registration.listed else None
         self.store: Store | None = None   # opened in main(); setup uses one of its own
         self.sync = Sync(self)
+        self.pods_changed = trio.Event()   # set when the pods may have changed (probe_pods)
         # absolute: commands and vrouter-cni name the cluster from any directory
         self.source = {"config": os.path.abspath(cluster.source),
                        "manifests": cluster.manifests and os.path.abspath(cluster.manifests)}
@@ -272,10 +273,15 @@ class Node:
 
     async def probe_pods(self) -> None:
         """ARP from the gateway to every pod that has not answered yet (readiness); pods come
-        and go, so this never ends."""
+        and go, so this never ends. A ready node sleeps until its pods change (an idle node
+        must not wake for nothing: 32 of them share two cores)."""
         while True:
-            if not self.ready:
-                self.datapath.call(lambda: self.datapath.write_l2(self.dp.slow.probes()))
+            if self.ready:
+                self.pods_changed = trio.Event()
+                if self.ready:
+                    await self.pods_changed.wait()
+                continue
+            self.datapath.call(lambda: self.datapath.write_l2(self.dp.slow.probes()))
             await trio.sleep(PROBE_INTERVAL)
 
     async def send_keepalives(self) -> None:
@@ -311,6 +317,7 @@ class Node:
             log.exception("node %s: re-attaching its runtime pods failed", self.name)
         finally:
             self.restored = True
+            self.pods_changed.set()
 
     async def pod_lost(self, port: int) -> None:
         """The pod's TAP failed: its netns is gone (a runtime removed the container without a
@@ -407,7 +414,8 @@ class Node:
 
     async def model_changed(self) -> None:
         """The live model changed (reload, attach, detach): what follows it outside the data
-        path (the health-check listeners) catches up."""
+        path (the health-check listeners, the readiness probes) catches up."""
+        self.pods_changed.set()
         if self.health is not None:
             await self.health.update()
 
