@@ -23,6 +23,7 @@ DEFAULT_MAX_PODS = 110       # pods per node, as Kubernetes' default
 DEFAULT_FDB_AGE = 300
 DEFAULT_FDB_MAX_PER_PORT = 16   # MACs one pod port may have learned at once
 DEFAULT_BUSY_POLL_US = 200   # see the README's latency notes
+DEFAULT_FLOW_LOG_EVENTS = 4096   # events in a node's flow log ring, as Hubble keeps 4095 flows
 DEFAULT_NODE_NETWORK = "172.18.0.0/24"   # as a kind cluster's docker network
 DEFAULT_DNS_DOMAIN = "cluster.local"
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -182,6 +183,7 @@ class Cluster:
     policies: tuple = ()          # policy.NetworkPolicy
     masquerade: bool = True       # pods' traffic to the outside network leaves as the node's
     outside_gateway: ipaddress.IPv4Address | None = None   # the nodes' default route (None: none)
+    flow_log_events: int = DEFAULT_FLOW_LOG_EVENTS   # a node's flow log ring (0: off)
 
     def dns_pod(self, node_name: str) -> "Pod | None":
         return next((p for p in self.pods if p.dns_server and p.node == node_name), None)
@@ -468,7 +470,7 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
                        {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
                         "fdbMaxPerPort",
                         "services", "conntrack", "busyPollMicroseconds", "maxPodsPerNode",
-                        "metricsPort", "dns", "masquerade", "outsideGateway"},
+                        "metricsPort", "dns", "masquerade", "outsideGateway", "flowLogEvents"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
@@ -491,6 +493,8 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
     max_pods = reader.integer(c.get("maxPodsPerNode", DEFAULT_MAX_PODS), "cluster.maxPodsPerNode",
                               1, 4096)
     metrics_port = reader.integer(c.get("metricsPort", 0), "cluster.metricsPort", 0, 65535)
+    flow_log_events = reader.integer(c.get("flowLogEvents", DEFAULT_FLOW_LOG_EVENTS),
+                                     "cluster.flowLogEvents", 0, 1 << 20)
 
     raw_nodes = doc["nodes"]
     if not isinstance(raw_nodes, list) or not raw_nodes:
@@ -554,7 +558,7 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
                    node_network=node_network, busy_poll_us=busy_poll, max_pods=max_pods,
                    metrics_port=metrics_port, dns=dns, namespaces=tuple(namespaces),
                    policies=tuple(policies), masquerade=masquerade,
-                   outside_gateway=outside_gateway)
+                   outside_gateway=outside_gateway, flow_log_events=flow_log_events)
 
 
 def _unique(reader: _Reader, items: list, key, kind: str) -> list:
