@@ -1,5 +1,6 @@
 """`vrouter run | kernel-node | up | down | reload | status | check | attach | detach |
-cni-conf`, and the observing commands of vrouter.ops.observe (capture, trace, metrics)."""
+cni-conf`, the observing commands of vrouter.ops.observe (capture, trace, metrics) and
+vrouter.ops.flows (observe), and the page (vrouter.ui: ui)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,8 @@ import sys
 from pathlib import Path
 
 from vrouter.host import state
-from vrouter.ops import control, logs, observe
+from vrouter.node import control
+from vrouter.ops import flows, logs, observe
 from vrouter.ops.common import (
     EXIT_CONFIG, EXIT_HOST, ask, cluster_arg, default_config, load_cluster, unknown_node,
 )
@@ -326,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cni_conf)
 
     observe.add_parsers(sub)
+    flows.add_parser(sub)
 
     p = sub.add_parser("check", help="validate a cluster file and show the pods' addresses")
     p.add_argument("config")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vrouter.host import state
 from vrouter.model import attachments, config
-from vrouter.ops import control
+from vrouter.node import control
 
 EXIT_CONFIG = 2
 EXIT_HOST = 1

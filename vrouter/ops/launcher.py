@@ -26,7 +26,8 @@ import fastpath
 import vrouter
 from vrouter.host import outside, state
 from vrouter.model import attachments
-from vrouter.ops import control, logs
+from vrouter.node import control
+from vrouter.ops import logs
 from vrouter.model.config import Cluster
 from vrouter.node.datapath import ensure_compiled
 from vrouter.host.tap import HostError, check_host, remove_netns

@@ -13,7 +13,7 @@ import time
 from vrouter.host import state
 from vrouter.model import attachments
 from vrouter.model.config import Cluster
-from vrouter.ops import control
+from vrouter.node import control
 from vrouter.ops.common import (
     EXIT_CONFIG, EXIT_HOST, cluster_arg, node_of_pod, unknown_node,
 )
