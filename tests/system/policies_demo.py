@@ -4,6 +4,7 @@ database as the file's header comment starts them."""
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,10 @@ class PoliciesCluster(Cluster):
     """`cluster.pod("frontend")` is the pod (and netns) of the file's pol-frontend."""
 
     def __init__(self, tmp_path: Path):
-        super().__init__(tmp_path, pods_per_node=(0, 0))
+        # the README's screenshots show the file's own pod names (pol-...): only then, when a
+        # person asks for them (VROUTER_SCREENSHOTS), the names are not unique
+        prefix = "pol" if os.environ.get("VROUTER_SCREENSHOTS") else None
+        super().__init__(tmp_path, pods_per_node=(0, 0), prefix=prefix)
         text = CONFIG.read_text()
         for old, new in (("name: policies", f"name: {self.prefix}"),
                          ("pol-", f"{self.prefix}-"),

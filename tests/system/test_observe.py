@@ -9,19 +9,12 @@ import time
 import pytest
 
 from tests.system.cluster import child_env
-from tests.system.policies_demo import PoliciesCluster, curl, web_servers
+from tests.system.policies_demo import curl
 
 
-@pytest.fixture(scope="module")
-def pol(tmp_path_factory):
-    cluster = PoliciesCluster(tmp_path_factory.mktemp("observe"))
-    cluster.start()
-    try:
-        with web_servers(cluster):
-            yield cluster
-    finally:
-        cluster.stop()
-        assert not cluster.leftovers()
+@pytest.fixture
+def pol(policies_demo):
+    return policies_demo
 
 
 def observe(cluster, *args, timeout=60) -> subprocess.CompletedProcess:

@@ -48,6 +48,7 @@ log = logging.getLogger("vrouter.node")
 PROBE_INTERVAL = 0.2
 KEEPALIVE_INTERVAL = 1.0
 REFRESH_INTERVAL = 2.0   # seconds between two reads of the cluster's attachment records
+FOLLOW_FLUSH = 0.25      # while someone follows the flow log, drain it at least this often
 
 
 TASK_RESTART_DELAY = 1.0   # seconds before a background task that raised runs again
@@ -220,6 +221,14 @@ class Node:
         while True:
             self.datapath.call(self.housekeeping)
             await trio.sleep(KEEPALIVE_INTERVAL)
+
+    async def flush_flows(self) -> None:
+        """While a client follows the flow log (`observe -f`, the page), wake the data path
+        every FOLLOW_FLUSH so that it drains the ring (it does whenever it wakes anyway)."""
+        while True:
+            await trio.sleep(FOLLOW_FLUSH)
+            if self.flow_log.followers:
+                self.datapath.wake()
 
     def housekeeping(self) -> None:
         """Once a second, in the data-path thread: keepalives out, expired state reclaimed."""
@@ -585,6 +594,7 @@ class Node:
                 self.datapath.call(lambda: self.datapath.write_l2(self.dp.announce()))
                 nursery.start_soon(self.supervised, self.probe_pods)
                 nursery.start_soon(self.supervised, self.send_keepalives)
+                nursery.start_soon(self.supervised, self.flush_flows)
                 self.nursery = nursery
                 # before the control socket: an attach must not take a restored pod's address
                 await self.restore()

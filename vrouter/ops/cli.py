@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vrouter.host import state
 from vrouter.node import control
+from vrouter import ui
 from vrouter.ops import flows, logs, observe
 from vrouter.ops.common import (
     EXIT_CONFIG, EXIT_HOST, ask, cluster_arg, default_config, load_cluster, unknown_node,
@@ -329,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     observe.add_parsers(sub)
     flows.add_parser(sub)
+    ui.add_parser(sub)
 
     p = sub.add_parser("check", help="validate a cluster file and show the pods' addresses")
     p.add_argument("config")
