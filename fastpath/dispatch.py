@@ -261,7 +261,7 @@ def forward(frames, first, n, now, tables, out):
         # one, a refusal; a packet of an established connection only pays these two tests
         flow = meta[i, M_FLOW]
         if flow == FLOW_NEW or flow == FLOW_ENDED or flow_log.watch[reason] != 0:
-            flows.after_verdict(buf, meta, i, action, reason, tables)
+            flows.after_verdict(buf, meta, i, action, reason, tables.conntrack, tables.policy)
         _emit(buf, meta, i, action, params, out, counters)
         i += 1
     coalesce(buf, meta, out, first_row, counters)

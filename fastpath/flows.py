@@ -101,13 +101,15 @@ F_FLOW_ENDED = 1 << 9     # ...and its end are logged
 
 
 def new_ring(events: int):
-    """(events, state, watch) of a ring of `events` events (0: the flow log is off)."""
+    """(events, state, watch) of a ring of at least `events` events (a power of two; 0: the
+    flow log is off)."""
+    size = 1 << max(events - 1, 0).bit_length() if events > 0 else 0
     watch = np.zeros(COUNTER_COUNT, dtype=np.int64)
     for name in WATCH_DROP:
         watch[COUNTER_NAMES.index(name)] = K_DROP
     for name in WATCH_REJECT:
         watch[COUNTER_NAMES.index(name)] = K_REJECT
-    return (np.zeros((events, EV_COLS), dtype=np.int64), np.zeros(FS_COLS, dtype=np.int64),
+    return (np.zeros((size, EV_COLS), dtype=np.int64), np.zeros(FS_COLS, dtype=np.int64),
             watch)
 
 
@@ -126,7 +128,7 @@ def _claim(fl, kind, reason):
         st[FS_TAIL] = head - n + 1
         st[FS_LOST] += 1
     st[FS_HEAD] = head + 1
-    r = head % n
+    r = head & (n - 1)   # n is a power of two
     events[r, :] = 0
     t = st[FS_CLOCK_NS]
     events[r, EV_TIME_NS] = t if t // 1_000_000_000 == st[FS_NOW] else st[FS_NOW] * 1_000_000_000
@@ -213,13 +215,13 @@ def _policies(events, r, reason, meta, i, policy):
         events[r, EV_POLICY + k] = policy.policy_ids[first + k]
 
 
-@njit(cache=True, _nrt=False)
-def after_verdict(buf, meta, i, action, reason, tables):
+@njit(cache=True, inline="always", _nrt=False)
+def after_verdict(buf, meta, i, action, reason, ct, policy):
     """Log what frame i's verdict means for its connection (the dispatch loop calls this only
     for a connection's first packet, a packet that ended one, and the verdicts of `watch`):
     a start, an end, or a refusal. A refused first packet takes the connection it opened with
-    it, as Linux destroys an unconfirmed conntrack entry whose packet was dropped."""
-    ct = tables.conntrack
+    it, as Linux destroys an unconfirmed conntrack entry whose packet was dropped. (Inlined:
+    a call would pass both groups by value, their every array, for each new connection.)"""
     fl = ct.flows
     recs = ct.recs
     kind = fl.watch[reason]
@@ -234,7 +236,7 @@ def after_verdict(buf, meta, i, action, reason, tables):
             fl.events[r, EV_PROTO] = buf[meta[i, M_ROW], meta[i, M_START] + ETH_LEN + 9]
             fl.events[r, EV_REPLY] = 0
             if reason == R_DROP_POLICY_INGRESS or reason == R_DROP_POLICY_EGRESS:
-                _policies(fl.events, r, reason, meta, i, tables.policy)
+                _policies(fl.events, r, reason, meta, i, policy)
         if refused:
             conntrack.release(ct, rec)   # never started: nothing more is logged of it
         else:
@@ -265,7 +267,7 @@ def after_verdict(buf, meta, i, action, reason, tables):
     if not _from_packet(fl.events, r, buf, meta, i, True):
         fl.events[r, EV_PROTO] = 0   # not IPv4 (a spoofed MAC's ARP): the ports say where
     if reason == R_DROP_POLICY_INGRESS or reason == R_DROP_POLICY_EGRESS:
-        _policies(fl.events, r, reason, meta, i, tables.policy)
+        _policies(fl.events, r, reason, meta, i, policy)
         fl.events[r, EV_REPLY] = 0   # policy judges only a connection's first packet
 
 
