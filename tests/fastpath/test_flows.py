@@ -8,6 +8,7 @@ from scapy.layers.l2 import Ether
 from fastpath import flows as ring
 from tests.fastpath.test_conntrack import Clock
 from tests.fastpath.test_policy import policy
+from tests.harness import process
 from tests.fastpath.test_services import A_IP, A_MAC, B_IP, B_MAC, GW_MAC, SERVICE, VIP, make_dp
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.flowfilter import build
@@ -47,7 +48,7 @@ def handshake_and_close(dp, sport=40000):
              (1, b_to_a("FA", sport, seq=601, ack=202)),
              (0, a_to_b("A", sport, seq=202, ack=602))]
     for port, frame in steps:
-        assert dp.process([(port, frame)]), "every segment is delivered"
+        assert process(dp, [(port, frame)]), "every segment is delivered"
 
 
 def test_a_connection_between_two_pods_starts_and_ends_with_its_packets_and_bytes():
@@ -74,13 +75,13 @@ def test_established_traffic_logs_nothing_more():
     dp, _ = new_dp()
     handshake_and_close(dp)
     assert len(drained(dp)) == 2
-    dp.process([(0, a_to_b("A", seq=202, ack=602))] * 50)   # in TIME_WAIT: tracked, not logged
+    process(dp, [(0, a_to_b("A", seq=202, ack=602))] * 50)   # in TIME_WAIT: tracked, not logged
     assert drained(dp) == []
 
 
 def test_a_service_connection_names_the_service_and_its_backend():
     dp, _ = new_dp()
-    out = dp.process([(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst=VIP)
+    out = process(dp, [(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst=VIP)
                                 / TCP(sport=40001, dport=80, flags="S")))])
     assert out
     (start,) = drained(dp)
@@ -97,7 +98,7 @@ def test_a_policy_drop_names_the_policies_that_isolate_the_pod_and_the_direction
     deny = policy("  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
                   name="deny-web")
     dp, _ = new_dp(SERVICE + deny)
-    assert dp.process([(0, a_to_b("S"))]) == []
+    assert process(dp, [(0, a_to_b("S"))]) == []
     (drop,) = drained(dp)
     assert (drop["event"], drop["verdict"], drop["reason"]) == ("drop", "DROPPED",
                                                                 "drop_policy_ingress")
@@ -107,15 +108,15 @@ def test_a_policy_drop_names_the_policies_that_isolate_the_pod_and_the_direction
     assert "ingress denied: isolated by default/deny-web" in drop["Summary"]
     # the refused first packet took its connection with it: a retry is judged (and logged) again
     assert dp.conntrack_fill()["entries"] == 0
-    assert dp.process([(0, a_to_b("S"))]) == []
+    assert process(dp, [(0, a_to_b("S"))]) == []
     assert [f["event"] for f in drained(dp)] == ["drop"]
 
 
 def test_a_service_without_endpoints_is_rejected_and_spoofing_dropped():
     dp, _ = new_dp()
-    dp.process([(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.96.0.11")
+    process(dp, [(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.96.0.11")
                           / TCP(sport=40002, dport=80, flags="S")))])
-    dp.process([(0, bytes(Ether(src=A_MAC, dst=B_MAC) / IP(src="10.244.1.99", dst=B_IP)
+    process(dp, [(0, bytes(Ether(src=A_MAC, dst=B_MAC) / IP(src="10.244.1.99", dst=B_IP)
                           / UDP(sport=1, dport=2)))])
     reject, spoofed = drained(dp)
     assert (reject["verdict"], reject["reason"]) == ("REJECTED", "slow_service_reject")
@@ -126,7 +127,7 @@ def test_a_service_without_endpoints_is_rejected_and_spoofing_dropped():
 
 def test_a_connection_that_times_out_ends_at_the_sweep_and_echo_is_followed_too():
     dp, clock = new_dp()
-    dp.process([(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.244.2.3")
+    process(dp, [(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.244.2.3")
                           / ICMP(type=8, id=7) / b"ping"))])
     (start,) = drained(dp)
     assert (start["protocol"], start["type"], start["destination"]["pod_name"]) == \
@@ -141,7 +142,7 @@ def test_a_full_ring_overwrites_the_oldest_and_counts_the_losses():
     dp, _ = new_dp(SERVICE + "\n", **{"cluster:\n": "cluster:\n  flowLogEvents: 16\n"})
     assert dp.tables.conntrack.flows.events.shape[0] == 16
     for sport in range(20000, 20040):   # 40 starts, 16 kept
-        dp.process([(0, a_to_b("S", sport))])
+        process(dp, [(0, a_to_b("S", sport))])
     log = FlowLog("node-a")
     got = drained(dp, log)
     assert len(got) == 16 and got[0]["l4"]["TCP"]["source_port"] == 20024
@@ -167,8 +168,8 @@ def test_filters_select_what_observe_shows():
     deny = policy("  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
                   name="deny-web")
     dp, _ = new_dp(SERVICE + deny)
-    dp.process([(0, a_to_b("S"))])
-    dp.process([(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.244.2.3")
+    process(dp, [(0, a_to_b("S"))])
+    process(dp, [(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.244.2.3")
                           / ICMP(type=8, id=7)))])
     log = FlowLog("node-a")
     drained(dp, log)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.system.cluster import child_env
+from tests.system.cluster import child_env, wait_for
 from tests.system.policies_demo import curl
 
 
@@ -108,7 +108,10 @@ def test_follow_prints_a_new_connection_as_it_happens(pol):
                                  "--port", "5432"], stdout=subprocess.PIPE, text=True,
                                 env=child_env())
     try:
-        time.sleep(1)   # nothing to wait for: the follower connects in this time or fails below
+        # ready once both nodes count it among their flow log's followers
+        wait_for(lambda: follower.poll() is not None or all(
+            pol.status(n)["flows"]["followers"] >= 1 for n in ("node-a", "node-b")),
+            what="the follower connected")
         assert follower.poll() is None
         # the frontend's egress policy refuses the database: dropped on node-a
         assert curl(pol, "frontend", f"http://{pol.ip('db')}:5432/", seconds=1) == 28

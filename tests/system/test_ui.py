@@ -16,7 +16,8 @@ import pytest
 
 from tests.system.cluster import child_env
 from tests.system.policies_demo import curl
-from vrouter.model import attachments, config
+from vrouter.model import config
+from vrouter.ops.common import live_cluster
 
 CHROMIUM = "/usr/bin/chromium"
 # the machine's closed network refuses Chromium's own background connections: none are made
@@ -87,8 +88,7 @@ def screenshot(page, name: str, tmp_path: Path, selector: str | None = None) -> 
 
 
 def live_pods(cluster) -> set[str]:
-    file = config.load(cluster.path, check_host=False)
-    live = attachments.live_cluster(file, attachments.load(file.name))
+    live = live_cluster(config.load(cluster.path, check_host=False))   # the store's pods too
     return {f"pod:{p.namespace}/{p.name}" for p in live.pods}
 
 

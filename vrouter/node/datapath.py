@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Callable
 
+import numpy as np
 import trio
 
 from fastpath.io import (
@@ -39,7 +40,9 @@ from fastpath.reasons import R_DROP_TX_ERROR
 from vrouter.node.capture import Captures
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.flowlog import Batch, collect
-from vrouter.node.nodeio import new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring
+from vrouter.node.nodeio import (
+    new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring, sockaddr_in,
+)
 
 log = logging.getLogger("vrouter.node.datapath")
 
@@ -105,6 +108,15 @@ class Datapath:
         self.on_port_gone: Callable[[int], None] = lambda port: None
         # the flow log's events drained from the ring (in this thread; the node names them)
         self.on_flows: Callable[[Batch], None] = lambda batch: None
+
+    def set_peers(self, overlay_port: int) -> None:
+        """The data plane's peers changed (in this thread, between batches): their addresses
+        for sendmmsg, by peer index."""
+        addrs = b"".join(sockaddr_in(str(p.underlay), overlay_port) for p in self.dp.peers)
+        # a datagram queued for a retry may still point into the old array: keep it a while
+        self.retired = [*getattr(self, "retired", [])[-3:], self.io.peer_addrs]
+        self.io = self.io._replace(
+            peer_addrs=np.frombuffer(addrs or bytes(16), dtype=np.uint64).copy())
 
     # --- lifecycle -------------------------------------------------------------------------------
 

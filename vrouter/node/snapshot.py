@@ -98,6 +98,7 @@ def build(node) -> dict:
         "flows": node.flow_log.stats() if node.flow_log else None,
         "faults": node.faults() if node.datapath else {},
         "control": {**node.control_stats.as_dict(), "refresh_errors": node.refresh_errors},
+        "store": node.sync.status() if node.store is not None else None,
         # the code this process runs: `vrouter up` starts nodes that import its own files
         "code": {"python": sys.executable, "vrouter": vrouter.__file__,
                  "fastpath": fastpath.__file__},

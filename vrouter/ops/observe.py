@@ -11,7 +11,6 @@ import sys
 import time
 
 from vrouter.host import state
-from vrouter.model import attachments
 from vrouter.model.config import Cluster
 from vrouter.node import control
 from vrouter.ops.common import (
@@ -151,8 +150,7 @@ class TraceRefused(ValueError):
 
 def cmd_trace(args) -> int:
     """Ask the node of --from where the packet goes, then each node it is sent to."""
-    cluster = attachments.live_cluster(file := cluster_arg(args.cluster),
-                                       attachments.load(file.name))
+    cluster = cluster_arg(args.cluster)
     try:
         what, hops = trace(cluster, args.source, args.to, args.port, args.proto, args.sport,
                            args.node)

@@ -2,6 +2,32 @@
 control socket) rendered as text: ports, MAC table, ARP entries, peers, counters."""
 from __future__ import annotations
 
+import time
+
+
+def _store(st: dict | None) -> list[str]:
+    if not st:
+        return []
+    where = ", ".join(st.get("endpoints") or []) or st.get("root", "")
+    if st["reachable"]:
+        health = f"reachable, revision {st['revision']}, {st['keys']} keys"
+    else:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["unreachable_since"]))
+        health = (f"UNREACHABLE since {since} ({time.time() - st['unreachable_since']:.0f} s; "
+                  f"forwarding with the last state): {st['last_error']}")
+    lines = [f"  store: {st['type']} {where}: {health}"]
+    facts = [f"{k.replace('_', ' ')} {st[k]}" for k in ("events", "resyncs", "compactions",
+                                                        "lost_streams", "apply_errors",
+                                                        "skipped_total", "lease_lost")
+             if st.get(k)]
+    if facts:
+        lines.append("    " + ", ".join(facts))
+    for key in st.get("skipped_keys") or []:
+        lines.append(f"    skipped key {key}")
+    for held in st.get("held") or []:
+        lines.append(f"    held: {held}")
+    return lines
+
 
 def _frames(t: dict) -> str:
     return (f"rx {t['rx_frames']} frames {t['rx_bytes']} B, "
@@ -88,6 +114,7 @@ def render(status: dict, show_zero: bool = False) -> str:
                      f"clients); {f['followers']} following")
     if status.get("metrics"):
         lines.append(f"  metrics: {status['metrics']}")
+    lines += _store(status.get("store"))
     faults = {k: v for k, v in (status.get("faults") or {}).items() if v}
     if faults:
         lines.append("  faults contained: " + ", ".join(f"{k} {v}" for k, v in faults.items()))

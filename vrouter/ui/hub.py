@@ -1,5 +1,7 @@
 """What the page shows, gathered from the running cluster, under trio: the cluster model (the
-file plus the runtime attachments, re-read every MODEL_INTERVAL), each node's snapshot (asked
+live model, vrouter.model.live: the file with what the cluster's store holds, its registered
+nodes, runtime attachments and applied objects, the file store's or etcd's; both re-read every
+MODEL_INTERVAL, the last model kept while the store does not answer), each node's snapshot (asked
 every STATUS_INTERVAL; the node builds at most one a second, whoever asks) and each node's
 flows (one follow stream per node, as `vrouter observe -f` reads them).
 
@@ -17,8 +19,10 @@ import trio
 
 from fastpath.reasons import COUNTERS, DROP, FORWARD, SLOW
 from vrouter.host import state
-from vrouter.model import attachments, config
+from vrouter.model import config, live
 from vrouter.model.config import Cluster
+from vrouter.store import open_store
+from vrouter.store.base import StoreError
 from vrouter.ui import view
 
 log = logging.getLogger("vrouter.ui")
@@ -72,17 +76,21 @@ class Page:
 
 
 class Hub:
-    def __init__(self, cluster: Cluster):
-        self.file = cluster
-        self.cluster = cluster
-        self.model = view.model(cluster)
+    def __init__(self, file: Cluster, cluster: Cluster | None = None):
+        """`file`: the cluster file; `cluster`: the live model as first read (default: the
+        file alone)."""
+        self.file = file
+        self.cluster = cluster or file
+        self.model = view.model(self.cluster)
         self.status: dict[str, dict] = {n.name: node_summary(n.name, None)
-                                        for n in cluster.nodes}
+                                        for n in self.cluster.nodes}
         self.snapshots: dict[str, dict] = {}
         self.flows: collections.deque = collections.deque(maxlen=FLOWS_KEPT)
         self.pages: set[Page] = set()
         self.pages_dropped = 0   # updates lost by pages that have gone
         self.flow_lost = 0       # flows the nodes said were lost for the hub
+        self.store_error: str | None = None   # why the last read of the store failed
+        self.followed: set[str] = set()
 
     @property
     def vrouter_nodes(self) -> list[str]:
@@ -114,31 +122,56 @@ class Hub:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            self._follow_new()
             nursery.start_soon(self._watch_model)
             nursery.start_soon(self._poll_status)
-            for name in self.vrouter_nodes:
-                nursery.start_soon(self._follow, name)
 
-    def _read_model(self) -> Cluster:
-        file = config.load(self.file.source, check_host=False, manifests=self.file.manifests)
-        return attachments.live_cluster(file, attachments.load(file.name))
+    def _follow_new(self) -> None:
+        """A flow stream for every vrouter node of the model (nodes that register later too)."""
+        for name in self.vrouter_nodes:
+            if name not in self.followed:
+                self.followed.add(name)
+                self.nursery.start_soon(self._follow, name)
+
+    async def _read_model(self, store) -> Cluster:
+        file = await trio.to_thread.run_sync(
+            lambda: config.load(self.file.source, check_host=False, manifests=self.file.manifests))
+        if file.datastore != self.file.datastore:
+            file = self.file   # as the nodes, which need a restart for another store
+        items = (await store.list("")).values()
+        return live.build(file, items).cluster
 
     async def _watch_model(self) -> None:
-        while True:
-            try:
-                cluster = await trio.to_thread.run_sync(self._read_model)
-            except (config.ConfigError, OSError, ValueError) as exc:
-                log.warning("reading the cluster failed, showing the last model: %s", exc)
-            else:
-                model = view.model(cluster)
-                if model != self.model:
-                    self.cluster, self.model = cluster, model
-                    self.publish("model", model)
-            await trio.sleep(MODEL_INTERVAL)
+        store = open_store(self.file)
+        try:
+            while True:
+                try:
+                    cluster = await self._read_model(store)
+                except (config.ConfigError, OSError, ValueError, StoreError) as exc:
+                    if str(exc) != self.store_error:
+                        log.warning("reading the cluster failed, showing the last model: %s",
+                                    exc)
+                    self.store_error = str(exc)
+                else:
+                    self.store_error = None
+                    model = view.model(cluster)
+                    self.cluster = cluster
+                    if model != self.model:
+                        self.model = model
+                        self.publish("model", model)
+                        self._follow_new()
+                await trio.sleep(MODEL_INTERVAL)
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
 
     async def _poll_status(self) -> None:
         while True:
             changed = []
+            for name in set(self.status) - set(self.vrouter_nodes):   # its lease expired
+                del self.status[name]
+                self.snapshots.pop(name, None)
             for name in self.vrouter_nodes:
                 try:
                     snapshot = await request(state.socket_path(self.cluster.name, name),
@@ -169,6 +202,9 @@ class Hub:
                 log.debug("following %s: %s", name, exc)
             backlog = 0 if self.flows else BACKLOG   # what we have is still shown
             await trio.sleep(RECONNECT_DELAY)
+            if name not in self.vrouter_nodes:   # gone from the model (its lease expired)
+                self.followed.discard(name)
+                return
 
 
 async def _lines(stream):

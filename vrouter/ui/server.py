@@ -34,7 +34,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from vrouter.node.flowfilter import FilterError, parse_query
-from vrouter.ops.common import EXIT_CONFIG, EXIT_HOST, cluster_arg
+from vrouter.ops.common import EXIT_CONFIG, EXIT_HOST, file_arg, live_cluster
 from vrouter.ops.observe import TraceRefused, render_trace, trace
 from vrouter.ui import view
 from vrouter.ui.hub import Hub
@@ -180,7 +180,8 @@ async def serve(hub: Hub, listen: str, port: int) -> None:
 
 
 def cmd_ui(args) -> int:
-    cluster = cluster_arg(args.cluster)
+    file = file_arg(args.cluster)
+    cluster = live_cluster(file)   # the hub reads it again every MODEL_INTERVAL
     try:
         address = ipaddress.ip_address(args.listen)
     except ValueError:
@@ -193,8 +194,7 @@ def cmd_ui(args) -> int:
     if not address.is_loopback:
         print(f"vrouter: serving the page on {address}: anyone who reaches it sees the "
               "cluster's pods and flows (nothing on it changes the cluster)", file=sys.stderr)
-    from vrouter.model import attachments
-    hub = Hub(attachments.live_cluster(cluster, attachments.load(cluster.name)))
+    hub = Hub(file, cluster)
     try:
         trio.run(serve, hub, str(address), args.port)
     except KeyboardInterrupt:
