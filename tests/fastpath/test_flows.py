@@ -1,6 +1,8 @@
 """The flow log, frame by frame: connection starts, ends and refusals from the fast path's ring
 (fastpath.flows), named by the node's flow log (vrouter.node.flowlog) as `vrouter observe`
 shows them. The system tests (tests/system/test_observe.py) check the same with real pods."""
+import collections
+
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -12,7 +14,7 @@ from tests.harness import process
 from tests.fastpath.test_services import A_IP, A_MAC, B_IP, B_MAC, GW_MAC, SERVICE, VIP, make_dp
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.flowfilter import build
-from vrouter.node.flowlog import FlowLog, collect
+from vrouter.node.flowlog import FlowLog, collect, name_batch
 from vrouter.node.trace import Tracer
 
 
@@ -25,7 +27,10 @@ def drained(dp, log=None) -> list[dict]:
     """What the node would log now (the data-path thread's drain, then trio's naming)."""
     log = log or FlowLog("node-a")
     batch = collect(dp)
-    return log.add(batch) if batch is not None else []
+    if batch is None:
+        return []
+    log.add(batch)   # counted and kept, named when asked
+    return name_batch(batch, log.node_name)
 
 
 def a_to_b(flags, sport=40000, seq=0, ack=0, payload=b""):
@@ -180,6 +185,39 @@ def test_filters_select_what_observe_shows():
     assert log.query(build({"pod": ["shop/web-1"]}), None) == []
     assert len(log.query(build({"port": ["80"]}), None)) == 1
     assert len(log.query(build({}), 1)) == 1
+
+
+def test_unobserved_flows_are_counted_without_naming_and_named_when_asked():
+    deny = policy("  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+                  name="deny-web")
+    dp, _ = new_dp(SERVICE + deny)
+    log = FlowLog("node-a", capacity=3)
+    process(dp, [(0, a_to_b("S"))])                                  # a policy drop
+    process(dp, [(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst=VIP)
+                          / TCP(sport=40001, dport=80, flags="S")))])   # a Service start
+    process(dp, [(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.244.2.3")
+                          / ICMP(type=8, id=7)))])                   # a plain start
+    batch = collect(dp)
+    log.add(batch)
+    assert log.flows == collections.deque(maxlen=3) and log.pending_rows == 3   # not named
+    named = name_batch(batch, "node-a")
+    expected = collections.Counter((f["verdict"], f["event"]) for f in named)
+    assert sorted(expected) == [("DROPPED", "drop"), ("FORWARDED", "start"),
+                                ("TRANSLATED", "start")]
+    stats = log.stats()
+    assert {(v["verdict"], v["event"]): v["flows"] for v in stats["by_verdict"]} == expected
+    assert stats["policy_drops"] == [{"policy": "default/deny-web", "direction": "ingress",
+                                      "flows": 1}]
+    assert stats["events"] == 3 and stats["kept"] == 3
+    assert log.query(build({}), None) == named and log.pending_rows == 0
+    # beyond the capacity the oldest go, named or not
+    process(dp, [(0, a_to_b("S", 20001))])
+    process(dp, [(0, a_to_b("S", 20002))])
+    log.add(collect(dp))
+    assert log.stats()["kept"] == 3 and log.stats()["events"] == 5
+    kept = log.query(build({}), None)
+    assert [f["protocol"] for f in kept] == ["icmp", "tcp", "tcp"]
+    assert [f["l4"]["TCP"]["source_port"] for f in kept[1:]] == [20001, 20002]
 
 
 @pytest.mark.parametrize("values,message", [

@@ -3,9 +3,12 @@ names, the way Hubble keeps and serves them.
 
 The data-path thread drains the ring between batches (`collect`: a copy of the new rows plus
 what resolves them: the live model, the ports' pods, the Service and policy tables of that
-moment) and hands the batch to trio, where `add` resolves names (pods, Services, policies) and
-keeps the flows in a bounded buffer (BUFFER, oldest dropped) for `query` (`vrouter observe
---last`, the page) and pushes them to followers (`observe -f`, the page's live stream). A
+moment) and hands the batch to trio, where `add` counts it (numpy, for status and metrics) and
+keeps it in a bounded buffer (BUFFER events, oldest dropped). Names (pods, Services, policies)
+are resolved only when someone looks: at a `query` (`vrouter observe --last`, the page) and,
+while there are followers (`observe -f`, the page's live stream), as batches come. Naming costs
+tens of microseconds an event in Python, which at thousands of new connections a second would
+take a good part of a core from the node; unobserved, a connection costs its events' copy. A
 follower that reads too slowly loses flows, counted and told to it (FOLLOW_QUEUE); nothing here
 ever waits for a client, so no client slows the data path.
 
@@ -239,6 +242,12 @@ def _l4_summary(proto: str, flags: int, ident: int) -> str:
     return f"IP protocol {proto}"
 
 
+def name_batch(batch: Batch, node_name: str) -> list[dict]:
+    """A drained batch's events as flows, named from the model of their moment."""
+    names = Names(batch, node_name)
+    return [to_flow(row, names, node_name, batch.wall_offset_ns) for row in batch.rows]
+
+
 class Follower:
     """One `observe -f` client or page: its own bounded queue."""
 
@@ -265,7 +274,9 @@ class FlowLog:
 
     def __init__(self, node_name: str, capacity: int = BUFFER):
         self.node_name = node_name
-        self.flows: collections.deque = collections.deque(maxlen=capacity)
+        self.flows: collections.deque = collections.deque(maxlen=capacity)   # named
+        self.pending: collections.deque = collections.deque()   # Batches not named yet (newer)
+        self.pending_rows = 0
         self.followers: set[Follower] = set()
         self.events = 0            # flows logged since the node started
         self.ring_lost = 0         # events the fast path's ring overwrote before a drain
@@ -275,29 +286,60 @@ class FlowLog:
         self.ring_size = 0
         self.lock = threading.Lock()   # the snapshot reads the counts from the data-path thread
 
-    def add(self, batch: Batch) -> list[dict]:
-        """Name a drained batch's events, keep them, and offer them to the followers."""
-        names = Names(batch, self.node_name)
-        new = [to_flow(row, names, self.node_name, batch.wall_offset_ns) for row in batch.rows]
+    def add(self, batch: Batch) -> None:
+        """Count a drained batch and keep it; name it now only if someone follows."""
         with self.lock:
-            self._keep(new, batch.lost)
-        for flow in new:
-            for follower in tuple(self.followers):
-                follower.offer(flow)
-        return new
+            self._count(batch)
+            self.pending.append(batch)
+            self.pending_rows += len(batch.rows)
+            while self.pending and self.pending_rows - len(self.pending[0].rows) >= \
+                    self.flows.maxlen:   # older than the newest `capacity` events: never named
+                self.pending_rows -= len(self.pending.popleft().rows)
+        if self.followers:
+            for flow in self._name_pending():
+                for follower in tuple(self.followers):
+                    follower.offer(flow)
 
-    def _keep(self, new: list[dict], lost: int) -> None:
-        self.ring_lost = max(self.ring_lost, lost)
-        for flow in new:
-            self.flows.append(flow)
-            self.events += 1
-            self.by_verdict[(flow["verdict"], flow["event"])] += 1
-            for direction in ("ingress", "egress"):
-                for p in flow.get(f"{direction}_denied_by", ()):
-                    self.policy_drops[(f"{p['namespace']}/{p['name']}", direction)] += 1
+    def _count(self, batch: Batch) -> None:
+        """Flows by verdict and event, and policy drops, straight from the rows."""
+        rows = batch.rows
+        self.ring_lost = max(self.ring_lost, batch.lost)
+        self.events += len(rows)
+        kinds = rows[:, ring.EV_KIND]
+        ct = rows[:, ring.EV_CT_FLAGS]
+        translated = (ct >= 0) & (((ct & F_MASQUERADE) != 0) | ((ct & F_PLAIN) == 0))
+        for kind, event in ((ring.K_START, "start"), (ring.K_END, "end")):
+            mine = kinds == kind
+            n_translated = int(np.count_nonzero(mine & translated))
+            for verdict, n in (("TRANSLATED", n_translated),
+                               ("FORWARDED", int(np.count_nonzero(mine)) - n_translated)):
+                if n:
+                    self.by_verdict[(verdict, event)] += n
+        for kind, event, verdict in ((ring.K_DROP, "drop", "DROPPED"),
+                                     (ring.K_REJECT, "reject", "REJECTED")):
+            n = int(np.count_nonzero(kinds == kind))
+            if n:
+                self.by_verdict[(verdict, event)] += n
+        for row in rows[rows[:, ring.EV_POLICY_DIR] != 0]:   # refusals: few
+            direction = "ingress" if row[ring.EV_POLICY_DIR] == ring.DIR_INGRESS else "egress"
+            for k in range(min(int(row[ring.EV_POLICIES]), ring.MAX_POLICIES)):
+                index = int(row[ring.EV_POLICY + k])
+                p = batch.policies[index] if 0 <= index < len(batch.policies) else None
+                name = f"{p.namespace}/{p.name}" if p is not None else f"/policy #{index}"
+                self.policy_drops[(name, direction)] += 1
+
+    def _name_pending(self) -> list[dict]:
+        """Name the batches kept unnamed, oldest first, into the buffer; the new flows."""
+        with self.lock:
+            batches, self.pending, self.pending_rows = self.pending, collections.deque(), 0
+        new = [flow for batch in batches for flow in name_batch(batch, self.node_name)]
+        with self.lock:
+            self.flows.extend(new)
+        return new
 
     def query(self, flow_filter: FlowFilter, last: int | None) -> list[dict]:
         """The newest `last` matching flows (all with None), oldest first."""
+        self._name_pending()
         matching = [f for f in self.flows if flow_filter.matches(f)]
         return matching[-last:] if last else matching if last is None else []
 
@@ -321,7 +363,8 @@ class FlowLog:
             return self._stats()
 
     def _stats(self) -> dict:
-        return {"ring": self.ring_size, "kept": len(self.flows), "capacity": self.flows.maxlen,
+        kept = min(len(self.flows) + self.pending_rows, self.flows.maxlen)
+        return {"ring": self.ring_size, "kept": kept, "capacity": self.flows.maxlen,
                 "events": self.events, "lost_ring_full": self.ring_lost,
                 "lost_slow_clients": self.follower_drops
                 + sum(f.dropped for f in self.followers),
