@@ -120,7 +120,10 @@ function renderTable() {
 
 function addFlows(flows) {
   for (const f of flows) {
-    page.flows.push(f);
+    // by time: each node's flows come in order, the nodes' streams interleave
+    let k = page.flows.length;
+    while (k > 0 && (page.flows[k - 1].time_ns || 0) > (f.time_ns || 0)) k--;
+    page.flows.splice(k, 0, f);
     countEdge(f);
   }
   if (page.flows.length > MAX_FLOWS) page.flows.splice(0, page.flows.length - MAX_FLOWS);
