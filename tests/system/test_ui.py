@@ -39,7 +39,12 @@ def ui(policies_demo, tmp_path_factory):
         if not line.startswith(f"vrouter ui: {policies_demo.prefix} on http://127.0.0.1:"):
             proc.terminate()
             pytest.fail(f"vrouter ui did not say where it serves: {line!r}\n{log.read_text()}")
-        yield line.split(" on ", 1)[1].split()[0]
+        url = line.split(" on ", 1)[1].split()[0]
+        try:
+            urllib.request.urlopen(url, timeout=10).close()
+        except (OSError, urllib.error.HTTPError) as exc:
+            pytest.fail(f"vrouter ui does not serve its page ({exc}):\n{log.read_text()[-3000:]}")
+        yield url
     finally:
         proc.terminate()
         proc.wait(10)

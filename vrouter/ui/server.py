@@ -179,7 +179,24 @@ async def serve(hub: Hub, listen: str, port: int) -> None:
             print(f"vrouter ui: {hub.cluster.name} on {bind}/ (Ctrl-C stops)", flush=True)
 
 
+MIN_TRIO = (0, 32)   # anyio, under Starlette, calls trio.to_thread with abandon_on_cancel
+
+
+def _trio_too_old() -> str | None:
+    try:
+        version = tuple(int(part) for part in trio.__version__.split(".")[:2])
+    except ValueError:
+        return None
+    if version < MIN_TRIO:
+        return (f"vrouter ui needs trio>={'.'.join(map(str, MIN_TRIO))} (Starlette runs on it "
+                f"through anyio); this Python has trio {trio.__version__}: pip install -U trio")
+    return None
+
+
 def cmd_ui(args) -> int:
+    if (problem := _trio_too_old()) is not None:
+        print(f"vrouter: {problem}", file=sys.stderr)
+        return EXIT_HOST
     file = file_arg(args.cluster)
     cluster = live_cluster(file)   # the hub reads it again every MODEL_INTERVAL
     try:
