@@ -12,6 +12,7 @@ clusters in turns, ABBA, as conntrack tables fill and the machine's load drifts)
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,6 +75,7 @@ def main() -> int:
             server.wait()
         for cluster in clusters.values():
             cluster.stop()
+            shutil.rmtree(cluster.path.parent, ignore_errors=True)
     off, on = sum(rates["flow log off"]), sum(rates["flow log on"])
     print(f"mean: off {off / args.rounds:.0f} conn/s, on {on / args.rounds:.0f} conn/s: the "
           f"flow log costs {(1 - on / off) * 100:+.1f}% of new connections per second")
