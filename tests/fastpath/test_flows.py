@@ -15,6 +15,7 @@ from tests.fastpath.test_services import A_IP, A_MAC, B_IP, B_MAC, GW_MAC, SERVI
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.flowfilter import build
 from vrouter.node.flowlog import FlowLog, collect, name_batch
+from vrouter.node.metrics import flow_families
 from vrouter.node.trace import Tracer
 
 
@@ -209,6 +210,13 @@ def test_unobserved_flows_are_counted_without_naming_and_named_when_asked():
     assert stats["policy_drops"] == [{"policy": "default/deny-web", "direction": "ingress",
                                       "flows": 1}]
     assert stats["events"] == 3 and stats["kept"] == 3
+    samples = {(m.name, tuple(sorted(m.labels.items()))): m.value
+               for family in flow_families(stats) for m in family.samples}
+    assert samples[("vrouter_flows_total", (("event", "drop"), ("verdict", "DROPPED")))] == 1
+    assert samples[("vrouter_flows_total", (("event", "start"), ("verdict", "TRANSLATED")))] == 1
+    assert samples[("vrouter_flow_policy_drops_total", (("direction", "ingress"),
+                                                        ("policy", "default/deny-web")))] == 1
+    assert samples[("vrouter_flows_lost_total", (("why", "ring_full"),))] == 0
     assert log.query(build({}), None) == named and log.pending_rows == 0
     # beyond the capacity the oldest go, named or not
     process(dp, [(0, a_to_b("S", 20001))])
