@@ -148,6 +148,8 @@ T_FRAGMENT = 5
 # track() results
 PASS = 0
 DROP_RST = 1           # a RST outside the receiver's window
+ENDED = 2              # passed, and it moved a TCP connection into TIME_WAIT or CLOSE (the
+                       # flow log reports the connection's end: fastpath.flows)
 
 AFF_IP = 0
 AFF_PORT = 1
@@ -198,6 +200,7 @@ def release(ct, rec):
     recs, slots = ct.recs, ct.slots
     if recs[rec, C_PROTO] == 0:
         return
+    flows.released(ct, rec)   # the flow log: the end of a connection that started
     for col in (C_SLOT_O, C_SLOT_R):
         j = recs[rec, col]
         if j >= 0 and slots[j, SL_REF] != 0 and _record_of(slots[j, SL_REF]) == rec:
@@ -484,6 +487,8 @@ def _tcp(recs, rec, direction, buf, row, ip, l4, total):
     recs[rec, C_STATE] = new
     if new == TCP_ESTABLISHED and (old == TCP_SYN_RECV or recs[rec, C_FLAGS] & F_SEEN_REPLY):
         recs[rec, C_FLAGS] |= F_ASSURED
+    if (new == TCP_TIME_WAIT or new == TCP_CLOSE) and old != TCP_TIME_WAIT and old != TCP_CLOSE:
+        return ENDED
     return PASS
 
 
@@ -503,13 +508,16 @@ def timeout_of(recs, rec):
 @njit(cache=True, _nrt=False)
 def track(ct, rec, direction, buf, row, ip, now):
     """Account this packet to its connection, advance the state, refresh the expiry. Returns
-    PASS, or DROP_RST for a TCP reset outside the receiver's window (nothing changed)."""
+    PASS, ENDED (passed, and it closed a TCP connection), or DROP_RST for a TCP reset outside
+    the receiver's window (nothing changed)."""
     recs = ct.recs
     proto = recs[rec, C_PROTO]
     total = read16(buf, row, ip + 2)
+    result = PASS
     if proto == 6:
         l4 = ip + np.int64(buf[row, ip] & 0x0F) * 4
-        if _tcp(recs, rec, direction, buf, row, ip, l4, total) != PASS:
+        result = _tcp(recs, rec, direction, buf, row, ip, l4, total)
+        if result == DROP_RST:
             return DROP_RST
     recs[rec, C_PKTS_O + 2 * direction] += 1
     recs[rec, C_BYTES_O + 2 * direction] += total
@@ -518,7 +526,7 @@ def track(ct, rec, direction, buf, row, ip, now):
         if proto == 17 or proto == 132:
             recs[rec, C_FLAGS] |= F_ASSURED   # UDP: an answer makes it a real exchange
     recs[rec, C_EXPIRES] = now + timeout_of(recs, rec)
-    return PASS
+    return result
 
 
 @njit(cache=True, inline="always", _nrt=False)
@@ -676,3 +684,8 @@ def flush_udp(ct, removed, now) -> int:
 def live_entries(keys, vals, exp_col, now) -> int:
     """How many entries of a windowed table are live at second `now` (control plane, numpy)."""
     return int(np.count_nonzero((keys[:, 1] != 0) & (vals[:, exp_col] >= now)))
+
+
+# The flow log logs a connection's end where its record is freed (release); it reads records with
+# this module's columns, so it is imported last, once they are all defined.
+from fastpath import flows  # noqa: E402

@@ -10,13 +10,15 @@ reads it in tests and for the slow path.
 """
 from numba import njit
 
+from fastpath import flows
 from fastpath.budgets import icmp_allows, port_allows
 from fastpath.checksum import copy_bytes, read16, read32
 from fastpath.ipv4 import complete_checksum
 from fastpath.layout import (
     ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, ETH_LEN, ETH_P_IP, F_DATA, F_ROWS,
-    F_SLOW, F_TRACE,
-    GSO_NONE, IN_GATEWAY, IN_OVERLAY, M_ACTION, M_GSO_TYPE, M_IN_PORT, M_LEN, M_OUT, M_REASON,
+    F_SLOW, F_TRACE, FLOW_ENDED, FLOW_NEW,
+    GSO_NONE, IN_GATEWAY, IN_OVERLAY, M_ACTION, M_FLOW, M_GSO_TYPE, M_IN_PORT, M_LEN, M_OUT,
+    M_REASON,
     M_OWN, M_ROW, M_SOCKET, M_START, M_VFLAGS, O_FRAME, O_IN_PORT, O_KIND, O_LEN, O_REASON,
     O_ROW, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_FLOOD, OUT_OVERLAY, OUT_PORT,
     OUT_SLOW, P_UPLINK_PORT, P_VNI, SRC_DATA, SRC_FRAMES, T_ACTION, T_DPORT, T_DST, T_FRAME,
@@ -225,6 +227,8 @@ def forward(frames, first, n, now, tables, out):
     when all are done). GRO then merges the overlay segments of this call's output rows."""
     buf, meta = frames.buf, frames.meta
     params, counters = tables.params, tables.counters
+    flow_log = tables.conntrack.flows
+    flow_log.state[flows.FS_NOW] = now   # the flow log's clock (also for records freed)
     first_row = out.fill[F_ROWS]
     i = first
     while i < n:
@@ -253,6 +257,11 @@ def forward(frames, first, n, now, tables, out):
                     action, reason = ACT_DROP, over
                     finish(meta, i, action, 0, reason)
         counters[reason] += 1
+        # the flow log (fastpath.flows): a connection's first packet, the packet that closed
+        # one, a refusal; a packet of an established connection only pays these two tests
+        flow = meta[i, M_FLOW]
+        if flow == FLOW_NEW or flow == FLOW_ENDED or flow_log.watch[reason] != 0:
+            flows.after_verdict(buf, meta, i, action, reason, tables.conntrack, tables.policy)
         _emit(buf, meta, i, action, params, out, counters)
         i += 1
     coalesce(buf, meta, out, first_row, counters)

@@ -65,6 +65,13 @@ class Services(NamedTuple):
     fe_new: np.ndarray          # int64, like fe_keys: connections each frontend opened
 
 
+class Flows(NamedTuple):
+    """The flow log's ring of connection events (kept across reloads), see fastpath.flows."""
+    events: np.ndarray          # int64[N, EV_COLS]: the last N events (N = 0: off)
+    state: np.ndarray           # int64[FS_COLS]: head, tail, lost, clock
+    watch: np.ndarray           # int64[COUNTER_COUNT]: verdicts logged as refusals
+
+
 class Conntrack(NamedTuple):
     """Connection state (kept across reloads), see fastpath.conntrack."""
     slots: np.ndarray           # uint64[S, SLOT_COLS]: two keys per connection
@@ -75,6 +82,7 @@ class Conntrack(NamedTuple):
     aff_vals: np.ndarray
     frag_keys: np.ndarray
     frag_vals: np.ndarray
+    flows: Flows                # the flow log: a record's end is logged where it is freed
 
 
 class Policy(NamedTuple):

@@ -21,6 +21,7 @@ from numba import njit, types
 
 from fastpath.checksum import copy_bytes
 from fastpath.dispatch import forward
+from fastpath.flows import FS_CLOCK_NS, FS_HEAD, FS_TAIL
 from fastpath.layout import (
     F_DATA, F_ROWS, F_SLOW, HEADROOM, IN_OVERLAY, M_CSUM_OFFSET, M_CSUM_START, M_GSO_SIZE,
     M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START, M_VFLAGS, O_DONE, O_FRAME,
@@ -79,6 +80,7 @@ WHY_ERROR = 4         # epoll_wait failed
 WHY_GATEWAY = 5       # the gateway's batch (state[ST_GATEWAY_N]) is written
 WHY_CAPTURE = 6       # the capture ring is half full: drain it
 WHY_PORT_GONE = 7     # a TAP fails (its device is gone with the pod's netns): state[ST_GONE_PORT]
+WHY_FLOWS = 8         # the flow log's ring is half full: drain it
 
 # Stats.batch_sizes: 8 buckets (1, 2-3, ..., 128+) of frames per read, then their sum
 BATCH_FRAMES = 8
@@ -448,6 +450,7 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
         after = monotonic_ns(io.clock)
         now = after // 1_000_000_000
         state[ST_NOW] = now
+        tables.conntrack.flows.state[FS_CLOCK_NS] = after   # the flow log's event times
         # busy-poll after traffic that broke a quiet spell (likely a request whose answer comes
         # back through this node soon); steady traffic keeps the node awake by itself, and
         # spinning then only takes a core the pods need
@@ -486,3 +489,6 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
         if cap.active[0] and (2 * cap.fill[0] >= cap.index.shape[0]
                               or 2 * cap.fill[1] >= cap.data.shape[1]):
             return WHY_CAPTURE
+        fl = tables.conntrack.flows
+        if 2 * (fl.state[FS_HEAD] - fl.state[FS_TAIL]) > fl.events.shape[0]:
+            return WHY_FLOWS

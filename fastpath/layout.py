@@ -47,12 +47,14 @@ M_SOCKET = 14      # overlay: which of the node's send sockets (outer UDP source
 M_OWN = 15         # 1: the node's own packet (built by the gateway, or an echo answer): it is
                    # routed but not forwarded (no TTL decrement) and never sent to the slow path
 M_FLOW = 16        # what conntrack knew of the frame's connection (FLOW_*), for the policy stage
-M_CT_SLOT = 17     # FLOW_NEW: the connection record the frame just opened
+M_CT_SLOT = 17     # FLOW_NEW: the connection record the frame just opened (FLOW_ENDED: closed)
 META_COLS = 18
 
 FLOW_NONE = 0          # not a tracked connection (or not TCP/UDP/ICMP echo)
-FLOW_NEW = 1           # the first packet of a connection Service NAT or masquerade just opened
+FLOW_NEW = 1           # the first packet of a connection conntrack just opened
 FLOW_ESTABLISHED = 2   # a packet of a tracked connection (either direction), or related to one
+FLOW_ENDED = 3         # FLOW_ESTABLISHED, and it closed the connection (TCP FIN/RST): the flow
+                       # log reports its end (fastpath.flows)
 
 IN_OVERLAY = -2    # frame came out of a VXLAN datagram
 IN_GATEWAY = -3    # frame originated by the node itself (slow path replies, ICMP errors)

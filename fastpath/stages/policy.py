@@ -130,7 +130,7 @@ def deny(buf, meta, i, now, policy, port, direction, proto, conntrack, reason):
             if f >= 0:
                 conntrack.frag_vals[f, FRAG_EXPIRES] = now - 1
         release(conntrack, rec)
-    return finish(meta, i, ACT_DROP, 0, reason)
+    return finish(meta, i, ACT_DROP, port, reason)   # the pod's port: the flow log names policies
 
 
 @njit(cache=True, inline="always", _nrt=False)
@@ -145,7 +145,7 @@ def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack)
     in_port = meta[i, M_IN_PORT]
     from_pod = 0 <= in_port < params[P_UPLINK_PORT]
     next_stage = after_policy(meta, i, params)
-    if meta[i, M_OWN] != 0 or meta[i, M_FLOW] == FLOW_ESTABLISHED:
+    if meta[i, M_OWN] != 0 or meta[i, M_FLOW] >= FLOW_ESTABLISHED:   # also FLOW_ENDED
         return next_stage
     pr = policy.port_rules
     row, ip = meta[i, M_ROW], meta[i, M_START] + ETH_LEN
@@ -190,6 +190,8 @@ def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack)
             return finish(meta, i, ACT_DROP, 0, R_CT_FULL_REFUSED)
         track(conntrack, rec, 0, buf, row, ip, now)
         counters[R_POLICY_FLOWS_TRACKED] += 1
+        meta[i, M_FLOW] = FLOW_NEW   # the flow log reports its start (fastpath.flows)
+        meta[i, M_CT_SLOT] = rec
     if first_fragment and (frag & 0x2000):
         k0, k1 = tuple_key(src, dst, proto, read16(buf, row, ip + 4), FRAG_POLICY_TAG)
         f = wclaim(frag_keys, frag_vals, FRAG_EXPIRES, k0, k1, now, counters, R_FRAG_EVICTED)

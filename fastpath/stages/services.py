@@ -19,15 +19,16 @@ from fastpath.checksum import (
     partial_update32, read16, read32, update16, update32, write16, write32,
 )
 from fastpath.conntrack import (
-    AFF_EXPIRES, AFF_IP, AFF_PORT, C_FLAGS, F_MASQUERADE, F_PLAIN, FRAG_DST, FRAG_EXPIRES,
-    FRAG_NAT_TAG, FRAG_SRC, PASS, T_FRAGMENT, echo_ports, lookup, mix, open_connection, opens,
-    release, restarts, target, track, tuple_key, wclaim, wfind,
+    AFF_EXPIRES, AFF_IP, AFF_PORT, C_FLAGS, DROP_RST, ENDED, F_MASQUERADE, F_PLAIN, FRAG_DST,
+    FRAG_EXPIRES, FRAG_NAT_TAG, FRAG_SRC, T_FRAGMENT, echo_ports, lookup, mix, open_connection,
+    opens, release, restarts, target, track, tuple_key, wclaim, wfind,
 )
 from fastpath.layout import (
-    ACT_DROP, ACT_SLOW, ETH_LEN, FLOW_ESTABLISHED, FLOW_NEW, M_CT_SLOT, M_FLOW, M_IN_PORT, M_ROW,
+    ACT_DROP, ACT_SLOW, ETH_LEN, FLOW_ENDED, FLOW_ESTABLISHED, FLOW_NEW, M_CT_SLOT, M_FLOW,
+    M_IN_PORT, M_ROW,
     M_START, M_VFLAGS, P_GW_IP, P_MASQUERADE, P_NODE_IP, P_OUTSIDE_GW, P_OUTSIDE_MASK,
     P_OUTSIDE_NET,
-    P_UPLINK_PORT, VNET_F_NEEDS_CSUM,
+    P_LOCAL_NET, P_UPLINK_PORT, VNET_F_NEEDS_CSUM,
 )
 from fastpath.reasons import (
     R_AFF_EVICTED, R_CT_FULL_REFUSED, R_CT_ICMP_TRANSLATED, R_CT_TRANSLATED,
@@ -263,6 +264,19 @@ def open_masquerade(ct, src, dst, proto, sport, dport, now, params, counters):
 
 
 @njit(cache=True, _nrt=False)
+def open_plain(ct, src, dst, proto, sport, dport, now, params, counters):
+    """Track a new connection that nothing rewrites (pod to pod, outside to a pod), so that the
+    flow log (fastpath.flows) sees it start and end, with its packets and bytes, as Cilium's
+    conntrack tracks every connection. Not those to the node's own addresses (the gateway
+    answers them itself). -1 when it is not tracked (also when the table has no room: it
+    passes untracked, as before, and only a NetworkPolicy that must follow it refuses it)."""
+    if dst == params[P_GW_IP] or dst == params[P_NODE_IP] or dst == params[P_LOCAL_NET]:
+        return -1
+    return open_connection(ct, src, dst, proto, sport, dport, src, sport, dst, dport, F_PLAIN,
+                           -1, now, counters)
+
+
+@njit(cache=True, _nrt=False)
 def _apply(buf, meta, i, row, ip, rec, direction, has_l4, partial, ct, counters):
     """Rewrite the packet to its direction's tuple (nothing for a plain, policy-only
     connection); NAT_DONE or NAT_PASS."""
@@ -291,11 +305,16 @@ def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, ct):
     k0, k1 = tuple_key(src, dst, 1, sport, dport)
     rec, direction = lookup(ct, k0, k1, now)
     if rec < 0:
-        if not (kind == 8 and from_pod and masquerades(dst, params)):
+        if kind != 8 or meta[i, M_IN_PORT] < 0:   # from the overlay: its sender's node tracks it
             return NAT_PASS
-        rec = open_masquerade(ct, src, dst, 1, sport, dport, now, params, counters)
-        if rec < 0:
-            return -rec
+        if from_pod and masquerades(dst, params):
+            rec = open_masquerade(ct, src, dst, 1, sport, dport, now, params, counters)
+            if rec < 0:
+                return -rec
+        else:
+            rec = open_plain(ct, src, dst, 1, sport, dport, now, params, counters)   # flow log
+            if rec < 0:
+                return NAT_PASS
         direction = 0
         meta[i, M_FLOW] = FLOW_NEW
         meta[i, M_CT_SLOT] = rec
@@ -388,11 +407,14 @@ def nat(buf, meta, i, now, params, counters, services, ct):
             # kube-proxy drops what conntrack calls INVALID: a stray RST or FIN for a Service
             return NAT_DROP_INVALID if fe >= 0 else NAT_PASS
         if fe < 0:
-            if not (from_pod and masquerades(dst, params)):
-                return NAT_PASS
-            rec = open_masquerade(ct, src, dst, proto, sport, dport, now, params, counters)
-            if rec < 0:
-                return -rec
+            if from_pod and masquerades(dst, params):
+                rec = open_masquerade(ct, src, dst, proto, sport, dport, now, params, counters)
+                if rec < 0:
+                    return -rec
+            else:
+                rec = open_plain(ct, src, dst, proto, sport, dport, now, params, counters)
+                if rec < 0:
+                    return NAT_PASS
         else:
             if fe_vals[fe, FE_ROW] < 0:
                 return NAT_DROP_NO_LOCAL if fe_vals[fe, FE_EMPTY] == 1 else NAT_REJECT
@@ -417,8 +439,12 @@ def nat(buf, meta, i, now, params, counters, services, ct):
         meta[i, M_CT_SLOT] = rec
     else:
         meta[i, M_FLOW] = FLOW_ESTABLISHED
-    if track(ct, rec, direction, buf, row, ip, now) != PASS:
+    tracked = track(ct, rec, direction, buf, row, ip, now)
+    if tracked == DROP_RST:
         return NAT_DROP_RST
+    if tracked == ENDED:   # a FIN or RST closed it: the flow log reports its end
+        meta[i, M_FLOW] = FLOW_ENDED
+        meta[i, M_CT_SLOT] = rec
     result = _apply(buf, meta, i, row, ip, rec, direction, True, partial, ct, counters)
     if result == NAT_DONE and more:   # first of several fragments: its translation for the rest
         f0, f1 = tuple_key(src, dst, proto, read16(buf, row, ip + 4), FRAG_NAT_TAG)

@@ -1,4 +1,4 @@
-"""Fuzz target: bytes a client writes to a node's control socket (vrouter.ops.control._answer),
+"""Fuzz target: bytes a client writes to a node's control socket (vrouter.node.control._answer),
 answered by handlers like the node's: plain and async ones, one that fails, and the node's real
 trace handler (vrouter.node.trace.Tracer on a sans-IO data plane), which validates the
 request's fields itself.
@@ -20,7 +20,7 @@ from tests.harness import still_clock
 from vrouter.model import config
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.trace import TraceError, Tracer
-from vrouter.ops import control
+from vrouter.node import control
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ import yaml
 
 from vrouter.host import state
 from vrouter.model import config
-from vrouter.ops import control
+from vrouter.node import control
 
 READY_TIMEOUT = 180.0   # the first start in a fresh clone compiles the fast path
 

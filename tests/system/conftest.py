@@ -37,3 +37,18 @@ def demo(tmp_path_factory):
     yield cluster
     cluster.stop()
     assert not cluster.leftovers()
+
+
+@pytest.fixture(scope="session")
+def policies_demo(tmp_path_factory):
+    """configs/policies.yaml running with unique names and its web servers (tests/system/
+    policies_demo.py), shared by the tests of `vrouter observe` and of the page."""
+    from tests.system.policies_demo import PoliciesCluster, web_servers
+    cluster = PoliciesCluster(tmp_path_factory.mktemp("policies"))
+    cluster.start()
+    try:
+        with web_servers(cluster):
+            yield cluster
+    finally:
+        cluster.stop()
+        assert not cluster.leftovers()

@@ -12,7 +12,7 @@ import pytest
 import vrouter
 from tests.system.cluster import child_env, list_netns, netns_exec, new_prefix, wait_for
 from tests.system.podman import IMAGE, Podman
-from vrouter.ops import control
+from vrouter.node import control
 
 VIP = "10.96.0.50"
 WEB = f"""

@@ -9,7 +9,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vrouter.node.metrics import SNAPSHOT_MAX_AGE
+from vrouter.node.snapshot import SNAPSHOT_MAX_AGE
 from tests.system.cluster import Cluster, new_prefix
 
 VIP = "10.96.0.50"

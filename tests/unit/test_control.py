@@ -6,7 +6,7 @@ import socket
 
 import trio
 
-from vrouter.ops import control
+from vrouter.node import control
 
 
 async def _connect(path) -> trio.SocketStream:

@@ -3,7 +3,8 @@ stall forwarding with a request per scrape."""
 import threading
 
 from fastpath.reasons import COUNTERS
-from vrouter.node.metrics import CachedSnapshot, Metrics
+from vrouter.node.metrics import Metrics
+from vrouter.node.snapshot import Snapshots as CachedSnapshot
 
 
 class FakeDatapath:

@@ -28,7 +28,8 @@ from vrouter.model.netnsnames import (  # noqa: F401 (re-exported)
 from vrouter.model.reader import Reader, documents, join, read_text
 from vrouter.model.reader import Reader as _Reader  # noqa: F401 (re-exported)
 from vrouter.model.types import (  # noqa: F401 (re-exported)
-    DEFAULT_BUSY_POLL_US, DEFAULT_DNS_DOMAIN, DEFAULT_LEASE_TTL, DEFAULT_FDB_AGE, DEFAULT_FDB_MAX_PER_PORT,
+    DEFAULT_BUSY_POLL_US, DEFAULT_DNS_DOMAIN, DEFAULT_FLOW_LOG_EVENTS, DEFAULT_LEASE_TTL,
+    DEFAULT_FDB_AGE, DEFAULT_FDB_MAX_PER_PORT,
     DEFAULT_MAX_PODS, DEFAULT_NODE_NETWORK, OVERLAY_OVERHEAD, Cluster, ClusterDNS, ConfigError, ConntrackOptions,
     ContainerPort, Datastore, Node, Overlay, Pod, ServiceOptions, mac_from_ip, outside_host_address,
 )
@@ -204,7 +205,7 @@ def _build_cluster(reader: Reader, doc: dict, objects, check_host: bool,
                         "fdbMaxPerPort",
                         "services", "conntrack", "busyPollMicroseconds", "maxPodsPerNode",
                         "metricsPort", "dns", "masquerade", "outsideGateway", "datastore",
-                        "nodeCIDRMaskSize"},
+                        "nodeCIDRMaskSize", "flowLogEvents"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
     name = reader.string(c.get("name", default_name), "cluster.name", DNS_LABEL,
@@ -227,6 +228,8 @@ def _build_cluster(reader: Reader, doc: dict, objects, check_host: bool,
     max_pods = reader.integer(c.get("maxPodsPerNode", DEFAULT_MAX_PODS), "cluster.maxPodsPerNode",
                               1, 4096)
     metrics_port = reader.integer(c.get("metricsPort", 0), "cluster.metricsPort", 0, 65535)
+    flow_log_events = reader.integer(c.get("flowLogEvents", DEFAULT_FLOW_LOG_EVENTS),
+                                     "cluster.flowLogEvents", 0, 1 << 20)
 
     datastore = _build_datastore(reader, c.get("datastore", {"type": "file"}), check_host)
     node_mask = reader.integer(c.get("nodeCIDRMaskSize", max(addressing.DEFAULT_NODE_MASK,
@@ -303,7 +306,7 @@ def _build_cluster(reader: Reader, doc: dict, objects, check_host: bool,
                    metrics_port=metrics_port, dns=dns, namespaces=tuple(namespaces),
                    policies=tuple(policies), masquerade=masquerade,
                    outside_gateway=outside_gateway, datastore=datastore, node_mask=node_mask,
-                   spec=spec)
+                   spec=spec, flow_log_events=flow_log_events)
 
 
 def _unique(reader: Reader, items: list, key, kind: str) -> list:

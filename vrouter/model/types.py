@@ -12,6 +12,7 @@ DEFAULT_MAX_PODS = 110       # pods per node, as Kubernetes' default
 DEFAULT_FDB_AGE = 300
 DEFAULT_FDB_MAX_PER_PORT = 16   # MACs one pod port may have learned at once
 DEFAULT_BUSY_POLL_US = 200   # see the README's latency notes
+DEFAULT_FLOW_LOG_EVENTS = 4096   # events in a node's flow log ring, as Hubble keeps 4095 flows
 DEFAULT_NODE_NETWORK = "172.18.0.0/24"   # as a kind cluster's docker network
 DEFAULT_DNS_DOMAIN = "cluster.local"
 DEFAULT_LEASE_TTL = 30       # seconds (cluster.datastore.leaseTTL)
@@ -176,6 +177,7 @@ class Cluster:
     outside_gateway: ipaddress.IPv4Address | None = None   # the nodes' default route (None: none)
     datastore: Datastore = Datastore()
     node_mask: int = addressing.DEFAULT_NODE_MASK   # cluster.nodeCIDRMaskSize
+    flow_log_events: int = DEFAULT_FLOW_LOG_EVENTS   # a node's flow log ring (0: off)
     # what the cluster file said, to build the live model from (vrouter.model.config.Spec)
     spec: object = field(default=None, compare=False, repr=False)
 

@@ -90,6 +90,7 @@ class Captures:
         self.sessions: dict[int, Session] = {}
         self.ids = itertools.count(1)
         self.refused = 0   # sessions refused: MAX_SESSIONS were running
+        self.slow_dropped = 0   # frames dropped for sessions that have ended: their client was slow
 
     def add(self, session: Session) -> int | None:
         """The session's key, or None when MAX_SESSIONS run already (counted)."""
@@ -102,8 +103,17 @@ class Captures:
         return key
 
     def remove(self, key: int) -> None:
-        self.sessions.pop(key, None)
+        session = self.sessions.pop(key, None)
+        if session is not None:
+            self.slow_dropped += session.dropped
         self._arm()
+
+    def drops(self) -> dict:
+        """Captured frames that never reached a client: the ring was full (the data-path thread
+        did not drain it in time), or a client read too slowly (its queue was full)."""
+        return {"capture_dropped_ring_full": int(self.datapath.io.capture.fill[2]),
+                "capture_dropped_slow_reader": self.slow_dropped
+                + sum(s.dropped for s in self.sessions.values())}
 
     def _arm(self) -> None:
         capture, state = self.datapath.io.capture, self.datapath.state

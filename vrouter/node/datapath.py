@@ -33,12 +33,13 @@ import trio
 
 from fastpath.io import (
     BATCH_FRAMES, FD_NONE, FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_GONE_PORT, ST_SPIN_NS, TX_BYTES,
-    TX_FRAMES, WHY_CAPTURE, WHY_ERROR, WHY_PORT_GONE, WHY_SLOW, serve,
+    TX_FRAMES, WHY_CAPTURE, WHY_ERROR, WHY_FLOWS, WHY_PORT_GONE, WHY_SLOW, serve,
 )
 from fastpath.layout import BATCH
 from fastpath.reasons import R_DROP_TX_ERROR
 from vrouter.node.capture import Captures
 from vrouter.node.dataplane import Dataplane
+from vrouter.node.flowlog import Batch, collect
 from vrouter.node.nodeio import (
     new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring, sockaddr_in,
 )
@@ -105,6 +106,8 @@ class Datapath:
         self.on_failure: Callable[[], None] = lambda: None
         # a pod's TAP went with its netns (in this thread; the node detaches the pod)
         self.on_port_gone: Callable[[int], None] = lambda port: None
+        # the flow log's events drained from the ring (in this thread; the node names them)
+        self.on_flows: Callable[[Batch], None] = lambda batch: None
 
     def set_peers(self, overlay_port: int) -> None:
         """The data plane's peers changed (in this thread, between batches): their addresses
@@ -289,10 +292,14 @@ class Datapath:
                     self._port_gone(int(self.state[ST_GONE_PORT]))
                 elif why == WHY_ERROR:
                     raise OSError("epoll_wait failed in the data path")
-                elif why != WHY_CAPTURE:
+                elif why != WHY_CAPTURE and why != WHY_FLOWS:
                     self._drain_wake()
                 if self.captures.sessions:
                     self.captures.drain()
+                # the flow log, before any request can change what names its events
+                batch = collect(self.dp)
+                if batch is not None:
+                    self.on_flows(batch)
                 self._serve_requests()
         except BaseException as exc:
             self.failure = exc

@@ -17,6 +17,7 @@ from fastpath.conntrack import (
     AFF_EXPIRES, CTS_HIGH_WATER, FRAG_EXPIRES, flush_udp, live_entries, live_mask, sweep,
 )
 from fastpath.dispatch import forward
+from fastpath.flows import FS_NOW
 from fastpath.groups import Frames, Output
 from fastpath.layout import (
     BATCH, F_ROWS, FILL_COLS, FRAMES_MAX, HEADROOM, IN_GATEWAY, IN_OVERLAY, M_CSUM_OFFSET,
@@ -204,12 +205,12 @@ class Dataplane:
             return (c.name, c.node(self.node.name), c.overlay, c.service_options, c.conntrack,
                     c.fdb_age,
                     c.fdb_max_per_port, c.busy_poll_us, c.max_pods, c.node_network,
-                    c.outside_gateway, c.metrics_port)
+                    c.outside_gateway, c.metrics_port, c.flow_log_events)
         if wiring(cluster) != wiring(self.cluster):
             raise ValueError("this node, the overlay, the outside network (and its gateway) "
                              "and the node options "
                              "(fdbAgeSeconds, fdbMaxPerPort, busyPollMicroseconds, maxPodsPerNode, "
-                             "metricsPort, "
+                             "metricsPort, flowLogEvents, "
                              "services, conntrack) need a restart; pods and Services can change")
 
     def reload(self, cluster: Cluster) -> dict:
@@ -228,6 +229,7 @@ class Dataplane:
         # gone, the port changed): its UDP flows and affinity entries go, so the next datagram
         # of a fixed-source-port client picks a live backend (Kubernetes' conntrack e2e tests)
         removed = servicetables.backend_pairs(self.services) - servicetables.backend_pairs(new)
+        t.conntrack.flows.state[FS_NOW] = self.now
         flushed = flush_udp(t.conntrack, removed, self.now)
         servicetables.carry_counts(self.services, new)
         self.tables = t._replace(services=new.group)
@@ -325,6 +327,7 @@ class Dataplane:
         """Once a second, between batches: free expired connections no packet has met, and
         MACs and outside neighbours that aged out (recounting what each port has learned)."""
         t, now = self.tables, self.now
+        t.conntrack.flows.state[FS_NOW] = now   # the flow log dates the ends it logs
         return {"connections": sweep(t.conntrack, now),
                 "macs": learning.expire(t.bridge.fdb_keys, t.bridge.fdb_vals, t.bridge.fdb_owned,
                                         now, self.cluster.fdb_age),

@@ -1,8 +1,5 @@
-"""A node's Prometheus metrics: the status snapshot (vrouter.ops.status.node_status, read in the
-data-path thread) turned into metric families at every scrape.
-
-The snapshot is cached: a scrape reads the data path at most once a second (SNAPSHOT_MAX_AGE),
-so a scraper in a loop costs the data path one short pause a second, not one per scrape.
+"""A node's Prometheus metrics: its snapshot (vrouter.node.snapshot, read in the data-path
+thread at most once a second) turned into metric families at every scrape.
 
 Served on 127.0.0.1:cluster.metricsPort+k for node k when metricsPort is set, and always through
 the control socket (`vrouter metrics`). What there is:
@@ -18,11 +15,12 @@ the control socket (`vrouter metrics`). What there is:
   vrouter_store_up, _unreachable_since_seconds, _skipped_keys_total, _resyncs_total, _requests_total
   vrouter_faults_total{fault}               contained faults: pods lost, slow-path and request
                                             errors, control connections refused or timed out
+  vrouter_flows_total{verdict, event}, vrouter_flow_policy_drops_total{policy, direction},
+  vrouter_flows_lost_total{why}             the flow log (vrouter observe)
+  vrouter_capture_dropped_frames_total{why} captured frames lost: ring full, a slow reader
 """
 from __future__ import annotations
 
-import threading
-import time
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
@@ -31,9 +29,6 @@ from prometheus_client.core import (
 )
 
 from fastpath.reasons import COUNTERS, EVENT
-
-SCRAPE_TIMEOUT = 5.0
-SNAPSHOT_MAX_AGE = 1.0   # seconds a scrape may serve the last snapshot
 
 
 class NodeCollector:
@@ -106,7 +101,8 @@ def families(status: dict) -> list:
     for p in status.get("policies", []):
         refused.add_metric([p["policy"]], p["dropped"])
 
-    result = [*port_families.values(), frames, events, *conntrack, connections, refused]
+    result = [*port_families.values(), frames, events, *conntrack, connections, refused,
+              *flow_families(status.get("flows"))]
     if datapath:
         sizes = datapath["batch_sizes"]
         cumulative, buckets = 0, []
@@ -116,8 +112,12 @@ def families(status: dict) -> list:
         batch = HistogramMetricFamily("vrouter_batch_frames", "frames per read of a TAP or of "
                                       "the overlay sockets (the fast path's batches)")
         batch.add_metric([], buckets, sum_value=sizes["frames"])
+        dropped = CounterMetricFamily("vrouter_capture_dropped_frames", "captured frames that "
+                                      "never reached a client", labels=["why"])
+        dropped.add_metric(["ring_full"], datapath.get("capture_dropped_ring_full", 0))
+        dropped.add_metric(["slow_reader"], datapath.get("capture_dropped_slow_reader", 0))
         result += [batch, GaugeMetricFamily("vrouter_captures", "vrouter capture sessions",
-                                            value=datapath["captures"])]
+                                            value=datapath["captures"]), dropped]
 
     if status.get("faults"):
         faults = CounterMetricFamily("vrouter_faults", "faults the node contained: pods whose "
@@ -182,30 +182,24 @@ class Metrics:
             self.server = None
 
 
-class CachedSnapshot:
-    """read() run in the data-path thread (waited for from a scrape's thread) at most once per
-    `max_age` seconds; scrapes in between get the last result. Scrapes that come while one
-    reads wait for that read instead of queueing their own."""
-
-    def __init__(self, datapath, read: Callable[[], dict], max_age: float = SNAPSHOT_MAX_AGE,
-                 clock: Callable[[], float] = time.monotonic):
-        self.datapath = datapath
-        self.read = read
-        self.max_age = max_age
-        self.clock = clock
-        self.lock = threading.Lock()
-        self.value: dict | None = None
-        self.taken = 0.0
-        self.reads = 0   # how often the data path was asked
-
-    def __call__(self) -> dict:
-        with self.lock:
-            if self.value is None or self.clock() - self.taken >= self.max_age:
-                self.value = self.datapath.run_blocking(self.read, SCRAPE_TIMEOUT)
-                self.taken = self.clock()
-                self.reads += 1
-            return self.value
-
-
-def snapshot_from(datapath, read: Callable[[], dict]) -> CachedSnapshot:
-    return CachedSnapshot(datapath, read)
+def flow_families(flows: dict | None) -> list:
+    """The flow log (vrouter.node.flowlog): flows by verdict and event, policy drops by policy,
+    and what was lost."""
+    if not flows:
+        return []
+    by_verdict = CounterMetricFamily("vrouter_flows", "connection events the flow log recorded "
+                                     "(vrouter observe): starts, ends and refusals",
+                                     labels=["verdict", "event"])
+    for v in flows["by_verdict"]:
+        by_verdict.add_metric([v["verdict"], v["event"]], v["flows"])
+    by_policy = CounterMetricFamily("vrouter_flow_policy_drops", "refused packets the flow log "
+                                    "recorded, per NetworkPolicy isolating the pod",
+                                    labels=["policy", "direction"])
+    for p in flows["policy_drops"]:
+        by_policy.add_metric([p["policy"], p["direction"]], p["flows"])
+    lost = CounterMetricFamily("vrouter_flows_lost", "flow events lost: the fast path's ring "
+                               "was full before the node read it, or a follower read too slowly",
+                               labels=["why"])
+    lost.add_metric(["ring_full"], flows["lost_ring_full"])
+    lost.add_metric(["slow_client"], flows["lost_slow_clients"])
+    return [by_verdict, by_policy, lost]

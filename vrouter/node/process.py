@@ -6,7 +6,7 @@ traffic, and trio runs the control side: the control socket, signals, ARP probes
 overlay keepalives. Whatever the control side does to the data plane runs in the data-path
 thread between two batches.
 
-Faults are contained: a control request that raises is answered with the error (vrouter.ops.
+Faults are contained: a control request that raises is answered with the error (vrouter.node.
 control), a background task that raises is logged, counted and started again, a pod whose netns
 vanishes is detached. Only the data-path thread failing ends the node: it exits with
 EXIT_DATAPATH (3) and, as after a kill -9, leaves its pods' namespaces and its record behind, so
@@ -40,17 +40,19 @@ from vrouter.node.capture import MAX_SESSIONS as MAX_CAPTURES, Session
 from vrouter.node.datapath import Datapath, ensure_compiled
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.dnsserver import DnsServer, open_sockets
+from vrouter.node import control, snapshot
+from vrouter.node.flowfilter import FilterError, from_request
+from vrouter.node.flowlog import FlowLog
 from vrouter.node.healthcheck import HealthChecks
-from vrouter.node.metrics import Metrics, snapshot_from
+from vrouter.node.metrics import Metrics
 from vrouter.node.pods import LocalPods, PodError
 from vrouter.node.trace import Tracer, TraceError
-from vrouter.ops import control
-from vrouter.ops.status import node_status
 
 log = logging.getLogger("vrouter.node")
 
 PROBE_INTERVAL = 0.2
 KEEPALIVE_INTERVAL = 1.0
+FOLLOW_FLUSH = 0.25      # while someone follows the flow log, drain it at least this often
 
 
 TASK_RESTART_DELAY = 1.0   # seconds before a background task that raised runs again
@@ -114,6 +116,8 @@ class Node:
         self.refresh_errors = 0          # refreshes that failed in the background and were kept out
         self.tracer: Tracer | None = None   # made at the first trace (its batch is 8 MB)
         self.metrics: Metrics | None = None
+        self.snapshots: snapshot.Snapshots | None = None   # what status, metrics, the page read
+        self.flow_log = FlowLog(node_name)
         self.dns: DnsServer | None = None
         self.dns_sockets: tuple = ()
         self.health: HealthChecks | None = None
@@ -219,6 +223,7 @@ class Node:
         stack.callback(self._remove_unadopted)
         self.cluster = self.sync.build().cluster
         self.dp = Dataplane(self.cluster, self.name)
+        self.flow_log.ring_size = len(self.dp.tables.conntrack.flows.events)   # a power of two
         stack.callback(self.pods.close_all)
         for port, pod in sorted(self.dp.ports.items()):
             self.pods.attach_at_start(port, pod)
@@ -232,7 +237,8 @@ class Node:
                                  self.overlay, self.cluster.overlay.port, self.cluster.busy_poll_us)
         stack.callback(self.datapath.stop)   # before the TAPs and sockets close
         self.datapath.warm_up()
-        self.metrics = Metrics(snapshot_from(self.datapath, lambda: node_status(self)))
+        self.snapshots = snapshot.Snapshots(self.datapath, lambda: snapshot.build(self))
+        self.metrics = Metrics(self.snapshots)
         address = self.cluster.metrics_address(self.name)
         if address is not None:
             try:
@@ -295,6 +301,14 @@ class Node:
                 self.pods.down_nodes = down
                 self.nursery.start_soon(self.supervised_once, self.refresh, {})
             await trio.sleep(KEEPALIVE_INTERVAL)
+
+    async def flush_flows(self) -> None:
+        """While a client follows the flow log (`observe -f`, the page), wake the data path
+        every FOLLOW_FLUSH so that it drains the ring (it does whenever it wakes anyway)."""
+        while True:
+            await trio.sleep(FOLLOW_FLUSH)
+            if self.flow_log.followers:
+                self.datapath.wake()
 
     def housekeeping(self) -> set[str]:
         """Once a second, in the data-path thread: keepalives out, expired state reclaimed;
@@ -359,8 +373,59 @@ class Node:
                 "control_refused": stats.refused, "control_timeouts": stats.timeouts,
                 "control_malformed": stats.malformed, "control_errors": stats.errors}
 
-    async def status(self, _request: dict) -> dict:
-        return await self.datapath.run(lambda: node_status(self))
+    async def status(self, request: dict) -> dict:
+        """The node's snapshot: a new one, or (max_age) one at most that old (the page)."""
+        max_age = request.get("max_age", 0)
+        if not isinstance(max_age, (int, float)) or not 0 <= max_age <= 10:
+            return {"ok": False, "error": f"max_age {max_age!r}: seconds, 0-10"}
+        return await self.snapshots.get(max_age)
+
+    async def flows(self, request: dict):
+        """The flow log (vrouter.node.flowlog): the newest `last` flows matching `filter`, or
+        (follow) a stream of JSON lines, those first and then each new one as it comes, with
+        {"lost": ...} lines when this client or the ring lost some."""
+        last = request.get("last")
+        if last is not None and (not isinstance(last, int) or isinstance(last, bool)
+                                 or last < 0):
+            return {"ok": False, "error": f"last {last!r}: a number of flows, 0 or more"}
+        try:
+            flow_filter = from_request(request.get("filter"))
+        except FilterError as exc:
+            return {"ok": False, "error": str(exc)}
+        log = self.flow_log
+        header = {"ok": True, "node": self.name, "lost_ring_full": log.ring_lost}
+        if not request.get("follow"):
+            return {**header, "flows": log.query(flow_filter, last)}
+        follower = log.follow(flow_filter)
+        past = log.query(flow_filter, last) if last else []
+
+        async def lines():
+            told_dropped, told_ring = 0, follower.ring_lost
+            try:
+                for flow in past:
+                    yield json.dumps({"flow": flow}).encode() + b"\n"
+                async for flow in follower.receive:
+                    if follower.dropped > told_dropped:
+                        yield json.dumps({"lost": {"flows": follower.dropped - told_dropped,
+                                                   "why": "this client read too slowly"}
+                                          }).encode() + b"\n"
+                        told_dropped = follower.dropped
+                    if log.ring_lost > told_ring:
+                        yield json.dumps({"lost": {"flows": log.ring_lost - told_ring,
+                                                   "why": f"{self.name}'s flow ring was full"}
+                                          }).encode() + b"\n"
+                        told_ring = log.ring_lost
+                    yield json.dumps({"flow": flow}).encode() + b"\n"
+            finally:
+                log.unfollow(follower)
+        return control.Stream(header, lines())
+
+    def _flows_drained(self, token, batch) -> None:
+        """In the data-path thread: name and keep them in trio, never here."""
+        try:
+            token.run_sync_soon(self.flow_log.add, batch)
+        except RuntimeError:
+            pass   # trio is gone: the node is stopping
 
     async def reload(self, _request: dict | None = None) -> dict:
         """Re-read the cluster file (and manifests) and serve it; a bad file, or a change that
@@ -654,10 +719,12 @@ class Node:
                 self.datapath.on_failure = lambda: token.run_sync_soon(nursery.cancel_scope.cancel)
                 self.datapath.on_port_gone = lambda port: token.run_sync_soon(
                     self._start_pod_lost, nursery, port)
+                self.datapath.on_flows = lambda batch: self._flows_drained(token, batch)
                 self.datapath.start()
                 self.datapath.call(lambda: self.datapath.write_l2(self.dp.announce()))
                 nursery.start_soon(self.supervised, self.probe_pods)
                 nursery.start_soon(self.supervised, self.send_keepalives)
+                nursery.start_soon(self.supervised, self.flush_flows)
                 self.nursery = nursery
                 # before the control socket: an attach must not take a restored pod's address
                 await self.restore()
@@ -676,7 +743,8 @@ class Node:
                                     "refresh": self.refresh, "attach": self.attach,
                                     "detach": self.detach, "check": self.check, "gc": self.gc,
                                     "capture": self.capture, "trace": self.trace,
-                                    "metrics": self.metrics_text}, self.control_stats)
+                                    "metrics": self.metrics_text, "flows": self.flows},
+                                   self.control_stats)
                 log.info("node %s up: %d pods, underlay %s:%d, address %s in %s", self.name,
                          len(self.dp.ports), self.node.underlay, self.cluster.overlay.port,
                          self.node.address, self.cluster.outside_netns)

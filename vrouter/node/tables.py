@@ -8,7 +8,10 @@ import numpy as np
 
 from fastpath import hashtable, learning
 from fastpath.conntrack import connection_arrays, new_state_table
-from fastpath.groups import Bridge, Budgets, Conntrack, Outside, Peers, Ports, Routes, Tables
+from fastpath.flows import new_ring
+from fastpath.groups import (
+    Bridge, Budgets, Conntrack, Flows, Outside, Peers, Ports, Routes, Tables,
+)
 from fastpath.layout import (
     PARAM_COUNT, P_CLUSTER_MASK, P_CLUSTER_NET, P_FDB_AGE, P_FDB_PORT_LIMIT, P_GW_IP, P_GW_MAC,
     P_LOCAL_MASK, P_LOCAL_NET, P_MASQUERADE, P_NEIGHBOUR_AGE, P_NODE_IP, P_NODE_MAC,
@@ -56,7 +59,8 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray, ports: dict,
         services=services.group,
         conntrack=Conntrack(*connection_arrays(ct.max_entries),
                             *new_state_table(ct.affinity_entries, 3),
-                            *new_state_table(ct.fragment_entries, 3)),
+                            *new_state_table(ct.fragment_entries, 3),
+                            Flows(*new_ring(cluster.flow_log_events))),
         policy=(policy or policytables.build(cluster, ports, cluster.max_pods)).group,
         budgets=Budgets(np.zeros((cluster.max_pods + 2, 2), dtype=np.int64),
                         *new_state_table(BUDGET_DESTINATIONS, 2), np.zeros(2, dtype=np.int64)),

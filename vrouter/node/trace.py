@@ -2,7 +2,8 @@
 
 The node runs a made-up packet through the same compiled stages as its traffic, on copies of
 the tables the fast path changes (counters, MAC table, neighbours, peer liveness, conntrack,
-per-frontend and per-policy counts): nothing is learned, no connection opened, nothing sent. A connection
+per-frontend and per-policy counts, the flow log): nothing is learned, no connection opened,
+nothing logged, nothing sent. A connection
 with the same 5-tuple that already exists is in the copied conntrack table, so the trace shows
 the backend that connection really uses. A packet that leaves for another node comes back as
 its VXLAN datagram, which that node's trace takes up (`vrouter trace` follows the hops).
@@ -15,8 +16,9 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from fastpath.conntrack import copy_connections, copy_state_table
+from fastpath.flows import copy_ring
 from fastpath.dispatch import forward
-from fastpath.groups import Bridge, Budgets, Conntrack, Outside, Tables
+from fastpath.groups import Bridge, Budgets, Conntrack, Flows, Outside, Tables
 from fastpath.layout import (
     ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, F_ROWS, F_TRACE, HEADROOM, O_DONE,
     O_KIND, O_LEN, O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_OVERLAY, SLOT,
@@ -72,7 +74,8 @@ def scratch_tables(t: Tables) -> Tables:
         policy=t.policy._replace(drops=t.policy.drops.copy()),
         conntrack=Conntrack(*copy_connections(ct.slots, ct.recs, ct.free, ct.stats),
                             *copy_state_table(ct.aff_keys, ct.aff_vals),
-                            *copy_state_table(ct.frag_keys, ct.frag_vals)))
+                            *copy_state_table(ct.frag_keys, ct.frag_vals),
+                            Flows(*copy_ring(ct.flows))))   # a trace logs no flow
 
 
 def _ip(value: int) -> str:

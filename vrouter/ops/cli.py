@@ -1,5 +1,6 @@
 """`vrouter run | kernel-node | up | down | reload | status | check | attach | detach |
-cni-conf`, and the observing commands of vrouter.ops.observe (capture, trace, metrics)."""
+cni-conf`, the observing commands of vrouter.ops.observe (capture, trace, metrics) and
+vrouter.ops.flows (observe), and the page (vrouter.ui: ui)."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,9 @@ import sys
 from pathlib import Path
 
 from vrouter.host import state
+from vrouter import ui
 from vrouter.model import addressing
-from vrouter.ops import control, kubectl, logs, observe
+from vrouter.ops import control, flows, kubectl, logs, observe
 from vrouter.ops.common import (
     EXIT_CONFIG, EXIT_HOST, ask, cluster_arg, default_config, load_cluster,
     store_items, unknown_node,
@@ -392,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cni_conf)
 
     observe.add_parsers(sub)
+    flows.add_parser(sub)
+    ui.add_parser(sub)
     kubectl.add_parsers(sub)
 
     p = sub.add_parser("check", help="validate a cluster file and show the pods' addresses")

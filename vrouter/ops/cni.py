@@ -40,7 +40,7 @@ from vrouter.host import netns as host_netns, state
 from vrouter.model.names import (
     cni_name_problem, dns_label_problem, interface_problem, pod_name_for_container,
 )
-from vrouter.ops import control
+from vrouter.node import control
 
 SUPPORTED = ["1.0.0", "1.1.0"]
 COMMANDS = {"ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS"}

@@ -12,7 +12,7 @@ import time
 
 from vrouter.host import state
 from vrouter.model.config import Cluster
-from vrouter.ops import control
+from vrouter.node import control
 from vrouter.ops.common import (
     EXIT_CONFIG, EXIT_HOST, cluster_arg, node_of_pod, unknown_node,
 )
@@ -129,12 +129,12 @@ def _destination(cluster: Cluster, text: str, port: int | None
     return str(service.cluster_ip), port, proto, f"Service {key}"
 
 
-def _entry_node(cluster: Cluster, args, dst: str) -> str | None:
+def _entry_node(cluster: Cluster, entry: str | None, dst: str) -> str | None:
     """Where a packet from the outside host enters: --node, the node that has the address,
     or the node that announces it (a load-balancer address)."""
     from vrouter.node.servicetables import announcer
-    if args.node:
-        return args.node
+    if entry:
+        return entry
     for node in cluster.nodes:
         if str(node.address) == dst:
             return node.name
@@ -144,35 +144,51 @@ def _entry_node(cluster: Cluster, args, dst: str) -> str | None:
     return None
 
 
+class TraceRefused(ValueError):
+    """A trace that cannot be asked for (the message says why)."""
+
+
 def cmd_trace(args) -> int:
     """Ask the node of --from where the packet goes, then each node it is sent to."""
     cluster = cluster_arg(args.cluster)
     try:
-        dst, port, to_proto, what = _destination(cluster, args.to, args.port)
-    except ValueError as exc:
+        what, hops = trace(cluster, args.source, args.to, args.port, args.proto, args.sport,
+                           args.node)
+    except TraceRefused as exc:
         print(f"vrouter: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.proto and to_proto and args.proto != to_proto:
-        print(f"vrouter: --to {args.to!r} says {to_proto} but --proto says {args.proto}",
-              file=sys.stderr)
-        return EXIT_CONFIG
-    proto = args.proto or to_proto or ("tcp" if port is not None else "icmp")
-    request = {"dst": dst, "proto": proto, "sport": args.sport, "dport": port or 0}
-    if args.source == "outside":
-        node = _entry_node(cluster, args, dst)
+    if args.json:
+        print(json.dumps({"destination": what, "hops": hops}, indent=2))
+    else:
+        print(render_trace(hops))
+    return 0
+
+
+def trace(cluster: Cluster, source: str, to: str, port: int | None = None,
+          proto: str | None = None, sport: int = 40000, entry: str | None = None
+          ) -> tuple[str, list[dict]]:
+    """(what the destination is, the hops): the node of `source` (a pod, or "outside") asked
+    where the packet goes, then each node it would be sent to (vrouter trace, the page)."""
+    try:
+        dst, port, to_proto, what = _destination(cluster, to, port)
+    except ValueError as exc:
+        raise TraceRefused(str(exc)) from None
+    if proto and to_proto and proto != to_proto:
+        raise TraceRefused(f"--to {to!r} says {to_proto} but --proto says {proto}")
+    proto = proto or to_proto or ("tcp" if port is not None else "icmp")
+    request = {"dst": dst, "proto": proto, "sport": sport, "dport": port or 0}
+    if source == "outside":
+        node = _entry_node(cluster, entry, dst)
         if node is None:
-            print(f"vrouter: which node does the outside host send {dst} to? give --node",
-                  file=sys.stderr)
-            return EXIT_CONFIG
+            raise TraceRefused(f"which node does the outside host send {dst} to? give --node")
         request["from"] = "outside"
     else:
-        node = node_of_pod(cluster, args.source)
+        node = node_of_pod(cluster, source)
         if node is None:
-            print(f"vrouter: --from {args.source!r}: no such pod in cluster {cluster.name} "
-                  "(or 'outside')", file=sys.stderr)
-            return EXIT_CONFIG
-        request.update({"from": "pod", "pod": args.source})
-    hops = []
+            raise TraceRefused(f"--from {source!r}: no such pod in cluster {cluster.name} "
+                               "(or 'outside')")
+        request.update({"from": "pod", "pod": source})
+    hops: list[dict] = []
     for _ in range(MAX_HOPS):
         try:
             answer = control.request(state.socket_path(cluster.name, node), "trace", timeout=30,
@@ -183,22 +199,16 @@ def cmd_trace(args) -> int:
             break
         if not answer.get("ok"):
             if not hops:
-                print(f"vrouter: trace refused by {node}: {answer.get('error')}",
-                      file=sys.stderr)
-                return EXIT_CONFIG
+                raise TraceRefused(f"trace refused by {node}: {answer.get('error')}")
             hops.append({"node": node, "error": answer.get("error")})
             break
         hops.append(answer)
-        to = answer.get("to") or {}
-        if not to.get("datagram"):
+        target = answer.get("to") or {}
+        if not target.get("datagram"):
             break
-        node = to["node"]
-        request = {"from": "overlay", "source": to["source"], "datagram": to["datagram"]}
-    if args.json:
-        print(json.dumps({"destination": what, "hops": hops}, indent=2))
-    else:
-        print(render_trace(hops))
-    return 0
+        node = target["node"]
+        request = {"from": "overlay", "source": target["source"], "datagram": target["datagram"]}
+    return what, hops
 
 
 def render_trace(hops: list[dict]) -> str:

@@ -1,103 +1,8 @@
-"""What `vrouter status` shows: a node's ports, MAC table, ARP entries, peers and counters."""
+"""What `vrouter status` shows: a node's snapshot (vrouter.node.snapshot, read through its
+control socket) rendered as text: ports, MAC table, ARP entries, peers, counters."""
 from __future__ import annotations
 
-import ipaddress
-import os
-import sys
 import time
-
-import fastpath
-import vrouter
-from vrouter.node.tables import ip_to_int
-
-
-def _outside(node) -> dict:
-    neighbours = node.dp.outside_neighbours()
-    return {"netns": node.cluster.outside_netns,
-            "interface": node.uplink.ifname if node.uplink else None,
-            "address": f"{node.node.address}/{node.cluster.node_network.prefixlen}",
-            "mac": node.node.mac,
-            "announced": sorted(node.dp.slow.announced, key=ip_to_int),
-            "neighbours": [{"ip": str(ipaddress.IPv4Address(ip)), "mac": mac}
-                           for ip, mac in neighbours]}
-
-
-def _datapath(node) -> dict | None:
-    """The I/O edge's view: traffic at the outside port and the overlay, batch sizes, captures."""
-    datapath = node.datapath
-    if datapath is None:
-        return None
-    return {**datapath.describe(),
-            "captures": len(datapath.captures.sessions),
-            "captures_refused": datapath.captures.refused,
-            "capture_frames_dropped": int(datapath.io.capture.fill[2])
-            + sum(s.dropped for s in datapath.captures.sessions.values()),
-            "outside": datapath.traffic(node.dp.uplink),
-            "overlay": datapath.traffic(datapath.overlay_port),
-            "batch_sizes": datapath.batch_sizes()}
-
-
-def node_status(node) -> dict:
-    """Everything the node shows (status, metrics): read in the data-path thread, so one
-    consistent snapshot."""
-    dp = node.dp
-    fdb = [{**e, "pod": dp.ports[e["port"]].name if e["port"] in dp.ports else None}
-           for e in dp.fdb_entries()]
-    neighbours = [{"ip": str(node.node.gateway), "mac": node.node.gateway_mac, "port": None,
-                   "what": "gateway (this node)"}]
-    for port, pod in sorted(dp.ports.items()):
-        seen = dp.slow.neighbours.get(str(pod.ip))
-        neighbours.append({"ip": str(pod.ip), "mac": pod.mac, "port": port,
-                           "what": "pod, answered" if port in dp.slow.answered else "pod, waiting",
-                           "last_arp": round(time.time() - seen[2], 1) if seen else None})
-    return {
-        "cluster": node.cluster.name,
-        "node": node.name,
-        "pid": os.getpid(),
-        "uptime": round(time.time() - node.started, 1),
-        "ready": node.ready,
-        "underlay": f"{node.node.underlay}:{node.cluster.overlay.port}",
-        "podCIDR": str(node.node.pod_cidr),
-        "gateway": {"ip": str(node.node.gateway), "mac": node.node.gateway_mac},
-        "vtepMAC": node.node.vtep_mac,
-        "ports": [{"port": k, "pod": pod.name, "namespace": pod.namespace, "netns": pod.netns,
-                   "tap": f"{pod.ifname} (ifindex {node.pods.ports[k].ifindex} in {pod.netns})",
-                   "mac": pod.mac, "ip": str(pod.ip),
-                   **(node.datapath.traffic(k) if node.datapath else {})}
-                  for k, pod in sorted(dp.ports.items()) if k in node.pods.ports],
-        "fdb": sorted(fdb, key=lambda e: (e["port"], e["mac"])),
-        "arp": neighbours,
-        "outside": _outside(node),
-        "peers": [{"node": p.name, "underlay": str(p.underlay), "podCIDR": str(p.pod_cidr),
-                   "vtepMAC": p.vtep_mac, "up": dp.peer_is_up(k)}
-                  for k, p in enumerate(dp.peers)],
-        "services": dp.frontends(),
-        "conntrack": dp.conntrack_fill(),
-        "policies": dp.policy.summary(),
-        "masquerade": node.cluster.masquerade,
-        "reloads": dict(node.reloads),
-        "attaches": dict(node.attaches),
-        "metrics": ("http://%s:%d/metrics" % address
-                    if (address := node.cluster.metrics_address(node.name)) else None),
-        "datapath": _datapath(node),
-        "dns": _dns(node),
-        "faults": node.faults() if node.datapath else {},
-        "control": {**node.control_stats.as_dict(), "refresh_errors": node.refresh_errors},
-        "store": node.sync.status() if node.store is not None else None,
-        # the code this process runs: `vrouter up` starts nodes that import its own files
-        "code": {"python": sys.executable, "vrouter": vrouter.__file__,
-                 "fastpath": fastpath.__file__},
-        "counters": dp.counter_dict(),
-    }
-
-
-def _dns(node) -> dict | None:
-    pod = node.cluster.dns_pod(node.name)
-    if pod is None:
-        return None
-    return {"address": str(node.cluster.dns.address), "domain": node.cluster.dns.domain,
-            "server": f"{pod.name} {pod.ip}:53 (udp, tcp)",
-            "answers": dict(node.dns.resolver.counts) if node.dns else {}}
 
 
 def _store(st: dict | None) -> list[str]:
@@ -182,6 +87,10 @@ def render(status: dict, show_zero: bool = False) -> str:
                      f"{', '.join(map(str, d['overlay_source_ports']))}")
         lines.append(f"    overlay {_frames(d['overlay'])}; outside {_frames(d['outside'])}"
                      + (f"; {d['captures']} captures running" if d["captures"] else ""))
+        dropped = d.get("capture_dropped_ring_full", 0), d.get("capture_dropped_slow_reader", 0)
+        if any(dropped) or d.get("captures_refused"):
+            lines.append(f"    captures: {dropped[0]} frames dropped (ring full), {dropped[1]} "
+                         f"(a slow reader), {d.get('captures_refused', 0)} sessions refused")
         sizes = d["batch_sizes"]
         reads = sum(sizes["buckets"].values())
         if reads:
@@ -193,6 +102,16 @@ def render(status: dict, show_zero: bool = False) -> str:
         d = status["dns"]
         answers = ", ".join(f"{k} {v}" for k, v in sorted(d["answers"].items())) or "no queries yet"
         lines.append(f"  dns: {d['address']} ({d['domain']}) served by {d['server']}: {answers}")
+    f = status.get("flows")
+    if f:
+        verdicts: dict = {}
+        for v in f["by_verdict"]:
+            verdicts[v["verdict"]] = verdicts.get(v["verdict"], 0) + v["flows"]
+        lines.append(f"  flow log: {f['events']} events ("
+                     + (", ".join(f"{k} {n}" for k, n in sorted(verdicts.items())) or "none yet")
+                     + f"), {f['kept']} kept of {f['capacity']}, ring {f['ring']}; lost: "
+                     f"{f['lost_ring_full']} (ring full), {f['lost_slow_clients']} (slow "
+                     f"clients); {f['followers']} following")
     if status.get("metrics"):
         lines.append(f"  metrics: {status['metrics']}")
     lines += _store(status.get("store"))
