@@ -259,6 +259,8 @@ def main() -> int:
         cluster.stop()
         subprocess.run(["bash", str(KERNEL_SCRIPT), "down", kref], capture_output=True)
     measure_ceilings(args.seconds, results)
+    from benchmarks.userspace import slirp_tcp_gbps
+    extra["slirp4netns TCP Gbit/s"] = slirp_tcp_gbps(args.seconds)
     if not args.no_scale:
         nodes, per_node = (int(x) for x in args.scale.split("x"))
         extra["scale"] = measure_scale(tmp, nodes, per_node)
@@ -271,6 +273,12 @@ def main() -> int:
     print(table(results, extra))
     if "scale" in extra:
         print(scale_row(extra["scale"]))
+    slirp = extra["slirp4netns TCP Gbit/s"]
+    if slirp is not None:
+        vr = results["same-node TCP"].get("vrouter")
+        print(f"{'userspace peer':<26} slirp4netns (podman's rootless networking), one TCP stream "
+              f"namespace -> host: {slirp:.2f} Gbit/s; vrouter same-node TCP {vr:.2f} Gbit/s "
+              f"({vr / slirp:.1f}x)")
     if "apply" in extra:
         from benchmarks import apply
         print(apply.row(extra["apply"]))
