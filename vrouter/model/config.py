@@ -60,6 +60,7 @@ class Node:
     vtep_mac: str
     address: ipaddress.IPv4Address   # the node's address on the outside network (NodePorts)
     kernel: bool = False             # served by the Linux kernel (`vrouter kernel-node`)
+    labels: tuple[tuple[str, str], ...] = ()   # for nodeSelector (vrouter.model.scheduler)
 
     @property
     def mac(self) -> str:
@@ -95,6 +96,26 @@ class Pod:
     ports: tuple[ContainerPort, ...] = ()
     ifname: str = "eth0"    # its interface inside the netns (a CNI runtime may choose another)
     dns_server: bool = False   # the node's cluster DNS server pod (kube-system/kube-dns)
+    # spec (vrouter.model.podspec): its DNS identity and its programs
+    hostname: str = ""
+    subdomain: str = ""
+    containers: tuple = ()          # podspec.Container
+    restart_policy: str = "Always"
+    grace_seconds: int = 30
+    source: str = ""                # the file of its manifest (errors of its programs name it)
+    # made by a workload (vrouter.model.workloads): its controller and the workload's key
+    owner: str = ""                 # "ReplicaSet/web-5d59d67564", "StatefulSet/db"
+    workload: str = ""              # "Deployment/default/web"
+    revision: str = ""              # the hash of the pod template it was made from
+    # in the live model: False while a pod that has to be (a workload's, or one with a program
+    # or a probe) is not ready yet: it is no Service endpoint then
+    ready: bool = True
+
+    @property
+    def gated(self) -> bool:
+        """Whether readiness decides if it is an endpoint (Kubernetes: a pod is an endpoint
+        once Ready). Bare pods without programs are endpoints from the start, as before."""
+        return bool(self.workload) or any(c.runs or c.readiness for c in self.containers)
 
     @property
     def awaiting_cni(self) -> bool:
@@ -182,6 +203,7 @@ class Cluster:
     policies: tuple = ()          # policy.NetworkPolicy
     masquerade: bool = True       # pods' traffic to the outside network leaves as the node's
     outside_gateway: ipaddress.IPv4Address | None = None   # the nodes' default route (None: none)
+    workloads: tuple = ()         # workloads.Workload (Deployments, StatefulSets, ...)
 
     def dns_pod(self, node_name: str) -> "Pod | None":
         return next((p for p in self.pods if p.dns_server and p.node == node_name), None)
@@ -384,12 +406,13 @@ def parse(text: str, path: str = "<string>", check_host: bool = True,
     return _build_cluster(reader, cluster_doc, objects, check_host, manifests_dir)
 
 
-KINDS = ("Service", "Pod", "Namespace", "NetworkPolicy")
+KINDS = ("Service", "Pod", "Namespace", "NetworkPolicy", "Deployment", "ReplicaSet",
+         "StatefulSet", "DaemonSet")
 
 
 def _check_object(reader: _Reader, doc, where: str, source: str) -> list[tuple[str, object]]:
     """One Kubernetes object (or a List of them) -> (kind, parsed object) pairs."""
-    from vrouter.model import policy, services
+    from vrouter.model import policy, services, workloads
     if not isinstance(doc, dict) or "kind" not in doc:
         reader.fail(where, "expected a Kubernetes object with apiVersion and kind")
     kind = doc["kind"]
@@ -407,6 +430,8 @@ def _check_object(reader: _Reader, doc, where: str, source: str) -> list[tuple[s
         return [(kind, policy.parse_policy(reader, doc, where, source))]
     if kind == "Pod":
         return [(kind, _pod_manifest(reader, doc, where))]
+    if kind in workloads.KINDS:
+        return [("Workload", workloads.parse(reader, doc, where, source))]
     reader.fail(_join(where, "kind"), f"unsupported Kubernetes kind {kind!r} (vrouter reads "
                 f"{', '.join(KINDS)} and List)")
 
@@ -414,7 +439,8 @@ def _check_object(reader: _Reader, doc, where: str, source: str) -> list[tuple[s
 # where a pods[] field lives in a v1 Pod manifest (for error messages)
 _POD_MANIFEST_FIELDS = {"name": "metadata.name", "namespace": "metadata.namespace",
                         "labels": "metadata.labels", "node": "spec.nodeName",
-                        "ports": "spec.containers[].ports"}
+                        "ports": "spec.containers[].ports", "hostname": "spec.hostname",
+                        "subdomain": "spec.subdomain"}
 
 
 @dataclass(frozen=True)
@@ -425,6 +451,7 @@ class _PodEntry:
     where: str
     fields: dict
     paths: dict | None = None
+    extra: dict | None = None   # a manifest's spec beyond the pods-list fields (Pod fields)
 
     def at(self, key: str) -> str:
         return _join(self.where, self.paths.get(key, key) if self.paths else key)
@@ -440,24 +467,19 @@ def _pod_manifest(reader: _Reader, doc: dict, where: str) -> _PodEntry:
                    required=("metadata", "spec"))
     if doc.get("apiVersion", "v1") != "v1":
         reader.fail(f"{where}.apiVersion", f"{doc['apiVersion']!r}: Pods are apiVersion v1")
+    from vrouter.model import podspec
     meta, name, namespace = reader.metadata(doc, where)
-    spec = reader.mapping(doc["spec"], f"{where}.spec",
-                          {"nodeName", "containers", "restartPolicy",
-                           "terminationGracePeriodSeconds"}, required=("nodeName",))
-    containers = spec.get("containers") or []
-    if not isinstance(containers, list):
-        reader.fail(f"{where}.spec.containers", "must be a list of containers")
-    ports = []
-    for n, container in enumerate(containers):
-        w = f"{where}.spec.containers[{n}]"
-        c = reader.mapping(container, w, {"name", "image", "command", "args", "ports"})
-        raw_ports = c.get("ports") or []
-        if not isinstance(raw_ports, list):
-            reader.fail(f"{w}.ports", "must be a list of {name, containerPort, protocol}")
-        ports += _build_ports(reader, raw_ports, f"{w}.ports")
-    fields = {"name": name, "namespace": namespace, "node": spec["nodeName"],
-              "ports": tuple(ports), "labels": meta.get("labels") or {}}
-    return _PodEntry(reader, where, fields, _POD_MANIFEST_FIELDS)
+    spec = podspec.parse(reader, doc["spec"], f"{where}.spec", source=reader.path,
+                         containers_required=False)
+    if spec.node_name is None:
+        reader.fail(f"{where}.spec.nodeName", "required field is missing (a Pod manifest "
+                    "names its node; workloads are placed by vrouter's scheduler)")
+    fields = {"name": name, "namespace": namespace, "node": spec.node_name,
+              "ports": spec.ports, "labels": meta.get("labels") or {}}
+    extra = {"hostname": spec.hostname, "subdomain": spec.subdomain,
+             "containers": spec.containers, "restart_policy": spec.restart_policy,
+             "grace_seconds": spec.grace_seconds, "source": reader.path}
+    return _PodEntry(reader, where, fields, _POD_MANIFEST_FIELDS, extra)
 
 
 def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
@@ -513,6 +535,11 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
     pods = _build_pods(entries, {nd.name: nd for nd in nodes}, check_host, dns_ips)
     if dns.enabled:
         pods += _dns_pods(reader, name, nodes, pods)
+    parsed_workloads = _unique(reader, [o for kind, o in objects if kind == "Workload"],
+                               lambda w: w.key, "workload")
+    if parsed_workloads:
+        from vrouter.model import workloads
+        pods += workloads.expand(parsed_workloads, {}, nodes, pods)
     if metrics_port and (metrics_port < 1024 or metrics_port + len(nodes) - 1 > 65535):
         reader.fail("cluster.metricsPort", f"{metrics_port}: node k serves metrics on port "
                     f"metricsPort+k, so it must lie in 1024..{65536 - len(nodes)} (0: off)")
@@ -554,7 +581,7 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
                    node_network=node_network, busy_poll_us=busy_poll, max_pods=max_pods,
                    metrics_port=metrics_port, dns=dns, namespaces=tuple(namespaces),
                    policies=tuple(policies), masquerade=masquerade,
-                   outside_gateway=outside_gateway)
+                   outside_gateway=outside_gateway, workloads=tuple(parsed_workloads))
 
 
 def _unique(reader: _Reader, items: list, key, kind: str) -> list:
@@ -664,7 +691,8 @@ def _build_overlay(reader: _Reader, raw) -> Overlay:
 
 
 def _build_node(reader: _Reader, raw, where, index, cluster_cidr, node_network, earlier) -> Node:
-    d = reader.mapping(raw, where, {"name", "underlay", "podCIDR", "vtepMAC", "address", "kernel"},
+    d = reader.mapping(raw, where, {"name", "underlay", "podCIDR", "vtepMAC", "address", "kernel",
+                                    "labels"},
                        required=("name", "underlay", "podCIDR"))
     kernel = d.get("kernel", False)
     if not isinstance(kernel, bool):
@@ -689,7 +717,8 @@ def _build_node(reader: _Reader, raw, where, index, cluster_cidr, node_network, 
                 else mac_from_ip("0e:76", cidr.network_address))
     address = _node_address(reader, d, where, index, node_network, earlier)
     return Node(name=name, index=index, underlay=underlay, pod_cidr=cidr, vtep_mac=vtep_mac,
-                address=address, kernel=kernel)
+                address=address, kernel=kernel,
+                labels=reader.labels(d.get("labels") or {}, f"{where}.labels"))
 
 
 def _node_address(reader, d, where, index, node_network, earlier):
@@ -767,7 +796,8 @@ def _build_pods(entries: list[_PodEntry], nodes: dict, check_host: bool,
             reader.fail(f"{where}.mac", f"duplicate MAC {mac} (also {macs[mac]})")
         macs[mac] = where
         pods.append(Pod(name=name, namespace=namespace, node=node.name, ip=ip, mac=mac,
-                        netns=netns, owns_netns=owns, labels=labels, ports=ports))
+                        netns=netns, owns_netns=owns, labels=labels, ports=ports,
+                        **(e.extra or {})))
     return pods
 
 
