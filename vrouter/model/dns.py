@@ -4,7 +4,9 @@ live cluster model, so a reload or an attached pod changes the records with the 
 Records (the Kubernetes DNS specification, https://github.com/kubernetes/dns/blob/master/docs/specification.md):
   SVC.NS.svc.DOMAIN              A: the ClusterIP; headless: every ready endpoint's address;
                                  ExternalName: a CNAME to the external name
-  A-B-C-D.SVC.NS.svc.DOMAIN      A: an endpoint of a headless Service (named by its address)
+  HOST.SVC.NS.svc.DOMAIN         A: an endpoint of a headless Service, by its hostname: a pod's
+                                 spec.hostname when its spec.subdomain names the Service (a
+                                 StatefulSet's pods: NAME-K.SERVICE), else its dashed address
   _PORT._PROTO.SVC.NS.svc.DOMAIN SRV for each named port (headless: one per endpoint)
   A-B-C-D.NS.pod.DOMAIN          A: a pod of that namespace with that address
   D.C.B.A.in-addr.arpa           PTR: Service and pod addresses
@@ -38,6 +40,15 @@ HEADER = 12
 
 def dashed(ip) -> str:
     return str(ip).replace(".", "-")
+
+
+def endpoint_hostname(pod, service) -> str:
+    """An endpoint's hostname (the DNS specification's): as the endpoints controller sets it,
+    the pod's spec.hostname when its spec.subdomain is the Service's name (in the Service's
+    namespace); else an identifier of vrouter's choosing, the dashed address."""
+    if pod.hostname and pod.subdomain == service.name and pod.namespace == service.namespace:
+        return pod.hostname
+    return dashed(pod.ip)
 
 
 class Records:
@@ -82,21 +93,23 @@ class Records:
                     self._add(f"_{port.name}._{port.protocol.lower()}.{base}", "SRV",
                               f"0 100 {port.port} {base}")
             return
-        # headless: the endpoints themselves
+        # headless: the endpoints themselves (ready ones, unless publishNotReadyAddresses)
         selected = {}
         for port in service.ports:
             for e in endpoints(service, port, pods):
                 selected[e.pod.name] = e.pod
                 if port.name:
                     self._add(f"_{port.name}._{port.protocol.lower()}.{base}", "SRV",
-                              f"0 100 {e.port} {dashed(e.pod.ip)}.{base}")
+                              f"0 100 {e.port} {endpoint_hostname(e.pod, service)}.{base}")
         if not service.ports and service.selector:
             selected = {p.name: p for p in pods if p.namespace == service.namespace
+                        and (p.ready or service.publish_not_ready)
                         and all(dict(p.labels).get(k) == v for k, v in service.selector)}
         for pod in sorted(selected.values(), key=lambda p: p.ip):
+            host = endpoint_hostname(pod, service)
             self._add(base, "A", str(pod.ip))
-            self._add(f"{dashed(pod.ip)}.{base}", "A", str(pod.ip))
-            self._add(_reverse(pod.ip), "PTR", f"{dashed(pod.ip)}.{base}")
+            self._add(f"{host}.{base}", "A", str(pod.ip))
+            self._add(_reverse(pod.ip), "PTR", f"{host}.{base}")
 
     def authoritative_for(self, name: dns.name.Name) -> bool:
         if name.is_subdomain(self.zone):

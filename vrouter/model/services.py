@@ -64,6 +64,7 @@ class Service:
     internal_policy: str                             # Cluster | Local
     source: str = ""                                 # file it came from
     external_name: str | None = None                 # type ExternalName: a DNS CNAME only
+    publish_not_ready: bool = False                  # publishNotReadyAddresses
 
     @property
     def key(self) -> str:
@@ -77,13 +78,17 @@ class Endpoint:
 
 
 def endpoints(service: Service, port: ServicePort, pods) -> list[Endpoint]:
-    """Ready endpoints of one service port, in a stable order (namespace/name of the pod)."""
+    """Ready endpoints of one service port, in a stable order (namespace/name of the pod).
+    A pod that is not ready (a workload's, or one with a program, until its node says it is:
+    vrouter.node.programs) is none, unless the Service publishes not-ready addresses."""
     if not service.selector:
         return []   # a Service without selector has manually managed endpoints: none here
     found = []
     for pod in pods:
         if pod.awaiting_cni:
             continue   # declared, not attached yet: nothing to reach
+        if not pod.ready and not service.publish_not_ready:
+            continue
         labels = dict(pod.labels)
         if pod.namespace != service.namespace:
             continue
@@ -205,7 +210,15 @@ def parse(reader, doc: dict, where: str, source: str) -> dict:
                 ports=ports, selector=tuple(sorted((k, str(v)) for k, v in selector.items())),
                 external_ips=tuple(external), external_fields=external, affinity_timeout=timeout,
                 external_policy=policies["externalTrafficPolicy"],
-                internal_policy=policies["internalTrafficPolicy"], where=where, source=source)
+                internal_policy=policies["internalTrafficPolicy"], where=where, source=source,
+                publish_not_ready=_flag(reader, spec, "publishNotReadyAddresses", w))
+
+
+def _flag(reader, spec: dict, key: str, where: str) -> bool:
+    value = spec.get(key, False)
+    if not isinstance(value, bool):
+        reader.fail(f"{where}.{key}", f"{value!r} is not true or false")
+    return value
 
 
 def _external_name(reader, spec, w, name, namespace, where, source) -> dict:
@@ -382,7 +395,8 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network,
             ports=tuple(ports), selector=p["selector"], external_ips=p["external_ips"],
             affinity_timeout=p["affinity_timeout"], external_policy=p["external_policy"],
             internal_policy=p["internal_policy"], source=p["source"],
-            external_name=p.get("external_name")))
+            external_name=p.get("external_name"),
+            publish_not_ready=p.get("publish_not_ready", False)))
     return services
 
 
