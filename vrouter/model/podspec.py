@@ -98,6 +98,7 @@ class Container:
     liveness: Probe | None = None
     ports: tuple[ContainerPort, ...] = ()
     where: str = ""                  # "FILE: FIELD" of the container, for the errors it causes
+    program_field: str = "command"   # which field gave the program: command, or args alone
 
     @property
     def runs(self) -> bool:
@@ -206,7 +207,8 @@ def _container(reader: _Reader, raw, where: str, source: str) -> Container:
         if not working_dir.startswith("/"):
             reader.fail(f"{where}.workingDir", f"{working_dir!r} is not an absolute path")
     container = Container(name=name, argv=command + args, env=env, working_dir=working_dir,
-                          ports=ports, where=f"{source}: {where}")
+                          ports=ports, where=f"{source}: {where}",
+                          program_field="command" if command else "args")
     probes = {}
     for key in ("readinessProbe", "livenessProbe"):
         if c.get(key) is not None:

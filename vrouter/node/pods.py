@@ -8,6 +8,14 @@ and the Service tables follow. It runs when the file is reloaded, when a pod is 
 detached here (`vrouter attach`, vrouter-cni), when another node says its pods changed (or
 every few seconds, in case it could not say so), and when a pod's netns vanishes under the node.
 
+Pods made by workloads (vrouter.model.workloads) and pods with programs come and go the
+Kubernetes way: a new one is an endpoint only once its node says it is ready (the live model
+marks the others not ready: `ready_pods` in each node's record), and one that is removed leaves
+every Service at once but keeps its interface and its programs for DRAIN_SECONDS (the
+connections under way finish; the other nodes have dropped it from their tables meanwhile),
+then its programs get SIGTERM, SIGKILL after its terminationGracePeriodSeconds, and only then
+its interface goes.
+
 A node that starts again after a crash (kill -9, a failed data path) rebuilds from what is on
 the machine: the namespaces its earlier run created for the file's pods are reused (`adoptable`,
 from its record), and its runtime attachments whose namespace still exists are attached again
@@ -25,13 +33,15 @@ import trio
 
 from vrouter.host import netns as host_netns, state
 from vrouter.host.tap import InterfaceExists, attach_pod, describe, remove_netns
-from vrouter.model import attachments
+from vrouter.model import attachments, revisions, workloads
 from vrouter.model.attachments import Attachment
 from vrouter.model.config import Cluster, Pod, mac_from_ip
 from vrouter.model.names import cni_name_problem, dns_label_problem, interface_problem
 from vrouter.node.dataplane import PodsFull
 
 log = logging.getLogger("vrouter.node.pods")
+
+DRAIN_SECONDS = 2.0   # a removed pod keeps serving this long after it left every Service
 
 
 class PodError(Exception):
@@ -63,6 +73,8 @@ class LocalPods:
         self.lost: set[str] = set()
         # at start, this node's runtime attachments wait until the data path runs (restore)
         self.restoring = True
+        # removed pods still draining: port -> the event that cuts the drain short, and done
+        self.terminating: dict[int, tuple[trio.Event, trio.Event]] = {}
 
     # --- the live model ----------------------------------------------------------------------
 
@@ -76,13 +88,23 @@ class LocalPods:
             if state.is_running(record):
                 running[n.name] = record
         lost = {name for record in running.values() for name in record.get("lost_pods") or ()}
+        if file.workloads:   # what the controllers have made of them so far
+            file = workloads.with_revisions(file, revisions.load(file.name))
         if lost:
             file = dataclasses.replace(file, pods=tuple(p for p in file.pods
                                                         if p.name not in lost))
         records = [a for a in attachments.load(file.name) if a.pod.node in running
                    and not (self.restoring and a.pod.node == self.node.name)]
         self.seen = tuple(sorted(a.pod.name for a in records))
-        return attachments.live_cluster(file, records)
+        live = attachments.live_cluster(file, records)
+        # readiness: a pod that has to be ready to serve is, once its node says so
+        ready = set(self.node.ready_pods)
+        for name, record in running.items():
+            if name != self.node.name:
+                ready.update(record.get("ready_pods") or ())
+        return dataclasses.replace(live, pods=tuple(
+            dataclasses.replace(p, ready=workloads.ready_key(p.name, p.revision) in ready)
+            if p.gated else p for p in live.pods))
 
     def check_records(self, cluster_name: str, node_name: str) -> list[str]:
         """At start: release this node's attachment records whose netns is gone (or is not the
@@ -142,17 +164,30 @@ class LocalPods:
         async with self.lock:
             dp.check_reload(live)
             desired = {p.name: p for p in live.local_pods(node.name)}
-            current = {pod.name: port for port, pod in dp.ports.items()}
+            current = {pod.name: port for port, pod in dp.ports.items()
+                       if port not in self.terminating}
             gone = [port for name, port in current.items()
                     if name not in desired or not same_interface(dp.ports[port], desired[name])]
+            # a pod that left (not one that changed its address, or lost its namespace)
+            # drains first, if readiness makes it an endpoint
+            draining = [port for port in gone if dp.ports[port].gated
+                        and dp.ports[port].name not in desired
+                        and dp.ports[port].name not in self.lost]
             for port in gone:
-                await self._detach(port)
+                if port not in draining:
+                    await node.programs.stop(dp.ports[port].name, 0)
+                    await self._detach(port)
+            for port in draining:
+                self._terminate(port)
             added, failed = [], []
             for name, pod in desired.items():
                 if name in current and current[name] not in gone:
+                    node.programs.update(pod, DRAIN_SECONDS)
                     continue
                 try:
+                    await self._finish_conflicting(pod)
                     await self._attach(pod)
+                    node.programs.start(pod)
                     added.append(name)
                 except PodError as exc:
                     log.warning("node %s: cannot attach pod %s: %s", node.name, name, exc)
@@ -160,7 +195,40 @@ class LocalPods:
                                    "error": str(exc)})
             summary = await node.datapath.run(lambda: node.swap(live))
             node.cluster = live
-        return {**summary, "attached": added, "detached": len(gone), "failed": failed}
+        return {**summary, "attached": added, "detached": len(gone), "failed": failed,
+                "draining": [dp.ports[p].name for p in draining if p in dp.ports]}
+
+    def _terminate(self, port: int) -> None:
+        """A pod that left: it serves DRAIN_SECONDS more (it is in no Service any more), then
+        its programs stop (SIGTERM, SIGKILL after its grace period), then its interface goes."""
+        pod = self.node.dp.ports[port]
+        hurry, done = trio.Event(), trio.Event()
+        self.terminating[port] = (hurry, done)
+        log.info("node %s: pod %s leaves: draining for %g s", self.node.name, pod.name,
+                 DRAIN_SECONDS)
+
+        async def terminate():
+            try:
+                with trio.move_on_after(DRAIN_SECONDS):
+                    await hurry.wait()
+                await self.node.programs.stop(pod.name, pod.grace_seconds)
+                await self._detach(port)
+            finally:
+                self.terminating.pop(port, None)
+                done.set()
+        self.node.nursery.start_soon(self.node.supervised_once, terminate)
+
+    async def _finish_conflicting(self, pod: Pod) -> None:
+        """A pod to attach that a draining one still stands in the way of (its name, address,
+        MAC or namespace): that one goes now."""
+        dp = self.node.dp
+        for port, (hurry, done) in list(self.terminating.items()):
+            old = dp.ports.get(port)
+            if old is None or not {old.name, old.ip, old.mac, old.netns} & {
+                    pod.name, pod.ip, pod.mac, pod.netns}:
+                continue
+            hurry.set()
+            await done.wait()
 
     async def _attach(self, pod: Pod) -> int:
         """The pod's host side and its port, or PodError with everything made undone: whatever

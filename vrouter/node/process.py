@@ -26,17 +26,20 @@ import time
 import trio
 
 from fastpath.io import CAPTURE_RX, CAPTURE_TX
-from vrouter.host import outside, state
+from vrouter.host import outside, programs as host_programs, state
 from vrouter.host.tap import HostError, check_host, describe, interface_problem
 from vrouter.host.underlay import open_overlay
 from vrouter.model import attachments
 from vrouter.model.config import Cluster, ConfigError, load
+from vrouter.model.workloads import ready_key
 from vrouter.node.capture import MAX_SESSIONS as MAX_CAPTURES, Session
+from vrouter.node.controllers import WorkloadControllers
 from vrouter.node.datapath import Datapath, ensure_compiled
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.dnsserver import DnsServer, open_sockets
 from vrouter.node.metrics import Metrics, snapshot_from
 from vrouter.node.pods import LocalPods, PodError
+from vrouter.node.programs import Follower, Programs
 from vrouter.node.trace import Tracer, TraceError
 from vrouter.ops import control
 from vrouter.ops.status import node_status
@@ -111,6 +114,11 @@ class Node:
         self.restored = False                 # runtime pods re-attached after the start
         self.control_stats = control.ServerStats()
         self.task_errors = 0                  # background tasks that raised (and ran again)
+        # the pods' programs (vrouter.node.programs), and which local pods are ready
+        # (ready_key()s, published in our record for the other nodes' Services)
+        self.programs = Programs(cluster.name, str(self.node.address), lambda: self.nursery)
+        self.ready_pods: set[str] = set()
+        self.controllers = WorkloadControllers(self)
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -118,7 +126,7 @@ class Node:
         """Our record: the namespaces we made, and those of an earlier run not reused yet."""
         earlier = sorted(self.pods.adoptable - set(self.created_netns))
         state.write_record(self.cluster.name, self.name, self.created_netns + earlier,
-                           self.source, self.pods.lost)
+                           self.source, self.pods.lost, sorted(self.ready_pods))
 
     def _remove_traces(self) -> None:
         if not self.preserve:
@@ -148,8 +156,11 @@ class Node:
         # node's next start re-attaches them (`vrouter down` releases them)
         self.pods.check_records(self.cluster.name, self.name)
         self.cluster = self.pods.live(self.file)
+        # what an earlier run's programs left (their children: the programs died with it)
+        host_programs.reap(self.cluster.name, [p.name for p in self.cluster.pods_of(self.name)])
         self.dp = Dataplane(self.cluster, self.name)
         stack.callback(self.pods.close_all)
+        stack.callback(self.programs.kill_all)   # before the pods' namespaces go
         for port, pod in sorted(self.dp.ports.items()):
             self.pods.attach_at_start(port, pod)
         self.pods.remove_unadopted()
@@ -273,6 +284,43 @@ class Node:
     def ready(self) -> bool:
         return self.restored and set(self.dp.ports) <= self.dp.slow.answered
 
+    def local_ready(self) -> set[str]:
+        """The ready_key()s of this node's pods that are ready: attached, answering their
+        gateway, their programs running (and probes passing), not leaving."""
+        found = set()
+        for port, pod in self.dp.ports.items():
+            if port in self.pods.terminating or port not in self.dp.slow.answered:
+                continue
+            if self.programs.ready(pod.name):
+                found.add(ready_key(pod.name, pod.revision))
+        return found
+
+    @property
+    def pods_ready(self) -> bool:
+        """Every pod here that readiness decides about is ready (`vrouter up` waits for it)."""
+        ready = self.local_ready()
+        return all(ready_key(p.name, p.revision) in ready for port, p in self.dp.ports.items()
+                   if p.gated and port not in self.pods.terminating)
+
+    async def publish_readiness(self) -> None:
+        """Our pods' readiness, in our record for the other nodes: a change is served here and
+        told to them at once (a pod that turned ready becomes an endpoint everywhere)."""
+        while True:
+            await trio.sleep(PROBE_INTERVAL)
+            ready = self.local_ready()
+            if ready == self.ready_pods:
+                continue
+            self.ready_pods = ready
+            self.write_record()
+            await self.refresh({})
+            if self.controllers.tick(self.file):   # a rollout may go on
+                await self.refresh({})
+            self.tell_peers()
+
+    def start_programs(self) -> None:
+        for pod in self.dp.ports.values():
+            self.programs.start(pod)
+
     def faults(self) -> dict:
         """What went wrong and was contained (status, metrics)."""
         stats = self.control_stats
@@ -288,7 +336,11 @@ class Node:
         needs a restart, keeps everything as it was."""
         try:
             file = load(self.file.source, manifests=self.file.manifests)
+            # the leader steps the workloads first: scaling takes effect in this reload
+            stepped = self.controllers.tick(file)
             summary = await self._apply_trying_lost(file)
+            if stepped:
+                self.tell_peers()
         except Exception as exc:   # ConfigError, ValueError; anything else is logged in full
             if not isinstance(exc, (ConfigError, ValueError)):
                 log.exception("node %s: reload failed", self.name)
@@ -477,6 +529,42 @@ class Node:
         return control.Stream({"ok": True, "node": self.name, "interfaces": sorted(names.values()),
                                "direction": direction}, chunks(), finish)
 
+    async def logs(self, request: dict):
+        """A pod's program output (`vrouter logs`): its last lines, or (follow) those and then
+        what it writes, until it ends or the client goes."""
+        try:
+            run = self.programs.run_of(str(request.get("pod")), request.get("container"))
+        except KeyError as exc:
+            return {"ok": False, "error": exc.args[0]}
+        tail = request.get("tail")
+        if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
+            return {"ok": False, "error": f"tail {tail!r}: a number of lines, 0 or more"}
+        ring = run.previous if request.get("previous") else run.logs
+        if ring is None:
+            return {"ok": False, "error": f"container {run.spec.name!r} of pod "
+                                          f"{run.pod.name!r} has not been restarted: it has "
+                                          "no previous run"}
+        header = {"ok": True, "pod": run.pod.name, "container": run.spec.name,
+                  "dropped": ring.dropped}
+        if not request.get("follow") or request.get("previous"):
+            return {**header, "lines": ring.tail(tail)}
+        follower = Follower()
+        backlog = ring.tail(tail)
+        ring.followers.add(follower)
+
+        async def chunks():
+            try:
+                if backlog:
+                    yield ("\n".join(backlog) + "\n").encode()
+                async for line in follower.receive:
+                    yield (line + "\n").encode()
+                if follower.dropped:
+                    yield (f"vrouter: {follower.dropped} lines were lost: this client read "
+                           "too slowly\n").encode()
+            finally:
+                ring.followers.discard(follower)
+        return control.Stream(header, chunks())
+
     async def metrics_text(self, _request: dict) -> dict:
         """The Prometheus exposition, as the HTTP endpoint would serve it (`vrouter metrics`)."""
         text = await trio.to_thread.run_sync(self.metrics.text)
@@ -530,6 +618,9 @@ class Node:
                 self.nursery = nursery
                 # before the control socket: an attach must not take a restored pod's address
                 await self.restore()
+                self.start_programs()
+                nursery.start_soon(self.supervised, self.publish_readiness)
+                nursery.start_soon(self.supervised, self.controllers.run)
                 nursery.start_soon(self.supervised, self.watch_attachments)
                 if self.dns_sockets:   # this node has a DNS server pod
                     self.dns = DnsServer(lambda: self.cluster, *self.dns_sockets)
@@ -539,7 +630,8 @@ class Node:
                                     "refresh": self.refresh, "attach": self.attach,
                                     "detach": self.detach, "check": self.check, "gc": self.gc,
                                     "capture": self.capture, "trace": self.trace,
-                                    "metrics": self.metrics_text}, self.control_stats)
+                                    "metrics": self.metrics_text, "logs": self.logs},
+                                   self.control_stats)
                 log.info("node %s up: %d pods, underlay %s:%d, address %s in %s", self.name,
                          len(self.dp.ports), self.node.underlay, self.cluster.overlay.port,
                          self.node.address, self.cluster.outside_netns)

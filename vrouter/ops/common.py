@@ -6,7 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 from vrouter.host import state
-from vrouter.model import attachments, config
+from vrouter.model import attachments, config, revisions, workloads
 from vrouter.ops import control
 
 EXIT_CONFIG = 2
@@ -55,7 +55,10 @@ def ask(cluster: config.Cluster, node: str, cmd: str, timeout: float = 60, **fie
 
 
 def node_of_pod(cluster: config.Cluster, pod_name: str) -> str | None:
-    """The node of a pod of the cluster file or attached at runtime."""
+    """The node of a pod of the cluster file (a workload's included, as its controllers
+    have made them so far) or attached at runtime."""
+    if cluster.workloads:
+        cluster = workloads.with_revisions(cluster, revisions.load(cluster.name))
     live = attachments.live_cluster(cluster, attachments.load(cluster.name))
     try:
         return live.pod(pod_name).node

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import fastpath
 import vrouter
-from vrouter.host import outside, state
-from vrouter.model import attachments
+from vrouter.host import outside, programs, state
+from vrouter.model import attachments, revisions
 from vrouter.ops import control, logs
 from vrouter.model.config import Cluster
 from vrouter.node.datapath import ensure_compiled
@@ -34,6 +34,7 @@ from vrouter.host.tap import HostError, check_host, remove_netns
 log = logging.getLogger("vrouter.up")
 
 STOP_GRACE = 15.0
+PODS_READY_TIMEOUT = 60.0   # seconds `up` waits for the pods' programs to be ready
 SUPERVISE_INTERVAL = 0.2   # seconds between two looks at the nodes
 EXIT_DATAPATH = 3          # a node's own code for "my data path failed" (vrouter.node.process)
 
@@ -217,7 +218,33 @@ def _wait_ready(cluster: Cluster, procs, timeout: float) -> bool:
                   file=sys.stderr)
             return False
         time.sleep(0.1)
+    _wait_pods_ready(cluster, procs)
     return True
+
+
+def _wait_pods_ready(cluster: Cluster, procs) -> None:
+    """Then the pods that have programs (or are a workload's): until they are ready, so that
+    a Service answers as soon as `up` says the cluster is up; one that is not ready after
+    PODS_READY_TIMEOUT is named (its program may be failing: see vrouter status)."""
+    deadline = time.monotonic() + PODS_READY_TIMEOUT
+    waiting: dict[str, list[str]] = {}
+    while time.monotonic() < deadline:
+        waiting = {}
+        for name in procs:
+            try:
+                status = control.request(state.socket_path(cluster.name, name), "status")
+            except (OSError, ValueError):
+                waiting[name] = ["(not answering)"]
+                continue
+            if not status.get("pods_ready", True):
+                waiting[name] = [p["pod"] for p in status["ports"]
+                                 if (p.get("owner") or p.get("programs")) and not p.get("ready")]
+        if not waiting:
+            return
+        time.sleep(0.1)
+    for name, pods in sorted(waiting.items()):
+        print(f"vrouter: node {name}: pod(s) {', '.join(pods)} not ready after "
+              f"{PODS_READY_TIMEOUT:.0f}s (`vrouter status` says why)", file=sys.stderr)
 
 
 def _stop(procs: dict[str, subprocess.Popen]) -> None:
@@ -260,6 +287,12 @@ def down(cluster: Cluster, quiet: bool = False) -> int:
         state.remove_traces(cluster.name, node.name)
     for a in attachments.load(cluster.name):   # their nodes are gone: nobody serves them
         attachments.release(cluster.name, a.pod.name)
+    # what the nodes' programs left (children of programs of nodes killed with SIGKILL), and
+    # what the workload controllers recorded
+    left = programs.reap(cluster.name)
+    if left and not quiet:
+        print(f"stopped {left} leftover program process(es) of the cluster's pods")
+    revisions.remove_all(cluster.name)
     if outside.release(cluster) and not quiet:   # left behind by nodes killed with SIGKILL
         print(f"removed network namespace {cluster.outside_netns}")
     if launcher and launcher.get("pid") != os.getpid():

@@ -8,6 +8,7 @@ import time
 
 import fastpath
 import vrouter
+from vrouter.model.workloads import ready_key
 from vrouter.node.tables import ip_to_int
 
 
@@ -56,15 +57,22 @@ def node_status(node) -> dict:
         "pid": os.getpid(),
         "uptime": round(time.time() - node.started, 1),
         "ready": node.ready,
+        "pods_ready": node.pods_ready,
         "underlay": f"{node.node.underlay}:{node.cluster.overlay.port}",
         "podCIDR": str(node.node.pod_cidr),
         "gateway": {"ip": str(node.node.gateway), "mac": node.node.gateway_mac},
         "vtepMAC": node.node.vtep_mac,
         "ports": [{"port": k, "pod": pod.name, "namespace": pod.namespace, "netns": pod.netns,
                    "tap": f"{pod.ifname} (ifindex {node.pods.ports[k].ifindex} in {pod.netns})",
-                   "mac": pod.mac, "ip": str(pod.ip),
+                   "mac": pod.mac, "ip": str(pod.ip), "owner": pod.owner or None,
+                   "workload": pod.workload or None,
+                   "ready": ready_key(pod.name, pod.revision) in node.ready_pods,
+                   "terminating": k in node.pods.terminating,
+                   "programs": node.programs.status(pod.name),
                    **(node.datapath.traffic(k) if node.datapath else {})}
                   for k, pod in sorted(dp.ports.items()) if k in node.pods.ports],
+        "workloads": {"leader": node.controllers.leading,
+                      "progress": node.controllers.progress(node.file)},
         "fdb": sorted(fdb, key=lambda e: (e["port"], e["mac"])),
         "arp": neighbours,
         "outside": _outside(node),
@@ -99,6 +107,35 @@ def _dns(node) -> dict | None:
             "answers": dict(node.dns.resolver.counts) if node.dns else {}}
 
 
+def _pod_lines(p: dict) -> list[str]:
+    """A pod's owner, readiness and programs, under its port line."""
+    lines = []
+    programs = p.get("programs")
+    if not p.get("owner") and not programs:
+        return lines
+    state = "leaving (draining)" if p.get("terminating") else \
+        "ready" if p.get("ready") else "not ready"
+    owner = f"owner {p['owner']}, " if p.get("owner") else ""
+    lines.append(f"           {owner}{state}")
+    for c in (programs or {}).get("containers", []):
+        what = c["state"] + (f" ({c['reason']})" if c["reason"] not in ("Started",) else "")
+        if c["pid"]:
+            what += f" pid {c['pid']}"
+        if c["next_start_in"] is not None:
+            what += f", next start in {c['next_start_in']:g}s"
+        what += f", {c['restarts']} restarts"
+        last = c.get("last_exit")
+        if last and last["reason"] != "StartError":
+            what += f", last exit {last['signal'] or 'code ' + str(last['exit_code'])}"
+        lines.append(f"           container {c['name']}: {what}"
+                     + (", ready" if c["ready"] else ""))
+        if c.get("error"):
+            lines.append(f"             {c['error']}")
+        if c.get("probe"):
+            lines.append(f"             {c['probe']}")
+    return lines
+
+
 def _frames(t: dict) -> str:
     return (f"rx {t['rx_frames']} frames {t['rx_bytes']} B, "
             f"tx {t['tx_frames']} frames {t['tx_bytes']} B")
@@ -113,6 +150,15 @@ def render(status: dict, show_zero: bool = False) -> str:
     for p in status["ports"]:
         lines.append(f"    {p['port']:>3}  {p['pod']:<16} {p['ip']:<15} {p['mac']}  {p['tap']}"
                      + (f"  {_frames(p)}" if "rx_frames" in p else ""))
+        lines += _pod_lines(p)
+    w = status.get("workloads") or {}
+    if w.get("progress"):
+        lines.append("  workloads" + (" (their controllers run on this node):" if w["leader"]
+                                      else ":"))
+        for p in w["progress"]:
+            desired = "" if p["desired"] is None else f"{p['desired']} desired, "
+            lines.append(f"    {p['workload']:<32} {desired}{p['pods']} pods, {p['updated']} up "
+                         f"to date, {p['available']} available")
     lines.append("  mac table:")
     for e in status["fdb"]:
         kind = "static" if e["static"] else f"learned {e['age']}s ago"
