@@ -151,16 +151,18 @@ def _write(path: Path, content: dict) -> None:
 
 def write_record(cluster_name: str, node_name: str, created_netns: list[str],
                  source: dict | None = None, lost_pods: list[str] | tuple = (),
-                 ready_pods: list[str] | tuple = ()) -> None:
+                 ready_pods: list[str] | tuple = (), failing_pods: list[str] | tuple = ()
+                 ) -> None:
     """`source`: {"config": path, "manifests": dir or None}, so that commands can name a
     running cluster instead of its file. `lost_pods`: pods of the cluster file whose netns
     vanished under the node (the other nodes leave them out of their live model).
     `ready_pods`: the node's pods that are ready (a workload's pod, or one with a program, is
-    a Service endpoint on the other nodes only once it is listed here)."""
+    a Service endpoint on the other nodes only once it is listed here); `failing_pods`: those
+    whose programs fail (nothing waits for them to be ready)."""
     _write(record_path(cluster_name, node_name),
            {**identity(), "node": node_name, "created_netns": created_netns,
             "source": source or {}, "lost_pods": sorted(lost_pods),
-            "ready_pods": sorted(ready_pods)})
+            "ready_pods": sorted(ready_pods), "failing_pods": sorted(failing_pods)})
 
 
 def read_record(cluster_name: str, node_name: str) -> dict | None:

@@ -75,6 +75,7 @@ class LocalPods:
         self.restoring = True
         # removed pods still draining: port -> the event that cuts the drain short, and done
         self.terminating: dict[int, tuple[trio.Event, trio.Event]] = {}
+        self.failing: set[str] = set()   # pods whose programs fail, cluster-wide (last live())
 
     # --- the live model ----------------------------------------------------------------------
 
@@ -98,10 +99,12 @@ class LocalPods:
         self.seen = tuple(sorted(a.pod.name for a in records))
         live = attachments.live_cluster(file, records)
         # readiness: a pod that has to be ready to serve is, once its node says so
-        ready = set(self.node.ready_pods)
+        ready, failing = set(self.node.ready_pods), set(self.node.failing_pods)
         for name, record in running.items():
             if name != self.node.name:
                 ready.update(record.get("ready_pods") or ())
+                failing.update(record.get("failing_pods") or ())
+        self.failing = failing
         return dataclasses.replace(live, pods=tuple(
             dataclasses.replace(p, ready=workloads.ready_key(p.name, p.revision) in ready)
             if p.gated else p for p in live.pods))

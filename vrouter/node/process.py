@@ -118,6 +118,7 @@ class Node:
         # (ready_key()s, published in our record for the other nodes' Services)
         self.programs = Programs(cluster.name, str(self.node.address), lambda: self.nursery)
         self.ready_pods: set[str] = set()
+        self.failing_pods: set[str] = set()   # not ready, their programs failing
         self.controllers = WorkloadControllers(self)
 
     # --- setup ------------------------------------------------------------------------------
@@ -126,7 +127,8 @@ class Node:
         """Our record: the namespaces we made, and those of an earlier run not reused yet."""
         earlier = sorted(self.pods.adoptable - set(self.created_netns))
         state.write_record(self.cluster.name, self.name, self.created_netns + earlier,
-                           self.source, self.pods.lost, sorted(self.ready_pods))
+                           self.source, self.pods.lost, sorted(self.ready_pods),
+                           sorted(self.failing_pods))
 
     def _remove_traces(self) -> None:
         if not self.preserve:
@@ -284,33 +286,38 @@ class Node:
     def ready(self) -> bool:
         return self.restored and set(self.dp.ports) <= self.dp.slow.answered
 
-    def local_ready(self) -> set[str]:
-        """The ready_key()s of this node's pods that are ready: attached, answering their
-        gateway, their programs running (and probes passing), not leaving."""
-        found = set()
+    def local_ready(self) -> tuple[set[str], set[str]]:
+        """The ready_key()s of this node's pods that are ready (attached, answering their
+        gateway, their programs running and their probes passing, not leaving), and of those
+        whose programs fail."""
+        ready, failing = set(), set()
         for port, pod in self.dp.ports.items():
-            if port in self.pods.terminating or port not in self.dp.slow.answered:
+            if port in self.pods.terminating:
                 continue
-            if self.programs.ready(pod.name):
-                found.add(ready_key(pod.name, pod.revision))
-        return found
+            key = ready_key(pod.name, pod.revision)
+            if port in self.dp.slow.answered and self.programs.ready(pod.name):
+                ready.add(key)
+            elif self.programs.failing(pod.name):
+                failing.add(key)
+        return ready, failing
 
     @property
     def pods_ready(self) -> bool:
-        """Every pod here that readiness decides about is ready (`vrouter up` waits for it)."""
-        ready = self.local_ready()
-        return all(ready_key(p.name, p.revision) in ready for port, p in self.dp.ports.items()
-                   if p.gated and port not in self.pods.terminating)
+        """This node's live model has every pod that readiness decides about ready, or known
+        to be failing (`vrouter up` waits for this on every node: then a Service answers
+        from anywhere)."""
+        return all(p.ready or ready_key(p.name, p.revision) in self.pods.failing
+                   for p in self.cluster.pods if p.gated and not p.awaiting_cni)
 
     async def publish_readiness(self) -> None:
         """Our pods' readiness, in our record for the other nodes: a change is served here and
         told to them at once (a pod that turned ready becomes an endpoint everywhere)."""
         while True:
             await trio.sleep(PROBE_INTERVAL)
-            ready = self.local_ready()
-            if ready == self.ready_pods:
+            ready, failing = self.local_ready()
+            if (ready, failing) == (self.ready_pods, self.failing_pods):
                 continue
-            self.ready_pods = ready
+            self.ready_pods, self.failing_pods = ready, failing
             self.write_record()
             await self.refresh({})
             if self.controllers.tick(self.file):   # a rollout may go on

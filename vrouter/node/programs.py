@@ -355,6 +355,12 @@ class PodPrograms:
         return not self.stopping and not self.replacing and all(
             r.ready for r in self.runs.values())
 
+    @property
+    def failing(self) -> bool:
+        """Not ready, and not about to be: a program could not start, exited or ended."""
+        return not self.ready and any(r.error or r.restarts or r.state == "terminated"
+                                      for r in self.runs.values())
+
     async def run(self) -> None:
         try:
             with trio.CancelScope() as self.scope:
@@ -572,6 +578,10 @@ class Programs:
     def ready(self, name: str) -> bool:
         p = self.pods.get(name)
         return True if p is None else p.ready
+
+    def failing(self, name: str) -> bool:
+        p = self.pods.get(name)
+        return p is not None and p.failing
 
     def status(self, name: str) -> dict | None:
         p = self.pods.get(name)
