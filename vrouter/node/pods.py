@@ -130,7 +130,7 @@ class LocalPods:
         fails are released, the others serve as before the restart."""
         node = self.node
         self.restoring = False
-        summary = await self.apply(self.live(node.file))
+        summary = await self.apply(lambda: self.live(node.file))
         failed = [f["pod"] for f in summary.get("failed", [])]
         for a in attachments.load(node.cluster.name):
             if a.pod.node == node.name and a.pod.name in failed:
@@ -138,7 +138,7 @@ class LocalPods:
                 log.warning("node %s: pod %s attached at runtime cannot be attached again: "
                             "released", node.name, a.pod.name)
         if failed:
-            summary = await self.apply(self.live(node.file))
+            summary = await self.apply(lambda: self.live(node.file))
         return summary
 
     # --- at start: synchronous, on the node's ExitStack ----------------------------------------
@@ -159,12 +159,15 @@ class LocalPods:
 
     # --- while running -----------------------------------------------------------------------
 
-    async def apply(self, live: Cluster) -> dict:
-        """Make the node serve `live`: check it (ValueError changes nothing), detach pods that
-        left or changed address, attach new ones, then swap the tables. Returns a summary;
-        pods whose host side failed are listed under "failed" (the rest is applied)."""
+    async def apply(self, model) -> dict:
+        """Make the node serve the live model that `model()` makes: check it (ValueError
+        changes nothing), detach pods that left or changed address, attach new ones, then swap
+        the tables. Returns a summary; pods whose host side failed are listed under "failed"
+        (the rest is applied). The model is made once the change before is done, so that it
+        sees what that change wrote (the file a reload read, readiness, records)."""
         node, dp = self.node, self.node.dp
         async with self.lock:
+            live = model()
             dp.check_reload(live)
             desired = {p.name: p for p in live.local_pods(node.name)}
             current = {pod.name: port for port, pod in dp.ports.items()

@@ -368,7 +368,7 @@ class Node:
         if lost:
             self.write_record()
         try:
-            return await self.pods.apply(self.pods.live(file))
+            return await self.pods.apply(lambda: self.pods.live(file))
         except ValueError:
             if lost:
                 self.pods.lost |= lost
@@ -378,7 +378,7 @@ class Node:
     async def refresh(self, _request: dict) -> dict:
         """Pods were attached or detached somewhere in the cluster: serve the new model."""
         try:
-            return {"ok": True, **await self.pods.apply(self.pods.live(self.file))}
+            return {"ok": True, **await self.pods.apply(lambda: self.pods.live(self.file))}
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:   # a bug, not a request's fault: the node keeps serving
