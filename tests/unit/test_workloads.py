@@ -288,3 +288,15 @@ def test_fenceposts_round_as_kubernetes():
     assert workloads.fenceposts(s, 4) == (1, 1)
     assert workloads.fenceposts(s, 10) == (3, 2)
     assert workloads.fenceposts(workloads.Strategy(max_surge=0, max_unavailable="10%"), 5) == (0, 1)
+
+
+def test_the_shipped_tutorial_is_a_deployment_and_its_service():
+    from vrouter.model.services import endpoints
+    cluster = config.load("configs/tutorial.yaml", check_host=False)
+    web = [p for p in cluster.pods if p.workload == "Deployment/default/web"]
+    assert len(web) == 3 and {p.node for p in web} == {"node-a", "node-b"}
+    assert all(c.argv == ("python3", "-m", "http.server", "8080") and c.readiness
+               for p in web for c in p.containers)
+    service = cluster.service_by_key("default/web")
+    assert sorted(e.pod.name for e in endpoints(service, service.ports[0], cluster.pods)) == \
+        sorted(p.name for p in web)

@@ -134,6 +134,9 @@ def up(cluster: Cluster, timeout: float, policy: RestartPolicy | None = None) ->
         print(f"vrouter: cluster {cluster.name!r} already runs node(s) {', '.join(running)}; "
               f"`vrouter down {cluster.source}` stops it", file=sys.stderr)
         return 1
+    # no node of the cluster runs: what an earlier run's controllers recorded is stale (a new
+    # start begins from the file, as the same file always gives the same cluster)
+    revisions.remove_all(cluster.name)
     procs: dict[str, subprocess.Popen] = {}
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
