@@ -1,6 +1,6 @@
 """vrouter beside the Linux kernel doing the same job, in one run, in one table.
 
-    python3 -m benchmarks [--seconds 5] [--json FILE] [--no-scale]
+    python3 -m benchmarks [--seconds 5] [--json FILE] [--no-scale] [--apply]
 
 Builds the kernel reference (../shared/reference/kernel-cluster.sh: two nodes with a bridge, a
 VXLAN device and iptables kube-proxy rules; override the path with VROUTER_KERNEL_REF) and a
@@ -185,6 +185,9 @@ def main() -> int:
     parser.add_argument("--json", help="write the results here (default benchmarks/results/)")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale row")
     parser.add_argument("--scale", default="4x16", help="nodes x pods per node for the scale row")
+    parser.add_argument("--apply", action="store_true", help="also the etcd row: vrouter apply "
+                        "of a Service to a first connection from every node, and an idle "
+                        "node's etcd requests (benchmarks/apply.py)")
     args = parser.parse_args()
 
     rows = ["same-node TCP", "cross-node TCP", "pod -> ClusterIP TCP", "same-node UDP 64 B",
@@ -220,6 +223,9 @@ def main() -> int:
     if not args.no_scale:
         nodes, per_node = (int(x) for x in args.scale.split("x"))
         extra["scale"] = measure_scale(tmp, nodes, per_node)
+    if args.apply:
+        from benchmarks import apply
+        extra["apply"] = apply.measure()
 
     print(f"\nvrouter vs the Linux kernel, {args.seconds:g} s per test, {os.cpu_count()} cores, "
           f"{platform.release()}\n")
@@ -228,6 +234,9 @@ def main() -> int:
         s = extra["scale"]
         print(f"{'scale':<26} {s['nodes']} nodes x {s['pods'] // s['nodes']} pods: ready in "
               f"{s['ready_seconds']:.1f} s, {s['rss_mib_per_node']:.0f} MiB RSS per node process")
+    if "apply" in extra:
+        from benchmarks import apply
+        print(apply.row(extra["apply"]))
     cpu = extra["node CPU during 100 Hz ping (cores)"]
     print(f"{'node CPU':<26} idle {extra['node CPU idle (cores)']:.3f} cores; during a 100 Hz "
           f"ping same node {cpu['same']:.3f}, cross node {cpu['cross']:.3f} (both nodes)")

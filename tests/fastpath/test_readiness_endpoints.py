@@ -6,6 +6,7 @@ import dataclasses
 from scapy.layers.inet import IP
 
 from tests.fastpath.test_conntrack import local_flow
+from tests.harness import process
 from tests.fastpath.test_services import B_IP, inner, make_dp, to_vip
 
 
@@ -20,7 +21,7 @@ def test_an_unready_backend_leaves_the_service_and_loses_its_udp_flows():
     unready = with_pod(dp.cluster, "web-2", ready=False)
     summary = dp.reload(unready)
     assert summary["flushed_udp_flows"] == 1 and summary["removed_backends"] == 2
-    ((target, frame),) = dp.process([(0, bytes(to_vip(sport, "udp")))])
+    ((target, frame),) = process(dp, [(0, bytes(to_vip(sport, "udp")))])
     assert inner(target, frame)[IP].dst != B_IP   # the next datagram finds a live backend
     frontends = {f["frontend"]: f["backends"] for f in dp.frontends()}
     assert not any(b.startswith(f"{B_IP}:") for b in frontends["10.96.0.100:53/UDP"])
@@ -36,5 +37,5 @@ def test_a_removed_backend_loses_its_udp_flows():
     gone = dataclasses.replace(dp.cluster, pods=tuple(p for p in dp.cluster.pods
                                                       if p.name != "web-2"))
     assert dp.reload(gone)["flushed_udp_flows"] == 1
-    ((target, frame),) = dp.process([(0, bytes(to_vip(sport, "udp")))])
+    ((target, frame),) = process(dp, [(0, bytes(to_vip(sport, "udp")))])
     assert inner(target, frame)[IP].dst != B_IP

@@ -85,6 +85,13 @@ def child_env() -> dict:
         p for p in (root, os.environ.get("PYTHONPATH")) if p)}
 
 
+def attached(cluster_name: str) -> list[str]:
+    """The pods attached at runtime that the (file) store records."""
+    from vrouter.store.filestore import FileStore
+    return sorted(json.loads(item.value)["name"]
+                  for item in FileStore(cluster_name).read("attachments/").values())
+
+
 def list_netns() -> set[str]:
     try:
         return set(os.listdir("/run/netns"))

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.cluster import Cluster, list_netns, netns_exec, wait_for
+from tests.system.cluster import Cluster, attached as attached_pods, list_netns, netns_exec, wait_for
 from tests.system.test_live_pods import namespaces, vrouter
 from tests.system.test_metrics import free_port_pair
 from vrouter.host import state
-from vrouter.model import attachments
 
 RESUME_WITHIN = 5.0   # seconds from the kill to the first answer through the restarted node
 
@@ -125,7 +124,7 @@ def test_a_killed_node_comes_back_with_its_pods_and_a_killed_up_is_cleaned_by_do
         assert {p["pod"] for p in new["ports"]} == expected_b
         ports = {p["pod"]: p for p in new["ports"]}
         assert (ports[rt]["ip"], ports[rt]["mac"]) == (rt_ip, "0a:58:0a:f4:02:03")
-        assert [a.pod.name for a in attachments.load(cluster.prefix)] == [rt]
+        assert attached_pods(cluster.prefix) == [rt]
         # nothing leaked: one node process each, the namespaces once, one interface each
         assert len(node_processes(cluster)) == 2
         assert not state.is_running(old_process)
@@ -205,7 +204,7 @@ spec:
             status = cluster.status("node-a")
             assert status["faults"]["pods_lost"] == 2 and status["ready"]
             wait_for(lambda: backends() == [], what="node-b to drop both endpoints")
-            assert ctr not in [a.pod.name for a in attachments.load(prefix)]   # released
+            assert ctr not in attached_pods(prefix)   # released
             assert a3 not in state.read_record(prefix, "node-a")["created_netns"]
             moment = time.time()
             wait_for(lambda: all(p.first_reply_after(moment) for p in pingers[:2]),

@@ -19,6 +19,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
+from vrouter.model import addressing
 from vrouter.model.config import Cluster, Node, Pod
 from vrouter.host.tap import HostError, check_host, configure_pod_side, create_netns, \
     netns_exists, remove_netns
@@ -127,7 +128,7 @@ def _add_pod(ipr: IPRoute, cluster: Cluster, pod: Pod, bridge: int) -> None:
 
 
 def vtep_address(node: Node) -> str:
-    return str(node.pod_cidr.network_address)
+    return str(addressing.vtep_address(node.pod_cidr))
 
 
 def _add_vxlan(ipr: IPRoute, cluster: Cluster, node: Node) -> None:

@@ -151,18 +151,43 @@ def _write(path: Path, content: dict) -> None:
 
 def write_record(cluster_name: str, node_name: str, created_netns: list[str],
                  source: dict | None = None, lost_pods: list[str] | tuple = (),
-                 ready_pods: list[str] | tuple = (), failing_pods: list[str] | tuple = ()
-                 ) -> None:
+                 registration: dict | None = None) -> None:
     """`source`: {"config": path, "manifests": dir or None}, so that commands can name a
     running cluster instead of its file. `lost_pods`: pods of the cluster file whose netns
     vanished under the node (the other nodes leave them out of their live model).
-    `ready_pods`: the node's pods that are ready (a workload's pod, or one with a program, is
-    a Service endpoint on the other nodes only once it is listed here); `failing_pods`: those
-    whose programs fail (nothing waits for them to be ready)."""
+    `registration`: what the file store lists as the node's key (vrouter.store.filestore)."""
     _write(record_path(cluster_name, node_name),
            {**identity(), "node": node_name, "created_netns": created_netns,
             "source": source or {}, "lost_pods": sorted(lost_pods),
-            "ready_pods": sorted(ready_pods), "failing_pods": sorted(failing_pods)})
+            "registration": registration or {}})
+
+
+def update_record(cluster_name: str, node_name: str, **fields) -> None:
+    """Change fields of this process's own record (nobody else writes it)."""
+    record = read_record(cluster_name, node_name) or {**identity(), "node": node_name}
+    _write(record_path(cluster_name, node_name), {**record, **fields})
+
+
+def memory_path(cluster_name: str, node_name: str) -> Path:
+    return cluster_dir(cluster_name) / f"{node_name}.lease"
+
+
+def write_memory(cluster_name: str, node_name: str, memory: dict) -> None:
+    """What a node that registered itself remembers across its runs (the podCIDR it held, its
+    lease): it asks for the same podCIDR again when it starts (flannel's subnet.env)."""
+    _write(memory_path(cluster_name, node_name), memory)
+
+
+def read_memory(cluster_name: str, node_name: str) -> dict:
+    return _read(memory_path(cluster_name, node_name)) or {}
+
+
+def forget_memory(cluster_name: str, node_name: str) -> None:
+    try:
+        memory_path(cluster_name, node_name).unlink()
+    except FileNotFoundError:
+        pass
+    _remove_dirs(cluster_name)
 
 
 def read_record(cluster_name: str, node_name: str) -> dict | None:

@@ -1,23 +1,21 @@
 """Pods attached at runtime (by vrouter-cni or `vrouter attach`), and the live cluster they make
 together with the cluster file.
 
-The node a pod is attached to records it as one JSON file under /run/vrouter/CLUSTER/pods/,
-created exclusively (O_EXCL), so a pod name is claimed once across the whole cluster. Every node
-of the cluster reads the records (when told to refresh, and every few seconds) into one model,
-`live_cluster`: the file's pods, those marked `netns: cni` replaced by their attachment once a
-runtime has attached them, plus pods that exist only at runtime. Services, ARP answers and
-status all read that model, so a pod attached on node-b becomes an endpoint on node-a.
+The node a pod is attached to records it in the cluster's store under attachments/POD,
+created only if the key does not exist, so a pod name is claimed once across the whole cluster
+(the file store keeps it as /run/vrouter/CLUSTER/pods/POD.json, etcd as a key). Every node
+reads the records into one model (vrouter.model.live, with `live_cluster` here): the file's
+pods, those marked `netns: cni` replaced by their attachment once a runtime has attached them,
+plus pods that exist only at runtime. Services, ARP answers and status all read that model, so
+a pod attached on node-b becomes an endpoint on node-a.
 """
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-from vrouter.host import state
 from vrouter.model.config import Cluster, ContainerPort, Pod
 
 
@@ -66,55 +64,6 @@ def netns_problem(a: Attachment) -> str | None:
     if a.netns_id and now != a.netns_id:
         return f"{a.pod.netns} is another network namespace now"
     return None
-
-
-class NameTaken(Exception):
-    """Another attachment already has this pod name."""
-
-
-def registry(cluster_name: str) -> Path:
-    return state.cluster_dir(cluster_name) / "pods"
-
-
-def _path(cluster_name: str, pod_name: str) -> Path:
-    return registry(cluster_name) / f"{pod_name}.json"
-
-
-def claim(cluster_name: str, attachment: Attachment) -> None:
-    """Record the attachment; NameTaken if a record of that pod name exists (anywhere)."""
-    directory = registry(cluster_name)
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(_path(cluster_name, attachment.pod.name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                     0o644)
-    except FileExistsError:
-        raise NameTaken(attachment.pod.name) from None
-    with os.fdopen(fd, "w") as f:
-        json.dump(attachment.to_json(), f)
-
-
-def release(cluster_name: str, pod_name: str) -> None:
-    try:
-        _path(cluster_name, pod_name).unlink()
-    except FileNotFoundError:
-        pass
-
-
-def load(cluster_name: str) -> list[Attachment]:
-    """Every recorded attachment (unreadable records, a half-written one say, are skipped)."""
-    found = []
-    try:
-        names = sorted(os.listdir(registry(cluster_name)))
-    except FileNotFoundError:
-        return []
-    for name in names:
-        if not name.endswith(".json"):
-            continue
-        try:
-            found.append(Attachment.from_json(json.loads((registry(cluster_name) / name).read_text())))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return found
 
 
 def live_cluster(cluster: Cluster, attachments: list[Attachment]) -> Cluster:

@@ -3,6 +3,10 @@
 The first YAML document describes the cluster (cluster, nodes, pods); later documents are
 Kubernetes objects. Every problem is reported as a ConfigError naming the file, the field path
 and what is wrong. Loading has no side effects, so a bad config creates nothing.
+
+The objects themselves are vrouter.model.types; the podCIDR layout is vrouter.model.addressing,
+cluster DNS's pods vrouter.model.dnspods, namespace names vrouter.model.netnsnames. Their names
+are importable from here too.
 """
 from __future__ import annotations
 
@@ -12,343 +16,22 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from fastpath.layout import OVERLAY_OVERHEAD
-from vrouter.model.names import DNS_LABEL as _DNS_LABEL
-
-NETNS_RUN_DIR = "/run/netns"
-CNI = "cni"                  # pods[].netns: attached at runtime by the CNI plugin
-DEFAULT_MAX_PODS = 110       # pods per node, as Kubernetes' default
-DEFAULT_FDB_AGE = 300
-DEFAULT_FDB_MAX_PER_PORT = 16   # MACs one pod port may have learned at once
-DEFAULT_BUSY_POLL_US = 200   # see the README's latency notes
-DEFAULT_NODE_NETWORK = "172.18.0.0/24"   # as a kind cluster's docker network
-DEFAULT_DNS_DOMAIN = "cluster.local"
-_NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-
-
-class ConfigError(Exception):
-    """A config problem: which file, which field, what is wrong."""
-
-    def __init__(self, path: str, field_path: str, problem: str):
-        self.path = path
-        self.field_path = field_path
-        self.problem = problem
-        where = f"{path}: {field_path}" if field_path else path
-        super().__init__(f"{where}: {problem}")
-
-
-@dataclass(frozen=True)
-class Overlay:
-    vni: int = 1
-    port: int = 4789
-    mtu: int = 1500
-
-    @property
-    def pod_mtu(self) -> int:
-        return self.mtu - OVERLAY_OVERHEAD
-
-
-@dataclass(frozen=True)
-class Node:
-    name: str
-    index: int
-    underlay: ipaddress.IPv4Address
-    pod_cidr: ipaddress.IPv4Network
-    vtep_mac: str
-    address: ipaddress.IPv4Address   # the node's address on the outside network (NodePorts)
-    kernel: bool = False             # served by the Linux kernel (`vrouter kernel-node`)
-    labels: tuple[tuple[str, str], ...] = ()   # for nodeSelector (vrouter.model.scheduler)
-
-    @property
-    def mac(self) -> str:
-        """The MAC of the node's outside interface."""
-        return mac_from_ip("02:76", self.address)
-
-    @property
-    def gateway(self) -> ipaddress.IPv4Address:
-        return self.pod_cidr.network_address + 1
-
-    @property
-    def gateway_mac(self) -> str:
-        return mac_from_ip("02:76", self.gateway)
-
-
-@dataclass(frozen=True)
-class ContainerPort:
-    name: str
-    container_port: int
-    protocol: str
-
-
-@dataclass(frozen=True)
-class Pod:
-    name: str
-    namespace: str
-    node: str
-    ip: ipaddress.IPv4Address
-    mac: str
-    netns: str           # a name under /run/netns, an absolute path, or "cni" (not attached yet)
-    owns_netns: bool     # True when vrouter creates (and later deletes) the namespace
-    labels: tuple[tuple[str, str], ...] = ()
-    ports: tuple[ContainerPort, ...] = ()
-    ifname: str = "eth0"    # its interface inside the netns (a CNI runtime may choose another)
-    dns_server: bool = False   # the node's cluster DNS server pod (kube-system/kube-dns)
-    # spec (vrouter.model.podspec): its DNS identity and its programs
-    hostname: str = ""
-    subdomain: str = ""
-    containers: tuple = ()          # podspec.Container
-    restart_policy: str = "Always"
-    grace_seconds: int = 30
-    source: str = ""                # the file of its manifest (errors of its programs name it)
-    # made by a workload (vrouter.model.workloads): its controller and the workload's key
-    owner: str = ""                 # "ReplicaSet/web-5d59d67564", "StatefulSet/db"
-    workload: str = ""              # "Deployment/default/web"
-    revision: str = ""              # the hash of the pod template it was made from
-    # in the live model: False while a pod that has to be (a workload's, or one with a program
-    # or a probe) is not ready yet: it is no Service endpoint then
-    ready: bool = True
-
-    @property
-    def gated(self) -> bool:
-        """Whether readiness decides if it is an endpoint (Kubernetes: a pod is an endpoint
-        once Ready). Bare pods without programs are endpoints from the start, as before."""
-        return bool(self.workload) or any(c.runs or c.readiness for c in self.containers)
-
-    @property
-    def awaiting_cni(self) -> bool:
-        """Declared in the cluster file for a container runtime to attach (netns: cni), and not
-        attached yet: it has its address and labels, but no interface, so it is no endpoint."""
-        return self.netns == CNI
-
-    @property
-    def netns_path(self) -> str:
-        return self.netns if self.netns.startswith("/") else os.path.join(NETNS_RUN_DIR, self.netns)
-
-
-@dataclass(frozen=True)
-class ClusterDNS:
-    """Cluster DNS (vrouter.model.dns): the kube-dns Service address that every pod's
-    resolv.conf names, served on every vrouter node by a DNS server pod of its own."""
-    enabled: bool = True
-    address: ipaddress.IPv4Address | None = None   # the kube-dns ClusterIP (serviceCIDR .10)
-    domain: str = DEFAULT_DNS_DOMAIN
-
-    def settings(self, namespace: str) -> dict:
-        """What a Kubernetes pod of `namespace` resolves with (dnsPolicy ClusterFirst), in the
-        shape of a CNI result's dns."""
-        d = self.domain
-        return {"nameservers": [str(self.address)],
-                "search": [f"{namespace}.svc.{d}", f"svc.{d}", d], "options": ["ndots:5"]}
-
-    def resolv_conf(self, namespace: str) -> str:
-        s = self.settings(namespace)
-        return (f"nameserver {' '.join(s['nameservers'])}\nsearch {' '.join(s['search'])}\n"
-                f"options {' '.join(s['options'])}\n")
-
-
-DNS_NAMESPACE = "kube-system"
-DNS_SERVICE = "kube-dns"
-DNS_LABELS = (("k8s-app", "kube-dns"),)
-
-
-def dns_pod_name(cluster_name: str, node_name: str) -> str:
-    """The DNS server pod of a node: it names a network namespace, so the cluster's name is in
-    it (two clusters on one machine must not clash)."""
-    return f"{cluster_name}-dns-{node_name}"
-
-
-def dns_pod_ip(node: "Node") -> ipaddress.IPv4Address:
-    """The last usable address of the node's podCIDR (pods are allocated from the bottom)."""
-    return node.pod_cidr.broadcast_address - 1
-
-
-@dataclass(frozen=True)
-class ServiceOptions:
-    maglev_size: int = 16381        # prime; Maglev's M
-
-
-@dataclass(frozen=True)
-class ConntrackOptions:
-    """The node's state tables (cluster.conntrack): each is bounded, and what happens at the
-    bound is counted (see fastpath.conntrack)."""
-    max_entries: int = 65536        # tracked connections (one record, two keys each)
-    affinity_entries: int = 16384   # ClientIP session affinity (client, Service port) entries
-    fragment_entries: int = 1024    # first fragments whose later fragments are still to come
-
-
-@dataclass(frozen=True)
-class Cluster:
-    source: str
-    name: str
-    pod_cidr: ipaddress.IPv4Network
-    service_cidr: ipaddress.IPv4Network
-    overlay: Overlay
-    nodes: tuple[Node, ...]
-    pods: tuple[Pod, ...]
-    fdb_age: int = DEFAULT_FDB_AGE
-    fdb_max_per_port: int = DEFAULT_FDB_MAX_PER_PORT
-    services: tuple = ()          # services.Service, from the cluster file and --manifests
-    service_options: ServiceOptions = ServiceOptions()
-    conntrack: ConntrackOptions = ConntrackOptions()
-    manifests: str | None = None  # the --manifests directory, if any
-    node_network: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_NODE_NETWORK)
-    busy_poll_us: int = DEFAULT_BUSY_POLL_US   # keep polling this long after traffic (0: never)
-    max_pods: int = DEFAULT_MAX_PODS           # pod ports per node (the uplink is port max_pods)
-    metrics_port: int = 0                      # node k serves Prometheus on 127.0.0.1:port+k (0: off)
-    dns: ClusterDNS = ClusterDNS()
-    namespaces: tuple = ()        # policy.Namespace objects declared (others exist implicitly)
-    policies: tuple = ()          # policy.NetworkPolicy
-    masquerade: bool = True       # pods' traffic to the outside network leaves as the node's
-    outside_gateway: ipaddress.IPv4Address | None = None   # the nodes' default route (None: none)
-    workloads: tuple = ()         # workloads.Workload (Deployments, StatefulSets, ...)
-
-    def dns_pod(self, node_name: str) -> "Pod | None":
-        return next((p for p in self.pods if p.dns_server and p.node == node_name), None)
-
-    def metrics_address(self, node_name: str) -> tuple[str, int] | None:
-        """Where a node serves its Prometheus metrics, if it does."""
-        if not self.metrics_port:
-            return None
-        return "127.0.0.1", self.metrics_port + self.node(node_name).index
-
-    @property
-    def outside_netns(self) -> str:
-        return outside_netns_name(self.name)
-
-    @property
-    def outside_host(self) -> ipaddress.IPv4Address:
-        return outside_host_address(self.node_network)
-
-    @property
-    def outside_host_mac(self) -> str:
-        return mac_from_ip("02:76", self.outside_host)
-
-    def node(self, name: str) -> Node:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
-
-    def service_by_key(self, key: str):
-        for service in self.services:
-            if service.key == key:
-                return service
-        raise KeyError(key)
-
-    def pods_of(self, node_name: str) -> tuple[Pod, ...]:
-        return tuple(p for p in self.pods if p.node == node_name)
-
-    def local_pods(self, node_name: str) -> tuple[Pod, ...]:
-        """The node's pods that have (or get, at its start) an interface: not those a container
-        runtime has yet to attach."""
-        return tuple(p for p in self.pods_of(node_name) if not p.awaiting_cni)
-
-    def pod(self, name: str) -> Pod:
-        for pod in self.pods:
-            if pod.name == name:
-                return pod
-        raise KeyError(name)
-
-
-def outside_netns_name(cluster_name: str) -> str:
-    """The namespace that plays the world outside the cluster (see vrouter/outside.py)."""
-    return f"{cluster_name}-outside"
-
-
-def outside_host_address(node_network: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
-    """The outside namespace's own address on the node network: its first host address."""
-    return node_network.network_address + 1
-
-
-def mac_from_ip(prefix: str, ip: ipaddress.IPv4Address) -> str:
-    """A stable MAC: two prefix octets then the four IPv4 octets (0a:58 is what kubenet uses)."""
-    return prefix + "".join(f":{b:02x}" for b in ip.packed)
-
-
-# --- small typed readers that know where they are -------------------------------------------
-
-class _Reader:
-    def __init__(self, path: str):
-        self.path = path
-
-    def fail(self, where: str, problem: str):
-        raise ConfigError(self.path, where, problem)
-
-    def mapping(self, value, where, allowed, required=()):
-        if not isinstance(value, dict):
-            self.fail(where, f"must be a mapping, got {type(value).__name__}")
-        for key in value:
-            if key not in allowed:
-                hint = ", ".join(sorted(allowed))
-                self.fail(_join(where, str(key)), f"unknown field (allowed here: {hint})")
-        for key in required:
-            if key not in value:
-                self.fail(_join(where, key), "required field is missing")
-        return value
-
-    def integer(self, value, where, low, high):
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(where, f"must be an integer, got {value!r}")
-        if not low <= value <= high:
-            self.fail(where, f"{value} is out of range {low}..{high}")
-        return value
-
-    def string(self, value, where, pattern=None, what="a string"):
-        if not isinstance(value, str) or not value:
-            self.fail(where, f"must be {what}, got {value!r}")
-        if pattern is not None and not pattern.match(value):
-            self.fail(where, f"{value!r} is not {what}")
-        return value
-
-    def network(self, value, where, strict=True):
-        """An IPv4 CIDR; with `strict` False host bits may be set (Kubernetes' ipBlock)."""
-        if not isinstance(value, str):
-            self.fail(where, f"must be an IPv4 CIDR such as 10.244.0.0/16, got {value!r}")
-        try:
-            return ipaddress.IPv4Network(value, strict=strict)
-        except ValueError as exc:
-            self.fail(where, f"{value!r} is not a valid IPv4 CIDR ({exc})")
-
-    def address(self, value, where):
-        try:
-            return ipaddress.IPv4Address(value)
-        except ValueError:
-            self.fail(where, f"{value!r} is not a valid IPv4 address")
-
-    def labels(self, raw, where) -> tuple[tuple[str, str], ...]:
-        """Kubernetes labels (or matchLabels): a mapping of strings."""
-        if not isinstance(raw, dict):
-            self.fail(where, "must be a mapping of label names to values")
-        for key, value in raw.items():
-            if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
-                self.fail(_join(where, str(key)), "label names and values must be strings")
-        return tuple(sorted((k, str(v)) for k, v in raw.items()))
-
-    def metadata(self, doc, where, namespaced=True):
-        """A Kubernetes object's (metadata, name, namespace); the rest of metadata (uid,
-        annotations...) is ignored. A cluster-scoped object's namespace is None."""
-        meta = doc.get("metadata")
-        if not isinstance(meta, dict) or "name" not in meta:
-            self.fail(f"{where}.metadata", "must be a mapping with a name")
-        name = self.string(meta["name"], f"{where}.metadata.name", _DNS_LABEL, "a DNS label")
-        namespace = None
-        if namespaced:
-            namespace = self.string(meta.get("namespace", "default"),
-                                    f"{where}.metadata.namespace", _DNS_LABEL, "a DNS label")
-        return meta, name, namespace
-
-    def mac(self, value, where):
-        value = self.string(value, where, _MAC, "a MAC address such as 0e:76:0a:f4:01:00")
-        if int(value[:2], 16) & 1:
-            self.fail(where, f"{value} is a multicast MAC address")
-        return value.lower()
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+from vrouter.model import addressing
+from vrouter.model.dnspods import (  # noqa: F401 (re-exported)
+    DNS_LABELS, DNS_NAMESPACE, DNS_SERVICE, build_dns, dns_pod_ip, dns_pods,
+)
+from vrouter.model.names import DNS_LABEL
+from vrouter.model.names import DNS_LABEL as _DNS_LABEL  # noqa: F401 (re-exported)
+from vrouter.model.netnsnames import (  # noqa: F401 (re-exported)
+    CNI, NETNS_NAME as _NETNS_NAME, NETNS_RUN_DIR, build_netns, dns_pod_name, outside_netns_name,
+)
+from vrouter.model.reader import Reader, documents, join, read_text
+from vrouter.model.reader import Reader as _Reader  # noqa: F401 (re-exported)
+from vrouter.model.types import (  # noqa: F401 (re-exported)
+    DEFAULT_BUSY_POLL_US, DEFAULT_DNS_DOMAIN, DEFAULT_LEASE_TTL, DEFAULT_FDB_AGE, DEFAULT_FDB_MAX_PER_PORT,
+    DEFAULT_MAX_PODS, DEFAULT_NODE_NETWORK, OVERLAY_OVERHEAD, Cluster, ClusterDNS, ConfigError, ConntrackOptions,
+    ContainerPort, Datastore, Node, Overlay, Pod, ServiceOptions, mac_from_ip, outside_host_address,
+)
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -357,8 +40,15 @@ def load(path: str | os.PathLike, check_host: bool = True,
          manifests: str | os.PathLike | None = None) -> Cluster:
     """Read and validate a cluster file (and the Service manifests of a directory).
     `check_host` also checks that named netns exist."""
+    return read(path, check_host, manifests).cluster()
+
+
+def read(path: str | os.PathLike, check_host: bool = True,
+         manifests: str | os.PathLike | None = None) -> "Spec":
+    """A cluster file (and its --manifests), each document checked: the Spec to build the
+    cluster from."""
     path = str(path)
-    text = _read(path)
+    text = read_text(path)
     extra = []
     if manifests is not None:
         directory = Path(manifests)
@@ -366,52 +56,60 @@ def load(path: str | os.PathLike, check_host: bool = True,
             raise ConfigError(str(manifests), "", "--manifests must name a directory")
         for file in sorted(directory.iterdir()):
             if file.suffix in (".yaml", ".yml", ".json"):
-                extra.append((str(file), _read(str(file))))
-    return parse(text, path, check_host=check_host, manifests=extra,
-                 manifests_dir=str(manifests) if manifests is not None else None)
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read file: {exc.strerror}") from None
-
-
-def _documents(text: str, path: str) -> list:
-    try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(path, where, f"invalid YAML: {reason}") from None
+                extra.append((str(file), read_text(str(file))))
+    return spec_of(text, path, check_host=check_host, manifests=extra,
+                   manifests_dir=str(manifests) if manifests is not None else None)
 
 
 def parse(text: str, path: str = "<string>", check_host: bool = True,
           manifests: list[tuple[str, str]] = (), manifests_dir: str | None = None) -> Cluster:
     """`manifests`: (file name, text) pairs of further Kubernetes manifests."""
-    reader = _Reader(path)
-    documents = _documents(text, path)
-    if not documents:
+    return spec_of(text, path, check_host, manifests, manifests_dir).cluster()
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a cluster file says, document by document checked. `cluster()` validates it as a
+    whole; the live model (vrouter.model.live) builds it again with the objects and nodes of
+    the store, so that they are validated exactly as the file's own."""
+    path: str
+    document: dict              # the cluster document (cluster, nodes, pods)
+    objects: tuple              # (kind, parsed object) of its Kubernetes documents
+    check_host: bool = True
+    manifests_dir: str | None = None
+
+    def cluster(self, objects=(), nodes=()) -> Cluster:
+        """`objects`: more (kind, parsed object) pairs (check_object); `nodes`: more nodes,
+        as (Reader, where, node document) triples (nodes that registered themselves)."""
+        return _build_cluster(Reader(self.path), self.document, [*self.objects, *objects],
+                              self.check_host, self.manifests_dir, tuple(nodes), self)
+
+
+def spec_of(text: str, path: str = "<string>", check_host: bool = True,
+            manifests: list[tuple[str, str]] = (), manifests_dir: str | None = None) -> Spec:
+    reader = Reader(path)
+    docs = documents(text, path)
+    if not docs:
         reader.fail("", "the file is empty: expected a cluster document with cluster, nodes, pods")
-    cluster_doc = reader.mapping(documents[0], "", {"cluster", "nodes", "pods"},
-                                 required=("cluster", "nodes"))
+    cluster_doc = reader.mapping(docs[0], "", {"cluster", "nodes", "pods"},
+                                 required=("cluster",))
     objects = []
-    for n, doc in enumerate(documents[1:], start=1):
-        objects += _check_object(reader, doc, f"document {n + 1}", path)
+    for n, doc in enumerate(docs[1:], start=1):
+        objects += check_object(reader, doc, f"document {n + 1}", path)
     for file, file_text in manifests:
-        for n, doc in enumerate(_documents(file_text, file)):
-            objects += _check_object(_Reader(file), doc, f"document {n + 1}", file)
-    return _build_cluster(reader, cluster_doc, objects, check_host, manifests_dir)
+        for n, doc in enumerate(documents(file_text, file)):
+            objects += check_object(Reader(file), doc, f"document {n + 1}", file)
+    return Spec(path, cluster_doc, tuple(objects), check_host, manifests_dir)
 
 
 KINDS = ("Service", "Pod", "Namespace", "NetworkPolicy", "Deployment", "ReplicaSet",
          "StatefulSet", "DaemonSet")
 
 
-def _check_object(reader: _Reader, doc, where: str, source: str) -> list[tuple[str, object]]:
-    """One Kubernetes object (or a List of them) -> (kind, parsed object) pairs."""
+def check_object(reader: Reader, doc, where: str, source: str, stored: bool = False
+                 ) -> list[tuple[str, object]]:
+    """One Kubernetes object (or a List of them) -> (kind, parsed object) pairs. `stored`: it
+    comes from the store, where a Pod's status.podIP is the address its node gave it."""
     from vrouter.model import policy, services, workloads
     if not isinstance(doc, dict) or "kind" not in doc:
         reader.fail(where, "expected a Kubernetes object with apiVersion and kind")
@@ -420,7 +118,7 @@ def _check_object(reader: _Reader, doc, where: str, source: str) -> list[tuple[s
         items = doc.get("items") or []
         out = []
         for k, item in enumerate(items):
-            out += _check_object(reader, item, f"{where}.items[{k}]", source)
+            out += check_object(reader, item, f"{where}.items[{k}]", source, stored)
         return out
     if kind == "Service":
         return [(kind, services.parse(reader, doc, where, source))]
@@ -429,40 +127,44 @@ def _check_object(reader: _Reader, doc, where: str, source: str) -> list[tuple[s
     if kind == "NetworkPolicy":
         return [(kind, policy.parse_policy(reader, doc, where, source))]
     if kind == "Pod":
-        return [(kind, _pod_manifest(reader, doc, where))]
+        return [(kind, _pod_manifest(reader, doc, where, stored))]
     if kind in workloads.KINDS:
         return [("Workload", workloads.parse(reader, doc, where, source))]
-    reader.fail(_join(where, "kind"), f"unsupported Kubernetes kind {kind!r} (vrouter reads "
+    reader.fail(join(where, "kind"), f"unsupported Kubernetes kind {kind!r} (vrouter reads "
                 f"{', '.join(KINDS)} and List)")
 
 
+NETNS_ANNOTATION = "vrouter.io/netns"   # `cni`: a container runtime attaches the pod
 # where a pods[] field lives in a v1 Pod manifest (for error messages)
 _POD_MANIFEST_FIELDS = {"name": "metadata.name", "namespace": "metadata.namespace",
                         "labels": "metadata.labels", "node": "spec.nodeName",
-                        "ports": "spec.containers[].ports", "hostname": "spec.hostname",
-                        "subdomain": "spec.subdomain"}
+                        "ports": "spec.containers[].ports", "ip": "status.podIP",
+                        "netns": f"metadata.annotations.{NETNS_ANNOTATION}",
+                        "hostname": "spec.hostname", "subdomain": "spec.subdomain"}
 
 
 @dataclass(frozen=True)
 class _PodEntry:
     """One pod to build: an item of the cluster document's pods list, or a Pod manifest (its
     fields in the pods-list shape, `paths` naming where each came from)."""
-    reader: _Reader
+    reader: Reader
     where: str
     fields: dict
     paths: dict | None = None
     extra: dict | None = None   # a manifest's spec beyond the pods-list fields (Pod fields)
 
     def at(self, key: str) -> str:
-        return _join(self.where, self.paths.get(key, key) if self.paths else key)
+        return join(self.where, self.paths.get(key, key) if self.paths else key)
 
     def fail(self, key: str, problem: str):
         self.reader.fail(self.at(key) if key else self.where, problem)
 
 
-def _pod_manifest(reader: _Reader, doc: dict, where: str) -> _PodEntry:
+def _pod_manifest(reader: Reader, doc: dict, where: str, stored: bool = False) -> _PodEntry:
     """A v1 Pod: vrouter reads its name, namespace, labels, node and container ports (the pod
-    gets its own network namespace, made by vrouter, and an address from the node's podCIDR)."""
+    gets its own network namespace, made by vrouter, and an address from the node's podCIDR;
+    with the annotation vrouter.io/netns: cni a container runtime attaches it instead). From
+    the store, status.podIP is the address its node gave it (kubelet's status)."""
     reader.mapping(doc, where, {"apiVersion", "kind", "metadata", "spec", "status"},
                    required=("metadata", "spec"))
     if doc.get("apiVersion", "v1") != "v1":
@@ -479,21 +181,33 @@ def _pod_manifest(reader: _Reader, doc: dict, where: str) -> _PodEntry:
     extra = {"hostname": spec.hostname, "subdomain": spec.subdomain,
              "containers": spec.containers, "restart_policy": spec.restart_policy,
              "grace_seconds": spec.grace_seconds, "source": reader.path}
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        reader.fail(f"{where}.metadata.annotations", "must be a mapping of strings")
+    if NETNS_ANNOTATION in annotations:
+        if annotations[NETNS_ANNOTATION] != CNI:
+            reader.fail(f"{where}.metadata.annotations.{NETNS_ANNOTATION}",
+                        f"{annotations[NETNS_ANNOTATION]!r}: the only value is {CNI!r}")
+        fields["netns"] = CNI
+    status = doc.get("status") or {}
+    if stored and isinstance(status, dict) and status.get("podIP"):
+        fields["ip"] = status["podIP"]
     return _PodEntry(reader, where, fields, _POD_MANIFEST_FIELDS, extra)
 
 
-def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
-                   manifests_dir) -> Cluster:
+def _build_cluster(reader: Reader, doc: dict, objects, check_host: bool,
+                   manifests_dir, extra_nodes=(), spec=None) -> Cluster:
     from vrouter.model import services
     parsed_services = [o for kind, o in objects if kind == "Service"]
     c = reader.mapping(doc["cluster"], "cluster",
                        {"name", "podCIDR", "serviceCIDR", "nodeNetwork", "overlay", "fdbAgeSeconds",
                         "fdbMaxPerPort",
                         "services", "conntrack", "busyPollMicroseconds", "maxPodsPerNode",
-                        "metricsPort", "dns", "masquerade", "outsideGateway"},
+                        "metricsPort", "dns", "masquerade", "outsideGateway", "datastore",
+                        "nodeCIDRMaskSize"},
                        required=("podCIDR",))
     default_name = Path(reader.path).stem if reader.path != "<string>" else "vrouter"
-    name = reader.string(c.get("name", default_name), "cluster.name", _DNS_LABEL,
+    name = reader.string(c.get("name", default_name), "cluster.name", DNS_LABEL,
                          "a DNS label (lowercase letters, digits, '-')")
     pod_cidr = reader.network(c["podCIDR"], "cluster.podCIDR")
     service_cidr = reader.network(c.get("serviceCIDR", "10.96.0.0/16"), "cluster.serviceCIDR")
@@ -514,8 +228,17 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
                               1, 4096)
     metrics_port = reader.integer(c.get("metricsPort", 0), "cluster.metricsPort", 0, 65535)
 
-    raw_nodes = doc["nodes"]
-    if not isinstance(raw_nodes, list) or not raw_nodes:
+    datastore = _build_datastore(reader, c.get("datastore", {"type": "file"}), check_host)
+    node_mask = reader.integer(c.get("nodeCIDRMaskSize", max(addressing.DEFAULT_NODE_MASK,
+                                                             pod_cidr.prefixlen)),
+                               "cluster.nodeCIDRMaskSize", pod_cidr.prefixlen, 30)
+    raw_nodes = doc.get("nodes")
+    if datastore.type == "etcd" and raw_nodes in (None, []):
+        raw_nodes = []   # every node registers itself
+    elif not isinstance(raw_nodes, list) or not raw_nodes:
+        if raw_nodes is None:
+            reader.fail("nodes", "required field is missing (with cluster.datastore type etcd "
+                        "nodes may register themselves instead)")
         reader.fail("nodes", "must be a non-empty list of nodes")
     if len(raw_nodes) > node_network.num_addresses - 3:
         reader.fail("cluster.nodeNetwork", f"{node_network} has no room for {len(raw_nodes)} nodes "
@@ -523,8 +246,11 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
     nodes = []
     for n, raw in enumerate(raw_nodes):
         nodes.append(_build_node(reader, raw, f"nodes[{n}]", n, pod_cidr, node_network, nodes))
+    for node_reader, where, raw in extra_nodes:   # registered themselves (vrouter.model.live)
+        nodes.append(_build_node(node_reader, raw, where, len(nodes), pod_cidr, node_network,
+                                 nodes))
 
-    dns = _build_dns(reader, c.get("dns", {}), service_cidr)
+    dns = build_dns(reader, c.get("dns", {}), service_cidr)
     dns_ips = {dns_pod_ip(nd): f"node {nd.name!r}'s cluster DNS server (cluster.dns)"
                for nd in nodes} if dns.enabled else {}
     raw_pods = doc.get("pods", []) or []
@@ -534,7 +260,7 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
     entries += [o for kind, o in objects if kind == "Pod"]
     pods = _build_pods(entries, {nd.name: nd for nd in nodes}, check_host, dns_ips)
     if dns.enabled:
-        pods += _dns_pods(reader, name, nodes, pods)
+        pods += dns_pods(reader, name, nodes, pods)
     parsed_workloads = _unique(reader, [o for kind, o in objects if kind == "Workload"],
                                lambda w: w.key, "workload")
     if parsed_workloads:
@@ -581,10 +307,11 @@ def _build_cluster(reader: _Reader, doc: dict, objects, check_host: bool,
                    node_network=node_network, busy_poll_us=busy_poll, max_pods=max_pods,
                    metrics_port=metrics_port, dns=dns, namespaces=tuple(namespaces),
                    policies=tuple(policies), masquerade=masquerade,
-                   outside_gateway=outside_gateway, workloads=tuple(parsed_workloads))
+                   outside_gateway=outside_gateway, datastore=datastore, node_mask=node_mask,
+                   spec=spec, workloads=tuple(parsed_workloads))
 
 
-def _unique(reader: _Reader, items: list, key, kind: str) -> list:
+def _unique(reader: Reader, items: list, key, kind: str) -> list:
     seen = {}
     for item in items:
         if key(item) in seen:
@@ -594,7 +321,7 @@ def _unique(reader: _Reader, items: list, key, kind: str) -> list:
     return items
 
 
-def _build_outside_gateway(reader: _Reader, c: dict, node_network, nodes):
+def _build_outside_gateway(reader: Reader, c: dict, node_network, nodes):
     """The nodes' default gateway, as a VPC router is: by default the outside host; `none`
     (or null) leaves the nodes without a default route (net unreachable beyond nodeNetwork)."""
     raw = c.get("outsideGateway", "default")
@@ -613,48 +340,58 @@ def _build_outside_gateway(reader: _Reader, c: dict, node_network, nodes):
     return gateway
 
 
-def _build_dns(reader: _Reader, raw, service_cidr) -> ClusterDNS:
-    d = reader.mapping(raw, "cluster.dns", {"enabled", "address", "domain"})
-    enabled = d.get("enabled", True)
-    if not isinstance(enabled, bool):
-        reader.fail("cluster.dns.enabled", f"{enabled!r} is not true or false")
-    address = (reader.address(d["address"], "cluster.dns.address") if "address" in d
-               else service_cidr.network_address + 10)
-    if address not in service_cidr or address in (service_cidr.network_address,
-                                                   service_cidr.broadcast_address):
-        reader.fail("cluster.dns.address", f"{address} is not a usable address of "
-                    f"cluster.serviceCIDR {service_cidr}")
-    domain = reader.string(d.get("domain", DEFAULT_DNS_DOMAIN), "cluster.dns.domain")
-    labels = domain.rstrip(".").split(".")
-    if not all(_DNS_LABEL.match(label) for label in labels) or len(domain) > 200:
-        reader.fail("cluster.dns.domain", f"{domain!r} is not a DNS domain (e.g. cluster.local)")
-    return ClusterDNS(enabled=enabled, address=address, domain=".".join(labels))
+_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
+_PREFIX = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 
 
-def _dns_pods(reader: _Reader, cluster_name: str, nodes, pods) -> list[Pod]:
-    """One DNS server pod per node, in kube-system with the kube-dns labels, at the last
-    usable address of the node's podCIDR."""
-    made = []
-    for node in nodes:
-        name = dns_pod_name(cluster_name, node.name)
-        if any(p.name == name for p in pods):
-            reader.fail("pods", f"pod name {name!r} is the name of node {node.name!r}'s cluster "
-                        "DNS server pod")
-        if len(name) > 63 or not _NETNS_NAME.match(name):
-            reader.fail("cluster.name", f"{name!r} (node {node.name!r}'s DNS server pod) is too "
-                        "long a pod name: shorten the cluster or node name")
-        ip = dns_pod_ip(node)
-        made.append(Pod(name=name, namespace=DNS_NAMESPACE, node=node.name, ip=ip,
-                        mac=mac_from_ip("0a:58", ip), netns=name, owns_netns=True,
-                        labels=DNS_LABELS, dns_server=True))
-    return made
+def _build_datastore(reader: Reader, raw, check_host: bool) -> Datastore:
+    """cluster.datastore: {type: file} (the records under /run/vrouter of one machine) or
+    {type: etcd, endpoints, prefix, leaseTTL, tls: {caFile, certFile, keyFile}}."""
+    where = "cluster.datastore"
+    d = reader.mapping(raw, where, {"type", "endpoints", "prefix", "leaseTTL", "tls"},
+                       required=("type",))
+    kind = d["type"]
+    if kind == "file":
+        for key in d:
+            if key != "type":
+                reader.fail(f"{where}.{key}", "only a datastore of type etcd takes it")
+        return Datastore()
+    if kind != "etcd":
+        reader.fail(f"{where}.type", f"{kind!r}: file or etcd")
+    endpoints = d.get("endpoints")
+    if not isinstance(endpoints, list) or not endpoints:
+        reader.fail(f"{where}.endpoints", "must be a non-empty list of URLs such as "
+                    "http://127.0.0.1:2379")
+    for n, url in enumerate(endpoints):
+        if not isinstance(url, str) or not _URL.match(url):
+            reader.fail(f"{where}.endpoints[{n}]", f"{url!r} is not an http:// or https:// URL "
+                        "with a host (and a port), such as http://127.0.0.1:2379")
+    prefix = d.get("prefix", "/vrouter")
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        reader.fail(f"{where}.prefix", f"{prefix!r} is not a key prefix such as /vrouter "
+                    "(a '/' then letters, digits, '_', '.', '-'; no '/' at the end)")
+    ttl = reader.integer(d.get("leaseTTL", DEFAULT_LEASE_TTL), f"{where}.leaseTTL", 2, 3600)
+    tls = reader.mapping(d.get("tls", {}), f"{where}.tls", {"caFile", "certFile", "keyFile"})
+    files = {}
+    for key in ("caFile", "certFile", "keyFile"):
+        if key in tls:
+            files[key] = reader.string(tls[key], f"{where}.tls.{key}", what="a file name")
+            if check_host and not os.path.isfile(files[key]):
+                reader.fail(f"{where}.tls.{key}", f"{files[key]}: no such file")
+    if ("certFile" in files) != ("keyFile" in files):
+        reader.fail(f"{where}.tls", "certFile and keyFile go together")
+    if files and not all(u.startswith("https://") for u in endpoints):
+        reader.fail(f"{where}.endpoints", "with tls every endpoint is an https:// URL")
+    return Datastore(type="etcd", endpoints=tuple(u.rstrip("/") for u in endpoints),
+                     prefix=prefix, lease_ttl=ttl, ca_file=files.get("caFile"),
+                     cert_file=files.get("certFile"), key_file=files.get("keyFile"))
 
 
 def _is_prime(n: int) -> bool:
     return n > 1 and all(n % k for k in range(2, int(n ** 0.5) + 1))
 
 
-def _build_service_options(reader: _Reader, raw) -> ServiceOptions:
+def _build_service_options(reader: Reader, raw) -> ServiceOptions:
     o = reader.mapping(raw, "cluster.services", {"maglevTableSize", "maxFlows"})
     if "maxFlows" in o:
         reader.fail("cluster.services.maxFlows", "moved: the connection table is sized by "
@@ -667,7 +404,7 @@ def _build_service_options(reader: _Reader, raw) -> ServiceOptions:
     return ServiceOptions(maglev_size=size)
 
 
-def _build_conntrack_options(reader: _Reader, raw) -> ConntrackOptions:
+def _build_conntrack_options(reader: Reader, raw) -> ConntrackOptions:
     o = reader.mapping(raw, "cluster.conntrack", {"maxEntries", "affinityEntries",
                                                   "fragmentEntries"})
     d = ConntrackOptions()
@@ -680,7 +417,7 @@ def _build_conntrack_options(reader: _Reader, raw) -> ConntrackOptions:
                                         "cluster.conntrack.fragmentEntries", 64, 1 << 20))
 
 
-def _build_overlay(reader: _Reader, raw) -> Overlay:
+def _build_overlay(reader: Reader, raw) -> Overlay:
     o = reader.mapping(raw, "cluster.overlay", {"vni", "port", "mtu"})
     return Overlay(
         vni=reader.integer(o.get("vni", 1), "cluster.overlay.vni", 1, (1 << 24) - 1),
@@ -690,14 +427,14 @@ def _build_overlay(reader: _Reader, raw) -> Overlay:
     )
 
 
-def _build_node(reader: _Reader, raw, where, index, cluster_cidr, node_network, earlier) -> Node:
+def _build_node(reader: Reader, raw, where, index, cluster_cidr, node_network, earlier) -> Node:
     d = reader.mapping(raw, where, {"name", "underlay", "podCIDR", "vtepMAC", "address", "kernel",
                                     "labels"},
                        required=("name", "underlay", "podCIDR"))
     kernel = d.get("kernel", False)
     if not isinstance(kernel, bool):
         reader.fail(f"{where}.kernel", f"{kernel!r} is not true or false")
-    name = reader.string(d["name"], f"{where}.name", _DNS_LABEL,
+    name = reader.string(d["name"], f"{where}.name", DNS_LABEL,
                          "a DNS label (lowercase letters, digits, '-')")
     underlay = reader.address(d["underlay"], f"{where}.underlay")
     cidr = reader.network(d["podCIDR"], f"{where}.podCIDR")
@@ -714,11 +451,18 @@ def _build_node(reader: _Reader, raw, where, index, cluster_cidr, node_network, 
             reader.fail(f"{where}.podCIDR",
                         f"{cidr} overlaps node {other.name!r}'s podCIDR {other.pod_cidr}")
     vtep_mac = (reader.mac(d["vtepMAC"], f"{where}.vtepMAC") if "vtepMAC" in d
-                else mac_from_ip("0e:76", cidr.network_address))
+                else mac_from_ip("0e:76", addressing.vtep_address(cidr)))
     address = _node_address(reader, d, where, index, node_network, earlier)
     return Node(name=name, index=index, underlay=underlay, pod_cidr=cidr, vtep_mac=vtep_mac,
                 address=address, kernel=kernel,
                 labels=reader.labels(d.get("labels") or {}, f"{where}.labels"))
+
+
+def check_node(cluster: Cluster, reader: Reader, where: str, fields: dict, earlier) -> Node:
+    """A node that registered itself (`fields` as a nodes[] item), checked as the file's nodes
+    are, against `earlier` nodes (ConfigError)."""
+    return _build_node(reader, fields, where, len(earlier), cluster.pod_cidr,
+                       cluster.node_network, earlier)
 
 
 def _node_address(reader, d, where, index, node_network, earlier):
@@ -756,13 +500,13 @@ def _build_pods(entries: list[_PodEntry], nodes: dict, check_host: bool,
     for e in entries:
         reader, where = e.reader, e.where
         d = reader.mapping(e.fields, where, _POD_FIELDS, required=("name", "node"))
-        name = reader.string(d["name"], e.at("name"), _DNS_LABEL,
+        name = reader.string(d["name"], e.at("name"), DNS_LABEL,
                              "a DNS label (lowercase letters, digits, '-')")
         if name in names:
             e.fail("name", f"duplicate pod name {name!r} (also {names[name]}); "
                    "pod names must be unique because they name network namespaces")
         names[name] = f"{reader.path}: {where}" if e.paths else where
-        namespace = reader.string(d.get("namespace", "default"), e.at("namespace"), _DNS_LABEL,
+        namespace = reader.string(d.get("namespace", "default"), e.at("namespace"), DNS_LABEL,
                                   "a DNS label (lowercase letters, digits, '-')")
         node_name = reader.string(d["node"], e.at("node"))
         if node_name not in nodes:
@@ -770,56 +514,48 @@ def _build_pods(entries: list[_PodEntry], nodes: dict, check_host: bool,
         node = nodes[node_name]
         ip = None
         if "ip" in d:
-            ip = reader.address(d["ip"], f"{where}.ip")
-            _check_pod_ip(reader, f"{where}.ip", ip, node)
+            ip = reader.address(d["ip"], e.at("ip"))
+            problem = addressing.pod_address_problem(ip, node.pod_cidr, node.name)
+            if problem:
+                reader.fail(e.at("ip"), problem)
             if ip in taken:
-                reader.fail(f"{where}.ip", f"duplicate pod IP {ip} (also {taken[ip]})")
+                reader.fail(e.at("ip"), f"duplicate pod IP {ip} (also {taken[ip]})")
             taken[ip] = where
         labels = reader.labels(d.get("labels", {}), e.at("labels"))
         ports = d["ports"] if e.paths else _build_ports(reader, d.get("ports", []),
                                                         f"{where}.ports")
-        netns, owns = _build_netns(reader, d, where, name, check_host, e.at("name"))
+        netns, owns = build_netns(reader, d, where, name, check_host, e.at("name"))
         mac = reader.mac(d["mac"], f"{where}.mac") if "mac" in d else None
         checked.append((e, name, namespace, node, ip, mac, netns, owns, labels, ports))
 
     # second pass: deterministic allocation (config order, lowest free address from .2 up)
     pods = []
     macs: dict[str, str] = {}
-    cursor = {name: 2 for name in nodes}
+    host_ports: dict[tuple, str] = {}   # (node, protocol, hostPort) -> whose
+    allocator = addressing.Allocator(taken)
     for e, name, namespace, node, ip, mac, netns, owns, labels, ports in checked:
         reader, where = e.reader, e.where
         if ip is None:
-            ip = _allocate(reader, where, node, cursor, taken)
-            taken[ip] = where
+            ip = allocator.next(node.name, node.pod_cidr, where)
+            if ip is None:
+                reader.fail(where, f"node {node.name!r}'s podCIDR {node.pod_cidr} has no free "
+                            "address left")
         mac = mac or mac_from_ip("0a:58", ip)
         if mac in macs:
             reader.fail(f"{where}.mac", f"duplicate MAC {mac} (also {macs[mac]})")
         macs[mac] = where
+        for cp in ports:
+            if cp.host_port:
+                slot = (node.name, cp.protocol, cp.host_port)
+                if slot in host_ports:
+                    reader.fail(f"{where}.ports", f"hostPort {cp.host_port}/{cp.protocol} is "
+                                f"taken on node {node.name!r} by {host_ports[slot]} (one pod "
+                                "per host port and node, as the scheduler places them)")
+                host_ports[slot] = f"pod {name!r} ({where})"
         pods.append(Pod(name=name, namespace=namespace, node=node.name, ip=ip, mac=mac,
                         netns=netns, owns_netns=owns, labels=labels, ports=ports,
                         **(e.extra or {})))
     return pods
-
-
-def _check_pod_ip(reader, where, ip, node: Node):
-    cidr = node.pod_cidr
-    if ip not in cidr:
-        reader.fail(where, f"{ip} is outside node {node.name!r}'s podCIDR {cidr}")
-    if ip == node.gateway:
-        reader.fail(where, f"{ip} is node {node.name!r}'s gateway address")
-    if ip in (cidr.network_address, cidr.broadcast_address):
-        reader.fail(where, f"{ip} is the network or broadcast address of {cidr}")
-
-
-def _allocate(reader, where, node: Node, cursor, taken):
-    cidr = node.pod_cidr
-    first = int(cidr.network_address)
-    while cursor[node.name] < cidr.num_addresses - 1:
-        ip = ipaddress.IPv4Address(first + cursor[node.name])
-        cursor[node.name] += 1
-        if ip not in taken:
-            return ip
-    reader.fail(where, f"node {node.name!r}'s podCIDR {cidr} has no free address left")
 
 
 def _build_ports(reader, raw, where):
@@ -828,29 +564,18 @@ def _build_ports(reader, raw, where):
     ports = []
     for n, item in enumerate(raw):
         w = f"{where}[{n}]"
-        d = reader.mapping(item, w, {"name", "containerPort", "protocol"}, required=("containerPort",))
+        d = reader.mapping(item, w, {"name", "containerPort", "protocol", "hostPort"},
+                           required=("containerPort",))
         name = reader.string(d.get("name", f"port-{n}"), f"{w}.name")
         number = reader.integer(d["containerPort"], f"{w}.containerPort", 1, 65535)
         protocol = d.get("protocol", "TCP")
-        if protocol not in ("TCP", "UDP"):
-            reader.fail(f"{w}.protocol", f"{protocol!r} is not supported (TCP or UDP)")
-        ports.append(ContainerPort(name, number, protocol))
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            reader.fail(f"{w}.protocol", f"{protocol!r} is not a protocol (TCP, UDP or SCTP)")
+        host_port = None
+        if "hostPort" in d:
+            host_port = reader.integer(d["hostPort"], f"{w}.hostPort", 1, 65535)
+            if protocol == "SCTP":
+                reader.fail(f"{w}.hostPort", "vrouter publishes TCP and UDP host ports, not "
+                            "SCTP (it translates no SCTP, as for Services)")
+        ports.append(ContainerPort(name, number, protocol, host_port))
     return tuple(ports)
-
-
-def _build_netns(reader, d, where, pod_name, check_host, name_at):
-    """(netns, owned): the pod's own namespace, created by vrouter, unless `netns` names one."""
-    if "netns" not in d:
-        if not _NETNS_NAME.match(pod_name):
-            reader.fail(name_at, f"{pod_name!r} cannot name a network namespace")
-        return pod_name, True
-    netns = reader.string(d["netns"], f"{where}.netns", what="a netns name or a path")
-    if netns == CNI:
-        return netns, False   # a container runtime attaches it later, through vrouter-cni
-    if not netns.startswith("/") and not _NETNS_NAME.match(netns):
-        reader.fail(f"{where}.netns", f"{netns!r} is neither a netns name nor an absolute path")
-    if check_host:
-        path = netns if netns.startswith("/") else os.path.join(NETNS_RUN_DIR, netns)
-        if not os.path.exists(path):
-            reader.fail(f"{where}.netns", f"network namespace {netns!r} does not exist ({path})")
-    return netns, False

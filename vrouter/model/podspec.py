@@ -14,7 +14,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from vrouter.model.config import ContainerPort, _DNS_LABEL, _Reader, _build_ports, _join
+from vrouter.model.config import _build_ports
+from vrouter.model.names import DNS_LABEL as _DNS_LABEL
+from vrouter.model.reader import Reader as _Reader, join as _join
+from vrouter.model.types import ContainerPort
 
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 DEFAULT_GRACE_SECONDS = 30            # terminationGracePeriodSeconds, as Kubernetes

@@ -1,71 +1,57 @@
-"""What the workload controllers have made so far, on disk: one JSON record per workload under
-/run/vrouter/CLUSTER/workloads/ (Kubernetes keeps the same in its ReplicaSet and
-ControllerRevision objects). Every node reads the records into its live model
-(vrouter.model.workloads.with_revisions), so all of them make the same pods while a rollout is
-half-way, and a node that restarts comes back to the state the others are in. Only the node
-that leads (vrouter.node.controllers) writes them.
+"""What the workload controllers have made so far, as store keys (vrouter.store.base):
+workloads/KIND/NS/NAME, one JSON record per workload (Kubernetes keeps the same in its
+ReplicaSet and ControllerRevision objects). The file store keeps them under
+/run/vrouter/CLUSTER/workloads/, etcd under its prefix. Every node reads them into its live
+model (vrouter.model.live, vrouter.model.workloads.with_revisions), so all of them make the same
+pods while a rollout is half-way, and a node that restarts comes back to the state the others
+are in. Only the node that leads (vrouter.node.controllers) writes them. Sans-IO.
 """
 from __future__ import annotations
 
 import json
-import logging
-import os
-from pathlib import Path
 
-from vrouter.host import state
 from vrouter.model.workloads import Revision
 
-log = logging.getLogger("vrouter.revisions")
+PREFIX = "workloads/"   # = vrouter.store.base.WORKLOADS
 
 
-def directory(cluster_name: str) -> Path:
-    return state.cluster_dir(cluster_name) / "workloads"
+def key_of(workload_key: str) -> str:
+    """The store key of a workload's record ("Deployment/default/web" ->
+    "workloads/Deployment/default/web")."""
+    return PREFIX + workload_key
 
 
-def _path(cluster_name: str, key: str) -> Path:
-    return directory(cluster_name) / (key.replace("/", ".") + ".json")
+def encode(workload_key: str, revisions: tuple[Revision, ...]) -> bytes:
+    return json.dumps({"key": workload_key, "revisions": [r.to_json() for r in revisions]},
+                      sort_keys=True).encode()
 
 
-def load(cluster_name: str) -> dict[str, tuple[Revision, ...]]:
-    """Workload key -> its revisions. A record that does not parse is skipped (and logged): its
-    workload then starts from its file again."""
-    found = {}
+def decode(store_key: str, value: bytes) -> tuple[str, tuple[Revision, ...]]:
+    """(workload key, revisions); ValueError when the record is not one (or not its key's)."""
     try:
-        names = sorted(os.listdir(directory(cluster_name)))
-    except FileNotFoundError:
-        return {}
-    for name in names:
-        if not name.endswith(".json"):
+        d = json.loads(value)
+        revisions = tuple(Revision.from_json(r) for r in d["revisions"])
+        key = d["key"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a workload record: {exc!r}") from None
+    if key_of(str(key)) != store_key:
+        raise ValueError(f"it is the record of {key!r}, not of what its key says")
+    return key, revisions
+
+
+def from_items(items: dict[str, bytes], problems: dict | None = None
+               ) -> dict[str, tuple[Revision, ...]]:
+    """Workload key -> its revisions, from the store's keys. A record that does not parse is
+    left out (reported in `problems`): its workload then starts from its template again."""
+    found = {}
+    for store_key, value in sorted(items.items()):
+        if not store_key.startswith(PREFIX):
             continue
         try:
-            d = json.loads((directory(cluster_name) / name).read_text())
-            found[d["key"]] = tuple(Revision.from_json(r) for r in d["revisions"])
-        except FileNotFoundError:
+            key, revisions = decode(store_key, value)
+        except ValueError as exc:
+            if problems is not None:
+                problems[store_key] = str(exc)
             continue
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("workload record %s is unreadable, ignored: %s", name, exc)
+        found[key] = revisions
     return found
-
-
-def write(cluster_name: str, key: str, revisions: tuple[Revision, ...]) -> None:
-    path = _path(cluster_name, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "revisions": [r.to_json() for r in revisions]}))
-    os.replace(tmp, path)
-
-
-def remove(cluster_name: str, key: str) -> None:
-    try:
-        _path(cluster_name, key).unlink()
-    except FileNotFoundError:
-        pass
-
-
-def remove_all(cluster_name: str) -> None:
-    for key in load(cluster_name):
-        remove(cluster_name, key)
-    try:
-        directory(cluster_name).rmdir()
-    except OSError:
-        pass

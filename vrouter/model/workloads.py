@@ -27,7 +27,9 @@ import json
 from dataclasses import dataclass
 
 from vrouter.model import podspec, scheduler
-from vrouter.model.config import ConfigError, Pod, _DNS_LABEL, _Reader, mac_from_ip
+from vrouter.model.names import DNS_LABEL as _DNS_LABEL
+from vrouter.model.reader import Reader as _Reader
+from vrouter.model.types import ConfigError, Pod, mac_from_ip
 from vrouter.model.names import DNS_LABEL_MAX
 
 KINDS = ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet")

@@ -1,12 +1,14 @@
-"""The workload controllers, run by one node of the cluster: the first node of the file (not a
-kernel one) that is running leads, as one kube-controller-manager leads in Kubernetes. It
-steps every workload (vrouter.model.controllers) when the file is reloaded and whenever a pod
-becomes ready or unready, writes the revisions (vrouter.model.revisions) and tells the other
-nodes, which make and remove their pods through the live-pod path (vrouter.node.pods). If the
-leader stops, the next node in file order takes over from the records.
+"""The workload controllers, run by one node of the cluster: the first node of the live model
+(not a kernel one) that is running leads, as one kube-controller-manager leads in Kubernetes.
+It steps every workload (vrouter.model.controllers) when the file is reloaded and whenever a pod
+becomes ready or unready, writes the revisions to the store (workloads/...:
+vrouter.model.revisions) and tells the other nodes, which make and remove their pods through
+the live-pod path (vrouter.node.pods). If the leader stops, the next running node takes over
+from the records.
 
-Availability is readiness as every node publishes it in its record (`ready_pods`, see
-vrouter.node.process), held for the workload's minReadySeconds.
+The workloads are the live model's: the file's, and with the etcd datastore those `vrouter
+apply` wrote. Availability is readiness as every node publishes it in its registration
+(vrouter.io/ready-pods, see vrouter.node.process), held for the workload's minReadySeconds.
 """
 from __future__ import annotations
 
@@ -15,9 +17,8 @@ import time
 
 import trio
 
-from vrouter.host import state
 from vrouter.model import controllers, revisions
-from vrouter.model.config import Cluster
+from vrouter.store.base import StoreError
 
 log = logging.getLogger("vrouter.node.controllers")
 
@@ -31,31 +32,20 @@ class WorkloadControllers:
         self.steps = 0                           # records written, for status
         self.leading = False
         self.last_progress: list[dict] = []      # for status (read in the data-path thread)
+        self.last_error: str | None = None
 
-    def leader(self, file: Cluster) -> bool:
-        for n in file.nodes:
+    def leader(self, model) -> bool:
+        for n in model.cluster.nodes:
             if n.kernel:
                 continue
             if n.name == self.node.name:
                 return True
-            if state.is_running(state.read_record(file.name, n.name)):
+            if n.name in model.running:
                 return False
         return False
 
-    def ready_keys(self, file: Cluster) -> set[str]:
-        """Ready pods of the whole cluster: the other running nodes' records, and ours."""
-        found = set(self.node.ready_pods)
-        for n in file.nodes:
-            if n.name == self.node.name:
-                continue
-            record = state.read_record(file.name, n.name)
-            if state.is_running(record):
-                found.update(record.get("ready_pods") or ())
-        return found
-
-    def available(self, file: Cluster, min_ready: float) -> set[str]:
+    def available(self, ready: set[str], min_ready: float) -> set[str]:
         now = time.monotonic()
-        ready = self.ready_keys(file)
         for key in ready:
             self.seen_ready.setdefault(key, now)
         for key in list(self.seen_ready):
@@ -63,35 +53,47 @@ class WorkloadControllers:
                 del self.seen_ready[key]
         return {k for k in ready if now - self.seen_ready[k] >= min_ready}
 
-    def tick(self, file: Cluster) -> bool:
-        """One step of every workload, if this node leads; True if a record changed."""
-        if not file.workloads and not self.last_progress and not self.leading:
-            return False   # no workloads: nothing to read
-        self.leading = self.leader(file)
-        recorded = revisions.load(file.name)
-        self.last_progress = [controllers.progress(w, recorded.get(w.key), self.ready_keys(file))
-                              for w in file.workloads]
+    async def tick(self, model) -> bool:
+        """One step of every workload of `model` (a vrouter.model.live.Live), if this node
+        leads; True if a record changed (it is written to the store, and known to the node's
+        Sync at once)."""
+        cluster = model.cluster
+        recorded = model.revisions
+        if not cluster.workloads and not recorded and not self.last_progress:
+            return False   # no workloads: nothing to do
+        self.leading = self.leader(model)
+        self.last_progress = [controllers.progress(w, recorded.get(w.key), model.ready)
+                              for w in cluster.workloads]
         if not self.leading:
             return False
-        changed = False
-        for w in file.workloads:
+        puts, deletes = {}, []
+        for w in cluster.workloads:
             current = recorded.get(w.key)
-            nxt = controllers.step(w, current, file.nodes,
-                                   self.available(file, w.min_ready_seconds))
+            nxt = controllers.step(w, current, cluster.nodes,
+                                   self.available(model.ready, w.min_ready_seconds))
             if nxt != current:
-                revisions.write(file.name, w.key, nxt)
-                self.steps += 1
-                changed = True
+                puts[revisions.key_of(w.key)] = revisions.encode(w.key, nxt)
                 log.info("node %s: %s: %s", self.node.name, w.key, ", ".join(
                     f"{r.hash} x{len(r.members)}" for r in nxt))
-        keys = {w.key for w in file.workloads}
+        keys = {w.key for w in cluster.workloads}
         for key in recorded:
-            if key not in keys:   # deleted from the file: its pods go (garbage collection)
-                revisions.remove(file.name, key)
-                changed = True
-        return changed
+            if key not in keys:   # deleted: its pods go (garbage collection)
+                deletes.append(revisions.key_of(key))
+        store, sync = self.node.store, self.node.sync
+        try:
+            for key, value in puts.items():
+                await store.put(key, value)
+                sync.items[key] = value   # the watch brings it too; serve it now
+                self.steps += 1
+            for key in deletes:
+                await store.delete(key)
+                sync.items.pop(key, None)
+        except StoreError as exc:   # the next look tries again
+            self.last_error = str(exc)
+            log.warning("node %s: cannot write the workloads' records: %s", self.node.name, exc)
+        return bool(puts or deletes)
 
-    def progress(self, file: Cluster) -> list[dict]:
+    def progress(self) -> list[dict]:
         return self.last_progress
 
     async def run(self) -> None:
@@ -99,7 +101,7 @@ class WorkloadControllers:
         here and told to the other nodes at once."""
         while True:
             await trio.sleep(INTERVAL)
-            file = self.node.file
-            if self.tick(file):
+            model = self.node.sync.model
+            if model is not None and await self.tick(model):
                 await self.node.refresh({})
                 self.node.tell_peers()

@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Callable
 
+import numpy as np
 import trio
 
 from fastpath.io import (
@@ -38,7 +39,9 @@ from fastpath.layout import BATCH
 from fastpath.reasons import R_DROP_TX_ERROR
 from vrouter.node.capture import Captures
 from vrouter.node.dataplane import Dataplane
-from vrouter.node.nodeio import new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring
+from vrouter.node.nodeio import (
+    new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring, sockaddr_in,
+)
 
 log = logging.getLogger("vrouter.node.datapath")
 
@@ -102,6 +105,15 @@ class Datapath:
         self.on_failure: Callable[[], None] = lambda: None
         # a pod's TAP went with its netns (in this thread; the node detaches the pod)
         self.on_port_gone: Callable[[int], None] = lambda port: None
+
+    def set_peers(self, overlay_port: int) -> None:
+        """The data plane's peers changed (in this thread, between batches): their addresses
+        for sendmmsg, by peer index."""
+        addrs = b"".join(sockaddr_in(str(p.underlay), overlay_port) for p in self.dp.peers)
+        # a datagram queued for a retry may still point into the old array: keep it a while
+        self.retired = [*getattr(self, "retired", [])[-3:], self.io.peer_addrs]
+        self.io = self.io._replace(
+            peer_addrs=np.frombuffer(addrs or bytes(16), dtype=np.uint64).copy())
 
     # --- lifecycle -------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ the control socket (`vrouter metrics`). What there is:
   vrouter_service_connections_total{service, port, frontend, scope}   new flows per frontend
   vrouter_batch_frames                      histogram: frames per read of a TAP or the overlay
   vrouter_pods, vrouter_peer_up{peer}, vrouter_ready, vrouter_captures, vrouter_node_info
+  vrouter_store_up, _unreachable_since_seconds, _skipped_keys_total, _resyncs_total, _requests_total
   vrouter_faults_total{fault}               contained faults: pods lost, slow-path and request
                                             errors, control connections refused or timed out
 """
@@ -127,6 +128,22 @@ def families(status: dict) -> list:
             faults.add_metric([name], value)
         result.append(faults)
 
+    store = status.get("store")
+    if store:
+        result += [
+            GaugeMetricFamily("vrouter_store_up", "1 while the datastore answers (the node "
+                              "forwards with its last state when it does not)",
+                              value=1 if store["reachable"] else 0),
+            GaugeMetricFamily("vrouter_store_unreachable_since_seconds", "when the datastore "
+                              "stopped answering (Unix time; 0 while it answers)",
+                              value=store["unreachable_since"] or 0),
+            CounterMetricFamily("vrouter_store_skipped_keys", "corrupt, foreign or refused "
+                                "store keys left out of the model", value=store["skipped_total"]),
+            CounterMetricFamily("vrouter_store_resyncs", "lists of the whole store after a "
+                                "compaction or a lost watch", value=store["resyncs"]),
+            CounterMetricFamily("vrouter_store_requests", "requests sent to the datastore",
+                                value=store["requests"]),
+        ]
     peers = GaugeMetricFamily("vrouter_peer_up", "1 while an overlay peer answers",
                               labels=["peer"])
     for p in status["peers"]:

@@ -1,20 +1,20 @@
 """A node's pods while it runs: attaching and detaching them under live traffic.
 
-The node serves the pods of the live model (vrouter.model.attachments.live_cluster: the cluster
-file plus the pods attached at runtime anywhere in the cluster). `apply` makes the node match a
+The node serves the pods of the live model (vrouter.model.live: the cluster file plus what the
+store holds: pods attached at runtime anywhere in the cluster, Pods applied to the store). `apply` makes the node match a
 new live model: the host side of a pod (its TAP moved into its netns, addressed) is made or
 removed in a worker thread, its port is added to or taken from the data path between two batches,
 and the Service tables follow. It runs when the file is reloaded, when a pod is attached or
-detached here (`vrouter attach`, vrouter-cni), when another node says its pods changed (or
-every few seconds, in case it could not say so), and when a pod's netns vanishes under the node.
+detached here (`vrouter attach`, vrouter-cni), when the store changes (vrouter.node.sync: its
+watch), and when a pod's netns vanishes under the node.
 
 Pods made by workloads (vrouter.model.workloads) and pods with programs come and go the
 Kubernetes way: a new one is an endpoint only once its node says it is ready (the live model
-marks the others not ready: `ready_pods` in each node's record), and one that is removed leaves
-every Service at once but keeps its interface and its programs for DRAIN_SECONDS (the
-connections under way finish; the other nodes have dropped it from their tables meanwhile),
-then its programs get SIGTERM, SIGKILL after its terminationGracePeriodSeconds, and only then
-its interface goes.
+marks the others not ready: vrouter.io/ready-pods in each node's registration), and one that
+is removed leaves every Service at once but keeps its interface and its programs for
+DRAIN_SECONDS (the connections under way finish; the other nodes have dropped it from their
+tables meanwhile), then its programs get SIGTERM, SIGKILL after its
+terminationGracePeriodSeconds, and only then its interface goes.
 
 A node that starts again after a crash (kill -9, a failed data path) rebuilds from what is on
 the machine: the namespaces its earlier run created for the file's pods are reused (`adoptable`,
@@ -31,16 +31,18 @@ import os
 
 import trio
 
-from vrouter.host import netns as host_netns, state
+from vrouter.host import netns as host_netns
 from vrouter.host.tap import InterfaceExists, attach_pod, describe, remove_netns
-from vrouter.model import attachments, revisions, workloads
+from vrouter.model import addressing, attachments
 from vrouter.model.attachments import Attachment
-from vrouter.model.config import Cluster, Pod, mac_from_ip
+from vrouter.model.config import Cluster, ContainerPort, Pod, mac_from_ip
 from vrouter.model.names import cni_name_problem, dns_label_problem, interface_problem
 from vrouter.node.dataplane import PodsFull
+from vrouter.store.base import attachment_key
 
 log = logging.getLogger("vrouter.node.pods")
 
+MAX_PORT_MAPPINGS = 64   # one pod's host ports at most (a request is bounded)
 DRAIN_SECONDS = 2.0   # a removed pod keeps serving this long after it left every Service
 
 
@@ -66,6 +68,7 @@ class LocalPods:
         self.ports: dict = {}            # port -> PodPort (its TAP), for status and cleanup
         self.stacks: dict = {}           # port -> ExitStack undoing that pod's host side
         self.lock = trio.Lock()          # one change at a time
+        self.down_nodes: set[str] = set()   # peers silent for too long (their pods are out)
         self.seen: tuple = ()            # the records the last apply saw
         # namespaces an earlier (crashed) run of this node created: its pods reuse them
         self.adoptable: set[str] = set()
@@ -75,70 +78,23 @@ class LocalPods:
         self.restoring = True
         # removed pods still draining: port -> the event that cuts the drain short, and done
         self.terminating: dict[int, tuple[trio.Event, trio.Event]] = {}
-        self.failing: set[str] = set()   # pods whose programs fail, cluster-wide (last live())
 
-    # --- the live model ----------------------------------------------------------------------
-
-    def live(self, file: Cluster) -> Cluster:
-        """The file plus the attachments of nodes that are running (a SIGKILLed node's records
-        stay behind until it restarts or `vrouter down`; meanwhile its pods are gone), less the
-        file pods a running node lost (their netns vanished)."""
-        running = {}
-        for n in file.nodes:
-            record = state.read_record(file.name, n.name)
-            if state.is_running(record):
-                running[n.name] = record
-        lost = {name for record in running.values() for name in record.get("lost_pods") or ()}
-        if file.workloads:   # what the controllers have made of them so far
-            file = workloads.with_revisions(file, revisions.load(file.name))
-        if lost:
-            file = dataclasses.replace(file, pods=tuple(p for p in file.pods
-                                                        if p.name not in lost))
-        records = [a for a in attachments.load(file.name) if a.pod.node in running
-                   and not (self.restoring and a.pod.node == self.node.name)]
-        self.seen = tuple(sorted(a.pod.name for a in records))
-        live = attachments.live_cluster(file, records)
-        # readiness: a pod that has to be ready to serve is, once its node says so
-        ready, failing = set(self.node.ready_pods), set(self.node.failing_pods)
-        for name, record in running.items():
-            if name != self.node.name:
-                ready.update(record.get("ready_pods") or ())
-                failing.update(record.get("failing_pods") or ())
-        self.failing = failing
-        return dataclasses.replace(live, pods=tuple(
-            dataclasses.replace(p, ready=workloads.ready_key(p.name, p.revision) in ready)
-            if p.gated else p for p in live.pods))
-
-    def check_records(self, cluster_name: str, node_name: str) -> list[str]:
-        """At start: release this node's attachment records whose netns is gone (or is not the
-        one attached: a /proc/PID/ns/net path whose pid now names another process); the others
-        are attached again by `restore`. Returns the names released."""
-        released = []
-        for a in attachments.load(cluster_name):
-            if a.pod.node != node_name:
-                continue
-            problem = attachments.netns_problem(a)
-            if problem:
-                log.warning("node %s: pod %s attached at runtime is gone (%s): released",
-                            node_name, a.pod.name, problem)
-                attachments.release(cluster_name, a.pod.name)
-                released.append(a.pod.name)
-        return released
+    # --- after the start ---------------------------------------------------------------------
 
     async def restore(self) -> dict:
         """Attach this node's runtime pods again (the data path runs): those whose host side
         fails are released, the others serve as before the restart."""
         node = self.node
         self.restoring = False
-        summary = await self.apply(lambda: self.live(node.file))
+        summary = await node.sync.resync()
         failed = [f["pod"] for f in summary.get("failed", [])]
-        for a in attachments.load(node.cluster.name):
+        for a in node.attachments():
             if a.pod.node == node.name and a.pod.name in failed:
-                attachments.release(node.cluster.name, a.pod.name)
+                await node.store.delete(attachment_key(a.pod.name))
                 log.warning("node %s: pod %s attached at runtime cannot be attached again: "
                             "released", node.name, a.pod.name)
         if failed:
-            summary = await self.apply(lambda: self.live(node.file))
+            summary = await node.sync.resync()
         return summary
 
     # --- at start: synchronous, on the node's ExitStack ----------------------------------------
@@ -159,15 +115,20 @@ class LocalPods:
 
     # --- while running -----------------------------------------------------------------------
 
-    async def apply(self, model) -> dict:
-        """Make the node serve the live model that `model()` makes: check it (ValueError
-        changes nothing), detach pods that left or changed address, attach new ones, then swap
-        the tables. Returns a summary; pods whose host side failed are listed under "failed"
-        (the rest is applied). The model is made once the change before is done, so that it
-        sees what that change wrote (the file a reload read, readiness, records)."""
+    async def apply(self, model, file: Cluster | None = None, skip_unchanged: bool = False
+                    ) -> dict:
+        """Make the node serve `model` (a Cluster, or a function that makes it, called once
+        the change before is done, so that it sees what that change wrote: the file a reload
+        read, readiness, records): check it (ValueError changes nothing), detach pods that left
+        or changed address, attach new ones, then swap the tables. Returns a summary; pods whose
+        host side failed are listed under "failed" (the rest is applied). `file`: the cluster
+        file the model was made from, the node's from now on (a reload). `skip_unchanged`: a
+        model equal to the running one changes nothing ({"unchanged": True})."""
         node, dp = self.node, self.node.dp
         async with self.lock:
-            live = model()
+            live = model() if callable(model) else model
+            if skip_unchanged and live == node.cluster:
+                return {"unchanged": True}
             dp.check_reload(live)
             desired = {p.name: p for p in live.local_pods(node.name)}
             current = {pod.name: port for port, pod in dp.ports.items()
@@ -201,6 +162,9 @@ class LocalPods:
                                    "error": str(exc)})
             summary = await node.datapath.run(lambda: node.swap(live))
             node.cluster = live
+            if file is not None:
+                node.file = file
+        await node.model_changed()
         return {**summary, "attached": added, "detached": len(gone), "failed": failed,
                 "draining": [dp.ports[p].name for p in draining if p in dp.ports]}
 
@@ -361,7 +325,63 @@ class LocalPods:
             pod = Pod(name=name, namespace=namespace, node=node.name, ip=ip,
                       mac=mac_from_ip("0a:58", ip), netns=path, owns_netns=False,
                       labels=tuple(sorted(labels.items())), ifname=ifname)
+        published = self._host_ports(request.get("port_mappings") or [], pod)
+        if published:
+            pod = dataclasses.replace(pod, ports=pod.ports + published)
         return Attachment(pod, container_id, network, attachments.netns_id(path))
+
+    def _host_ports(self, mappings, pod: Pod) -> tuple[ContainerPort, ...]:
+        """A runtime's port mappings (CNI portMappings) as the pod's host ports, each free on
+        this node: no other pod's, no Service's nodePort or health-check port."""
+        node, live = self.node, self.node.cluster
+        if not isinstance(mappings, list) or len(mappings) > MAX_PORT_MAPPINGS:
+            raise PodError("invalid", f"port mappings must be a list of at most "
+                                      f"{MAX_PORT_MAPPINGS}", "port_mappings")
+        # the live model, and the records claimed but not yet in it (an attach in flight)
+        others = [p for p in live.pods if p.node == node.name and p.name != pod.name]
+        if mappings:
+            others += [a.pod for a in node.attachments()
+                       if a.pod.node == node.name and a.pod.name != pod.name]
+        taken = {(cp.protocol, cp.host_port): f"pod {p.name!r}" for p in others
+                 for cp in p.ports if cp.host_port}
+        taken.update({(cp.protocol, cp.host_port): "this pod's own declaration"
+                      for cp in pod.ports if cp.host_port})
+        for service in live.services:
+            for sp in service.ports:
+                if sp.node_port:
+                    taken[(sp.protocol, sp.node_port)] = f"Service {service.key}'s nodePort"
+            if service.health_check_node_port:
+                taken[("TCP", service.health_check_node_port)] = \
+                    f"Service {service.key}'s healthCheckNodePort"
+        published = []
+        for n, m in enumerate(mappings):
+            where = f"port mapping {n}"
+            if not isinstance(m, dict) or set(m) - {"host_port", "container_port", "protocol",
+                                                    "host_ip"}:
+                raise PodError("invalid", f"{where} must be {{host_port, container_port, "
+                                          "protocol, host_ip}", "port_mappings")
+            address = str(node.node.address)
+            if m.get("host_ip", "") not in ("", "0.0.0.0", address):
+                raise PodError("invalid", f"{where}: host address {m['host_ip']!r} is not node "
+                                          f"{node.name!r}'s ({address})", "port_mappings")
+            numbers = [m.get("host_port"), m.get("container_port")]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535
+                       for v in numbers):
+                raise PodError("invalid", f"{where}: ports must be numbers 1..65535",
+                               "port_mappings")
+            protocol = str(m.get("protocol") or "TCP").upper()
+            if protocol not in ("TCP", "UDP"):
+                raise PodError("invalid", f"{where}: protocol {m.get('protocol')!r} is not "
+                                          "TCP or UDP (vrouter translates no SCTP)",
+                               "port_mappings")
+            slot = (protocol, numbers[0])
+            if slot in taken:
+                raise PodError("taken", f"host port {numbers[0]}/{protocol} of node "
+                                        f"{node.name!r} is taken by {taken[slot]}",
+                               "port_mappings")
+            taken[slot] = "an earlier mapping of this request"
+            published.append(ContainerPort("", numbers[1], protocol, numbers[0]))
+        return tuple(published)
 
     def _check_netns(self, netns: str, path: str) -> None:
         """`path` is a network namespace, and none vrouter uses already: not the node's own
@@ -396,26 +416,26 @@ class LocalPods:
         cidr = node.node.pod_cidr
         # the records too: one attached a moment ago may not be in the live model yet
         taken = {p.ip for p in live.pods} | {node.node.gateway} | {
-            a.pod.ip for a in attachments.load(live.name)}
+            a.pod.ip for a in node.attachments()}
         if wanted:
             try:
                 ip = ipaddress.IPv4Address(str(wanted).split("/")[0])
             except ValueError:
                 raise PodError("invalid", f"{wanted!r} is not an IPv4 address", "ip") from None
-            if ip not in cidr or ip in (cidr.network_address, cidr.broadcast_address):
+            if addressing.pod_address_problem(ip, cidr, node.name):
                 raise PodError("invalid", f"{ip} is not a pod address of node {node.name!r}'s "
                                           f"podCIDR {cidr}", "ip")
             if ip in taken:
                 raise PodError("taken", f"address {ip} is taken", "ip")
             return ip
-        for ip in cidr.hosts():
-            if ip not in taken:
-                return ip
-        raise PodError("exhausted", f"node {node.name!r}'s podCIDR {cidr} has no free address")
+        ip = addressing.lowest_free(cidr, taken)
+        if ip is None:
+            raise PodError("exhausted", f"node {node.name!r}'s podCIDR {cidr} has no free address")
+        return ip
 
     def record_of(self, name: str | None = None, container_id: str | None = None,
                   ifname: str | None = None) -> Attachment | None:
-        for a in attachments.load(self.node.cluster.name):
+        for a in self.node.attachments():
             if a.pod.node != self.node.name:
                 continue
             if name and a.pod.name == name:

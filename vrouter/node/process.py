@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import signal
@@ -32,11 +33,16 @@ from vrouter.host.underlay import open_overlay
 from vrouter.model import attachments
 from vrouter.model.config import Cluster, ConfigError, load
 from vrouter.model.workloads import ready_key
+from vrouter.node.registration import Registration
+from vrouter.node.sync import Sync
+from vrouter.store import open_store
+from vrouter.store.base import ATTACHMENTS, Store, StoreError, Unreachable, attachment_key
 from vrouter.node.capture import MAX_SESSIONS as MAX_CAPTURES, Session
 from vrouter.node.controllers import WorkloadControllers
 from vrouter.node.datapath import Datapath, ensure_compiled
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.dnsserver import DnsServer, open_sockets
+from vrouter.node.healthcheck import HealthChecks
 from vrouter.node.metrics import Metrics, snapshot_from
 from vrouter.node.pods import LocalPods, PodError
 from vrouter.node.programs import Follower, Programs
@@ -48,7 +54,6 @@ log = logging.getLogger("vrouter.node")
 
 PROBE_INTERVAL = 0.2
 KEEPALIVE_INTERVAL = 1.0
-REFRESH_INTERVAL = 2.0   # seconds between two reads of the cluster's attachment records
 
 
 TASK_RESTART_DELAY = 1.0   # seconds before a background task that raised runs again
@@ -84,11 +89,16 @@ class _Signals:
 
 
 class Node:
-    def __init__(self, cluster: Cluster, node_name: str):
+    def __init__(self, cluster: Cluster, node_name: str, underlay: str | None = None,
+                 address: str | None = None):
         self.file = cluster               # the cluster file, as loaded (a reload re-reads it)
-        self.cluster = cluster            # the live model: the file plus runtime attachments
+        self.cluster = cluster            # the live model: the file plus what the store holds
         self.name = node_name
-        self.node = cluster.node(node_name)
+        # the node as the file lists it, or as it registers (`--underlay`): see registration
+        self.registration = Registration(cluster, node_name, underlay, address)
+        self.node = cluster.node(node_name) if self.registration.listed else None
+        self.store: Store | None = None   # opened in main(); setup uses one of its own
+        self.sync = Sync(self)
         # absolute: commands and vrouter-cni name the cluster from any directory
         self.source = {"config": os.path.abspath(cluster.source),
                        "manifests": cluster.manifests and os.path.abspath(cluster.manifests)}
@@ -108,6 +118,7 @@ class Node:
         self.metrics: Metrics | None = None
         self.dns: DnsServer | None = None
         self.dns_sockets: tuple = ()
+        self.health: HealthChecks | None = None
         # the data path failed: keep the namespaces and the record for the restart
         self.preserve = False
         self.adopting = False                 # an earlier run of this node crashed
@@ -115,8 +126,8 @@ class Node:
         self.control_stats = control.ServerStats()
         self.task_errors = 0                  # background tasks that raised (and ran again)
         # the pods' programs (vrouter.node.programs), and which local pods are ready
-        # (ready_key()s, published in our record for the other nodes' Services)
-        self.programs = Programs(cluster.name, str(self.node.address), lambda: self.nursery)
+        # (ready_key()s, published in our registration for the other nodes' Services)
+        self.programs = Programs(cluster.name, "", lambda: self.nursery)
         self.ready_pods: set[str] = set()
         self.failing_pods: set[str] = set()   # not ready, their programs failing
         self.controllers = WorkloadControllers(self)
@@ -124,11 +135,72 @@ class Node:
     # --- setup ------------------------------------------------------------------------------
 
     def write_record(self) -> None:
-        """Our record: the namespaces we made, and those of an earlier run not reused yet."""
+        """Our record: the namespaces we made, and those of an earlier run not reused yet (and,
+        for the file store, our registration: vrouter.store.filestore lists it)."""
         earlier = sorted(self.pods.adoptable - set(self.created_netns))
+        self.registration.lost_pods = tuple(sorted(self.pods.lost))
+        self.registration.ready_pods = tuple(sorted(self.ready_pods))
+        self.registration.failing_pods = tuple(sorted(self.failing_pods))
         state.write_record(self.cluster.name, self.name, self.created_netns + earlier,
-                           self.source, self.pods.lost, sorted(self.ready_pods),
-                           sorted(self.failing_pods))
+                           self.source, self.pods.lost,
+                           self.registration.document() if self.registration.node else None)
+
+    async def _start_store(self) -> None:
+        """At start (a trio run of its own): register, release this node's runtime pods whose
+        netns is gone (the others come back in main(), once the data path runs; a clean stop
+        keeps them recorded too, `vrouter down` releases them), and read the store."""
+        store = open_store(self.file)
+        try:
+            try:
+                self.node = await self.registration.register(store)
+                await self.sync_list(store)
+                for a in self.attachments():
+                    if a.pod.node == self.name and (problem := attachments.netns_problem(a)):
+                        log.warning("node %s: pod %s attached at runtime is gone (%s): released",
+                                    self.name, a.pod.name, problem)
+                        await store.delete(attachment_key(a.pod.name))
+                await self.sync_list(store)
+            except StoreError as exc:
+                raise HostError(f"node {self.name}: the datastore ({store.kind}) cannot be used: "
+                                f"{exc}") from None
+        finally:
+            await store.aclose()
+
+    async def sync_list(self, store: Store) -> None:
+        self.store, kept = store, self.store
+        try:
+            await self.sync.list_now()
+        finally:
+            self.store = kept if kept is not None else store
+
+    def _unregister(self) -> None:
+        """After a failed start or a clean stop: our lease goes (and our key with it), unless
+        the node failed and its restart takes the registration over."""
+        if self.preserve or not self.registration.lease or self.registration.revoked:
+            return
+
+        async def revoke():
+            store = open_store(self.file)
+            try:
+                with trio.move_on_after(5):
+                    await self.registration.release(store)
+            except StoreError as exc:
+                log.warning("node %s: could not give its lease back (%s): it expires in %d s",
+                            self.name, exc, self.file.datastore.lease_ttl)
+            finally:
+                await store.aclose()
+        trio.run(revoke)
+
+    def attachments(self) -> list[attachments.Attachment]:
+        """The runtime attachments the store holds, as last read."""
+        found = []
+        for key, value in sorted(self.sync.items.items()):
+            if key.startswith(ATTACHMENTS):
+                try:
+                    found.append(attachments.Attachment.from_json(json.loads(value)))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue   # the model reports it (vrouter.model.live)
+        return found
 
     def _remove_traces(self) -> None:
         if not self.preserve:
@@ -149,15 +221,14 @@ class Node:
             self.pods.adoptable = set(previous.get("created_netns") or ())
             log.info("node %s: starting where an earlier run (pid %s) stopped", self.name,
                      previous.get("pid"))
+        stack.callback(self._remove_traces)
+        trio.run(self._start_store)
+        stack.callback(self._unregister)
+        self.programs.host_ip = str(self.node.address)
         self.overlay = open_overlay(self.cluster, self.node, stack)
         self.write_record()
-        stack.callback(self._remove_traces)
         stack.callback(self._remove_unadopted)
-        # this node's runtime pods whose netns is gone are released; the others come back in
-        # main() (restore), once the data path runs. A clean stop keeps them recorded too: the
-        # node's next start re-attaches them (`vrouter down` releases them)
-        self.pods.check_records(self.cluster.name, self.name)
-        self.cluster = self.pods.live(self.file)
+        self.cluster = self.sync.build().cluster
         # what an earlier run's programs left (their children: the programs died with it)
         host_programs.reap(self.cluster.name, [p.name for p in self.cluster.pods_of(self.name)])
         self.dp = Dataplane(self.cluster, self.name)
@@ -225,27 +296,21 @@ class Node:
     async def send_keepalives(self) -> None:
         await self.datapath.run(self.dp.mark_peers_seen_now)   # a grace period from now on
         while True:
-            self.datapath.call(self.housekeeping)
+            down = await self.datapath.run(self.housekeeping)
+            if down != self.pods.down_nodes:
+                # a node went silent (or came back): its pods leave every Service (or return),
+                # as the endpoints controller drops a NotReady node's endpoints
+                log.info("node %s: peers down: %s", self.name, ", ".join(sorted(down)) or "none")
+                self.pods.down_nodes = down
+                self.nursery.start_soon(self.supervised_once, self.refresh, {})
             await trio.sleep(KEEPALIVE_INTERVAL)
 
-    def housekeeping(self) -> None:
-        """Once a second, in the data-path thread: keepalives out, expired state reclaimed."""
+    def housekeeping(self) -> set[str]:
+        """Once a second, in the data-path thread: keepalives out, expired state reclaimed;
+        returns the peers that are down."""
         self.datapath.route(self.dp.keepalive_frames)
         self.dp.sweep()
-
-    async def watch_attachments(self) -> None:
-        """Other nodes say when their pods change; this catches what they could not say. It runs
-        in the node's nursery: nothing a record holds may end it (a failure is logged, counted,
-        and tried again at the next change)."""
-        while True:
-            await trio.sleep(REFRESH_INTERVAL)
-            try:
-                if self.pods.live(self.file) != self.cluster:
-                    await self.refresh({})
-            except Exception:
-                self.refresh_errors += 1
-                log.exception("node %s: refreshing the live model failed; serving the last one",
-                              self.name)
+        return {p.name for k, p in enumerate(self.dp.peers) if not self.dp.peer_is_up(k)}
 
     async def restore(self) -> None:
         """After the start: this node's runtime pods (recorded, their netns still there) are
@@ -273,12 +338,21 @@ class Node:
         log.warning("node %s: pod %s lost its interface (network namespace %s gone?): "
                     "detaching it", self.name, pod.name, pod.netns)
         if self.pods.record_of(pod.name) is not None:
-            attachments.release(self.cluster.name, pod.name)
+            await self.store.delete(attachment_key(pod.name))
         else:
             self.pods.lost.add(pod.name)
-            self.write_record()
+            await self.lost_changed()
         await self.refresh({})
         self.tell_peers()
+
+    async def lost_changed(self) -> None:
+        """The file pods this node lost changed: in its record and its registration (the
+        other nodes leave them out of their models)."""
+        self.write_record()
+        try:
+            await self.registration.update(self.store)
+        except StoreError as exc:   # the keepalive writes it again when the store is back
+            log.warning("node %s: cannot tell the store about lost pods: %s", self.name, exc)
 
     # --- control ------------------------------------------------------------------------------
 
@@ -306,12 +380,14 @@ class Node:
         """This node's live model has every pod that readiness decides about ready, or known
         to be failing (`vrouter up` waits for this on every node: then a Service answers
         from anywhere)."""
-        return all(p.ready or ready_key(p.name, p.revision) in self.pods.failing
+        failing = self.sync.model.failing if self.sync.model is not None else set()
+        return all(p.ready or ready_key(p.name, p.revision) in failing
                    for p in self.cluster.pods if p.gated and not p.awaiting_cni)
 
     async def publish_readiness(self) -> None:
-        """Our pods' readiness, in our record for the other nodes: a change is served here and
-        told to them at once (a pod that turned ready becomes an endpoint everywhere)."""
+        """Our pods' readiness, in our registration for the other nodes: a change is served
+        here and told to them at once (a pod that turned ready becomes an endpoint
+        everywhere)."""
         while True:
             await trio.sleep(PROBE_INTERVAL)
             ready, failing = self.local_ready()
@@ -319,9 +395,13 @@ class Node:
                 continue
             self.ready_pods, self.failing_pods = ready, failing
             self.write_record()
+            try:
+                await self.registration.update(self.store)
+            except StoreError as exc:   # the keepalive writes it again when the store is back
+                log.warning("node %s: cannot publish its pods' readiness: %s", self.name, exc)
             await self.refresh({})
-            if self.controllers.tick(self.file):   # a rollout may go on
-                await self.refresh({})
+            if self.sync.model is not None and await self.controllers.tick(self.sync.model):
+                await self.refresh({})   # a rollout goes on
             self.tell_peers()
 
     def start_programs(self) -> None:
@@ -343,8 +423,10 @@ class Node:
         needs a restart, keeps everything as it was."""
         try:
             file = load(self.file.source, manifests=self.file.manifests)
+            if file.datastore != self.file.datastore:
+                raise ValueError("cluster.datastore needs a restart")
             # the leader steps the workloads first: scaling takes effect in this reload
-            stepped = self.controllers.tick(file)
+            stepped = await self.controllers.tick(self.sync.build(file))
             summary = await self._apply_trying_lost(file)
             if stepped:
                 self.tell_peers()
@@ -366,35 +448,61 @@ class Node:
         made anew); a refused one keeps them lost."""
         lost, self.pods.lost = self.pods.lost, set()
         if lost:
-            self.write_record()
+            await self.lost_changed()
         try:
-            return await self.pods.apply(lambda: self.pods.live(file))
+            return await self.pods.apply(lambda: self._model_of(file), file=file)
         except ValueError:
             if lost:
                 self.pods.lost |= lost
-                self.write_record()
+                await self.lost_changed()
             raise
 
+    def _model_of(self, file: Cluster) -> Cluster:
+        self.sync.model = self.sync.build(file)
+        return self.sync.model.cluster
+
     async def refresh(self, _request: dict) -> dict:
-        """Pods were attached or detached somewhere in the cluster: serve the new model."""
+        """Pods were attached or detached somewhere in the cluster (or here): read the store
+        and serve the new model."""
+        self.store.poke()
         try:
-            return {"ok": True, **await self.pods.apply(lambda: self.pods.live(self.file))}
-        except ValueError as exc:
+            return {"ok": True, **await self.sync.resync()}
+        except (ValueError, StoreError) as exc:
+            if isinstance(exc, Unreachable):
+                self.sync.unreachable(exc)
             return {"ok": False, "error": str(exc)}
         except Exception as exc:   # a bug, not a request's fault: the node keeps serving
             self.refresh_errors += 1
             log.exception("node %s: refresh failed", self.name)
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
+    async def model_changed(self) -> None:
+        """The live model changed (reload, attach, detach): what follows it outside the data
+        path (the health-check listeners) catches up."""
+        if self.health is not None:
+            await self.health.update()
+
     def swap(self, cluster: Cluster) -> dict:
         """In the data-path thread: the new Service tables, then gratuitous ARPs for them."""
         summary = self.dp.reload(cluster)
+        if summary["peers_changed"]:   # a node registered, or its lease expired
+            self.datapath.set_peers(cluster.overlay.port)
+            self.tracer = None
+            log.info("node %s: overlay peers now: %s", self.name,
+                     ", ".join(f"{p.name} ({p.underlay}, {p.pod_cidr})" for p in self.dp.peers)
+                     or "none")
         self.datapath.write_l2(self.dp.announce())
+        for hidden in summary["shadowed_host_ports"]:
+            log.warning("node %s: host port %s is hidden by a Service frontend", self.name,
+                        hidden)
         return summary
 
     def tell_peers(self) -> None:
         """Ask the other nodes to refresh (in the background: a stopped node must not hold
-        up an attach)."""
+        up an attach). Nodes of an etcd store watch it instead."""
+        if self.store.kind != "file":
+            return
+
         def tell():
             for node in self.cluster.nodes:
                 if node.name != self.name:
@@ -429,12 +537,13 @@ class Node:
             attachment = self.pods.new_attachment(request)
             name = attachment.pod.name
             try:
-                attachments.claim(self.cluster.name, attachment)
-            except attachments.NameTaken:
-                raise PodError("taken", f"pod name {name!r} is taken (attached already)",
-                               "name") from None
-            except OSError as exc:
+                holder = await self.store.create(attachment_key(name),
+                                                 json.dumps(attachment.to_json()).encode())
+            except (StoreError, OSError) as exc:
                 raise PodError("host", f"cannot record pod {name!r}: {exc}") from None
+            if holder is not None:
+                raise PodError("taken", f"pod name {name!r} is taken (attached already)",
+                               "name")
         try:
             summary = await self.refresh({})
             port = self.dp.port_of(name)
@@ -446,7 +555,8 @@ class Node:
                                                 f"{failure['error']}", failure["field"])
         except BaseException:
             # undo: the record goes, and a peer that saw it in the meantime hears so
-            attachments.release(self.cluster.name, name)
+            with trio.CancelScope(shield=True):
+                await self._release(name)
             with trio.CancelScope(shield=True):
                 await self.refresh({})
             self.tell_peers()
@@ -468,10 +578,20 @@ class Node:
                                      request.get("ifname"))
         if record is None:
             return {"ok": True, "detached": False}
-        attachments.release(self.cluster.name, record.pod.name)
+        try:
+            await self.store.delete(attachment_key(record.pod.name))
+        except StoreError as exc:
+            return {"ok": False, "kind": "host", "error": f"cannot release pod "
+                                                          f"{record.pod.name!r}: {exc}"}
         await self.refresh({})
         self.tell_peers()
         return {"ok": True, "detached": True, "pod": record.pod.name}
+
+    async def _release(self, name: str) -> None:
+        try:
+            await self.store.delete(attachment_key(name))
+        except StoreError as exc:
+            log.error("node %s: cannot release pod %s's record: %s", self.name, name, exc)
 
     async def check(self, request: dict) -> dict:
         """Is the attachment there and as it was made? (CNI CHECK)"""
@@ -593,11 +713,11 @@ class Node:
         """Forget this node's attachments of `network` that are not among `valid`
         ([{"container_id", "ifname"}]): what a runtime removed without a DEL."""
         valid = {(v.get("container_id"), v.get("ifname")) for v in request.get("valid", [])}
-        gone = [a for a in attachments.load(self.cluster.name)
+        gone = [a for a in self.attachments()
                 if a.pod.node == self.name and a.network == request.get("network")
                 and (a.container_id, a.pod.ifname) not in valid]
         for a in gone:
-            attachments.release(self.cluster.name, a.pod.name)
+            await self._release(a.pod.name)
         if gone:
             await self.refresh({})
             self.tell_peers()
@@ -612,6 +732,21 @@ class Node:
             pass   # the nursery is closed: everything is being detached
 
     async def main(self) -> None:
+        self.store = open_store(self.file)
+        try:
+            await self._main()
+        finally:
+            with trio.CancelScope(shield=True):
+                if not self.preserve and self.registration.lease:
+                    with trio.move_on_after(3):
+                        try:
+                            await self.registration.release(self.store)
+                        except StoreError as exc:
+                            log.warning("node %s: could not give its lease back (%s)",
+                                        self.name, exc)
+                await self.store.aclose()
+
+    async def _main(self) -> None:
         token = trio.lowlevel.current_trio_token()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
@@ -628,10 +763,16 @@ class Node:
                 self.start_programs()
                 nursery.start_soon(self.supervised, self.publish_readiness)
                 nursery.start_soon(self.supervised, self.controllers.run)
-                nursery.start_soon(self.supervised, self.watch_attachments)
+                nursery.start_soon(self.supervised, self.sync.run)
+                nursery.start_soon(self.supervised, self.registration.keep, self.store,
+                                   self.sync)
                 if self.dns_sockets:   # this node has a DNS server pod
                     self.dns = DnsServer(lambda: self.cluster, *self.dns_sockets)
                     nursery.start_soon(self.supervised, self.dns.serve)
+                    # kube-proxy's health checks live there too (healthCheckNodePort)
+                    self.health = HealthChecks(self.name, self.cluster.dns_pod(self.name),
+                                               lambda: self.cluster)
+                    nursery.start_soon(self.supervised, self.health.serve)
                 nursery.start_soon(control.serve, state.socket_path(self.cluster.name, self.name),
                                    {"status": self.status, "reload": self.reload,
                                     "refresh": self.refresh, "attach": self.attach,
@@ -654,8 +795,10 @@ class Node:
                                  f"{self.datapath.failure!r}")
 
 
-def run(cluster: Cluster, node_name: str) -> None:
-    """Run one node in the foreground until SIGINT/SIGTERM; everything it created is removed."""
+def run(cluster: Cluster, node_name: str, underlay: str | None = None,
+        address: str | None = None) -> None:
+    """Run one node in the foreground until SIGINT/SIGTERM; everything it created is removed.
+    A node the file does not list registers itself (`underlay`, `address`)."""
     check_host()
     ensure_compiled()
     policy = _Signals()
@@ -663,7 +806,7 @@ def run(cluster: Cluster, node_name: str) -> None:
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)   # reload: not yet
     try:
         with contextlib.ExitStack() as stack:
-            node = Node(cluster, node_name)
+            node = Node(cluster, node_name, underlay, address)
             try:
                 node.setup(stack)
             except Stop:

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from vrouter.host import state
-from vrouter.ops import control, logs, observe, podlogs
+from vrouter.model import addressing
+from vrouter.ops import control, kubectl, logs, observe, podlogs
 from vrouter.ops.common import (
-    EXIT_CONFIG, EXIT_HOST, ask, cluster_arg, default_config, load_cluster, unknown_node,
+    EXIT_CONFIG, EXIT_HOST, ask, cluster_arg, default_config, load_cluster,
+    store_items, unknown_node,
 )
 
 
@@ -26,9 +28,20 @@ def cmd_attach(args) -> int:
             print(f"vrouter: --label {item!r}: expected KEY=VALUE", file=sys.stderr)
             return EXIT_CONFIG
         labels[key] = value
+    mappings = []
+    for item in args.publish:
+        ports, _, protocol = item.partition("/")
+        host, sep, container = ports.partition(":")
+        if not (sep and host.isdigit() and container.isdigit()):
+            print(f"vrouter: --publish {item!r}: expected HOSTPORT:CONTAINERPORT[/tcp|udp]",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        mappings.append({"host_port": int(host), "container_port": int(container),
+                         "protocol": protocol or "tcp"})
     name = args.name or Path(args.netns).name
     answer = ask(cluster, args.node, "attach", name=name, namespace=args.namespace,
-                  netns=args.netns, labels=labels, ifname=args.ifname, ip=args.ip)
+                  netns=args.netns, labels=labels, ifname=args.ifname, ip=args.ip,
+                  port_mappings=mappings)
     if not answer.get("ok"):
         print(f"vrouter: attach refused: {answer.get('error')}", file=sys.stderr)
         return EXIT_HOST if answer.get("kind") == "host" else EXIT_CONFIG
@@ -40,8 +53,14 @@ def cmd_attach(args) -> int:
 
 def cmd_detach(args) -> int:
     from vrouter.model import attachments
+    from vrouter.store.base import StoreError, attachment_key
     cluster = cluster_arg(args.cluster)
-    record = next((a for a in attachments.load(cluster.name) if a.pod.name == args.name), None)
+    try:
+        value = store_items(cluster).get(attachment_key(args.name))
+    except StoreError as exc:
+        print(f"vrouter: the datastore does not answer: {exc}", file=sys.stderr)
+        return EXIT_HOST
+    record = attachments.Attachment.from_json(json.loads(value)) if value else None
     if record is None:
         print(f"vrouter: no pod {args.name!r} is attached at runtime in cluster "
               f"{cluster.name!r} (pods of the cluster file leave through a reload)",
@@ -65,17 +84,26 @@ def cmd_cni_conf(args) -> int:
     node = cluster.node(args.node)
     plugin = {"type": "vrouter-cni", "cluster": cluster.name, "node": node.name}
     if args.ipam:
-        # the upper half of the node's podCIDR: the lower one is where file pods get theirs;
-        # its last address is the node's DNS server pod
-        hosts = list(node.pod_cidr.hosts())
-        last = hosts[-2] if cluster.dns.enabled else hosts[-1]
+        first, last = addressing.ipam_range(node.pod_cidr, cluster.dns.enabled)
         plugin["ipam"] = {"type": args.ipam, "ranges": [[{
-            "subnet": str(node.pod_cidr), "rangeStart": str(hosts[len(hosts) // 2]),
+            "subnet": str(node.pod_cidr), "rangeStart": str(first),
             "rangeEnd": str(last), "gateway": str(node.gateway)}]]}
         if args.ipam_data_dir:
             plugin["ipam"]["dataDir"] = args.ipam_data_dir
+    plugin["capabilities"] = {"portMappings": True}   # host ports, in vrouter's data path
+    plugins = [plugin]
+    for chained in filter(None, (args.chain or "").split(",")):
+        if chained == "portmap":
+            print("vrouter: --chain portmap: vrouter-cni publishes host ports itself "
+                  "(portMappings); portmap's iptables rules never see traffic to a node "
+                  "address", file=sys.stderr)
+            return EXIT_CONFIG
+        if "/" in chained:
+            print(f"vrouter: --chain {chained!r}: a plugin's file name", file=sys.stderr)
+            return EXIT_CONFIG
+        plugins.append({"type": chained, **CHAINED_CAPABILITIES.get(chained, {})})
     name = args.name or f"vrouter-{node.name}"
-    conflist = json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": [plugin]}, indent=2)
+    conflist = json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": plugins}, indent=2)
     if args.plugin_dir:
         target = Path(args.plugin_dir) / "vrouter-cni"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +123,10 @@ def cmd_cni_conf(args) -> int:
               "add --plugin-dir DIR (podman looks in /opt/cni/bin and /usr/lib/cni, "
               "among others)", file=sys.stderr)
     return 0
+
+
+# plugins chained after vrouter-cni, with the capabilities a runtime fills in for them
+CHAINED_CAPABILITIES = {"bandwidth": {"capabilities": {"bandwidth": True}}}
 
 
 def plugin_wrapper() -> str:
@@ -162,6 +194,9 @@ def cmd_reload(args) -> int:
                   f"backends, {answer['removed_backends']} removed, "
                   f"{answer['flushed_udp_flows']} UDP flows flushed, "
                   f"{answer.get('policies', 0)} network policies{pods}")
+            for hidden in answer.get("shadowed_host_ports", []):
+                print(f"vrouter: {node.name}: host port {hidden} is hidden by a Service "
+                      "frontend on the same address and port", file=sys.stderr)
             for failure in answer.get("failed", []):
                 print(f"vrouter: {node.name}: pod {failure['pod']} not attached: "
                       f"{failure['error']}", file=sys.stderr)
@@ -177,10 +212,30 @@ def cmd_run(args) -> int:
     from vrouter.node import process as node
     from vrouter.host.tap import HostError
     cluster = load_cluster(args.config, manifests=args.manifests)
-    if unknown_node(args, cluster):
+    listed = any(n.name == args.node for n in cluster.nodes)
+    if listed and (args.underlay or args.address):
+        print(f"vrouter: {cluster.source}: node {args.node!r} is listed there: its underlay and "
+              "address come from the file (--underlay and --address are for nodes that "
+              "register themselves)", file=sys.stderr)
         return EXIT_CONFIG
+    if not listed:
+        if cluster.datastore.type != "etcd":
+            unknown_node(args, cluster)
+            print("vrouter: (with cluster.datastore {type: etcd} a node the file does not list "
+                  "registers itself: --underlay ADDRESS)", file=sys.stderr)
+            return EXIT_CONFIG
+        if not args.underlay:
+            print(f"vrouter: node {args.node!r} is not in {cluster.source}: give --underlay "
+                  "ADDRESS (its address on the network between the hosts) to register it",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        from vrouter.model.names import dns_label_problem
+        if dns_label_problem(args.node):
+            print(f"vrouter: --node {args.node!r} {dns_label_problem(args.node)}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
     try:
-        node.run(cluster, args.node)
+        node.run(cluster, args.node, args.underlay, args.address)
     except HostError as exc:
         print(f"vrouter: {exc}", file=sys.stderr)
         return EXIT_HOST
@@ -262,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one node in the foreground")
     p.add_argument("config")
     p.add_argument("--node", required=True, help="which node of the config this process is")
+    p.add_argument("--underlay", metavar="IP", help="a node the file does not list registers "
+                   "itself (cluster.datastore etcd) with this overlay address, and gets a "
+                   "podCIDR from cluster.podCIDR")
+    p.add_argument("--address", metavar="IP", help="its address on cluster.nodeNetwork "
+                   "(default: one after the file's nodes, by its podCIDR)")
     p.add_argument("--manifests", metavar="DIR", help="also read Service manifests from DIR")
     p.set_defaults(func=cmd_run)
 
@@ -309,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--ifname", default="eth0", help="its interface inside the netns")
     p.add_argument("--ip", help="its address (default: the lowest free one of the node)")
+    p.add_argument("-p", "--publish", action="append", default=[],
+                   metavar="HOSTPORT:CONTAINERPORT[/PROTO]", help="a host port: the node's "
+                   "address:HOSTPORT leads to the pod's CONTAINERPORT (as podman -p)")
     p.set_defaults(func=cmd_attach)
 
     p = sub.add_parser("detach", help="take a pod attached at runtime off its node")
@@ -324,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipam", metavar="PLUGIN", help="delegate addresses to this IPAM plugin "
                    "(e.g. host-local), in the upper half of the node's podCIDR")
     p.add_argument("--ipam-data-dir", metavar="DIR", help="host-local's dataDir")
+    p.add_argument("--chain", metavar="PLUGIN,...", help="plugins to run after vrouter-cni "
+                   "in the conflist (e.g. tuning,bandwidth: the runtime runs them in order "
+                   "with vrouter's result as prevResult)")
     p.add_argument("--install", metavar="DIR", help="write NAME.conflist into DIR "
                    "(e.g. /etc/cni/net.d) instead of printing it")
     p.add_argument("--plugin-dir", metavar="DIR", help="also install the vrouter-cni plugin "
@@ -331,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cni_conf)
 
     observe.add_parsers(sub)
+    kubectl.add_parsers(sub)
     podlogs.add_parser(sub)
 
     p = sub.add_parser("check", help="validate a cluster file and show the pods' addresses")

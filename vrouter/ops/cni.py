@@ -74,6 +74,7 @@ REQUIRED_ENV = {"ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
                 "GC": ("CNI_PATH",), "STATUS": (), "VERSION": ()}
 NEEDS_110 = {"GC", "STATUS"}
 MAX_INPUT = 1 << 20          # bytes of network configuration read from stdin
+MAX_PORT_MAPPINGS = 64       # as the node takes them (vrouter.node.pods)
 REQUEST_TIMEOUT = 60
 DELEGATE_TIMEOUT = 60
 
@@ -88,8 +89,8 @@ UNSUPPORTED = {"dns": "DNS settings come from the cluster (cluster.dns)",
                "ipMasq": "masquerading is the cluster's (cluster.masquerade)",
                "plugins": "a conflist is the runtime's to execute; give vrouter-cni one plugin"
                           " object"}
-_SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
-_ARG_KEY = re.compile(r"^[A-Za-z0-9_]+$")
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+\Z")
+_ARG_KEY = re.compile(r"^[A-Za-z0-9_]+\Z")
 
 
 class CniError(Exception):
@@ -287,14 +288,19 @@ def _configuration(conf: dict, command: str) -> None:
                            "vrouter-cni takes cluster, node and ipam (and the fields the spec "
                            "defines)")
     for key, value in (conf.get("runtimeConfig") or {}).items():
-        if value not in (None, [], {}, ""):
+        if key != "portMappings" and value not in (None, [], {}, ""):
             raise CniError(UNSUPPORTED_FIELD, f"unsupported field runtimeConfig.{key}: "
                                               f"{json.dumps(value)}",
-                           "vrouter-cni declares no capabilities")
+                           "vrouter-cni declares one capability, portMappings")
+    port_mappings(conf)
     for key in ("cluster", "node"):
         if not conf.get(key):
             raise CniError(INVALID_CONFIG, f"the network configuration needs \"{key}\"",
                            "`vrouter cni-conf CLUSTER --node NODE` writes one")
+        # names, not paths: "../../run/vrouter/other" must not reach another cluster's socket
+        problem = dns_label_problem(conf[key])
+        if problem:
+            raise CniError(INVALID_CONFIG, f"{key} {conf[key]!r} {problem}")
     if "ipam" in conf:
         ipam_type = conf["ipam"].get("type")
         if not isinstance(ipam_type, str) or not ipam_type or "/" in ipam_type \
@@ -351,6 +357,43 @@ def _check_result(result: dict, where: str) -> None:
         fail("dns", "is not an object")
 
 
+def port_mappings(conf: dict) -> list[dict]:
+    """runtimeConfig.portMappings (the portMappings capability, as the portmap plugin reads
+    it: hostPort, containerPort, protocol tcp|udp, hostIP) as the node's attach request takes
+    them; the node publishes them on its address in its own data path."""
+    raw = (conf.get("runtimeConfig") or {}).get("portMappings") or []
+    if not isinstance(raw, list) or len(raw) > MAX_PORT_MAPPINGS:
+        raise CniError(INVALID_CONFIG, f"runtimeConfig.portMappings must be a list of at most "
+                                       f"{MAX_PORT_MAPPINGS} mappings")
+    mappings = []
+    for n, m in enumerate(raw):
+        where = f"runtimeConfig.portMappings[{n}]"
+        if not isinstance(m, dict):
+            raise CniError(INVALID_CONFIG, f"{where} is not an object")
+        for key in ("hostPort", "containerPort"):
+            value = m.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+                raise CniError(INVALID_CONFIG, f"{where}.{key} {json.dumps(value)} is not a "
+                                               "port (1..65535)")
+        protocol = m.get("protocol", "tcp")
+        if not isinstance(protocol, str) or protocol.lower() not in ("tcp", "udp", "sctp"):
+            raise CniError(INVALID_CONFIG, f"{where}.protocol {json.dumps(protocol)} is not "
+                                           "tcp, udp or sctp")
+        if protocol.lower() == "sctp":
+            raise CniError(UNSUPPORTED_FIELD, f"{where}.protocol sctp: vrouter translates TCP "
+                                              "and UDP only")
+        host_ip = m.get("hostIP") or ""
+        if not isinstance(host_ip, str):
+            raise CniError(INVALID_CONFIG, f"{where}.hostIP {json.dumps(host_ip)} is not an "
+                                           "address")
+        mapping = {"host_port": m["hostPort"], "container_port": m["containerPort"],
+                   "protocol": protocol.upper()}
+        if host_ip not in ("", "0.0.0.0"):
+            mapping["host_ip"] = host_ip   # the node accepts its own address
+        mappings.append(mapping)
+    return mappings
+
+
 def _valid_attachments(conf: dict) -> list:
     return conf.get("cni.dev/valid-attachments", conf.get("cni.dev/attachments", []))
 
@@ -386,6 +429,8 @@ def _configured_nodes(cluster: str) -> list[str] | None:
         source = (state.read_record(cluster, record.stem) or {}).get("source") or {}
         try:
             doc = next(yaml.safe_load_all(Path(source["config"]).read_text()))
+            if (doc["cluster"].get("datastore") or {}).get("type") == "etcd":
+                return None   # nodes may register themselves: any name may be one
             return [n["name"] for n in doc["nodes"]]
         except (OSError, KeyError, TypeError, StopIteration, yaml.YAMLError):
             continue
@@ -425,7 +470,8 @@ def add(call: Invocation) -> int:
     try:
         answer = _ask(conf, "attach", netns=call.netns, network=conf["name"], ip=ip,
                       container_id=call.container_id, ifname=call.ifname,
-                      name=call.pod_name, namespace=call.pod_namespace)
+                      name=call.pod_name, namespace=call.pod_namespace,
+                      port_mappings=port_mappings(conf))
         if not answer.get("ok"):
             _fail(answer)
         result = _result(answer, call.version, conf.get("prevResult"))
@@ -526,20 +572,41 @@ def status(call: Invocation) -> int:
 
 
 def _stranded(cluster: str, node: str) -> list[str]:
-    """Pods attached at runtime to `node` whose records outlived it."""
-    found = []
+    """Pods attached at runtime to `node` whose records outlived it (in the cluster's store:
+    the file store of this machine, or etcd when the cluster's file says so)."""
+    from vrouter.store import run
+    from vrouter.store.base import ATTACHMENTS, StoreError
+    from vrouter.store.filestore import FileStore
+
+    async def read(store):
+        return (await store.list(ATTACHMENTS)).values()
+    file = _cluster_file(cluster)
     try:
-        names = sorted(os.listdir(state.cluster_dir(cluster) / "pods"))
-    except OSError:
+        items = run(file, read) if file is not None else FileStore(cluster).read(ATTACHMENTS)
+    except StoreError:
         return []
-    for name in names:
+    found = []
+    for key, value in sorted(items.items()):
+        value = getattr(value, "value", value)
         try:
-            record = json.loads((state.cluster_dir(cluster) / "pods" / name).read_text())
-        except (OSError, ValueError):
+            record = json.loads(value)
+        except (ValueError, UnicodeDecodeError):
             continue
         if isinstance(record, dict) and record.get("node") == node:
             found.append(str(record.get("name")))
     return found
+
+
+def _cluster_file(cluster: str):
+    """The cluster file a running cluster's nodes recorded, loaded; None if there is none."""
+    from vrouter.model import config
+    for record in sorted(state.cluster_dir(cluster).glob("*.json")):
+        source = (state.read_record(cluster, record.stem) or {}).get("source") or {}
+        try:
+            return config.load(source["config"], check_host=False)
+        except (KeyError, TypeError, config.ConfigError):
+            continue
+    return None
 
 
 # --- delegated IPAM ---------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from importlib import resources
 from pathlib import Path
 
 from vrouter.host import state
-from vrouter.model import attachments, config, revisions, workloads
+from vrouter.model import config
+from vrouter.model.names import DNS_LABEL
 from vrouter.ops import control
 
 EXIT_CONFIG = 2
@@ -32,8 +33,13 @@ def load_cluster(path: str, check_host: bool = True, manifests: str | None = Non
 
 def cluster_arg(arg: str) -> config.Cluster:
     """CLUSTER arguments: a cluster file, or the name of a running cluster (whose nodes
-    recorded the file they run)."""
-    if Path(arg).is_file() or not config._DNS_LABEL.match(arg):
+    recorded the file they run); as the live model (the store's nodes and pods with it)."""
+    return live_cluster(file_arg(arg))
+
+
+def file_arg(arg: str) -> config.Cluster:
+    """The cluster file a CLUSTER argument names."""
+    if Path(arg).is_file() or not DNS_LABEL.match(arg):
         return load_cluster(arg, check_host=False)
     for record in sorted(state.cluster_dir(arg).glob("*.json")):
         source = (state.read_record(arg, record.stem) or {}).get("source") or {}
@@ -42,6 +48,28 @@ def cluster_arg(arg: str) -> config.Cluster:
                                 manifests=source.get("manifests"))
     print(f"vrouter: {arg!r} is neither a cluster file nor a running cluster", file=sys.stderr)
     raise SystemExit(EXIT_CONFIG)
+
+
+def store_items(cluster: config.Cluster) -> dict[str, bytes]:
+    """Every key of the cluster's store (StoreError if it cannot be read)."""
+    from vrouter.store import run
+
+    async def read(store):
+        return (await store.list("")).values()
+    return run(cluster, read)
+
+
+def live_cluster(file: config.Cluster) -> config.Cluster:
+    """The file with what the store holds (registered nodes, attachments, applied objects); the
+    file alone, with a warning, when the store does not answer."""
+    from vrouter.model import live
+    from vrouter.store.base import StoreError
+    try:
+        return live.build(file, store_items(file)).cluster
+    except StoreError as exc:
+        print(f"vrouter: warning: the datastore does not answer ({exc}): the cluster file "
+              "alone is used", file=sys.stderr)
+        return file
 
 
 def ask(cluster: config.Cluster, node: str, cmd: str, timeout: float = 60, **fields) -> dict:
@@ -55,13 +83,9 @@ def ask(cluster: config.Cluster, node: str, cmd: str, timeout: float = 60, **fie
 
 
 def node_of_pod(cluster: config.Cluster, pod_name: str) -> str | None:
-    """The node of a pod of the cluster file (a workload's included, as its controllers
-    have made them so far) or attached at runtime."""
-    if cluster.workloads:
-        cluster = workloads.with_revisions(cluster, revisions.load(cluster.name))
-    live = attachments.live_cluster(cluster, attachments.load(cluster.name))
+    """The node of a pod of the live model (cluster_arg)."""
     try:
-        return live.pod(pod_name).node
+        return cluster.pod(pod_name).node
     except KeyError:
         return None
 

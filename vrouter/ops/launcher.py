@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 import fastpath
 import vrouter
 from vrouter.host import outside, programs, state
-from vrouter.model import attachments, revisions
 from vrouter.ops import control, logs
 from vrouter.model.config import Cluster
 from vrouter.node.datapath import ensure_compiled
@@ -136,7 +135,7 @@ def up(cluster: Cluster, timeout: float, policy: RestartPolicy | None = None) ->
         return 1
     # no node of the cluster runs: what an earlier run's controllers recorded is stale (a new
     # start begins from the file, as the same file always gives the same cluster)
-    revisions.remove_all(cluster.name)
+    _forget_workload_records(cluster)
     procs: dict[str, subprocess.Popen] = {}
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -277,32 +276,67 @@ def down(cluster: Cluster, quiet: bool = False) -> int:
         # first: it would restart the nodes stopped below; it stops them itself
         if state.stop_process(launcher, 2 * STOP_GRACE) and not quiet:
             print(f"stopped vrouter up (pid {launcher['pid']})")
-    for node in cluster.nodes:
-        record = state.read_record(cluster.name, node.name)
+    # the nodes of the model and those recorded here (a node that registered itself)
+    names = sorted({n.name for n in cluster.nodes} | {
+        p.stem for p in state.cluster_dir(cluster.name).glob("*.json")} | {
+        p.stem for p in state.cluster_dir(cluster.name).glob("*.lease")})
+    stopped = []
+    for name in names:
+        record = state.read_record(cluster.name, name)
         if record is None:
             continue
         if record.get("pid") != os.getpid():
             state.stop_process(record, STOP_GRACE)
-        for name in record.get("created_netns", []):
-            remove_netns(name)
+        for netns in record.get("created_netns", []):
+            remove_netns(netns)
             if not quiet:
-                print(f"removed network namespace {name}")
-        state.remove_traces(cluster.name, node.name)
-    for a in attachments.load(cluster.name):   # their nodes are gone: nobody serves them
-        attachments.release(cluster.name, a.pod.name)
+                print(f"removed network namespace {netns}")
+        state.remove_traces(cluster.name, name)
+        stopped.append(name)
+    _release_attachments(cluster, stopped)
     # what the nodes' programs left (children of programs of nodes killed with SIGKILL), and
     # what the workload controllers recorded
     left = programs.reap(cluster.name)
     if left and not quiet:
         print(f"stopped {left} leftover program process(es) of the cluster's pods")
-    revisions.remove_all(cluster.name)
+    _forget_workload_records(cluster)
     if outside.release(cluster) and not quiet:   # left behind by nodes killed with SIGKILL
         print(f"removed network namespace {cluster.outside_netns}")
     if launcher and launcher.get("pid") != os.getpid():
         state.remove_launcher(cluster.name)   # (`up` removes its own after this)
-    for node in cluster.nodes:
-        state.remove_traces(cluster.name, node.name)   # and the directories, now empty
+    for name in names:
+        state.forget_memory(cluster.name, name)   # the podCIDR it held: down is final
+        state.remove_traces(cluster.name, name)   # and the directories, now empty
     return 0
+
+
+def _forget_workload_records(cluster: Cluster) -> None:
+    """With the file store the workload controllers' records end with the cluster (one
+    machine); in etcd they stay, as Kubernetes' ReplicaSets do (other hosts' nodes may run)."""
+    if cluster.datastore.type == "file":
+        from vrouter.store.filestore import FileStore
+        FileStore(cluster.name).remove_workloads()
+
+
+def _release_attachments(cluster: Cluster, stopped: list[str]) -> None:
+    """The runtime attachments nobody serves now: all of them with the file store (one
+    machine), those of the nodes stopped here with etcd (other hosts' nodes keep theirs)."""
+    from vrouter.store import run
+    from vrouter.store.base import ATTACHMENTS, StoreError
+
+    async def release(store):
+        for key, value in (await store.list(ATTACHMENTS)).values().items():
+            try:
+                node = json.loads(value).get("node")
+            except (ValueError, AttributeError):
+                node = None
+            if store.kind == "file" or node in stopped:
+                await store.delete(key)
+    try:
+        run(cluster, release)
+    except StoreError as exc:
+        print(f"vrouter: warning: runtime attachments not released: the datastore does not "
+              f"answer ({exc})", file=sys.stderr)
 
 
 def summary(cluster: Cluster) -> str:

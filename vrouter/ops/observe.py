@@ -11,7 +11,6 @@ import sys
 import time
 
 from vrouter.host import state
-from vrouter.model import attachments
 from vrouter.model.config import Cluster
 from vrouter.ops import control
 from vrouter.ops.common import (
@@ -147,8 +146,7 @@ def _entry_node(cluster: Cluster, args, dst: str) -> str | None:
 
 def cmd_trace(args) -> int:
     """Ask the node of --from where the packet goes, then each node it is sent to."""
-    cluster = attachments.live_cluster(file := cluster_arg(args.cluster),
-                                       attachments.load(file.name))
+    cluster = cluster_arg(args.cluster)
     try:
         dst, port, to_proto, what = _destination(cluster, args.to, args.port)
     except ValueError as exc:

@@ -72,7 +72,7 @@ def node_status(node) -> dict:
                    **(node.datapath.traffic(k) if node.datapath else {})}
                   for k, pod in sorted(dp.ports.items()) if k in node.pods.ports],
         "workloads": {"leader": node.controllers.leading,
-                      "progress": node.controllers.progress(node.file)},
+                      "progress": node.controllers.progress()},
         "fdb": sorted(fdb, key=lambda e: (e["port"], e["mac"])),
         "arp": neighbours,
         "outside": _outside(node),
@@ -91,6 +91,7 @@ def node_status(node) -> dict:
         "dns": _dns(node),
         "faults": node.faults() if node.datapath else {},
         "control": {**node.control_stats.as_dict(), "refresh_errors": node.refresh_errors},
+        "store": node.sync.status() if node.store is not None else None,
         # the code this process runs: `vrouter up` starts nodes that import its own files
         "code": {"python": sys.executable, "vrouter": vrouter.__file__,
                  "fastpath": fastpath.__file__},
@@ -133,6 +134,30 @@ def _pod_lines(p: dict) -> list[str]:
             lines.append(f"             {c['error']}")
         if c.get("probe"):
             lines.append(f"             {c['probe']}")
+    return lines
+
+
+def _store(st: dict | None) -> list[str]:
+    if not st:
+        return []
+    where = ", ".join(st.get("endpoints") or []) or st.get("root", "")
+    if st["reachable"]:
+        health = f"reachable, revision {st['revision']}, {st['keys']} keys"
+    else:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["unreachable_since"]))
+        health = (f"UNREACHABLE since {since} ({time.time() - st['unreachable_since']:.0f} s; "
+                  f"forwarding with the last state): {st['last_error']}")
+    lines = [f"  store: {st['type']} {where}: {health}"]
+    facts = [f"{k.replace('_', ' ')} {st[k]}" for k in ("events", "resyncs", "compactions",
+                                                        "lost_streams", "apply_errors",
+                                                        "skipped_total", "lease_lost")
+             if st.get(k)]
+    if facts:
+        lines.append("    " + ", ".join(facts))
+    for key in st.get("skipped_keys") or []:
+        lines.append(f"    skipped key {key}")
+    for held in st.get("held") or []:
+        lines.append(f"    held: {held}")
     return lines
 
 
@@ -216,6 +241,7 @@ def render(status: dict, show_zero: bool = False) -> str:
         lines.append(f"  dns: {d['address']} ({d['domain']}) served by {d['server']}: {answers}")
     if status.get("metrics"):
         lines.append(f"  metrics: {status['metrics']}")
+    lines += _store(status.get("store"))
     faults = {k: v for k, v in (status.get("faults") or {}).items() if v}
     if faults:
         lines.append("  faults contained: " + ", ".join(f"{k} {v}" for k, v in faults.items()))

@@ -1,0 +1,67 @@
+"""The file store: today's /run/vrouter records behind the store interface."""
+import json
+import os
+
+import pytest
+import trio
+
+from vrouter.host import state
+from vrouter.store.base import Compacted, Refused
+from vrouter.store.filestore import FileStore
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.setattr(state, "STATE_ROOT", tmp_path)
+    return tmp_path
+
+
+def test_attachments_are_claimed_once_and_listed(root):
+    async def main():
+        store = FileStore("fs")
+        assert await store.create("attachments/p1", b'{"name": "p1"}') is None
+        holder = await store.create("attachments/p1", b'{"name": "other"}')
+        assert holder.value == b'{"name": "p1"}'   # who has it
+        assert (root / "fs" / "pods" / "p1.json").exists()   # where it always was
+        snap = await store.list("")
+        assert list(snap.items) == ["attachments/p1"]
+        assert await store.delete("attachments/p1") and not await store.delete("attachments/p1")
+        with pytest.raises(Refused, match="vrouter reload"):
+            await store.put("services/default/web", b"{}")
+        with pytest.raises(Refused):
+            await store.commit({"pods/default/a": b"{}"})
+    trio.run(main)
+
+
+def test_a_node_is_listed_while_its_process_runs(root):
+    async def main():
+        store = FileStore("fs")
+        await store.put("nodes/node-a", json.dumps({"kind": "Node"}).encode(),
+                        await store.grant(30))
+        assert json.loads((await store.list("nodes/")).items["nodes/node-a"].value) == {
+            "kind": "Node"}
+        record = state.read_record("fs", "node-a")
+        assert record["pid"] == os.getpid() and record["registration"] == {"kind": "Node"}
+        record["start_time"] = 1   # as if its process had ended
+        (root / "fs" / "node-a.json").write_text(json.dumps(record))
+        assert (await store.list("nodes/")).items == {}
+    trio.run(main)
+
+
+def test_a_watch_reports_changes_when_poked(root):
+    async def main():
+        store = FileStore("fs")
+        snap = await store.list("")
+        with pytest.raises(Compacted):
+            async with store.watch("", snap.revision + 100):
+                pass
+        async with store.watch("", snap.revision + 1) as changes:
+            await store.create("attachments/p1", b"1")   # pokes the watch
+            with trio.fail_after(1):   # well before the 2 s poll
+                batch = await changes.__anext__()
+            assert [(c.key, c.value) for c in batch] == [("attachments/p1", b"1")]
+            await store.delete("attachments/p1")
+            with trio.fail_after(1):
+                batch = await changes.__anext__()
+            assert [(c.key, c.value) for c in batch] == [("attachments/p1", None)]
+    trio.run(main)
