@@ -338,6 +338,8 @@ def test_scaling_2_5_1_under_a_client_loop_loses_no_connection(make_cluster, tmp
         summary = loop.stop()
     finally:
         loop.kill()
+    print(f"scaling 2 -> 5 -> 1: {summary['ok']} connections answered, {summary['failed']} "
+          "failed")
     assert summary["failed"] == 0, summary["failures"]
     assert summary["ok"] > 200
 
@@ -373,6 +375,8 @@ def test_a_template_change_rolls_one_pod_at_a_time_without_a_failed_connection(m
         summary = loop.stop()
     finally:
         loop.kill()
+    print(f"rollout: {summary['ok']} connections answered, {summary['failed']} failed; "
+          f"(pods, available, updated) seen: {sorted(set(seen))}")
     assert summary["failed"] == 0, summary["failures"]
     # maxSurge 25% of 2 is 1 (rounded up), maxUnavailable 0 (rounded down): at most 3 pods,
     # never fewer than 2 available, one new pod at a time

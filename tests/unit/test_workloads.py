@@ -265,10 +265,7 @@ def test_the_scheduler_spreads_a_group_fewest_first_ties_by_node_order():
     cluster = parse("")
     nodes = scheduler.eligible(cluster.nodes, None, ())
     assert [n.name for n in nodes] == ["node-a", "node-b"]
-    assert scheduler.spread(nodes, {}, 5) == ["node-a", "node-b", "node-a", "node-b", "node-a"]
-    # the file's own pods count next: node-a has more, so node-b first
-    assert scheduler.spread(nodes, {"node-a": 3, "node-b": 1}, 3) == ["node-b", "node-a",
-                                                                       "node-b"]
+    assert scheduler.spread(nodes, 5) == ["node-a", "node-b", "node-a", "node-b", "node-a"]
     assert scheduler.eligible(cluster.nodes, "node-b", ()) == [cluster.node("node-b")]
     assert scheduler.eligible(cluster.nodes, None, (("disk", "ssd"),)) == [cluster.node("node-b")]
 
@@ -300,3 +297,22 @@ def test_the_shipped_tutorial_is_a_deployment_and_its_service():
     service = cluster.service_by_key("default/web")
     assert sorted(e.pod.name for e in endpoints(service, service.ports[0], cluster.pods)) == \
         sorted(p.name for p in web)
+
+
+def test_a_template_host_port_is_carried_by_every_pod():
+    cluster = parse("""
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: edge}
+spec:
+  selector: {matchLabels: {app: edge}}
+  template:
+    metadata: {labels: {app: edge}}
+    spec:
+      containers:
+      - {name: e, image: nginx, ports: [{containerPort: 80, hostPort: 8080}]}
+""")
+    pods = [p for p in cluster.pods if p.workload == "DaemonSet/default/edge"]
+    assert sorted(p.node for p in pods) == ["node-a", "node-b"]
+    assert all([(c.container_port, c.host_port) for c in p.ports] == [(80, 8080)] for p in pods)

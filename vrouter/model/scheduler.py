@@ -8,12 +8,12 @@ the same without randomness, so one cluster file gives one cluster every time:
   - nodes served by the Linux kernel (`kernel: true`) have no vrouter process to run programs,
     so they take no workload pods (as a node tainted NoSchedule);
   - among the rest, pod k of a group (a ReplicaSet, a StatefulSet) goes to the node with the
-    fewest of the group's pods 0..k-1, then the fewest pods of the file's own (pods: and Pod
-    manifests, the DNS server pods), ties by node order.
-Pod k's node depends on k alone, not on which of the group's pods exist at the moment, so
-scaling and rolling updates never move a running pod (and a ReplicaSet's pod k of a new
-revision lands where pod k of the old one ran). The other workloads' pods do not count either,
-so that scaling one workload never moves another's pods.
+    fewest of the group's pods 0..k-1, ties by node order.
+Pod k's node depends on k and the eligible nodes alone, not on which of the group's pods exist
+at the moment, so scaling and rolling updates never move a running pod (and a ReplicaSet's pod
+k of a new revision lands where pod k of the old one ran). Other pods do not count (the other
+workloads', the file's, those applied to the store or attached at runtime, whose number
+changes while the cluster runs), so that nothing but a change of the nodes moves a pod.
 """
 from __future__ import annotations
 
@@ -41,13 +41,12 @@ def eligible(nodes, node_name: str | None, node_selector) -> list:
     return found
 
 
-def spread(nodes, fixed_pods: dict[str, int], count: int) -> list[str]:
-    """The node of pods 0..count-1 of one group, over `nodes` (eligible, in node order);
-    `fixed_pods`: the file's own pods per node."""
+def spread(nodes, count: int) -> list[str]:
+    """The node of pods 0..count-1 of one group, over `nodes` (eligible, in node order)."""
     placed = {n.name: 0 for n in nodes}
     order = []
     for _ in range(count):
-        best = min(nodes, key=lambda n: (placed[n.name], fixed_pods.get(n.name, 0), n.index))
+        best = min(nodes, key=lambda n: (placed[n.name], n.index))
         placed[best.name] += 1
         order.append(best.name)
     return order

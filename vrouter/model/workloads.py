@@ -384,7 +384,7 @@ def _templates(w: Workload, revisions):
     return found
 
 
-def _plan(w: Workload, revisions, nodes, fixed: dict[str, int]) -> list[_Planned]:
+def _plan(w: Workload, revisions, nodes) -> list[_Planned]:
     templates = _templates(w, revisions)
     node_names = {n.name for n in nodes}
     planned = []
@@ -398,7 +398,7 @@ def _plan(w: Workload, revisions, nodes, fixed: dict[str, int]) -> list[_Planned
                 where = (f"{w.where}.spec.template.spec.nodeName" if spec.node_name
                          else f"{w.where}.spec.template.spec.nodeSelector")
                 raise ConfigError(w.source, where, _no_node(spec, nodes))
-            order = scheduler.spread(candidates, fixed, max(r.members, default=-1) + 1 -
+            order = scheduler.spread(candidates, max(r.members, default=-1) + 1 -
                                      (w.first_ordinal if w.kind == "StatefulSet" else 0))
             base = w.first_ordinal if w.kind == "StatefulSet" else 0
             places = {m: order[m - base] for m in r.members}
@@ -439,13 +439,10 @@ def expand(workloads, revisions: dict[str, tuple[Revision, ...]], nodes, fixed_p
     what exists of it (missing: `initial`); `fixed_pods`: the file's own pods (pods:, Pod
     manifests, DNS server pods), whose names and addresses are theirs. ConfigError for a pod
     that cannot be made (a name taken, no node, no address left)."""
-    fixed: dict[str, int] = {}
-    for p in fixed_pods:
-        fixed[p.node] = fixed.get(p.node, 0) + 1
     names = {p.name: f"pod {p.name!r}" for p in fixed_pods}
     planned = []
     for w in workloads:
-        for p in _plan(w, revisions.get(w.key) or initial(w, nodes), nodes, fixed):
+        for p in _plan(w, revisions.get(w.key) or initial(w, nodes), nodes):
             if p.name in names:
                 raise ConfigError(w.source, f"{w.where}.metadata.name",
                                   f"{w.kind} {w.name!r} would make pod {p.name!r}, a name "

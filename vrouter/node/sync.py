@@ -131,13 +131,12 @@ class Sync:
     async def apply(self) -> dict:
         """The model of the known keys, served (only what differs changes). It is made again
         once the node's change before is done (a reload's new file, readiness)."""
-        model = self.build()
-        await self._allocate(model)
-
         def make():
             self.model = self.build()
             return self.model.cluster
         summary = await self.node.pods.apply(make, skip_unchanged=True)
+        if await self._allocate(self.model):   # with the addresses just given
+            summary = await self.node.pods.apply(make, skip_unchanged=True)
         if not summary.get("unchanged"):
             self.applied += 1
         return summary
