@@ -97,11 +97,9 @@ def test_an_applied_deployment_becomes_pods_that_scale_and_go_with_it(cluster):
     c.apply(client(c) + deployment(c, 2))
     try:
         wait_for(lambda: len(ready_pods(c)) == 2, timeout=60, what="2 ready web pods")
-    except AssertionError:
+    except AssertionError:   # what each node made of it, for the failure's report
         for n in c.names:
-            print(n, json.dumps(c.status(n)["ports"], indent=1), c.status(n)["workloads"],
-                  c.status(n)["store"])
-            print(c.log(n))
+            print(n, [(p["pod"], p["ready"]) for p in c.status(n)["ports"]], c.log(n))
         raise
     placed = ready_pods(c)
     assert sorted(placed.values()) == ["n1", "n2"], placed   # spread: one per node
