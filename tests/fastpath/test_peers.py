@@ -8,7 +8,8 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from vrouter.model import config
-from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
+from tests.harness import OVERLAY_TARGET, process
+from vrouter.node.dataplane import Dataplane
 
 GW_MAC = "02:76:0a:f4:01:01"
 A_IP, A_MAC = "10.244.1.2", "0a:58:0a:f4:01:02"
@@ -35,25 +36,25 @@ def to(dst):
 def test_a_node_that_joins_is_routed_to_and_one_that_leaves_is_net_unreachable():
     cluster = demo()
     dp = Dataplane(cluster, "node-a")
-    (port, out), = dp.process([(0, to("10.244.9.3"))])   # no node has 10.244.9.0/24 yet
+    (port, out), = process(dp, [(0, to("10.244.9.3"))])   # no node has 10.244.9.0/24 yet
     assert (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 0)
 
     joined = with_node(cluster, "node-x", "127.0.0.19", "10.244.9.0/24", "172.18.0.9")
     summary = dp.reload(joined)
     assert summary["peers_changed"] and [p.name for p in dp.peers] == ["node-b", "node-x"]
-    (target, datagram), = dp.process([(0, to("10.244.9.3"))])
+    (target, datagram), = process(dp, [(0, to("10.244.9.3"))])
     assert target == OVERLAY_TARGET + 1
     inner = Ether(bytes(VXLAN(datagram).payload))
     assert inner.dst == "0e:76:0a:f4:09:00" and inner[IP].dst == "10.244.9.3"
     assert len(dp.keepalive_frames) == 2
     # node-b is still heard from as before; the same model again changes nothing
     assert not dp.reload(joined)["peers_changed"]
-    (target, _), = dp.process([(0, to("10.244.2.3"))])
+    (target, _), = process(dp, [(0, to("10.244.2.3"))])
     assert target == OVERLAY_TARGET + 0
 
     left = dataclasses.replace(joined, nodes=tuple(n for n in joined.nodes if n.name != "node-x"))
     assert dp.reload(left)["peers_changed"]
-    (port, out), = dp.process([(0, to("10.244.9.3"))])
+    (port, out), = process(dp, [(0, to("10.244.9.3"))])
     assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 0)
 
 
