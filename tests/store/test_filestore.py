@@ -65,3 +65,20 @@ def test_a_watch_reports_changes_when_poked(root):
                 batch = await changes.__anext__()
             assert [(c.key, c.value) for c in batch] == [("attachments/p1", None)]
     trio.run(main)
+
+
+def test_workload_records_are_files_of_their_own(root):
+    async def main():
+        store = FileStore("fs")
+        await store.put("workloads/Deployment/default/web", b'{"key": "x"}')
+        assert (root / "fs" / "workloads" / "Deployment.default.web.json").read_bytes() == \
+            b'{"key": "x"}'
+        assert (await store.list("workloads/")).values() == {
+            "workloads/Deployment/default/web": b'{"key": "x"}'}
+        for bad in ("workloads/Deployment/web", "workloads/Deployment/default/../x",
+                    "workloads/a.b/default/web"):
+            with pytest.raises(Refused, match="names no workload record"):
+                await store.put(bad, b"{}")
+        assert store.remove_workloads() == 1 and not (root / "fs" / "workloads").exists()
+        assert not await store.delete("workloads/Deployment/default/web")
+    trio.run(main)

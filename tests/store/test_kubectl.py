@@ -197,3 +197,36 @@ def test_etcd_clusters_may_list_no_nodes():
     assert cluster.datastore.lease_ttl == 5
     with pytest.raises(config.ConfigError, match="nodes: required field is missing"):
         config.parse("cluster: {podCIDR: 10.244.0.0/16}\n", check_host=False)
+
+
+DEPLOY = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+          "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                   "template": {"metadata": {"labels": {"app": "web"}},
+                                "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}}
+
+
+def test_workloads_apply_get_and_delete(tmp_path, etcd, capsys):
+    config = str(cluster_file(tmp_path, etcd))
+    # refused as the API server refuses it, with file, field and problem; nothing written
+    bad = {**DEPLOY, "spec": {**DEPLOY["spec"], "selector": {"matchLabels": {"app": "db"}}}}
+    code, _, err = run(capsys, "apply", "-f", manifest(tmp_path, "bad.yaml", bad),
+                       "--cluster", config)
+    assert code == 2 and "bad.yaml: document 1.spec.template.metadata.labels" in err \
+        and "does not match" in err, err
+    assert keys(etcd) == []
+    code, out, err = run(capsys, "apply", "-f", manifest(tmp_path, "d.yaml", DEPLOY),
+                         "--cluster", config)
+    assert (code, out.strip()) == (0, "deployment.apps/web created"), err
+    assert keys(etcd) == ["/vt/kc/deployments/default/web"]
+    code, out, _ = run(capsys, "get", "deploy", "--cluster", config)
+    header, row = out.splitlines()
+    assert header.split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    assert row.split()[:4] == ["web", "0/2", "0", "0"]   # no controller has made pods yet
+    code, out, _ = run(capsys, "get", "pods", "-o", "wide", "--cluster", config)
+    lines = out.splitlines()
+    owner = lines[0].split().index("OWNER")
+    owners = {line.split()[owner] for line in lines[1:] if line.startswith("web-")}
+    assert len(lines) == 3 and len(owners) == 1 and owners.pop().startswith("ReplicaSet/web-")
+    code, out, _ = run(capsys, "delete", "deployment", "web", "--cluster", config)
+    assert (code, out.strip()) == (0, 'deployment.apps "web" deleted')
+    assert keys(etcd) == []

@@ -121,3 +121,41 @@ def test_apply_extras_are_checked_last():
                                   "document 1", "b.yaml"))]
     model = live.build(file(), items, extra=extra)
     assert model.problems["services/default/b"].startswith("b.yaml: document 1")
+
+
+def deployment(replicas):
+    return json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "w", "image": "x",
+                                                       "command": ["sleep", "1d"]}]}}}}).encode()
+
+
+def test_applied_workloads_their_records_and_readiness():
+    from vrouter.model import revisions, workloads
+    node_a = registration("node-a", "127.0.0.11", "10.244.1.0/24", "172.18.0.2")
+    items = {"nodes/node-a": node_a, "deployments/default/web": deployment(3)}
+    model = live.build(file(), items)
+    web = [p for p in model.cluster.pods if p.workload == "Deployment/default/web"]
+    assert len(web) == 3 and not any(p.ready for p in web)   # nobody said they are ready
+    # the controllers' record decides which pods exist: here one of the three
+    (w,) = model.cluster.workloads
+    record = (workloads.Revision(w.template_hash, w.template, (0,)),)
+    items["workloads/Deployment/default/web"] = revisions.encode(w.key, record)
+    model = live.build(file(), items)
+    (one,) = [p for p in model.cluster.pods if p.workload]
+    assert one.name == web[0].name and model.revisions == {w.key: record}
+    # ready once a running node lists it in its registration
+    doc = json.loads(node_a)
+    doc["metadata"]["annotations"][live.ANNOTATION_READY_PODS] = workloads.ready_key(
+        one.name, one.revision)
+    items["nodes/node-a"] = json.dumps(doc).encode()
+    (one,) = [p for p in live.build(file(), items).cluster.pods if p.workload]
+    assert one.ready
+    # a corrupt record is reported, and the workload is its template at full size again
+    items["workloads/Deployment/default/web"] = b"{not json"
+    model = live.build(file(), items)
+    assert "workloads/Deployment/default/web" in model.problems
+    assert len([p for p in model.cluster.pods if p.workload]) == 3

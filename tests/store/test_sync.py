@@ -24,7 +24,10 @@ class FakePods:
         self.node = node
         self.models = []
 
-    async def apply(self, cluster):
+    async def apply(self, model, file=None, skip_unchanged=False):
+        cluster = model() if callable(model) else model   # as LocalPods.apply
+        if skip_unchanged and cluster == self.node.cluster:
+            return {"unchanged": True}
         self.models.append(cluster)
         self.node.cluster = cluster
         return {}

@@ -135,8 +135,8 @@ def test_an_external_address_may_not_be_a_node_address():
 
 
 def test_other_kubernetes_kinds_are_refused():
-    text = BASE + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
-    with pytest.raises(config.ConfigError, match="unsupported Kubernetes kind 'Deployment'") as err:
+    text = BASE + "---\napiVersion: batch/v1\nkind: CronJob\nmetadata: {name: web}\n"
+    with pytest.raises(config.ConfigError, match="unsupported Kubernetes kind 'CronJob'") as err:
         parse(text)
     assert err.value.field_path == "document 2.kind"
 

@@ -274,3 +274,99 @@ spec: {selector: {app: web}, ports: [{port: 80}]}
 """
     r.update(config.parse(text, "s.yaml", check_host=False))
     assert ask(r, "late.default.svc.cluster.local").rcode() == dns.rcode.NOERROR
+
+
+STATEFUL = """\
+cluster: {name: sts, podCIDR: 10.244.0.0/16}
+nodes:
+  - {name: node-a, underlay: 127.0.0.11, podCIDR: 10.244.1.0/24}
+  - {name: node-b, underlay: 127.0.0.12, podCIDR: 10.244.2.0/24}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nginx}
+spec:
+  clusterIP: None
+  selector: {app: nginx}
+  ports: [{name: web, port: 80}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: nginx
+  replicas: 2
+  selector: {matchLabels: {app: nginx}}
+  template:
+    metadata: {labels: {app: nginx}}
+    spec:
+      containers: [{name: nginx, image: nginx, ports: [{name: web, containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: busybox-subdomain}
+spec:
+  clusterIP: None
+  selector: {name: busybox}
+  ports: [{name: foo, port: 1234}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: busybox1, labels: {name: busybox}}
+spec:
+  hostname: busybox-1
+  subdomain: busybox-subdomain
+  nodeName: node-b
+  containers: [{name: busybox, image: busybox}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: busybox2, labels: {name: busybox}}
+spec:
+  hostname: busybox-2
+  subdomain: other
+  nodeName: node-b
+  containers: [{name: busybox, image: busybox}]
+"""
+
+
+def test_hostname_and_subdomain_name_the_endpoints_of_a_headless_service():
+    """The DNS specification's endpoint hostname: a StatefulSet's NAME-K.SERVICE, and the
+    Kubernetes documentation's busybox-1.busybox-subdomain example."""
+    cluster = config.parse(STATEFUL, "sts.yaml", check_host=False)
+    r = Resolver(cluster)
+    ip = {p.name: str(p.ip) for p in cluster.pods}
+    zone = "default.svc.cluster.local"
+    assert records(ask(r, f"web-0.nginx.{zone}")) == [ip["web-0"]]
+    assert records(ask(r, f"web-1.nginx.{zone}")) == [ip["web-1"]]
+    assert records(ask(r, f"nginx.{zone}")) == sorted([ip["web-0"], ip["web-1"]])
+    assert records(ask(r, f"_web._tcp.nginx.{zone}", "SRV")) == sorted(
+        f"0 50 80 web-{k}.nginx.{zone}." for k in (0, 1))   # CoreDNS: 100 shared
+    assert f"web-0.nginx.{zone}." in records(ask(r, cluster.pod("web-0").ip.reverse_pointer,
+                                                 "PTR"))
+    # a hostname names its pod only in the Service its subdomain names
+    assert records(ask(r, f"busybox-1.busybox-subdomain.{zone}")) == [ip["busybox1"]]
+    dashed2 = ip["busybox2"].replace(".", "-")
+    assert ask(r, f"busybox-2.busybox-subdomain.{zone}").rcode() == dns.rcode.NXDOMAIN
+    assert records(ask(r, f"{dashed2}.busybox-subdomain.{zone}")) == [ip["busybox2"]]
+    # with a hostname, the dashed address is no endpoint name any more
+    dashed0 = ip["web-0"].replace(".", "-")
+    assert ask(r, f"{dashed0}.nginx.{zone}").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_a_pod_that_is_not_ready_is_no_headless_endpoint_unless_published():
+    import dataclasses
+    cluster = config.parse(STATEFUL, "sts.yaml", check_host=False)
+    pods = tuple(dataclasses.replace(p, ready=False) if p.name == "web-1" else p
+                 for p in cluster.pods)
+    live = dataclasses.replace(cluster, pods=pods)
+    zone = "default.svc.cluster.local"
+    r = Resolver(live)
+    assert records(ask(r, f"nginx.{zone}")) == [str(cluster.pod("web-0").ip)]
+    assert ask(r, f"web-1.nginx.{zone}").rcode() == dns.rcode.NXDOMAIN
+    published = config.parse(STATEFUL.replace("  clusterIP: None\n  selector: {app: nginx}",
+                                              "  clusterIP: None\n  publishNotReadyAddresses: true"
+                                              "\n  selector: {app: nginx}"), "sts.yaml",
+                             check_host=False)
+    r = Resolver(dataclasses.replace(published, pods=pods))
+    assert records(ask(r, f"web-1.nginx.{zone}")) == [str(cluster.pod("web-1").ip)]

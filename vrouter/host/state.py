@@ -228,7 +228,8 @@ def remove_traces(cluster_name: str, node_name: str) -> None:
 
 
 def _remove_dirs(cluster_name: str) -> None:
-    for directory in (cluster_dir(cluster_name) / "pods", cluster_dir(cluster_name)):
+    for directory in (cluster_dir(cluster_name) / "pods", cluster_dir(cluster_name) / "workloads",
+                      cluster_dir(cluster_name)):
         try:
             directory.rmdir()
         except OSError:

@@ -103,14 +103,15 @@ def spec_of(text: str, path: str = "<string>", check_host: bool = True,
     return Spec(path, cluster_doc, tuple(objects), check_host, manifests_dir)
 
 
-KINDS = ("Service", "Pod", "Namespace", "NetworkPolicy")
+KINDS = ("Service", "Pod", "Namespace", "NetworkPolicy", "Deployment", "ReplicaSet",
+         "StatefulSet", "DaemonSet")
 
 
 def check_object(reader: Reader, doc, where: str, source: str, stored: bool = False
                  ) -> list[tuple[str, object]]:
     """One Kubernetes object (or a List of them) -> (kind, parsed object) pairs. `stored`: it
     comes from the store, where a Pod's status.podIP is the address its node gave it."""
-    from vrouter.model import policy, services
+    from vrouter.model import policy, services, workloads
     if not isinstance(doc, dict) or "kind" not in doc:
         reader.fail(where, "expected a Kubernetes object with apiVersion and kind")
     kind = doc["kind"]
@@ -128,6 +129,8 @@ def check_object(reader: Reader, doc, where: str, source: str, stored: bool = Fa
         return [(kind, policy.parse_policy(reader, doc, where, source))]
     if kind == "Pod":
         return [(kind, _pod_manifest(reader, doc, where, stored))]
+    if kind in workloads.KINDS:
+        return [("Workload", workloads.parse(reader, doc, where, source))]
     reader.fail(join(where, "kind"), f"unsupported Kubernetes kind {kind!r} (vrouter reads "
                 f"{', '.join(KINDS)} and List)")
 
@@ -137,7 +140,8 @@ NETNS_ANNOTATION = "vrouter.io/netns"   # `cni`: a container runtime attaches th
 _POD_MANIFEST_FIELDS = {"name": "metadata.name", "namespace": "metadata.namespace",
                         "labels": "metadata.labels", "node": "spec.nodeName",
                         "ports": "spec.containers[].ports", "ip": "status.podIP",
-                        "netns": f"metadata.annotations.{NETNS_ANNOTATION}"}
+                        "netns": f"metadata.annotations.{NETNS_ANNOTATION}",
+                        "hostname": "spec.hostname", "subdomain": "spec.subdomain"}
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ class _PodEntry:
     where: str
     fields: dict
     paths: dict | None = None
+    extra: dict | None = None   # a manifest's spec beyond the pods-list fields (Pod fields)
 
     def at(self, key: str) -> str:
         return join(self.where, self.paths.get(key, key) if self.paths else key)
@@ -165,23 +170,18 @@ def _pod_manifest(reader: Reader, doc: dict, where: str, stored: bool = False) -
                    required=("metadata", "spec"))
     if doc.get("apiVersion", "v1") != "v1":
         reader.fail(f"{where}.apiVersion", f"{doc['apiVersion']!r}: Pods are apiVersion v1")
+    from vrouter.model import podspec
     meta, name, namespace = reader.metadata(doc, where)
-    spec = reader.mapping(doc["spec"], f"{where}.spec",
-                          {"nodeName", "containers", "restartPolicy",
-                           "terminationGracePeriodSeconds"}, required=("nodeName",))
-    containers = spec.get("containers") or []
-    if not isinstance(containers, list):
-        reader.fail(f"{where}.spec.containers", "must be a list of containers")
-    ports = []
-    for n, container in enumerate(containers):
-        w = f"{where}.spec.containers[{n}]"
-        c = reader.mapping(container, w, {"name", "image", "command", "args", "ports"})
-        raw_ports = c.get("ports") or []
-        if not isinstance(raw_ports, list):
-            reader.fail(f"{w}.ports", "must be a list of {name, containerPort, protocol}")
-        ports += _build_ports(reader, raw_ports, f"{w}.ports")
-    fields = {"name": name, "namespace": namespace, "node": spec["nodeName"],
-              "ports": tuple(ports), "labels": meta.get("labels") or {}}
+    spec = podspec.parse(reader, doc["spec"], f"{where}.spec", source=reader.path,
+                         containers_required=False)
+    if spec.node_name is None:
+        reader.fail(f"{where}.spec.nodeName", "required field is missing (a Pod manifest "
+                    "names its node; workloads are placed by vrouter's scheduler)")
+    fields = {"name": name, "namespace": namespace, "node": spec.node_name,
+              "ports": spec.ports, "labels": meta.get("labels") or {}}
+    extra = {"hostname": spec.hostname, "subdomain": spec.subdomain,
+             "containers": spec.containers, "restart_policy": spec.restart_policy,
+             "grace_seconds": spec.grace_seconds, "source": reader.path}
     annotations = meta.get("annotations") or {}
     if not isinstance(annotations, dict):
         reader.fail(f"{where}.metadata.annotations", "must be a mapping of strings")
@@ -193,7 +193,7 @@ def _pod_manifest(reader: Reader, doc: dict, where: str, stored: bool = False) -
     status = doc.get("status") or {}
     if stored and isinstance(status, dict) and status.get("podIP"):
         fields["ip"] = status["podIP"]
-    return _PodEntry(reader, where, fields, _POD_MANIFEST_FIELDS)
+    return _PodEntry(reader, where, fields, _POD_MANIFEST_FIELDS, extra)
 
 
 def _build_cluster(reader: Reader, doc: dict, objects, check_host: bool,
@@ -264,6 +264,11 @@ def _build_cluster(reader: Reader, doc: dict, objects, check_host: bool,
     pods = _build_pods(entries, {nd.name: nd for nd in nodes}, check_host, dns_ips)
     if dns.enabled:
         pods += dns_pods(reader, name, nodes, pods)
+    parsed_workloads = _unique(reader, [o for kind, o in objects if kind == "Workload"],
+                               lambda w: w.key, "workload")
+    if parsed_workloads:
+        from vrouter.model import workloads
+        pods += workloads.expand(parsed_workloads, {}, nodes, pods)
     if metrics_port and (metrics_port < 1024 or metrics_port + len(nodes) - 1 > 65535):
         reader.fail("cluster.metricsPort", f"{metrics_port}: node k serves metrics on port "
                     f"metricsPort+k, so it must lie in 1024..{65536 - len(nodes)} (0: off)")
@@ -306,7 +311,8 @@ def _build_cluster(reader: Reader, doc: dict, objects, check_host: bool,
                    metrics_port=metrics_port, dns=dns, namespaces=tuple(namespaces),
                    policies=tuple(policies), masquerade=masquerade,
                    outside_gateway=outside_gateway, datastore=datastore, node_mask=node_mask,
-                   spec=spec, flow_log_events=flow_log_events)
+                   spec=spec, flow_log_events=flow_log_events,
+                   workloads=tuple(parsed_workloads))
 
 
 def _unique(reader: Reader, items: list, key, kind: str) -> list:
@@ -426,7 +432,8 @@ def _build_overlay(reader: Reader, raw) -> Overlay:
 
 
 def _build_node(reader: Reader, raw, where, index, cluster_cidr, node_network, earlier) -> Node:
-    d = reader.mapping(raw, where, {"name", "underlay", "podCIDR", "vtepMAC", "address", "kernel"},
+    d = reader.mapping(raw, where, {"name", "underlay", "podCIDR", "vtepMAC", "address", "kernel",
+                                    "labels"},
                        required=("name", "underlay", "podCIDR"))
     kernel = d.get("kernel", False)
     if not isinstance(kernel, bool):
@@ -451,7 +458,8 @@ def _build_node(reader: Reader, raw, where, index, cluster_cidr, node_network, e
                 else mac_from_ip("0e:76", addressing.vtep_address(cidr)))
     address = _node_address(reader, d, where, index, node_network, earlier)
     return Node(name=name, index=index, underlay=underlay, pod_cidr=cidr, vtep_mac=vtep_mac,
-                address=address, kernel=kernel)
+                address=address, kernel=kernel,
+                labels=reader.labels(d.get("labels") or {}, f"{where}.labels"))
 
 
 def check_node(cluster: Cluster, reader: Reader, where: str, fields: dict, earlier) -> Node:
@@ -549,7 +557,8 @@ def _build_pods(entries: list[_PodEntry], nodes: dict, check_host: bool,
                                 "per host port and node, as the scheduler places them)")
                 host_ports[slot] = f"pod {name!r} ({where})"
         pods.append(Pod(name=name, namespace=namespace, node=node.name, ip=ip, mac=mac,
-                        netns=netns, owns_netns=owns, labels=labels, ports=ports))
+                        netns=netns, owns_netns=owns, labels=labels, ports=ports,
+                        **(e.extra or {})))
     return pods
 
 

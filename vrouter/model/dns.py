@@ -122,7 +122,8 @@ class Records:
                         self._srv(f"_{port.name}._{port.protocol.lower()}.{base}", e.port, target)
                     self._srv(base, e.port, target)
         if not service.ports and service.selector:   # headless and portless: its pods
-            by_pod = {p.name: p for p in pods if (not p.awaiting_cni or service.publish_not_ready)
+            by_pod = {p.name: p for p in pods
+                      if (not (p.awaiting_cni or not p.ready) or service.publish_not_ready)
                       and p.namespace == service.namespace
                       and all(dict(p.labels).get(k) == v for k, v in service.selector)}
         for pod in sorted(by_pod.values(), key=lambda p: p.ip):

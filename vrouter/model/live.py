@@ -10,6 +10,12 @@ validated Cluster. Sans-IO: keys and values in, a Cluster and what was left out,
   (status.podIP): until then it is *pending*, and its node allocates one. A Pod for a node that
   does not exist (yet) is *held* until that node registers.
 - attachments: pods attached at runtime on running nodes (vrouter.model.attachments).
+- workloads (Deployments, ReplicaSets, StatefulSets, DaemonSets of the file and the store) make
+  the pods their controllers' records (workloads/...: vrouter.model.revisions) say exist; a
+  workload without a record is its template at full size.
+- readiness: a pod readiness decides about (Pod.gated: a workload's, one with a program or a
+  probe) is ready once a running node lists it in its registration (vrouter.io/ready-pods),
+  else it is no Service endpoint.
 
 A key that is corrupt (not JSON, not the object its key says, invalid, or in conflict with what
 is already there) is left out and reported in `problems`, never applied half-way.
@@ -20,16 +26,20 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from vrouter.model import attachments, config
+from vrouter.model import attachments, config, revisions as revision_records, workloads
 from vrouter.model.reader import Reader
 from vrouter.model.types import Cluster, ConfigError
 
 NODES, SUBNETS, ATTACHMENTS = "nodes/", "subnets/", "attachments/"
 KIND_PREFIXES = {"pods/": "Pod", "services/": "Service", "networkpolicies/": "NetworkPolicy",
-                 "namespaces/": "Namespace"}
+                 "namespaces/": "Namespace", "deployments/": "Deployment",
+                 "replicasets/": "ReplicaSet", "statefulsets/": "StatefulSet",
+                 "daemonsets/": "DaemonSet"}
 ANNOTATION_UNDERLAY = "vrouter.io/underlay"
 ANNOTATION_VTEP_MAC = "vrouter.io/vtep-mac"
 ANNOTATION_LOST_PODS = "vrouter.io/lost-pods"
+ANNOTATION_READY_PODS = "vrouter.io/ready-pods"       # workloads.ready_key()s
+ANNOTATION_FAILING_PODS = "vrouter.io/failing-pods"   # not ready, their programs failing
 
 
 @dataclass
@@ -41,14 +51,31 @@ class Live:
     problems: dict[str, str] = field(default_factory=dict)  # key -> why it was left out
     registrations: dict[str, dict] = field(default_factory=dict)   # node -> its Node document
     objects: dict[str, dict] = field(default_factory=dict)  # key -> the document, as applied
+    revisions: dict = field(default_factory=dict)           # workload key -> its revisions
+    ready: set[str] = field(default_factory=set)            # ready_key()s the running nodes list
+    failing: set[str] = field(default_factory=set)          # ... and those whose programs fail
 
 
-def node_document(node, lost_pods=(), created: str | None = None) -> dict:
+def _pod_list(doc: dict, annotation: str) -> set[str]:
+    try:
+        raw = doc["metadata"]["annotations"].get(annotation, "")
+    except (KeyError, TypeError, AttributeError):
+        return set()
+    return {p for p in str(raw).split(",") if p}
+
+
+def node_document(node, lost_pods=(), created: str | None = None, ready_pods=(),
+                  failing_pods=()) -> dict:
     """A node's registration: a Kubernetes Node (spec.podCIDR, status.addresses) whose
-    annotations carry what flannel's carry (the underlay, the VTEP MAC)."""
+    annotations carry what flannel's carry (the underlay, the VTEP MAC), and which of its pods
+    are lost, ready or failing."""
     annotations = {ANNOTATION_UNDERLAY: str(node.underlay), ANNOTATION_VTEP_MAC: node.vtep_mac}
     if lost_pods:
         annotations[ANNOTATION_LOST_PODS] = ",".join(sorted(lost_pods))
+    if ready_pods:
+        annotations[ANNOTATION_READY_PODS] = ",".join(sorted(ready_pods))
+    if failing_pods:
+        annotations[ANNOTATION_FAILING_PODS] = ",".join(sorted(failing_pods))
     meta = {"name": node.name, "annotations": annotations}
     if created:
         meta["creationTimestamp"] = created
@@ -73,11 +100,7 @@ def node_fields(doc: dict) -> dict:
 
 
 def lost_pods(doc: dict) -> set[str]:
-    try:
-        raw = doc["metadata"]["annotations"].get(ANNOTATION_LOST_PODS, "")
-    except (KeyError, TypeError, AttributeError):
-        return set()
-    return {p for p in str(raw).split(",") if p}
+    return _pod_list(doc, ANNOTATION_LOST_PODS)
 
 
 def _decode(value: bytes):
@@ -171,6 +194,14 @@ def build(file: Cluster, items: dict[str, bytes], self_node: str | None = None,
         checked.append((key, parsed))
 
     cluster = _validated(spec, checked, extra_nodes, problems)
+    recorded = revision_records.from_items(items, problems)
+    if cluster.workloads and recorded:   # what the controllers have made of them so far
+        try:
+            cluster = workloads.with_revisions(cluster, recorded)
+        except ConfigError as exc:   # the file's templates at full size, as without records
+            for w in cluster.workloads:
+                if w.key in recorded:
+                    problems[revision_records.key_of(w.key)] = str(exc)
 
     lost = set()
     for name, doc in registrations.items():
@@ -193,7 +224,15 @@ def build(file: Cluster, items: dict[str, bytes], self_node: str | None = None,
                 restoring and a.pod.node == self_node):
             records.append(a)
     cluster = attachments.live_cluster(cluster, records)
-    return Live(cluster, running, pending, held, problems, registrations, objects)
+    ready, failing = set(), set()
+    for name in running:
+        ready |= _pod_list(registrations[name], ANNOTATION_READY_PODS)
+        failing |= _pod_list(registrations[name], ANNOTATION_FAILING_PODS)
+    cluster = dataclasses.replace(cluster, pods=tuple(
+        dataclasses.replace(p, ready=workloads.ready_key(p.name, p.revision) in ready)
+        if p.gated else p for p in cluster.pods))
+    return Live(cluster, running, pending, held, problems, registrations, objects, recorded,
+                ready, failing)
 
 
 def _check_key(key: str, prefix: str, kind: str, doc: dict) -> None:

@@ -82,13 +82,15 @@ def endpoints(service: Service, port: ServicePort, pods, include_not_ready: bool
               ) -> list[Endpoint]:
     """Ready endpoints of one service port, in a stable order (namespace/name of the pod);
     with `include_not_ready`, those of pods not ready yet too (a pod a container runtime has
-    not attached: it has its address, not its interface), as publishNotReadyAddresses asks."""
+    not attached: it has its address, not its interface; a workload's pod, or one with a
+    program, until its node says it is ready: vrouter.node.programs), as
+    publishNotReadyAddresses asks."""
     if not service.selector:
         return []   # a Service without selector has manually managed endpoints: none here
     found = []
     for pod in pods:
-        if pod.awaiting_cni and not include_not_ready:
-            continue   # declared, not attached yet: nothing to reach
+        if (pod.awaiting_cni or not pod.ready) and not include_not_ready:
+            continue   # declared, not attached yet, or not ready: no endpoint
         labels = dict(pod.labels)
         if pod.namespace != service.namespace:
             continue

@@ -53,6 +53,7 @@ class Node:
     vtep_mac: str
     address: ipaddress.IPv4Address   # the node's address on the outside network (NodePorts)
     kernel: bool = False             # served by the Linux kernel (`vrouter kernel-node`)
+    labels: tuple[tuple[str, str], ...] = ()   # for nodeSelector (vrouter.model.scheduler)
 
     @property
     def mac(self) -> str:
@@ -89,6 +90,26 @@ class Pod:
     ports: tuple[ContainerPort, ...] = ()
     ifname: str = "eth0"    # its interface inside the netns (a CNI runtime may choose another)
     dns_server: bool = False   # the node's cluster DNS server pod (kube-system/kube-dns)
+    # spec (vrouter.model.podspec): its DNS identity and its programs
+    hostname: str = ""
+    subdomain: str = ""
+    containers: tuple = ()          # podspec.Container
+    restart_policy: str = "Always"
+    grace_seconds: int = 30
+    source: str = ""                # the file of its manifest (errors of its programs name it)
+    # made by a workload (vrouter.model.workloads): its controller and the workload's key
+    owner: str = ""                 # "ReplicaSet/web-5d59d67564", "StatefulSet/db"
+    workload: str = ""              # "Deployment/default/web"
+    revision: str = ""              # the hash of the pod template it was made from
+    # in the live model: False while a pod that has to be (a workload's, or one with a program
+    # or a probe) is not ready yet: it is no Service endpoint then
+    ready: bool = True
+
+    @property
+    def gated(self) -> bool:
+        """Whether readiness decides if it is an endpoint (Kubernetes: a pod is an endpoint
+        once Ready). Bare pods without programs are endpoints from the start, as before."""
+        return bool(self.workload) or any(c.runs or c.readiness for c in self.containers)
 
     @property
     def awaiting_cni(self) -> bool:
@@ -178,6 +199,7 @@ class Cluster:
     datastore: Datastore = Datastore()
     node_mask: int = addressing.DEFAULT_NODE_MASK   # cluster.nodeCIDRMaskSize
     flow_log_events: int = DEFAULT_FLOW_LOG_EVENTS   # a node's flow log ring (0: off)
+    workloads: tuple = ()         # workloads.Workload (Deployments, StatefulSets, ...)
     # what the cluster file said, to build the live model from (vrouter.model.config.Spec)
     spec: object = field(default=None, compare=False, repr=False)
 

@@ -8,6 +8,14 @@ and the Service tables follow. It runs when the file is reloaded, when a pod is 
 detached here (`vrouter attach`, vrouter-cni), when the store changes (vrouter.node.sync: its
 watch), and when a pod's netns vanishes under the node.
 
+Pods made by workloads (vrouter.model.workloads) and pods with programs come and go the
+Kubernetes way: a new one is an endpoint only once its node says it is ready (the live model
+marks the others not ready: vrouter.io/ready-pods in each node's registration), and one that
+is removed leaves every Service at once but keeps its interface and its programs for
+DRAIN_SECONDS (the connections under way finish; the other nodes have dropped it from their
+tables meanwhile), then its programs get SIGTERM, SIGKILL after its
+terminationGracePeriodSeconds, and only then its interface goes.
+
 A node that starts again after a crash (kill -9, a failed data path) rebuilds from what is on
 the machine: the namespaces its earlier run created for the file's pods are reused (`adoptable`,
 from its record), and its runtime attachments whose namespace still exists are attached again
@@ -35,6 +43,7 @@ from vrouter.store.base import attachment_key
 log = logging.getLogger("vrouter.node.pods")
 
 MAX_PORT_MAPPINGS = 64   # one pod's host ports at most (a request is bounded)
+DRAIN_SECONDS = 2.0   # a removed pod keeps serving this long after it left every Service
 
 
 class PodError(Exception):
@@ -67,6 +76,8 @@ class LocalPods:
         self.lost: set[str] = set()
         # at start, this node's runtime attachments wait until the data path runs (restore)
         self.restoring = True
+        # removed pods still draining: port -> the event that cuts the drain short, and done
+        self.terminating: dict[int, tuple[trio.Event, trio.Event]] = {}
 
     # --- after the start ---------------------------------------------------------------------
 
@@ -104,25 +115,46 @@ class LocalPods:
 
     # --- while running -----------------------------------------------------------------------
 
-    async def apply(self, live: Cluster) -> dict:
-        """Make the node serve `live`: check it (ValueError changes nothing), detach pods that
-        left or changed address, attach new ones, then swap the tables. Returns a summary;
-        pods whose host side failed are listed under "failed" (the rest is applied)."""
+    async def apply(self, model, file: Cluster | None = None, skip_unchanged: bool = False
+                    ) -> dict:
+        """Make the node serve `model` (a Cluster, or a function that makes it, called once
+        the change before is done, so that it sees what that change wrote: the file a reload
+        read, readiness, records): check it (ValueError changes nothing), detach pods that left
+        or changed address, attach new ones, then swap the tables. Returns a summary; pods whose
+        host side failed are listed under "failed" (the rest is applied). `file`: the cluster
+        file the model was made from, the node's from now on (a reload). `skip_unchanged`: a
+        model equal to the running one changes nothing ({"unchanged": True})."""
         node, dp = self.node, self.node.dp
         async with self.lock:
+            live = model() if callable(model) else model
+            if skip_unchanged and live == node.cluster:
+                return {"unchanged": True}
             dp.check_reload(live)
             desired = {p.name: p for p in live.local_pods(node.name)}
-            current = {pod.name: port for port, pod in dp.ports.items()}
+            current = {pod.name: port for port, pod in dp.ports.items()
+                       if port not in self.terminating}
             gone = [port for name, port in current.items()
                     if name not in desired or not same_interface(dp.ports[port], desired[name])]
+            # a pod that left (not one that changed its address, or lost its namespace)
+            # drains first, if readiness makes it an endpoint
+            draining = [port for port in gone if dp.ports[port].gated
+                        and dp.ports[port].name not in desired
+                        and dp.ports[port].name not in self.lost]
             for port in gone:
-                await self._detach(port)
+                if port not in draining:
+                    await node.programs.stop(dp.ports[port].name, 0)
+                    await self._detach(port)
+            for port in draining:
+                self._terminate(port)
             added, failed = [], []
             for name, pod in desired.items():
                 if name in current and current[name] not in gone:
+                    node.programs.update(pod, DRAIN_SECONDS)
                     continue
                 try:
+                    await self._finish_conflicting(pod)
                     await self._attach(pod)
+                    node.programs.start(pod)
                     added.append(name)
                 except PodError as exc:
                     log.warning("node %s: cannot attach pod %s: %s", node.name, name, exc)
@@ -130,8 +162,43 @@ class LocalPods:
                                    "error": str(exc)})
             summary = await node.datapath.run(lambda: node.swap(live))
             node.cluster = live
+            if file is not None:
+                node.file = file
         await node.model_changed()
-        return {**summary, "attached": added, "detached": len(gone), "failed": failed}
+        return {**summary, "attached": added, "detached": len(gone), "failed": failed,
+                "draining": [dp.ports[p].name for p in draining if p in dp.ports]}
+
+    def _terminate(self, port: int) -> None:
+        """A pod that left: it serves DRAIN_SECONDS more (it is in no Service any more), then
+        its programs stop (SIGTERM, SIGKILL after its grace period), then its interface goes."""
+        pod = self.node.dp.ports[port]
+        hurry, done = trio.Event(), trio.Event()
+        self.terminating[port] = (hurry, done)
+        log.info("node %s: pod %s leaves: draining for %g s", self.node.name, pod.name,
+                 DRAIN_SECONDS)
+
+        async def terminate():
+            try:
+                with trio.move_on_after(DRAIN_SECONDS):
+                    await hurry.wait()
+                await self.node.programs.stop(pod.name, pod.grace_seconds)
+                await self._detach(port)
+            finally:
+                self.terminating.pop(port, None)
+                done.set()
+        self.node.nursery.start_soon(self.node.supervised_once, terminate)
+
+    async def _finish_conflicting(self, pod: Pod) -> None:
+        """A pod to attach that a draining one still stands in the way of (its name, address,
+        MAC or namespace): that one goes now."""
+        dp = self.node.dp
+        for port, (hurry, done) in list(self.terminating.items()):
+            old = dp.ports.get(port)
+            if old is None or not {old.name, old.ip, old.mac, old.netns} & {
+                    pod.name, pod.ip, pod.mac, pod.netns}:
+                continue
+            hurry.set()
+            await done.wait()
 
     async def _attach(self, pod: Pod) -> int:
         """The pod's host side and its port, or PodError with everything made undone: whatever

@@ -27,16 +27,18 @@ import time
 import trio
 
 from fastpath.io import CAPTURE_RX, CAPTURE_TX
-from vrouter.host import outside, state
+from vrouter.host import outside, programs as host_programs, state
 from vrouter.host.tap import HostError, check_host, describe, interface_problem
 from vrouter.host.underlay import open_overlay
 from vrouter.model import attachments
 from vrouter.model.config import Cluster, ConfigError, load
+from vrouter.model.workloads import ready_key
 from vrouter.node.registration import Registration
 from vrouter.node.sync import Sync
 from vrouter.store import open_store
 from vrouter.store.base import ATTACHMENTS, Store, StoreError, Unreachable, attachment_key
 from vrouter.node.capture import MAX_SESSIONS as MAX_CAPTURES, Session
+from vrouter.node.controllers import WorkloadControllers
 from vrouter.node.datapath import Datapath, ensure_compiled
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.dnsserver import DnsServer, open_sockets
@@ -46,6 +48,7 @@ from vrouter.node.flowlog import FlowLog
 from vrouter.node.healthcheck import HealthChecks
 from vrouter.node.metrics import Metrics
 from vrouter.node.pods import LocalPods, PodError
+from vrouter.node.programs import Follower, Programs
 from vrouter.node.trace import Tracer, TraceError
 
 log = logging.getLogger("vrouter.node")
@@ -127,6 +130,12 @@ class Node:
         self.restored = False                 # runtime pods re-attached after the start
         self.control_stats = control.ServerStats()
         self.task_errors = 0                  # background tasks that raised (and ran again)
+        # the pods' programs (vrouter.node.programs), and which local pods are ready
+        # (ready_key()s, published in our registration for the other nodes' Services)
+        self.programs = Programs(cluster.name, "", lambda: self.nursery)
+        self.ready_pods: set[str] = set()
+        self.failing_pods: set[str] = set()   # not ready, their programs failing
+        self.controllers = WorkloadControllers(self)
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -135,6 +144,8 @@ class Node:
         for the file store, our registration: vrouter.store.filestore lists it)."""
         earlier = sorted(self.pods.adoptable - set(self.created_netns))
         self.registration.lost_pods = tuple(sorted(self.pods.lost))
+        self.registration.ready_pods = tuple(sorted(self.ready_pods))
+        self.registration.failing_pods = tuple(sorted(self.failing_pods))
         state.write_record(self.cluster.name, self.name, self.created_netns + earlier,
                            self.source, self.pods.lost,
                            self.registration.document() if self.registration.node else None)
@@ -218,13 +229,17 @@ class Node:
         stack.callback(self._remove_traces)
         trio.run(self._start_store)
         stack.callback(self._unregister)
+        self.programs.host_ip = str(self.node.address)
         self.overlay = open_overlay(self.cluster, self.node, stack)
         self.write_record()
         stack.callback(self._remove_unadopted)
         self.cluster = self.sync.build().cluster
+        # what an earlier run's programs left (their children: the programs died with it)
+        host_programs.reap(self.cluster.name, [p.name for p in self.cluster.pods_of(self.name)])
         self.dp = Dataplane(self.cluster, self.name)
         self.flow_log.ring_size = len(self.dp.tables.conntrack.flows.events)   # a power of two
         stack.callback(self.pods.close_all)
+        stack.callback(self.programs.kill_all)   # before the pods' namespaces go
         for port, pod in sorted(self.dp.ports.items()):
             self.pods.attach_at_start(port, pod)
         self.pods.remove_unadopted()
@@ -366,6 +381,54 @@ class Node:
     def ready(self) -> bool:
         return self.restored and set(self.dp.ports) <= self.dp.slow.answered
 
+    def local_ready(self) -> tuple[set[str], set[str]]:
+        """The ready_key()s of this node's pods that are ready (attached, answering their
+        gateway, their programs running and their probes passing, not leaving), and of those
+        whose programs fail."""
+        ready, failing = set(), set()
+        for port, pod in self.dp.ports.items():
+            if port in self.pods.terminating:
+                continue
+            key = ready_key(pod.name, pod.revision)
+            if port in self.dp.slow.answered and self.programs.ready(pod.name):
+                ready.add(key)
+            elif self.programs.failing(pod.name):
+                failing.add(key)
+        return ready, failing
+
+    @property
+    def pods_ready(self) -> bool:
+        """This node's live model has every pod that readiness decides about ready, or known
+        to be failing (`vrouter up` waits for this on every node: then a Service answers
+        from anywhere)."""
+        failing = self.sync.model.failing if self.sync.model is not None else set()
+        return all(p.ready or ready_key(p.name, p.revision) in failing
+                   for p in self.cluster.pods if p.gated and not p.awaiting_cni)
+
+    async def publish_readiness(self) -> None:
+        """Our pods' readiness, in our registration for the other nodes: a change is served
+        here and told to them at once (a pod that turned ready becomes an endpoint
+        everywhere)."""
+        while True:
+            await trio.sleep(PROBE_INTERVAL)
+            ready, failing = self.local_ready()
+            if (ready, failing) == (self.ready_pods, self.failing_pods):
+                continue
+            self.ready_pods, self.failing_pods = ready, failing
+            self.write_record()
+            try:
+                await self.registration.update(self.store)
+            except StoreError as exc:   # the keepalive writes it again when the store is back
+                log.warning("node %s: cannot publish its pods' readiness: %s", self.name, exc)
+            await self.refresh({})
+            if self.sync.model is not None and await self.controllers.tick(self.sync.model):
+                await self.refresh({})   # a rollout goes on
+            self.tell_peers()
+
+    def start_programs(self) -> None:
+        for pod in self.dp.ports.values():
+            self.programs.start(pod)
+
     def faults(self) -> dict:
         """What went wrong and was contained (status, metrics)."""
         stats = self.control_stats
@@ -434,7 +497,11 @@ class Node:
             file = load(self.file.source, manifests=self.file.manifests)
             if file.datastore != self.file.datastore:
                 raise ValueError("cluster.datastore needs a restart")
+            # the leader steps the workloads first: scaling takes effect in this reload
+            stepped = await self.controllers.tick(self.sync.build(file))
             summary = await self._apply_trying_lost(file)
+            if stepped:
+                self.tell_peers()
         except Exception as exc:   # ConfigError, ValueError; anything else is logged in full
             if not isinstance(exc, (ConfigError, ValueError)):
                 log.exception("node %s: reload failed", self.name)
@@ -455,12 +522,16 @@ class Node:
         if lost:
             await self.lost_changed()
         try:
-            return await self.pods.apply(self.sync.build(file).cluster)
+            return await self.pods.apply(lambda: self._model_of(file), file=file)
         except ValueError:
             if lost:
                 self.pods.lost |= lost
                 await self.lost_changed()
             raise
+
+    def _model_of(self, file: Cluster) -> Cluster:
+        self.sync.model = self.sync.build(file)
+        return self.sync.model.cluster
 
     async def refresh(self, _request: dict) -> dict:
         """Pods were attached or detached somewhere in the cluster (or here): read the store
@@ -658,6 +729,42 @@ class Node:
         return control.Stream({"ok": True, "node": self.name, "interfaces": sorted(names.values()),
                                "direction": direction}, chunks(), finish)
 
+    async def logs(self, request: dict):
+        """A pod's program output (`vrouter logs`): its last lines, or (follow) those and then
+        what it writes, until it ends or the client goes."""
+        try:
+            run = self.programs.run_of(str(request.get("pod")), request.get("container"))
+        except KeyError as exc:
+            return {"ok": False, "error": exc.args[0]}
+        tail = request.get("tail")
+        if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
+            return {"ok": False, "error": f"tail {tail!r}: a number of lines, 0 or more"}
+        ring = run.previous if request.get("previous") else run.logs
+        if ring is None:
+            return {"ok": False, "error": f"container {run.spec.name!r} of pod "
+                                          f"{run.pod.name!r} has not been restarted: it has "
+                                          "no previous run"}
+        header = {"ok": True, "pod": run.pod.name, "container": run.spec.name,
+                  "dropped": ring.dropped}
+        if not request.get("follow") or request.get("previous"):
+            return {**header, "lines": ring.tail(tail)}
+        follower = Follower()
+        backlog = ring.tail(tail)
+        ring.followers.add(follower)
+
+        async def chunks():
+            try:
+                if backlog:
+                    yield ("\n".join(backlog) + "\n").encode()
+                async for line in follower.receive:
+                    yield (line + "\n").encode()
+                if follower.dropped:
+                    yield (f"vrouter: {follower.dropped} lines were lost: this client read "
+                           "too slowly\n").encode()
+            finally:
+                ring.followers.discard(follower)
+        return control.Stream(header, chunks())
+
     async def metrics_text(self, _request: dict) -> dict:
         """The Prometheus exposition, as the HTTP endpoint would serve it (`vrouter metrics`)."""
         text = await trio.to_thread.run_sync(self.metrics.text)
@@ -728,6 +835,9 @@ class Node:
                 self.nursery = nursery
                 # before the control socket: an attach must not take a restored pod's address
                 await self.restore()
+                self.start_programs()
+                nursery.start_soon(self.supervised, self.publish_readiness)
+                nursery.start_soon(self.supervised, self.controllers.run)
                 nursery.start_soon(self.supervised, self.sync.run)
                 nursery.start_soon(self.supervised, self.registration.keep, self.store,
                                    self.sync)
@@ -743,7 +853,8 @@ class Node:
                                     "refresh": self.refresh, "attach": self.attach,
                                     "detach": self.detach, "check": self.check, "gc": self.gc,
                                     "capture": self.capture, "trace": self.trace,
-                                    "metrics": self.metrics_text, "flows": self.flows},
+                                    "metrics": self.metrics_text, "flows": self.flows,
+                                    "logs": self.logs},
                                    self.control_stats)
                 log.info("node %s up: %d pods, underlay %s:%d, address %s in %s", self.name,
                          len(self.dp.ports), self.node.underlay, self.cluster.overlay.port,

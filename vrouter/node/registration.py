@@ -59,6 +59,8 @@ class Registration:
         self.lease = 0
         self.node: Node | None = None       # as registered
         self.lost_pods: tuple = ()
+        self.ready_pods: tuple = ()          # workloads.ready_key()s (vrouter.node.programs)
+        self.failing_pods: tuple = ()
         self.created = now_rfc3339()
         self.lease_lost = 0                 # times the lease had to be taken again
         self.revoked = False
@@ -69,7 +71,8 @@ class Registration:
         return any(n.name == self.name for n in self.file.nodes)
 
     def document(self) -> dict:
-        return live.node_document(self.node, self.lost_pods, self.created)
+        return live.node_document(self.node, self.lost_pods, self.created, self.ready_pods,
+                                  self.failing_pods)
 
     def value(self) -> bytes:
         return json.dumps(self.document(), sort_keys=True).encode()
@@ -266,7 +269,7 @@ class Registration:
         self.last_error = None
 
     async def update(self, store: Store) -> None:
-        """Write the registration again (its lost pods changed)."""
+        """Write the registration again (its lost, ready or failing pods changed)."""
         await store.put(NODES + self.name, self.value(), self.lease)
 
     async def release(self, store: Store) -> None:

@@ -20,6 +20,7 @@ import trio
 
 import fastpath
 import vrouter
+from vrouter.model.workloads import ready_key
 from vrouter.node.tables import ip_to_int
 
 SNAPSHOT_MAX_AGE = 1.0   # seconds a scrape or a page may be served the last snapshot
@@ -70,15 +71,22 @@ def build(node) -> dict:
         "pid": os.getpid(),
         "uptime": round(time.time() - node.started, 1),
         "ready": node.ready,
+        "pods_ready": node.pods_ready,
         "underlay": f"{node.node.underlay}:{node.cluster.overlay.port}",
         "podCIDR": str(node.node.pod_cidr),
         "gateway": {"ip": str(node.node.gateway), "mac": node.node.gateway_mac},
         "vtepMAC": node.node.vtep_mac,
         "ports": [{"port": k, "pod": pod.name, "namespace": pod.namespace, "netns": pod.netns,
                    "tap": f"{pod.ifname} (ifindex {node.pods.ports[k].ifindex} in {pod.netns})",
-                   "mac": pod.mac, "ip": str(pod.ip),
+                   "mac": pod.mac, "ip": str(pod.ip), "owner": pod.owner or None,
+                   "workload": pod.workload or None,
+                   "ready": ready_key(pod.name, pod.revision) in node.ready_pods,
+                   "terminating": k in node.pods.terminating,
+                   "programs": node.programs.status(pod.name),
                    **(node.datapath.traffic(k) if node.datapath else {})}
                   for k, pod in sorted(dp.ports.items()) if k in node.pods.ports],
+        "workloads": {"leader": node.controllers.leading,
+                      "progress": node.controllers.progress()},
         "fdb": sorted(fdb, key=lambda e: (e["port"], e["mac"])),
         "arp": neighbours,
         "outside": _outside(node),

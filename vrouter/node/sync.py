@@ -129,15 +129,17 @@ class Sync:
         return news
 
     async def apply(self) -> dict:
-        """The model of the known keys, served (only what differs changes)."""
-        model = self.build()
-        if await self._allocate(model):
-            model = self.build()   # with the addresses just given
-        self.model = model
-        if model.cluster == self.node.cluster:
-            return {"unchanged": True}
-        self.applied += 1
-        return await self.node.pods.apply(model.cluster)
+        """The model of the known keys, served (only what differs changes). It is made again
+        once the node's change before is done (a reload's new file, readiness)."""
+        def make():
+            self.model = self.build()
+            return self.model.cluster
+        summary = await self.node.pods.apply(make, skip_unchanged=True)
+        if await self._allocate(self.model):   # with the addresses just given
+            summary = await self.node.pods.apply(make, skip_unchanged=True)
+        if not summary.get("unchanged"):
+            self.applied += 1
+        return summary
 
     async def apply_safely(self) -> None:
         """apply(), for the watch: a refused model (ValueError) or a bug keeps the running one."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from vrouter.host import state
 from vrouter import ui
 from vrouter.model import addressing
-from vrouter.ops import control, flows, kubectl, logs, observe
+from vrouter.ops import control, flows, kubectl, logs, observe, podlogs
 from vrouter.ops.common import (
     EXIT_CONFIG, EXIT_HOST, ask, cluster_arg, default_config, load_cluster,
     store_items, unknown_node,
@@ -157,7 +157,12 @@ def cmd_check(args) -> int:
         print(f"  node {node.name:<11} address {str(node.address):<15} podCIDR {node.pod_cidr}  "
               f"underlay {node.underlay}")
     for pod in cluster.pods:
-        print(f"  {pod.name:<16} {pod.node:<10} {str(pod.ip):<15} {pod.mac}  netns {pod.netns}")
+        print(f"  {pod.name:<16} {pod.node:<10} {str(pod.ip):<15} {pod.mac}  netns {pod.netns}"
+              + (f"  ({pod.owner})" if pod.owner else ""))
+        for c in pod.containers:
+            if c.runs:
+                print(f"      runs {' '.join(c.argv)}"
+                      + (f"  (readiness: {c.readiness.describe()})" if c.readiness else ""))
     for svc in cluster.services:
         address = (f"-> {svc.external_name} (DNS CNAME)" if svc.external_name
                    else svc.cluster_ip or "None (headless)")
@@ -397,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     flows.add_parser(sub)
     ui.add_parser(sub)
     kubectl.add_parsers(sub)
+    podlogs.add_parser(sub)
 
     p = sub.add_parser("check", help="validate a cluster file and show the pods' addresses")
     p.add_argument("config")

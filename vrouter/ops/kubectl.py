@@ -33,10 +33,24 @@ KINDS = {   # what get and delete take, as kubectl spells them
     "services": "Service", "service": "Service", "svc": "Service",
     "networkpolicies": "NetworkPolicy", "networkpolicy": "NetworkPolicy", "netpol": "NetworkPolicy",
     "namespaces": "Namespace", "namespace": "Namespace", "ns": "Namespace",
+    "deployments": "Deployment", "deployment": "Deployment", "deploy": "Deployment",
+    "replicasets": "ReplicaSet", "replicaset": "ReplicaSet", "rs": "ReplicaSet",
+    "statefulsets": "StatefulSet", "statefulset": "StatefulSet", "sts": "StatefulSet",
+    "daemonsets": "DaemonSet", "daemonset": "DaemonSet", "ds": "DaemonSet",
 }
 RESOURCE = {"Node": "node", "Pod": "pod", "Service": "service",
-            "NetworkPolicy": "networkpolicy.networking.k8s.io", "Namespace": "namespace"}
-API_VERSION = {"NetworkPolicy": "networking.k8s.io/v1"}
+            "NetworkPolicy": "networkpolicy.networking.k8s.io", "Namespace": "namespace",
+            "Deployment": "deployment.apps", "ReplicaSet": "replicaset.apps",
+            "StatefulSet": "statefulset.apps", "DaemonSet": "daemonset.apps"}
+API_VERSION = {"NetworkPolicy": "networking.k8s.io/v1", "Deployment": "apps/v1",
+               "ReplicaSet": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1"}
+WORKLOAD_KINDS = ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet")
+
+
+def kind_of(parsed: list) -> str:
+    """The kind of a check_object result (a workload's is its own: Deployment, ...)."""
+    kind, obj = parsed[0]
+    return obj.kind if kind == "Workload" else kind
 
 
 def _file_mode(cluster, command: str) -> int:
@@ -97,7 +111,7 @@ def read_manifests(paths: list[str]) -> list[tuple[str, dict, list]]:
                 items = [(f"{where}.items[{k}]", item) for k, item in enumerate(raw)]
             for at, item in items:
                 parsed = config.check_object(reader, item, at, file)
-                kind = parsed[0][0]
+                kind = kind_of(parsed)
                 if kind not in OBJECT_KINDS:
                     reader.fail(f"{at}.kind", f"{kind!r} cannot be applied")
                 clean = _normal(item, kind)
@@ -227,7 +241,7 @@ def _plan(cluster, items: dict, wanted: list) -> tuple[dict, list[str]]:
     _check_pod_names(model, docs)
     puts, outcome = {}, []
     for key, doc, parsed, old in docs:
-        kind = parsed[0][0]
+        kind = kind_of(parsed)
         name = RESOURCE[kind] + "/" + doc["metadata"]["name"]
         if old is not None and _same(old, doc):
             outcome.append(f"{name} unchanged")
@@ -273,7 +287,8 @@ def cmd_get(args) -> int:
     kind = KINDS.get(args.kind.lower())
     if kind is None:
         print(f"vrouter: the server doesn't have a resource type {args.kind!r} (vrouter has "
-              "nodes, pods, services, networkpolicies, namespaces)", file=sys.stderr)
+              "nodes, pods, services, networkpolicies, namespaces, deployments, replicasets, "
+              "statefulsets, daemonsets)", file=sys.stderr)
         return EXIT_CONFIG
     cluster = _open(args, "get")
     model = live.build(cluster, _items(cluster))
@@ -315,9 +330,15 @@ COLUMNS = {"Node": ["NAME", "STATUS", "AGE", "PODCIDR", "INTERNAL-IP"],
            "Pod": ["NAME", "STATUS", "AGE", "IP", "NODE"],
            "Service": ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
            "NetworkPolicy": ["NAME", "POD-SELECTOR", "AGE"],
-           "Namespace": ["NAME", "STATUS", "AGE"]}
-WIDE = {"Node": ["EXTERNAL-IP", "VTEP-MAC", "SOURCE"], "Pod": ["MAC", "NETNS", "SOURCE"],
-        "Service": ["SELECTOR"], "NetworkPolicy": ["POLICY-TYPES"], "Namespace": ["LABELS"]}
+           "Namespace": ["NAME", "STATUS", "AGE"],
+           "Deployment": ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+           "ReplicaSet": ["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+           "StatefulSet": ["NAME", "READY", "AGE"],
+           "DaemonSet": ["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE",
+                         "AGE"]}
+WIDE = {"Node": ["EXTERNAL-IP", "VTEP-MAC", "SOURCE"], "Pod": ["MAC", "NETNS", "OWNER", "SOURCE"],
+        "Service": ["SELECTOR"], "NetworkPolicy": ["POLICY-TYPES"], "Namespace": ["LABELS"],
+        **{k: ["SELECTOR", "SOURCE"] for k in WORKLOAD_KINDS}}
 
 
 def age(timestamp: str | None) -> str:
@@ -365,6 +386,8 @@ def _rows(kind: str, cluster, model) -> list[dict]:
         return rows
     if kind == "Pod":
         return _pod_rows(cluster, model)
+    if kind in WORKLOAD_KINDS:
+        return _workload_rows(kind, cluster, model)
     if kind == "Service":
         rows = []
         for svc in c.services:
@@ -422,6 +445,39 @@ def _rows(kind: str, cluster, model) -> list[dict]:
     return rows
 
 
+def _workload_rows(kind: str, cluster, model) -> list[dict]:
+    """Workloads of the file and the store, with what their controllers made so far."""
+    from vrouter.model import controllers
+    rows = []
+    for w in model.cluster.workloads:
+        if w.kind != kind:
+            continue
+        key = object_key(kind, w.name, w.namespace)
+        doc = model.objects.get(key)
+        p = controllers.progress(w, model.revisions.get(w.key), model.ready)
+        desired = p["desired"] if p["desired"] is not None else p["pods"]
+        obj = json.loads(json.dumps(doc)) if doc else {
+            "apiVersion": "apps/v1", "kind": kind,
+            "metadata": {"name": w.name, "namespace": w.namespace},
+            "spec": {"selector": {"matchLabels": dict(w.selector.match_labels)},
+                     "template": w.template}}
+        obj["status"] = {"replicas": p["pods"], "updatedReplicas": p["updated"],
+                         "readyReplicas": p["available"], "availableReplicas": p["available"]}
+        rows.append({"name": w.name, "namespace": w.namespace, "NAMESPACE": w.namespace,
+                     "READY": f"{p['available']}/{desired}", "UP-TO-DATE": p["updated"],
+                     "AVAILABLE": p["available"], "DESIRED": desired, "CURRENT": p["pods"],
+                     "AGE": age(_created(doc)), "SELECTOR": _selector(w.selector.match_labels),
+                     "SOURCE": "store" if doc else "file", "object": obj})
+    return rows
+
+
+def _owner_reference(pod) -> list[dict]:
+    if not pod.owner:
+        return []
+    kind, name = pod.owner.split("/", 1)
+    return [{"apiVersion": "apps/v1", "kind": kind, "name": name, "controller": True}]
+
+
 def _pod_rows(cluster, model) -> list[dict]:
     c = model.cluster
     rows = []
@@ -431,7 +487,8 @@ def _pod_rows(cluster, model) -> list[dict]:
         doc = model.objects.get(key)
         running = pod.node in model.running
         status = ("Pending" if pod.awaiting_cni else "Running") if running else "Unknown"
-        source = "store" if doc else ("file" if pod.name in file_pods else "attached")
+        source = "store" if doc else ("workload" if pod.workload else "file"
+                                      if pod.name in file_pods else "attached")
         obj = json.loads(json.dumps(doc)) if doc else {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod.name, "namespace": pod.namespace,
@@ -439,10 +496,15 @@ def _pod_rows(cluster, model) -> list[dict]:
             "spec": {"nodeName": pod.node}}
         obj["status"] = {**(obj.get("status") or {}), "phase": status,
                          "podIP": str(pod.ip), "podIPs": [{"ip": str(pod.ip)}]}
+        if pod.owner:
+            obj["metadata"]["ownerReferences"] = _owner_reference(pod)
+        if pod.gated:
+            obj["status"]["conditions"] = [{"type": "Ready",
+                                            "status": "True" if pod.ready else "False"}]
         rows.append({"name": pod.name, "namespace": pod.namespace, "NAMESPACE": pod.namespace,
                      "STATUS": status, "AGE": age(_created(doc)), "IP": str(pod.ip),
                      "NODE": pod.node, "MAC": pod.mac, "NETNS": pod.netns, "SOURCE": source,
-                     "object": obj})
+                     "OWNER": pod.owner or "<none>", "object": obj})
     waiting = [(key, doc, "Pending") for key, doc in model.pending]
     waiting += [(key, model.objects[key], "Pending") for key, _ in model.held]
     for key, doc, status in waiting:
@@ -465,7 +527,7 @@ def cmd_delete(args) -> int:
             print("vrouter: delete -f FILE takes no KIND NAME", file=sys.stderr)
             return EXIT_CONFIG
         try:
-            targets = [(key, parsed[0][0], doc["metadata"]["name"])
+            targets = [(key, kind_of(parsed), doc["metadata"]["name"])
                        for key, doc, parsed in read_manifests(args.filename)]
         except ConfigError as exc:
             print(f"vrouter: config error: {exc}; nothing was deleted", file=sys.stderr)
@@ -474,7 +536,8 @@ def cmd_delete(args) -> int:
         kind = KINDS.get((args.kind or "").lower())
         if kind is None or not args.name:
             print("vrouter: delete KIND NAME [-n NS] (KIND: pod, service, networkpolicy, "
-                  "namespace) or delete -f FILE", file=sys.stderr)
+                  "namespace, deployment, replicaset, statefulset, daemonset) or delete -f "
+                  "FILE", file=sys.stderr)
             return EXIT_CONFIG
         if kind == "Node":
             print("vrouter: a node leaves when it stops: `vrouter down` on its host, or its "
@@ -532,7 +595,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--cluster", required=True, metavar="CONFIG", help="the cluster file")
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("get", help="list nodes, pods, services, networkpolicies, namespaces")
+    p = sub.add_parser("get", help="list nodes, pods, services, networkpolicies, namespaces, "
+                       "deployments, replicasets, statefulsets, daemonsets")
     p.add_argument("kind")
     p.add_argument("name", nargs="?")
     p.add_argument("--cluster", required=True, metavar="CONFIG")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import fastpath
 import vrouter
-from vrouter.host import outside, state
+from vrouter.host import outside, programs, state
 from vrouter.ops import control, forkednodes, logs
 from vrouter.model.config import Cluster
 from vrouter.node.datapath import ensure_compiled
@@ -34,6 +34,7 @@ from vrouter.host.tap import HostError, check_host, remove_netns
 log = logging.getLogger("vrouter.up")
 
 STOP_GRACE = 15.0
+PODS_READY_TIMEOUT = 60.0   # seconds `up` waits for the pods' programs to be ready
 SUPERVISE_INTERVAL = 0.2   # seconds between two looks at the nodes
 EXIT_DATAPATH = 3          # a node's own code for "my data path failed" (vrouter.node.process)
 
@@ -140,6 +141,9 @@ def up(cluster: Cluster, timeout: float, policy: RestartPolicy | None = None) ->
         print(f"vrouter: cluster {cluster.name!r} already runs node(s) {', '.join(running)}; "
               f"`vrouter down {cluster.source}` stops it", file=sys.stderr)
         return 1
+    # no node of the cluster runs: what an earlier run's controllers recorded is stale (a new
+    # start begins from the file, as the same file always gives the same cluster)
+    _forget_workload_records(cluster)
     procs: dict[str, forkednodes.ForkedNode] = {}
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -225,7 +229,33 @@ def _wait_ready(cluster: Cluster, procs, timeout: float) -> bool:
                   file=sys.stderr)
             return False
         time.sleep(0.1)
+    _wait_pods_ready(cluster, procs)
     return True
+
+
+def _wait_pods_ready(cluster: Cluster, procs) -> None:
+    """Then the pods that have programs (or are a workload's): until they are ready, so that
+    a Service answers as soon as `up` says the cluster is up; one that is not ready after
+    PODS_READY_TIMEOUT is named (its program may be failing: see vrouter status)."""
+    deadline = time.monotonic() + PODS_READY_TIMEOUT
+    waiting: dict[str, list[str]] = {}
+    while time.monotonic() < deadline:
+        waiting = {}
+        for name in procs:
+            try:
+                status = control.request(state.socket_path(cluster.name, name), "status")
+            except (OSError, ValueError):
+                waiting[name] = ["(not answering)"]
+                continue
+            if not status.get("pods_ready", True):
+                waiting[name] = [p["pod"] for p in status["ports"]
+                                 if (p.get("owner") or p.get("programs")) and not p.get("ready")]
+        if not waiting:
+            return
+        time.sleep(0.1)
+    for name, pods in sorted(waiting.items()):
+        print(f"vrouter: node {name}: pod(s) {', '.join(pods)} not ready after "
+              f"{PODS_READY_TIMEOUT:.0f}s (`vrouter status` says why)", file=sys.stderr)
 
 
 def _stop(procs: dict[str, forkednodes.ForkedNode]) -> None:
@@ -273,6 +303,12 @@ def down(cluster: Cluster, quiet: bool = False) -> int:
         state.remove_traces(cluster.name, name)
         stopped.append(name)
     _release_attachments(cluster, stopped)
+    # what the nodes' programs left (children of programs of nodes killed with SIGKILL), and
+    # what the workload controllers recorded
+    left = programs.reap(cluster.name)
+    if left and not quiet:
+        print(f"stopped {left} leftover program process(es) of the cluster's pods")
+    _forget_workload_records(cluster)
     if outside.release(cluster) and not quiet:   # left behind by nodes killed with SIGKILL
         print(f"removed network namespace {cluster.outside_netns}")
     if launcher and launcher.get("pid") != os.getpid():
@@ -281,6 +317,14 @@ def down(cluster: Cluster, quiet: bool = False) -> int:
         state.forget_memory(cluster.name, name)   # the podCIDR it held: down is final
         state.remove_traces(cluster.name, name)   # and the directories, now empty
     return 0
+
+
+def _forget_workload_records(cluster: Cluster) -> None:
+    """With the file store the workload controllers' records end with the cluster (one
+    machine); in etcd they stay, as Kubernetes' ReplicaSets do (other hosts' nodes may run)."""
+    if cluster.datastore.type == "file":
+        from vrouter.store.filestore import FileStore
+        FileStore(cluster.name).remove_workloads()
 
 
 def _release_attachments(cluster: Cluster, stopped: list[str]) -> None:

@@ -5,6 +5,35 @@ from __future__ import annotations
 import time
 
 
+def _pod_lines(p: dict) -> list[str]:
+    """A pod's owner, readiness and programs, under its port line."""
+    lines = []
+    programs = p.get("programs")
+    if not p.get("owner") and not programs:
+        return lines
+    state = "leaving (draining)" if p.get("terminating") else \
+        "ready" if p.get("ready") else "not ready"
+    owner = f"owner {p['owner']}, " if p.get("owner") else ""
+    lines.append(f"           {owner}{state}")
+    for c in (programs or {}).get("containers", []):
+        what = c["state"] + (f" ({c['reason']})" if c["reason"] not in ("Started",) else "")
+        if c["pid"]:
+            what += f" pid {c['pid']}"
+        if c["next_start_in"] is not None:
+            what += f", next start in {c['next_start_in']:g}s"
+        what += f", {c['restarts']} restarts"
+        last = c.get("last_exit")
+        if last and last["reason"] != "StartError":
+            what += f", last exit {last['signal'] or 'code ' + str(last['exit_code'])}"
+        lines.append(f"           container {c['name']}: {what}"
+                     + (", ready" if c["ready"] else ""))
+        if c.get("error"):
+            lines.append(f"             {c['error']}")
+        if c.get("probe"):
+            lines.append(f"             {c['probe']}")
+    return lines
+
+
 def _store(st: dict | None) -> list[str]:
     if not st:
         return []
@@ -43,6 +72,15 @@ def render(status: dict, show_zero: bool = False) -> str:
     for p in status["ports"]:
         lines.append(f"    {p['port']:>3}  {p['pod']:<16} {p['ip']:<15} {p['mac']}  {p['tap']}"
                      + (f"  {_frames(p)}" if "rx_frames" in p else ""))
+        lines += _pod_lines(p)
+    w = status.get("workloads") or {}
+    if w.get("progress"):
+        lines.append("  workloads" + (" (their controllers run on this node):" if w["leader"]
+                                      else ":"))
+        for p in w["progress"]:
+            desired = "" if p["desired"] is None else f"{p['desired']} desired, "
+            lines.append(f"    {p['workload']:<32} {desired}{p['pods']} pods, {p['updated']} up "
+                         f"to date, {p['available']} available")
     lines.append("  mac table:")
     for e in status["fdb"]:
         kind = "static" if e["static"] else f"learned {e['age']}s ago"

@@ -10,8 +10,12 @@ Keys are relative to the cluster (a store puts them under its own root), one obj
     nodes/NAME                  a running node's registration (a Kubernetes Node), leased
     subnets/10.244.3.0-24       the podCIDR a registered node holds (flannel's subnet lease)
     attachments/POD             a pod attached at runtime (vrouter attach, vrouter-cni)
-    pods/NS/NAME, services/NS/NAME, networkpolicies/NS/NAME, namespaces/NAME
+    pods/NS/NAME, services/NS/NAME, networkpolicies/NS/NAME, namespaces/NAME,
+    deployments/NS/NAME, replicasets/NS/NAME, statefulsets/NS/NAME, daemonsets/NS/NAME
                                 Kubernetes objects as `vrouter apply` wrote them (JSON)
+    workloads/KIND/NS/NAME      what the workload controllers have made of a workload so far
+                                (its revisions: vrouter.model.revisions), written by the node
+                                that leads them (vrouter.node.controllers)
 """
 from __future__ import annotations
 
@@ -22,9 +26,12 @@ from typing import AsyncIterator
 NODES = "nodes/"
 SUBNETS = "subnets/"
 ATTACHMENTS = "attachments/"
+WORKLOADS = "workloads/"
 # kind -> (key prefix, namespaced): the objects `vrouter apply` writes
 OBJECT_KINDS = {"Pod": ("pods/", True), "Service": ("services/", True),
-                "NetworkPolicy": ("networkpolicies/", True), "Namespace": ("namespaces/", False)}
+                "NetworkPolicy": ("networkpolicies/", True), "Namespace": ("namespaces/", False),
+                "Deployment": ("deployments/", True), "ReplicaSet": ("replicasets/", True),
+                "StatefulSet": ("statefulsets/", True), "DaemonSet": ("daemonsets/", True)}
 
 
 def object_key(kind: str, name: str, namespace: str | None = None) -> str:

@@ -4,6 +4,8 @@
     attachments/POD  <->  pods/POD.json, created exclusively (O_EXCL): a pod name is claimed once
     nodes/NODE       <->  NODE.json, the node's record (vrouter.host.state), listed only while
                           the process it names runs: the process is the lease
+    workloads/KIND/NS/NAME  <->  workloads/KIND.NS.NAME.json, the workload controllers' record
+                          (vrouter.model.revisions)
 
 It keeps no Kubernetes objects (they live in the cluster file: edit it and `vrouter reload`).
 A watch reads the records again every POLL_INTERVAL seconds, or at once when poked (a node that
@@ -20,7 +22,7 @@ import trio
 
 from vrouter.host import state
 from vrouter.store.base import (
-    ATTACHMENTS, NODES, Change, Compacted, Item, Refused, Snapshot, Store,
+    ATTACHMENTS, NODES, WORKLOADS, Change, Compacted, Item, Refused, Snapshot, Store,
 )
 
 POLL_INTERVAL = 2.0
@@ -46,6 +48,9 @@ class FileStore(Store):
     def pods_dir(self) -> Path:
         return self.root / "pods"
 
+    def workloads_dir(self) -> Path:
+        return self.root / "workloads"
+
     # --- reading ------------------------------------------------------------------------------
 
     def read(self, prefix: str = "") -> dict[str, Item]:
@@ -54,6 +59,8 @@ class FileStore(Store):
             items.update(self._attachments())
         if NODES.startswith(prefix) or prefix.startswith(NODES):
             items.update(self._nodes())
+        if WORKLOADS.startswith(prefix) or prefix.startswith(WORKLOADS):
+            items.update(self._workloads())
         return {k: v for k, v in items.items() if k.startswith(prefix)}
 
     def _attachments(self) -> dict[str, Item]:
@@ -71,6 +78,46 @@ class FileStore(Store):
                 continue
             found[ATTACHMENTS + name[:-len(".json")]] = Item(ATTACHMENTS + name[:-5], value)
         return found
+
+    def _workloads(self) -> dict[str, Item]:
+        found = {}
+        try:
+            names = sorted(os.listdir(self.workloads_dir()))
+        except FileNotFoundError:
+            return found
+        for name in names:
+            if not name.endswith(".json") or name.count(".") != 3:
+                continue
+            try:
+                value = (self.workloads_dir() / name).read_bytes()
+            except OSError:
+                continue
+            key = WORKLOADS + name[:-len(".json")].replace(".", "/")
+            found[key] = Item(key, value)
+        return found
+
+    def _workload_path(self, key: str) -> Path:
+        parts = key[len(WORKLOADS):].split("/")
+        if len(parts) != 3 or not all(parts) or any("." in p or p.startswith("-")
+                                                    for p in parts):
+            raise Refused(f"{key!r} names no workload record (workloads/KIND/NAMESPACE/NAME)")
+        return self.workloads_dir() / (".".join(parts) + ".json")
+
+    def remove_workloads(self) -> int:
+        """Every workload record (`vrouter up` of a cluster none of whose nodes runs starts
+        from the file, `down` forgets them); how many there were."""
+        gone = 0
+        for key in self._workloads():
+            try:
+                self._workload_path(key).unlink()
+                gone += 1
+            except (FileNotFoundError, Refused):
+                pass
+        try:
+            self.workloads_dir().rmdir()
+        except OSError:
+            pass
+        return gone
 
     def _nodes(self) -> dict[str, Item]:
         found = {}
@@ -169,9 +216,12 @@ class FileStore(Store):
                                 **state.identity())
             self.poke()
             return self.generation
-        if not key.startswith(ATTACHMENTS):
+        if key.startswith(WORKLOADS):
+            path = self._workload_path(key)
+        elif key.startswith(ATTACHMENTS):
+            path = self._attachment_path(key)
+        else:
             raise Refused(REFUSAL)
-        path = self._attachment_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(value)
@@ -180,6 +230,13 @@ class FileStore(Store):
         return self.generation
 
     async def delete(self, key: str) -> bool:
+        if key.startswith(WORKLOADS):
+            try:
+                self._workload_path(key).unlink()
+            except FileNotFoundError:
+                return False
+            self.poke()
+            return True
         if not key.startswith(ATTACHMENTS):
             if key.startswith(NODES):
                 return False   # a node's record goes when the node stops
