@@ -3,7 +3,7 @@ on configs/policies.yaml running with unique names. The map shows every node and
 connection reaches the flow table within 2 s; a policy drop is red with the policy's name; the
 trace form names the backend; nothing the cluster says becomes HTML; only GET is served; the
 browser's console has no errors. The README's screenshots are made here: set
-VROUTER_SCREENSHOTS=docs/screenshots to write them there (else into the test's tmp dir)."""
+VROUTER_SCREENSHOTS=tests/system/screenshots to write them there (else into the test's tmp dir)."""
 import os
 import subprocess
 import sys
