@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,6 +175,29 @@ def measure_scale(tmp: Path, nodes: int, pods: int) -> dict:
             "idle_cpu_cores": idle, "pairs": len(pairs), "pairs_answered": answered}
 
 
+def measure_start(tmp: Path) -> dict:
+    """`vrouter up` of 2 nodes x 2 pods to "is up": first with an empty numba cache (as after
+    an install: the launcher compiles the fast path, printing its progress), then again with
+    that cache (every later start)."""
+    cache = Path(tempfile.mkdtemp(prefix="vrouter-bench-cache-"))
+    try:
+        seconds = []
+        for _ in range(2):
+            cluster = Cluster(tmp, pods_per_node=(2, 2))
+            start = time.monotonic()
+            cluster.start(env={"NUMBA_CACHE_DIR": str(cache)}, timeout=900)
+            seconds.append(time.monotonic() - start)
+            cluster.stop()
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return {"first_seconds": seconds[0], "later_seconds": seconds[1]}
+
+
+def start_row(s: dict) -> str:
+    return (f"{'start':<26} 2 nodes x 2 pods: first `vrouter up` (empty numba cache) ready in "
+            f"{s['first_seconds']:.1f} s; later starts {s['later_seconds']:.1f} s")
+
+
 def scale_row(s: dict) -> str:
     return (f"{'scale':<26} {s['nodes']} nodes x {s['pods'] // s['nodes']} pods: ready in "
             f"{s['ready_seconds']:.1f} s; per node process {s['pss_mib_per_node']:.0f} MiB PSS "
@@ -222,7 +246,13 @@ def main() -> int:
                         "of a Service to a first connection from every node, and an idle "
                         "node's etcd requests (benchmarks/apply.py)")
     parser.add_argument("--scale-only", action="store_true", help="only the scale row")
+    parser.add_argument("--start", action="store_true", help="also the start row: the first "
+                        "`vrouter up` from an empty numba cache (a minute or more), and a later one")
+    parser.add_argument("--start-only", action="store_true", help="only the start row")
     args = parser.parse_args()
+    if args.start_only:
+        print(start_row(measure_start(Path(tempfile.mkdtemp(prefix="vrouter-bench-")))))
+        return 0
     if args.scale_only:
         nodes, per_node = (int(x) for x in args.scale.split("x"))
         tmp = Path(tempfile.mkdtemp(prefix="vrouter-bench-"))
@@ -264,6 +294,8 @@ def main() -> int:
     if not args.no_scale:
         nodes, per_node = (int(x) for x in args.scale.split("x"))
         extra["scale"] = measure_scale(tmp, nodes, per_node)
+    if args.start:
+        extra["start"] = measure_start(tmp)
     if args.apply:
         from benchmarks import apply
         extra["apply"] = apply.measure()
@@ -273,6 +305,8 @@ def main() -> int:
     print(table(results, extra))
     if "scale" in extra:
         print(scale_row(extra["scale"]))
+    if "start" in extra:
+        print(start_row(extra["start"]))
     slirp = extra["slirp4netns TCP Gbit/s"]
     if slirp is not None:
         vr = results["same-node TCP"].get("vrouter")

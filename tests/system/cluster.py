@@ -140,14 +140,14 @@ class Cluster:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, python_flags: tuple[str, ...] = (), up_args: tuple[str, ...] = ()
-              ) -> "Cluster":
+    def start(self, python_flags: tuple[str, ...] = (), up_args: tuple[str, ...] = (),
+              env: dict | None = None, timeout: float | None = None) -> "Cluster":
         # started as a user would, from the file's directory with a relative path: commands
         # that name the running cluster from elsewhere must still find its file
         self.proc = subprocess.Popen([sys.executable, *python_flags, "-m", "vrouter", "up",
                                       self.path.name, *up_args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     cwd=self.path.parent, env=child_env())
+                                     cwd=self.path.parent, env={**child_env(), **(env or {})})
         self.lines: list[str] = []   # what up (and its nodes) wrote, as it comes
         is_up = threading.Event()
 
@@ -159,7 +159,7 @@ class Cluster:
         self.reader = threading.Thread(target=read, daemon=True)
         self.reader.start()
         # up says so once every node is ready, and from then on it supervises them
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + (timeout or READY_TIMEOUT)
         while not is_up.wait(0.05):
             if self.proc.poll() is not None:
                 self.reader.join(10)
