@@ -20,6 +20,7 @@ even that for the reply of a request; see the README's latency notes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -393,6 +394,30 @@ def compile_fast_path() -> None:
             s.close()
 
 
+PROGRESS_EVERY = 10.0   # seconds between two "still compiling" lines
+
+
+@contextlib.contextmanager
+def _progress(start: float):
+    """A line every PROGRESS_EVERY seconds while the block runs (numba says nothing while it
+    compiles); the thread is gone when the block ends, as `vrouter up` forks its nodes after."""
+    import sys
+    import time
+    done = threading.Event()
+
+    def tick():
+        while not done.wait(PROGRESS_EVERY):
+            print(f"vrouter: still compiling ({time.monotonic() - start:.0f} s)", file=sys.stderr,
+                  flush=True)
+    ticker = threading.Thread(target=tick, name="compile-progress", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+
+
 def ensure_compiled() -> None:
     """Compile the fast path now unless this source's is in numba's cache already; say so, as
     the first start takes about a minute."""
@@ -405,7 +430,11 @@ def ensure_compiled() -> None:
         print("vrouter: compiling the fast path (first start only, about a minute)...",
               file=sys.stderr, flush=True)
     start = time.monotonic()
-    compile_fast_path()
+    if fresh:
+        with _progress(start):
+            compile_fast_path()
+    else:
+        compile_fast_path()
     if fresh:
         print(f"vrouter: fast path compiled in {time.monotonic() - start:.0f} s", file=sys.stderr,
               flush=True)
