@@ -26,6 +26,7 @@ from tests.fastpath.test_gso import (
     A_IP, A_MAC, B_IP, B_MAC, GW_A, REMOTE_IP, UNDERLAY_A, overlay_train, superframe,
 )
 from tests.fastpath.test_services import SERVICE, VIP
+from tests.harness import load_datagrams, load_frames, process
 from vrouter.model import config
 from vrouter.node.dataplane import Dataplane
 
@@ -72,15 +73,15 @@ def time_forward(dp: Dataplane, how, repeat: int) -> tuple[float, int]:
 
 def load_tap(port, reads):
     """TAP reads: virtio-net header + frame."""
-    return lambda dp: dp.load_frames([(port, r[10:], r[:10]) for r in reads])
+    return lambda dp: load_frames(dp, [(port, r[10:], r[:10]) for r in reads])
 
 
 def load_plain(port, frames):
-    return lambda dp: dp.load_frames([(port, f, bytes(10)) for f in frames])
+    return lambda dp: load_frames(dp, [(port, f, bytes(10)) for f in frames])
 
 
 def load_overlay(rows):
-    return lambda dp: dp.load_datagrams([(UNDERLAY_A, datagrams) for datagrams in rows])
+    return lambda dp: load_datagrams(dp, [(UNDERLAY_A, datagrams) for datagrams in rows])
 
 
 def main() -> int:
@@ -99,7 +100,7 @@ def main() -> int:
                       / IP(src=A_IP, dst=REMOTE_IP, ttl=63) / UDP(sport=1000 + k, dport=5201)
                       / (b"x" * 18))] for k in range(64)]
     # established service flows first, so the timed runs hit conntrack
-    node_a.process([(0, small(VIP, GW_A, "tcp", 2000 + k)) for k in range(64)])
+    process(node_a, [(0, small(VIP, GW_A, "tcp", 2000 + k)) for k in range(64)])
     scenarios = [
         ("bridged, 64 x 64 B", node_a, load_plain(0, [small(B_IP, B_MAC)] * 64)),
         ("routed to a local pod, 64 x 64 B", node_a, load_plain(0, [small(B_IP, GW_A)] * 64)),

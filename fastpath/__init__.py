@@ -4,7 +4,9 @@ arrays out, no I/O) and the node's compiled I/O edge (fastpath.io).
 numba's on-disk cache (cache=True) checks only the source file of the function it compiled, not
 the files of the functions that one calls: after an edit of a stage, `forward` would keep the
 old stage compiled into it. So the cache lives in a directory named after a hash of every
-source file here (stages/ included), and any edit starts a fresh one.
+source file here (stages/ included), and any edit starts a fresh one. A build with bounds
+checks (NUMBA_BOUNDSCHECK=1, as the fuzz tests run it) is other machine code from the same
+sources, and numba's index would not tell them apart: it has a directory of its own.
 """
 import hashlib
 import shutil
@@ -22,16 +24,18 @@ def _cache_dir() -> str:
     for source in sorted(here.rglob("*.py")):
         digest.update(str(source.relative_to(here)).encode() + b"\0" + source.read_bytes())
     base = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else here / "__pycache__"
-    current = base / f"numba-{digest.hexdigest()[:16]}"
-    _prune(base, current)
+    sources = f"numba-{digest.hexdigest()[:16]}"
+    current = base / (sources + ("-boundscheck" if numba.config.BOUNDSCHECK else ""))
+    _prune(base, sources)
     return str(current)
 
 
-def _prune(base: Path, current: Path) -> None:
-    """Caches of earlier sources pile up with every edit: remove those untouched for an hour."""
+def _prune(base: Path, sources: str) -> None:
+    """Caches of earlier sources pile up with every edit: remove those untouched for an hour
+    (those of these sources, with or without bounds checks, stay)."""
     try:
         for old in base.glob("numba-*"):
-            if old != current and time.time() - old.stat().st_mtime > STALE_AFTER:
+            if not old.name.startswith(sources) and time.time() - old.stat().st_mtime > STALE_AFTER:
                 shutil.rmtree(old, ignore_errors=True)
     except OSError:
         pass   # a read-only install: nothing to tidy

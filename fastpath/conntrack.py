@@ -495,7 +495,7 @@ def timeout_of(recs, rec):
         if state == TCP_ESTABLISHED and not recs[rec, C_FLAGS] & F_ASSURED:
             return T_TCP_UNASSURED
         return TCP_TIMEOUTS[state]
-    if proto == 17:
+    if proto == 17 or proto == 132:   # SCTP, followed for NetworkPolicy only: as UDP
         return T_UDP_REPLIED if recs[rec, C_FLAGS] & F_SEEN_REPLY else T_UDP_UNREPLIED
     return T_ICMP
 
@@ -515,7 +515,7 @@ def track(ct, rec, direction, buf, row, ip, now):
     recs[rec, C_BYTES_O + 2 * direction] += total
     if direction == 1 and not recs[rec, C_FLAGS] & F_SEEN_REPLY:
         recs[rec, C_FLAGS] |= F_SEEN_REPLY
-        if proto == 17:
+        if proto == 17 or proto == 132:
             recs[rec, C_FLAGS] |= F_ASSURED   # UDP: an answer makes it a real exchange
     recs[rec, C_EXPIRES] = now + timeout_of(recs, rec)
     return PASS

@@ -57,6 +57,7 @@ SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
 IOV_MAX = 1024
+HUNG_UP = -1          # read_tap: the fd has nothing to read, ever again (EOF or an error)
 
 # kernel structure sizes, in 8-byte words
 MMSG_WORDS = 8        # struct mmsghdr: msghdr (56 bytes) + msg_len, padded
@@ -155,8 +156,9 @@ def _capture(io, port, sent, buf, row, start, length):
 @njit(cache=True, _nrt=False)
 def read_tap(fd, port, frames, io, counters):
     """Read up to a batch of frames (each behind its virtio-net header) from a TAP, one per row,
-    into meta rows 0..n-1; returns n, or -1 when the first read fails with anything but EAGAIN
-    (the device is gone: a read then fails forever and epoll reports the fd forever)."""
+    into meta rows 0..n-1; returns n, or HUNG_UP when there was nothing to read and never will
+    be: end of file (the other end closed) or an error other than EAGAIN (a TAP whose device is
+    gone: a read then fails for ever, and epoll reports the fd ready for ever)."""
     buf, meta = frames.buf, frames.meta
     base = buf.ctypes.data
     room = SLOT - HEADROOM + VNET_HDR_LEN
@@ -164,10 +166,8 @@ def read_tap(fd, port, frames, io, counters):
     while n < buf.shape[0]:
         got = c_read(fd, base + n * SLOT + HEADROOM - VNET_HDR_LEN, room)
         if got <= 0:
-            if got < 0 and n == 0:
-                err = _errno()
-                if err != EAGAIN and err != EINTR:
-                    return -1
+            if n == 0 and (got == 0 or (_errno() != EAGAIN and _errno() != EINTR)):
+                return HUNG_UP
             break
         counters[R_RX_SYSCALLS] += 1
         h = HEADROOM - VNET_HDR_LEN
@@ -467,7 +467,7 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
             elif port >= 0:
                 n = read_tap(fd, port, frames, io, counters)
                 # the pod's netns went: Python stops polling the fd and detaches the pod
-                if n < 0 or (n == 0 and events[e * stride] & (EPOLLERR | EPOLLHUP)):
+                if n == HUNG_UP or (n == 0 and events[e * stride] & (EPOLLERR | EPOLLHUP)):
                     state[ST_GONE_PORT] = port
                     return WHY_PORT_GONE
             else:

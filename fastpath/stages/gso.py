@@ -42,6 +42,8 @@ def space_needed(buf, meta, i):
         return 0, 0
     segments = (payload + mss - 1) // mss
     datagram = VXLAN_HEADER_LEN + headers + mss
+    if datagram > UDP_PAYLOAD_MAX:   # no segment fits a datagram: it is never segmented (MTU)
+        return 0, 0
     per_train = min(TRAIN_MAX_SEGMENTS, UDP_PAYLOAD_MAX // datagram)
     return payload + segments * (VXLAN_HEADER_LEN + headers), (segments + per_train - 1) // per_train
 

@@ -169,7 +169,7 @@ def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack)
     else:
         l4 = ip + np.int64(buf[row, ip] & 0x0F) * 4
         end = ip + read16(buf, row, ip + 2)
-        if (proto == 6 or proto == 17) and l4 + 4 <= end:
+        if (proto == 6 or proto == 17 or proto == 132) and l4 + 4 <= end:   # SCTP: same ports
             sport, dport = read16(buf, row, l4), read16(buf, row, l4 + 2)
         elif proto == 1 and l4 + 8 <= end and (buf[row, l4] == 8 or buf[row, l4] == 0):
             sport, dport = echo_ports(buf[row, l4], read16(buf, row, l4 + 4))

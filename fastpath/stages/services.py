@@ -316,6 +316,22 @@ def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, ct):
 
 
 @njit(cache=True, _nrt=False)
+def _sctp(buf, meta, i, row, ip, frag, now, ct):
+    """An SCTP packet of a connection NetworkPolicy follows: tracked (its replies pass), never
+    rewritten: vrouter's Services carry TCP and UDP."""
+    l4 = ip + np.int64(buf[row, ip] & 0x0F) * 4
+    if (frag & 0x1FFF) != 0 or l4 + 4 > ip + read16(buf, row, ip + 2):
+        return NAT_PASS
+    k0, k1 = tuple_key(read32(buf, row, ip + 12), read32(buf, row, ip + 16), 132,
+                       read16(buf, row, l4), read16(buf, row, l4 + 2))
+    rec, direction = lookup(ct, k0, k1, now)
+    if rec >= 0:
+        track(ct, rec, direction, buf, row, ip, now)
+        meta[i, M_FLOW] = FLOW_ESTABLISHED
+    return NAT_PASS
+
+
+@njit(cache=True, _nrt=False)
 def nat(buf, meta, i, now, params, counters, services, ct):
     """Translate frame i's IPv4 packet if it belongs to a Service or masqueraded connection (see
     NAT_*), and note in M_FLOW what conntrack knows of its connection.
@@ -333,6 +349,8 @@ def nat(buf, meta, i, now, params, counters, services, ct):
         if (frag & 0x3FFF) != 0:
             return NAT_PASS
         return icmp(buf, meta, i, row, ip, from_pod, now, params, counters, ct)
+    if proto == 132:   # SCTP: never translated, but followed for NetworkPolicy
+        return _sctp(buf, meta, i, row, ip, frag, now, ct)
     if proto != 6 and proto != 17:
         return NAT_PASS
     offset = frag & 0x1FFF

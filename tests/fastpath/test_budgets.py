@@ -5,6 +5,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from fastpath.budgets import DEST_BUDGET, NODE_BUDGET, PORT_BUDGET, icmp_allows
 from fastpath.reasons import R_BUDGET_EVICTED
+from tests.harness import process
 from vrouter.model import config
 from vrouter.node.dataplane import Dataplane
 
@@ -34,13 +35,13 @@ def arp_request(mac, ip, target=GW_IP):
 def test_an_arp_flood_from_one_pod_spends_its_own_budget_only():
     dp, clock = make()
     flood = [(0, arp_request(A_MAC, A_IP))] * (PORT_BUDGET + 500)
-    answers = dp.process(flood)
+    answers = process(dp, flood)
     assert len(answers) == PORT_BUDGET
     assert dp.counter_dict()["drop_slow_path_budget"] == 500
-    ((port, frame),) = dp.process([(1, arp_request(B_MAC, B_IP))])   # the other pod: answered
+    ((port, frame),) = process(dp, [(1, arp_request(B_MAC, B_IP))])   # the other pod: answered
     assert port == 1 and Ether(frame)[ARP].op == 2 and Ether(frame)[ARP].psrc == GW_IP
     clock.now += 1   # and a new second brings a new budget
-    assert len(dp.process([(0, arp_request(A_MAC, A_IP))])) == 1
+    assert len(process(dp, [(0, arp_request(A_MAC, A_IP))])) == 1
 
 
 def unroutable(src_mac=A_MAC, src=A_IP, dst="10.244.9.9", sport=1):
@@ -49,14 +50,14 @@ def unroutable(src_mac=A_MAC, src=A_IP, dst="10.244.9.9", sport=1):
 
 def test_icmp_errors_are_limited_per_destination():
     dp, clock = make()
-    out = dp.process([(0, unroutable(sport=k)) for k in range(100)])
+    out = process(dp, [(0, unroutable(sport=k)) for k in range(100)])
     errors = [Ether(f) for _p, f in out]
     assert len(errors) == DEST_BUDGET
     assert all(e[ICMP].type == 3 and e[ICMP].code == 0 and e[IP].dst == A_IP for e in errors)
     assert dp.counter_dict()["drop_icmp_ratelimited"] == 100 - DEST_BUDGET
-    assert len(dp.process([(1, unroutable(B_MAC, B_IP))])) == 1   # another destination
+    assert len(process(dp, [(1, unroutable(B_MAC, B_IP))])) == 1   # another destination
     clock.now += 1
-    assert len(dp.process([(0, unroutable())])) == 1
+    assert len(process(dp, [(0, unroutable())])) == 1
 
 
 def test_icmp_errors_are_limited_per_node_however_many_destinations():
@@ -74,13 +75,13 @@ def test_a_flood_from_the_outside_costs_the_uplinks_budget_not_the_pods():
     frames = [(dp.uplink, bytes(Ether(src="02:00:00:00:00:01", dst=node.mac)
                                 / IP(src=f"172.18.0.{10 + k % 200}", dst="10.244.1.77")
                                 / UDP(sport=k, dport=9))) for k in range(PORT_BUDGET + 300)]
-    out = dp.process(frames)
+    out = process(dp, frames)
     assert len(out) == PORT_BUDGET   # 200 sources: each within its own ICMP budget
     counts = dp.counter_dict()
     assert counts["slow_host_unreachable"] == PORT_BUDGET
     assert counts["drop_slow_path_budget"] == 300
     # the pods' budgets are untouched: their ARP is still answered (the node's ICMP budget
     # for this second, though, is spent, as Linux's icmp_msgs_per_sec would be)
-    ((port, frame),) = dp.process([(0, arp_request(A_MAC, A_IP))])
+    ((port, frame),) = process(dp, [(0, arp_request(A_MAC, A_IP))])
     assert port == 0 and Ether(frame)[ARP].op == 2
-    assert dp.process([(0, unroutable())]) == []
+    assert process(dp, [(0, unroutable())]) == []

@@ -9,8 +9,9 @@ from fastpath import conntrack as ct
 from tests.fastpath.test_services import (
     A_IP, A_MAC, B_IP, B_MAC, GW_MAC, SERVICE, VIP, first_flow, inner, make_dp, to_vip,
 )
+from tests.harness import OVERLAY_TARGET, process
 from vrouter.model import config
-from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
+from vrouter.node.dataplane import Dataplane
 from vrouter.node.tables import ip_to_int
 
 
@@ -68,15 +69,15 @@ def test_one_record_two_keys_and_both_directions_share_expiry():
     assert np.count_nonzero(refs == rec * 2 + 2) == 1                  # and its reply key
     reply = bytes(Ether(src=B_MAC, dst=GW_MAC) / IP(src=B_IP, dst=A_IP)
                   / UDP(sport=5353, dport=sport) / b"r")
-    ((target, frame),) = dp.process([(1, reply)])
+    ((target, frame),) = process(dp, [(1, reply)])
     assert target == 0 and Ether(frame)[IP].src == VIP
     # a one-way flow afterwards: the client keeps sending for 10 minutes, the backend is silent;
     # the reply direction shares the record's expiry, so a late answer is still un-NATed
     for _ in range(20):
         clock.now += ct.T_UDP_UNREPLIED
-        ((target, frame),) = dp.process([(0, bytes(to_vip(sport, "udp")))])
+        ((target, frame),) = process(dp, [(0, bytes(to_vip(sport, "udp")))])
         assert target == 1 and Ether(frame)[IP].dst == B_IP
-    ((target, frame),) = dp.process([(1, reply)])
+    ((target, frame),) = process(dp, [(1, reply)])
     assert target == 0 and Ether(frame)[IP].src == VIP and Ether(frame)[UDP].sport == 53
     recs = dp.tables.conntrack.recs
     assert (recs[rec, ct.C_PKTS_O], recs[rec, ct.C_PKTS_R]) == (21, 2)
@@ -88,7 +89,7 @@ def test_udp_times_out_after_30_s_unanswered_and_120_s_answered():
     rec = record(dp, sport, 17, 53)
     assert int(dp.tables.conntrack.recs[rec, ct.C_EXPIRES]) - dp.now == ct.T_UDP_UNREPLIED
     assert not dp.tables.conntrack.recs[rec, ct.C_FLAGS] & ct.F_ASSURED
-    dp.process([(1, bytes(Ether(src=B_MAC, dst=GW_MAC) / IP(src=B_IP, dst=A_IP)
+    process(dp, [(1, bytes(Ether(src=B_MAC, dst=GW_MAC) / IP(src=B_IP, dst=A_IP)
                            / UDP(sport=5353, dport=sport)))])
     assert int(dp.tables.conntrack.recs[rec, ct.C_EXPIRES]) - dp.now == ct.T_UDP_REPLIED
     assert dp.tables.conntrack.recs[rec, ct.C_FLAGS] & ct.F_ASSURED
@@ -103,20 +104,20 @@ def test_tcp_follows_the_handshake_and_the_close_with_linux_timeouts():
     rec = record(dp, sport)
     recs = dp.tables.conntrack.recs
     assert state(dp, rec) == ("SYN_SENT", ct.T_TCP_SYN_SENT)
-    dp.process([(1, from_b(sport, "SA", seq=5000, ack=1))])
+    process(dp, [(1, from_b(sport, "SA", seq=5000, ack=1))])
     assert state(dp, rec) == ("SYN_RECV", ct.T_TCP_SYN_RECV)
     assert not recs[rec, ct.C_FLAGS] & ct.F_ASSURED
-    dp.process([(0, from_a(sport, "A", seq=1, ack=5001))])
+    process(dp, [(0, from_a(sport, "A", seq=1, ack=5001))])
     assert state(dp, rec) == ("ESTABLISHED", ct.T_TCP_ESTABLISHED)
     assert recs[rec, ct.C_FLAGS] & ct.F_ASSURED
-    dp.process([(0, from_a(sport, "PA", seq=1, ack=5001, payload=b"x" * 100))])
-    dp.process([(0, from_a(sport, "FA", seq=101, ack=5001))])   # half-closed: short timeout
+    process(dp, [(0, from_a(sport, "PA", seq=1, ack=5001, payload=b"x" * 100))])
+    process(dp, [(0, from_a(sport, "FA", seq=101, ack=5001))])   # half-closed: short timeout
     assert state(dp, rec) == ("FIN_WAIT", ct.T_TCP_FIN_WAIT)
-    dp.process([(1, from_b(sport, "A", seq=5001, ack=102))])
+    process(dp, [(1, from_b(sport, "A", seq=5001, ack=102))])
     assert state(dp, rec) == ("CLOSE_WAIT", ct.T_TCP_CLOSE_WAIT)
-    dp.process([(1, from_b(sport, "FA", seq=5001, ack=102))])
+    process(dp, [(1, from_b(sport, "FA", seq=5001, ack=102))])
     assert state(dp, rec) == ("LAST_ACK", ct.T_TCP_LAST_ACK)
-    dp.process([(0, from_a(sport, "A", seq=102, ack=5002))])
+    process(dp, [(0, from_a(sport, "A", seq=102, ack=5002))])
     assert state(dp, rec) == ("TIME_WAIT", ct.T_TCP_TIME_WAIT)
     clock.now += ct.T_TCP_TIME_WAIT + 1
     assert record(dp, sport) < 0
@@ -124,8 +125,8 @@ def test_tcp_follows_the_handshake_and_the_close_with_linux_timeouts():
 
 def established(dp, sports):
     sport, _ = local_flow(dp, sports)
-    dp.process([(1, from_b(sport, "SA", seq=5000, ack=1, window=1000))])
-    dp.process([(0, from_a(sport, "A", seq=1, ack=5001, window=1000))])
+    process(dp, [(1, from_b(sport, "SA", seq=5000, ack=1, window=1000))])
+    process(dp, [(0, from_a(sport, "A", seq=1, ack=5001, window=1000))])
     return sport, record(dp, sport)
 
 
@@ -133,10 +134,10 @@ def test_a_reset_outside_the_window_is_dropped_and_changes_nothing():
     dp, _clock = clocked_dp()
     sport, rec = established(dp, range(42000, 42100))
     for seq in (5001 + 50_000, (5001 - 50_000) % 2**32, 0x80000000):   # blind guesses
-        assert dp.process([(1, from_b(sport, "R", seq=seq))]) == []
+        assert process(dp, [(1, from_b(sport, "R", seq=seq))]) == []
     assert dp.counter_dict()["drop_tcp_rst_out_of_window"] == 3
     assert state(dp, rec)[0] == "ESTABLISHED"
-    ((target, _frame),) = dp.process([(1, from_b(sport, "R", seq=5001 + 200))])   # in window
+    ((target, _frame),) = process(dp, [(1, from_b(sport, "R", seq=5001 + 200))])   # in window
     assert target == 0
     assert state(dp, rec) == ("CLOSE", ct.T_TCP_CLOSE)
 
@@ -145,17 +146,17 @@ def test_a_reset_answering_a_syn_must_acknowledge_it():
     dp, _clock = clocked_dp()
     sport, _ = local_flow(dp, range(42100, 42200))
     rec = record(dp, sport)
-    assert dp.process([(1, from_b(sport, "RA", seq=0, ack=12345))]) == []   # not our SYN's
+    assert process(dp, [(1, from_b(sport, "RA", seq=0, ack=12345))]) == []   # not our SYN's
     assert state(dp, rec)[0] == "SYN_SENT"
     # to_vip's SYN carries 5 bytes: it ends at sequence number 6
-    ((target, _frame),) = dp.process([(1, from_b(sport, "RA", seq=0, ack=6))])
+    ((target, _frame),) = process(dp, [(1, from_b(sport, "RA", seq=0, ack=6))])
     assert target == 0 and state(dp, rec)[0] == "CLOSE"
 
 
 def test_a_stray_fin_or_reset_for_a_service_opens_nothing_and_is_dropped():
     dp, _clock = clocked_dp()
     for k, flags in enumerate(("R", "F", "FA")):
-        assert dp.process([(0, from_a(43000 + k, flags))]) == []
+        assert process(dp, [(0, from_a(43000 + k, flags))]) == []
     assert dp.counter_dict()["drop_service_invalid"] == 3
     assert dp.conntrack_fill()["entries"] == 0
 
@@ -171,13 +172,13 @@ def test_a_full_table_evicts_the_oldest_unassured_connection_with_both_keys():
     dp, clock = small_table(64)
     sports = []
     for k in range(64):   # fill it with unanswered (unassured) UDP flows, one second apart
-        dp.process([(0, bytes(to_vip(44000 + k, "udp")))])
+        process(dp, [(0, bytes(to_vip(44000 + k, "udp")))])
         sports.append(44000 + k)
         clock.now += 0.01
     assert dp.conntrack_fill()["entries"] == 64 == dp.conntrack_fill()["high_water"]
     before = dp.counter_dict()["ct_evicted"]
     for k in range(64, 200):
-        out = dp.process([(0, bytes(to_vip(44000 + k, "udp")))])
+        out = process(dp, [(0, bytes(to_vip(44000 + k, "udp")))])
         assert len(out) == 1   # admitted: an unassured connection made room
     counts = dp.counter_dict()
     assert counts["ct_evicted"] - before == 200 - 64 and counts["ct_full_refused"] == 0
@@ -195,28 +196,28 @@ def test_a_table_full_of_assured_connections_refuses_new_ones():
     dp, clock = small_table(64)
     for k in range(64):
         sport = 45000 + k
-        ((target, frame),) = dp.process([(0, bytes(to_vip(sport, "udp")))])
+        ((target, frame),) = process(dp, [(0, bytes(to_vip(sport, "udp")))])
         pkt = inner(target, frame)
         if target < OVERLAY_TARGET:
             port, mac = (1, B_MAC) if pkt[IP].dst == B_IP else (0, A_MAC)
             answer = Ether(src=mac, dst=GW_MAC) / IP(src=pkt[IP].dst, dst=pkt[IP].src) \
                 / UDP(sport=5353, dport=pkt[UDP].sport)
-            dp.process([(port, bytes(answer))])
+            process(dp, [(port, bytes(answer))])
         else:   # the remote backend answers over the overlay: mark it answered directly
             c = dp.tables.conntrack
             c.recs[record(dp, sport, 17, 53), ct.C_FLAGS] |= ct.F_ASSURED
     assert dp.conntrack_fill()["entries"] == 64
-    assert dp.process([(0, bytes(to_vip(46000, "udp")))]) == []
+    assert process(dp, [(0, bytes(to_vip(46000, "udp")))]) == []
     counts = dp.counter_dict()
     assert counts["ct_full_refused"] == 1 and counts["ct_evicted"] == 0
     clock.now += ct.T_UDP_REPLIED + 1   # once they expire, new ones get in again
-    assert len(dp.process([(0, bytes(to_vip(46001, "udp")))])) == 1
+    assert len(process(dp, [(0, bytes(to_vip(46001, "udp")))])) == 1
 
 
 def test_the_sweep_frees_what_no_packet_met():
     dp, clock = small_table(64)
     for k in range(10):
-        dp.process([(0, bytes(to_vip(47000 + k, "udp")))])
+        process(dp, [(0, bytes(to_vip(47000 + k, "udp")))])
     assert dp.tables.conntrack.stats[ct.CTS_FREE] == 54
     clock.now += ct.T_UDP_UNREPLIED + 1
     assert dp.sweep()["connections"] == 10
@@ -250,13 +251,13 @@ spec:
 
 def test_session_affinity_is_keyed_by_the_service_port_not_by_file_order():
     dp = make_dp(AFFINITY)
-    ((target, frame),) = dp.process([(0, bytes(to_vip(48000)))])
+    ((target, frame),) = process(dp, [(0, bytes(to_vip(48000)))])
     chosen = inner(target, frame)[IP].dst
     # a reload that puts another Service with affinity first in the file
     text = open("configs/demo.yaml").read() + OTHER + AFFINITY
     dp.reload(config.parse(text, "demo.yaml", check_host=False))
     for sport in range(48001, 48020):
-        ((target, frame),) = dp.process([(0, bytes(to_vip(sport)))])
+        ((target, frame),) = process(dp, [(0, bytes(to_vip(sport)))])
         pkt = inner(target, frame)
         assert pkt[IP].dst == chosen and pkt[TCP].dport == 8080
 
@@ -279,7 +280,7 @@ spec:
         "- {name: web-2, node: node-a, labels: {app: gone}}") + both
     summary = dp.reload(config.parse(text, "demo.yaml", check_host=False))
     assert summary["flushed_udp_flows"] == 1
-    ((target, frame),) = dp.process([(0, bytes(to_vip(sport, "udp")))])
+    ((target, frame),) = process(dp, [(0, bytes(to_vip(sport, "udp")))])
     assert inner(target, frame)[IP].dst != B_IP   # a live backend of web now
 
 
@@ -288,3 +289,38 @@ def test_the_bound_is_what_the_config_says(entries):
     dp, _clock = small_table(entries)
     fill = dp.conntrack_fill()
     assert fill["capacity"] == entries and fill["entries"] == 0
+
+
+SHORT_AFFINITY = """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  clusterIP: 10.96.0.100
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 10}}
+  ports: [{name: tcp, port: 80, targetPort: 8080}]
+"""
+
+
+def test_session_affinity_holds_for_its_timeout_from_the_last_connection_and_then_lets_go():
+    dp, clock = clocked_dp(SHORT_AFFINITY)
+    ((target, frame),) = process(dp, [(0, bytes(to_vip(49500)))])
+    sticky = inner(target, frame)[IP].dst
+    seen = set()
+    for k in range(1, 30):   # every new connection within the timeout: the same backend...
+        clock.now += 0.3
+        dp.mark_peers_seen_now()
+        ((target, frame),) = process(dp, [(0, bytes(to_vip(49500 + k)))])
+        seen.add(inner(target, frame)[IP].dst)
+    assert seen == {sticky}   # (the timeout runs from the last connection: 9 s went by)
+    clock.now += 11   # ...and after it, Maglev decides again: other backends come up
+    seen = set()
+    for k in range(40):
+        clock.now += 11
+        dp.mark_peers_seen_now()   # node-b keeps answering its keepalives meanwhile
+        ((target, frame),) = process(dp, [(0, bytes(to_vip(49600 + k)))])
+        seen.add(inner(target, frame)[IP].dst)
+    assert len(seen) >= 2

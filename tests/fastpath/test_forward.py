@@ -8,8 +8,9 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
 from fastpath.checksum import update16
+from tests.harness import OVERLAY_TARGET, keepalives, process, process_datagrams, still_clock
 from vrouter.model import config
-from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
+from vrouter.node.dataplane import Dataplane
 
 GW_MAC = "02:76:0a:f4:01:01"
 A_IP, A_MAC = "10.244.1.2", "0a:58:0a:f4:01:02"
@@ -21,7 +22,8 @@ UNDERLAY_A, UNDERLAY_B = "127.0.0.11", "127.0.0.12"
 
 def make_dp(extra=""):
     text = open("configs/demo.yaml").read().replace("  overlay:", extra + "  overlay:")
-    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a")
+    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a",
+                     clock=still_clock())
 
 
 @pytest.fixture
@@ -40,13 +42,13 @@ def routed(payload=None, src=A_IP, dst=B_IP, ttl=64, **ip):
 
 def test_l2_forward_between_pods_leaves_frame_untouched(dp):
     frame = Ether(src=A_MAC, dst=B_MAC) / IP(src=A_IP, dst=B_IP) / UDP(sport=1, dport=2) / b"hi"
-    assert dp.process([(0, bytes(frame))]) == [(1, bytes(frame))]
+    assert process(dp, [(0, bytes(frame))]) == [(1, bytes(frame))]
     assert counters(dp) == {"rx_frames": 1, "forwarded_l2": 1}
 
 
 def test_routed_via_gateway_rewrites_macs_and_decrements_ttl(dp):
     frame = routed(TCP(sport=1234, dport=80, flags="S"), ttl=17)
-    (port, out), = dp.process([(0, bytes(frame))])
+    (port, out), = process(dp, [(0, bytes(frame))])
     expected = frame.copy()
     expected[Ether].src, expected[Ether].dst = GW_MAC, B_MAC
     expected[IP].ttl = 16
@@ -84,13 +86,13 @@ def test_incremental_checksum_matches_full_recompute_over_random_headers():
     (bytes(Ether(src=A_MAC, dst=A_MAC) / IP(src=A_IP, dst=A_IP)), "drop_same_port"),
 ])
 def test_bad_frames_are_dropped_and_counted_by_reason(dp, frame, reason):
-    assert dp.process([(0, frame)]) == []
+    assert process(dp, [(0, frame)]) == []
     assert counters(dp) == {"rx_frames": 1, reason: 1}
 
 
 def test_a_bad_frame_does_not_disturb_its_batch(dp):
     good = bytes(Ether(src=A_MAC, dst=B_MAC) / IP(src=A_IP, dst=B_IP) / UDP())
-    out = dp.process([(0, good), (0, b"\x01\x02"), (0, good)])
+    out = process(dp, [(0, good), (0, b"\x01\x02"), (0, good)])
     assert out == [(1, good), (1, good)]
 
 
@@ -98,8 +100,8 @@ def test_broadcast_and_unknown_unicast_flood_to_other_ports(dp):
     bcast = bytes(Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src=A_IP, dst="10.244.1.255") / UDP())
     unknown = bytes(Ether(src=A_MAC, dst="0a:58:00:00:00:99") / IP(src=A_IP, dst=B_IP) / UDP())
     # every other port: web-2 (1) and the node's DNS server pod (2)
-    assert dp.process([(0, bcast), (0, unknown)]) == [(1, bcast), (2, bcast), (1, unknown),
-                                                      (2, unknown)]
+    assert process(dp, [(0, bcast), (0, unknown)]) == [(1, bcast), (2, bcast), (1, unknown),
+                                                       (2, unknown)]
 
 
 def test_mac_learning_and_ageing():
@@ -110,29 +112,29 @@ def test_mac_learning_and_ageing():
     other_mac = "0a:58:0a:f4:01:77"   # a MAC the user gave pod B by hand
     learn = bytes(Ether(src=other_mac, dst=A_MAC) / IP(src=B_IP, dst=A_IP) / UDP())
     to_it = bytes(Ether(src=A_MAC, dst=other_mac) / IP(src=A_IP, dst=B_IP) / UDP())
-    assert dp.process([(1, learn)]) == [(0, learn)]
-    assert dp.process([(0, to_it)]) == [(1, to_it)]          # learned: straight to port 1
+    assert process(dp, [(1, learn)]) == [(0, learn)]
+    assert process(dp, [(0, to_it)]) == [(1, to_it)]          # learned: straight to port 1
     now[0] += 61
-    assert dp.process([(0, to_it)]) == [(1, to_it), (2, to_it)]   # aged out: flooded
+    assert process(dp, [(0, to_it)]) == [(1, to_it), (2, to_it)]   # aged out: flooded
     assert counters(dp)["flooded"] == 1
 
 
 def test_arp_goes_to_the_slow_path_and_is_answered(dp):
     req = Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=A_MAC, psrc=A_IP, pdst="10.244.1.1")
-    (port, out), = dp.process([(0, bytes(req))])
+    (port, out), = process(dp, [(0, bytes(req))])
     assert port == 0 and Ether(out)[ARP].hwsrc == GW_MAC
     assert counters(dp)["slow_arp"] == 1
 
 
 def test_ttl_one_gets_time_exceeded_from_the_gateway(dp):
-    (port, out), = dp.process([(0, bytes(routed(ttl=1)))])
+    (port, out), = process(dp, [(0, bytes(routed(ttl=1)))])
     reply = Ether(out)
     assert port == 0 and reply.src == GW_MAC and reply.dst == A_MAC
     assert reply[IP].src == "10.244.1.1" and reply[ICMP].type == 11
 
 
 def test_unused_address_in_pod_cidr_gets_host_unreachable(dp):
-    (port, out), = dp.process([(0, bytes(routed(dst="10.244.1.99")))])
+    (port, out), = process(dp, [(0, bytes(routed(dst="10.244.1.99")))])
     assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 1)
 
 
@@ -141,7 +143,7 @@ NODE_A_ADDRESS, NODE_A_MAC = "172.18.0.2", "02:76:ac:12:00:02"
 
 
 def test_the_world_beyond_goes_to_the_outside_gateway_as_the_node(dp):
-    (port, out), = dp.process([(0, bytes(routed(UDP(sport=4000, dport=53), dst="192.0.2.1")))])
+    (port, out), = process(dp, [(0, bytes(routed(UDP(sport=4000, dport=53), dst="192.0.2.1")))])
     pkt = Ether(out)
     assert port == dp.uplink and (pkt.dst, pkt.src) == (OUTSIDE_HOST_MAC, NODE_A_MAC)
     assert (pkt[IP].src, pkt[IP].dst, pkt[IP].ttl) == (NODE_A_ADDRESS, "192.0.2.1", 63)
@@ -150,14 +152,14 @@ def test_the_world_beyond_goes_to_the_outside_gateway_as_the_node(dp):
 
 def test_without_an_outside_gateway_the_world_is_net_unreachable():
     dp = make_dp("  outsideGateway: none\n")
-    (port, out), = dp.process([(0, bytes(routed(dst="192.0.2.1")))])
+    (port, out), = process(dp, [(0, bytes(routed(dst="192.0.2.1")))])
     assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 0)
 
 
 @pytest.mark.parametrize("dst", ["10.244.7.1",    # the cluster's podCIDR, but no node's
                                  "10.96.9.9"])    # the serviceCIDR, but no Service
 def test_cluster_addresses_nobody_serves_are_net_unreachable_not_sent_outside(dp, dst):
-    (port, out), = dp.process([(0, bytes(routed(dst=dst)))])
+    (port, out), = process(dp, [(0, bytes(routed(dst=dst)))])
     assert port == 0 and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 0)
 
 
@@ -165,14 +167,14 @@ def test_cluster_addresses_nobody_serves_are_net_unreachable_not_sent_outside(dp
                                  "255.255.255.255"])
 def test_martian_destinations_are_dropped(dp, dst):
     """A pod may not reach the node's loopback through its gateway (the CVE-2020-8558 class)."""
-    assert dp.process([(0, bytes(routed(dst=dst)))]) == []
+    assert process(dp, [(0, bytes(routed(dst=dst)))]) == []
     assert counters(dp) == {"rx_frames": 1, "drop_martian": 1}
 
 
 def test_a_pods_dhcp_server_answer_is_dropped(dp):
     offer = Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src=A_IP, dst="255.255.255.255") \
         / UDP(sport=67, dport=68) / (b"\x02" + bytes(239))
-    assert dp.process([(0, bytes(offer))]) == []
+    assert process(dp, [(0, bytes(offer))]) == []
     assert counters(dp) == {"rx_frames": 1, "drop_dhcp_server": 1}
 
 
@@ -180,7 +182,7 @@ def test_ipv6_router_advertisements_are_not_forwarded(dp):
     from scapy.layers.inet6 import ICMPv6ND_RA, IPv6
     ra = Ether(src=A_MAC, dst="33:33:00:00:00:01") / IPv6(src="fe80::1", dst="ff02::1") \
         / ICMPv6ND_RA()
-    assert dp.process([(0, bytes(ra))]) == []
+    assert process(dp, [(0, bytes(ra))]) == []
     assert counters(dp) == {"rx_frames": 1, "drop_ipv6": 1}
 
 
@@ -190,7 +192,7 @@ def test_encapsulation_matches_scapy(dp):
     """The node's UDP socket carries the datagram (the kernel writes outer IPv4/UDP): the fast
     path's output is the VXLAN header and the inner frame, addressed VTEP to VTEP."""
     inner = routed(UDP(sport=5555, dport=53) / b"query", dst=REMOTE_IP, ttl=30)
-    (target, datagram), = dp.process([(0, bytes(inner))])
+    (target, datagram), = process(dp, [(0, bytes(inner))])
     assert target == OVERLAY_TARGET + 0
     assert len(datagram) == len(inner) + 8
     vx = VXLAN(datagram)
@@ -206,8 +208,8 @@ def test_outer_source_port_follows_the_inner_flow(dp):
     """Flows are spread over the node's send sockets (their UDP source ports) by a hash of the
     inner flow, so an ECMP underlay spreads them too; one flow always uses one socket."""
     def socket_of(sp):
-        (emitted,) = dp.process([(0, bytes(routed(UDP(sport=sp, dport=80), dst=REMOTE_IP)))],
-                                detail=True)
+        (emitted,) = process(dp, [(0, bytes(routed(UDP(sport=sp, dport=80), dst=REMOTE_IP)))],
+                                 detail=True)
         return emitted.socket
     assert socket_of(1000) == socket_of(1000)
     assert len({socket_of(p) for p in range(1000, 1032)}) >= 6   # of 8 sockets
@@ -215,7 +217,7 @@ def test_outer_source_port_follows_the_inner_flow(dp):
 
 def test_too_big_with_df_gets_frag_needed(dp):
     big = routed(UDP() / (b"x" * 1472), dst=REMOTE_IP, flags="DF")
-    (port, out), = dp.process([(0, bytes(big))])
+    (port, out), = process(dp, [(0, bytes(big))])
     icmp = Ether(out)[ICMP]
     assert port == 0 and (icmp.type, icmp.code, icmp.nexthopmtu) == (3, 4, 1450)
 
@@ -234,7 +236,7 @@ def ip_int(addr):
 
 def test_decapsulated_frame_is_delivered_to_the_pod(dp):
     inner = from_b()
-    (port, out), = dp.process_datagrams([(ip_int(UNDERLAY_B), vxlan_datagram(inner))])
+    (port, out), = process_datagrams(dp, [(ip_int(UNDERLAY_B), vxlan_datagram(inner))])
     expected = inner.copy()
     expected[Ether].src, expected[Ether].dst = GW_MAC, A_MAC
     expected[IP].ttl = 19
@@ -252,7 +254,7 @@ def test_decapsulated_frame_is_delivered_to_the_pod(dp):
     (UNDERLAY_B, vxlan_datagram(from_b(dst="10.244.2.9")), "drop_overlay_bad_inner"),
 ])
 def test_bad_overlay_datagrams_are_dropped_by_reason(dp, source, datagram, reason):
-    assert dp.process_datagrams([(ip_int(source), datagram)]) == []
+    assert process_datagrams(dp, [(ip_int(source), datagram)]) == []
     assert counters(dp) == {"rx_frames": 1, reason: 1}
 
 
@@ -265,13 +267,13 @@ def spoofed(src):
                                  "172.18.0.1",   # the outside host
                                  "192.0.2.1", "127.0.0.1"])
 def test_a_peer_may_only_speak_for_its_own_pods_and_itself(dp, src):
-    assert dp.process_datagrams([(ip_int(UNDERLAY_B), vxlan_datagram(spoofed(src)))]) == []
+    assert process_datagrams(dp, [(ip_int(UNDERLAY_B), vxlan_datagram(spoofed(src)))]) == []
     assert counters(dp) == {"rx_frames": 1, "drop_overlay_spoofed_source": 1}
 
 
 @pytest.mark.parametrize("src", ["10.244.2.3", "10.244.2.1", "10.244.2.0", "172.18.0.3"])
 def test_a_peers_pods_gateway_vtep_and_node_address_are_accepted(dp, src):
-    (port, _out), = dp.process_datagrams([(ip_int(UNDERLAY_B), vxlan_datagram(spoofed(src)))])
+    (port, _out), = process_datagrams(dp, [(ip_int(UNDERLAY_B), vxlan_datagram(spoofed(src)))])
     assert port == 0
 
 
@@ -286,7 +288,7 @@ def test_every_reserved_bit_is_rejected(dp, byte, mask):
     header = bytearray(vxlan_datagram(from_b())[:8])
     header[byte] |= mask
     datagram = bytes(header) + bytes(from_b())
-    assert dp.process_datagrams([(ip_int(UNDERLAY_B), datagram)]) == []
+    assert process_datagrams(dp, [(ip_int(UNDERLAY_B), datagram)]) == []
     assert counters(dp) == {"rx_frames": 1, "drop_overlay_bad_flags": 1}
 
 
@@ -301,16 +303,16 @@ def silence_peer(dp):
 
 def test_down_peer_drops_pod_traffic_but_keepalives_still_go(dp):
     silence_peer(dp)
-    assert dp.process([(0, bytes(routed(dst=REMOTE_IP)))]) == []
+    assert process(dp, [(0, bytes(routed(dst=REMOTE_IP)))]) == []
     assert counters(dp)["drop_overlay_peer_down"] == 1
-    (emitted,) = dp.keepalives()
+    (emitted,) = keepalives(dp)
     inner = Ether(bytes(VXLAN(emitted.data).payload))
     assert emitted.target == OVERLAY_TARGET and (inner[IP].src, inner[IP].dst) == ("10.244.1.0", "10.244.2.0")
 
 
 def test_any_datagram_from_a_peer_marks_it_up_again(dp):
     silence_peer(dp)
-    dp.process_datagrams([(ip_int(UNDERLAY_B), vxlan_datagram(from_b()))])
+    process_datagrams(dp, [(ip_int(UNDERLAY_B), vxlan_datagram(from_b()))])
     assert dp.peer_is_up(0)
 
 
@@ -325,7 +327,7 @@ def assert_icmp_valid(pkt):
 
 def test_a_ping_to_the_gateway_is_answered_in_the_fast_path(dp):
     request = routed(ICMP(id=9, seq=3) / (b"p" * 56), dst="10.244.1.1", ttl=5)
-    (port, frame), = dp.process([(0, bytes(request))])
+    (port, frame), = process(dp, [(0, bytes(request))])
     reply = Ether(frame)
     assert port == 0 and (reply.src, reply.dst) == (GW_MAC, A_MAC)
     assert (reply[IP].src, reply[IP].dst, reply[IP].ttl) == ("10.244.1.1", A_IP, 64)
@@ -336,15 +338,15 @@ def test_a_ping_to_the_gateway_is_answered_in_the_fast_path(dp):
 
 
 def test_keepalives_are_answered_and_consumed_without_the_slow_path():
-    node_a, node_b = make_dp(), Dataplane(make_dp().cluster, "node-b")
-    (keepalive,) = node_a.keepalives()
-    (answer,) = node_b.process_datagrams([(ip_int(UNDERLAY_A), keepalive.data)], detail=True)
+    node_a, node_b = make_dp(), Dataplane(make_dp().cluster, "node-b", clock=still_clock())
+    (keepalive,) = keepalives(node_a)
+    (answer,) = process_datagrams(node_b, [(ip_int(UNDERLAY_A), keepalive.data)], detail=True)
     reply = Ether(bytes(VXLAN(answer.data).payload))
     assert answer.target == OVERLAY_TARGET and reply[ICMP].type == 0
     assert (reply[IP].src, reply[IP].dst) == ("10.244.2.0", "10.244.1.0")
     assert_icmp_valid(reply)
     silence_peer(node_a)
-    assert node_a.process_datagrams([(ip_int(UNDERLAY_B), answer.data)]) == []
+    assert process_datagrams(node_a, [(ip_int(UNDERLAY_B), answer.data)]) == []
     assert node_a.peer_is_up(0) and node_a.counter_dict()["to_node"] == 1
     assert node_b.counter_dict()["echo_answered"] == 1
     assert node_a.counter_dict()["slow_to_gateway"] == node_b.counter_dict()["slow_to_gateway"] == 0
@@ -352,7 +354,7 @@ def test_keepalives_are_answered_and_consumed_without_the_slow_path():
 
 def test_an_echo_with_ip_options_is_left_to_the_slow_path(dp):
     request = routed(ICMP(id=1, seq=1), dst="10.244.1.1", options=[IPOption_RR()])
-    (port, frame), = dp.process([(0, bytes(request))])
+    (port, frame), = process(dp, [(0, bytes(request))])
     assert port == 0 and Ether(frame)[ICMP].type == 0
     assert counters(dp)["slow_to_gateway"] == 1 and "echo_answered" not in counters(dp)
 
@@ -364,5 +366,5 @@ def test_all_fragments_of_a_datagram_take_the_same_send_socket(dp):
     for sport in range(2000, 2020):
         datagram = IP(src=A_IP, dst=REMOTE_IP, id=sport) / UDP(sport=sport, dport=53) / (b"f" * 3000)
         frames = [(0, bytes(Ether(src=A_MAC, dst=GW_MAC) / f)) for f in fragment(datagram, 1400)]
-        sockets = {e.socket for e in dp.process(frames, detail=True)}
+        sockets = {e.socket for e in process(dp, frames, detail=True)}
         assert len(sockets) == 1

@@ -15,8 +15,9 @@ from fastpath.layout import (
 )
 from tests.fastpath.test_services import SERVICE, VIP
 from tests.fastpath.test_services import assert_checksums_valid as assert_valid_checksums
+from tests.harness import OVERLAY_TARGET, process_datagrams, process_tap, still_clock
 from vrouter.model import config
-from vrouter.node.dataplane import OVERLAY_TARGET, VNET_HEADER, Dataplane
+from vrouter.node.dataplane import VNET_HEADER, Dataplane
 
 A_IP, A_MAC = "10.244.1.2", "0a:58:0a:f4:01:02"      # web-1, node-a port 0
 B_IP, B_MAC = "10.244.1.3", "0a:58:0a:f4:01:03"      # web-2, node-a port 1
@@ -31,19 +32,14 @@ def cluster(extra=""):
     return config.parse(open("configs/demo.yaml").read() + extra, "demo.yaml", check_host=False)
 
 
-def frozen():
-    """A clock that stands still: peers stay up however long scapy takes to check a test."""
-    return 1000.0
-
-
 @pytest.fixture
 def node_a():
-    return Dataplane(cluster(), "node-a", clock=frozen)
+    return Dataplane(cluster(), "node-a", clock=still_clock())
 
 
 @pytest.fixture
 def node_b():
-    return Dataplane(cluster(), "node-b", clock=frozen)
+    return Dataplane(cluster(), "node-b", clock=still_clock())
 
 
 def fold(x):
@@ -113,7 +109,7 @@ def test_random_tcp_superframes_segment_into_valid_packets_that_reassemble(node_
         sent, raw = superframe(payload, mss, flags=flags, options=options, ip_id=ip_id, seq=seq,
                                df=rng.random() < 0.8, tos=rng.choice([0, 0x10, 0x02]))
         sent = Ether(bytes(sent))   # as parsed: options padded
-        segments = [inner(d) for d in datagrams_to(node_a.process_tap(0, [raw]))]
+        segments = [inner(d) for d in datagrams_to(process_tap(node_a, 0, [raw]))]
         count = -(-size // mss)
         assert len(segments) == count, (n, size, mss)
         for k, seg in enumerate(segments):
@@ -135,7 +131,7 @@ def test_random_tcp_superframes_segment_into_valid_packets_that_reassemble(node_
 def test_a_superframe_of_64_kib_goes_out_as_gso_trains_of_equal_datagrams(node_a):
     payload = bytes(range(256)) * 255          # 65280 bytes: about the largest a TAP hands over
     _sent, raw = superframe(payload, 1386)
-    datagrams = datagrams_to(node_a.process_tap(0, [raw]))
+    datagrams = datagrams_to(process_tap(node_a, 0, [raw]))
     sizes = [len(d) for d in datagrams]
     assert len(sizes) == 48 and set(sizes[:-1]) == {8 + 14 + 20 + 32 + 1386}
     # two sends: as many datagrams as fit the 64 KiB a UDP GSO send may carry, then the rest
@@ -153,7 +149,7 @@ def test_udp_superframes_segment_into_datagrams(node_a):
         sent = (Ether(src=A_MAC, dst=GW_A) / IP(src=A_IP, dst=REMOTE_IP, id=7)
                 / UDP(sport=7000, dport=7001) / payload)
         raw = as_pod_kernel_sends(sent, mss, GSO_UDP_L4)
-        segments = [inner(d) for d in datagrams_to(node_a.process_tap(0, [raw]))]
+        segments = [inner(d) for d in datagrams_to(process_tap(node_a, 0, [raw]))]
         assert len(segments) == -(-len(payload) // mss)
         for k, seg in enumerate(segments):
             assert_valid_checksums(seg)
@@ -164,9 +160,9 @@ def test_udp_superframes_segment_into_datagrams(node_a):
 
 def test_mtu_checks_use_the_segment_size_not_the_superframe_length(node_a):
     _sent, fits = superframe(b"x" * 8000, POD_MTU - 20 - 32)           # full segment = pod MTU
-    assert len(datagrams_to(node_a.process_tap(0, [fits]))) == 6
+    assert len(datagrams_to(process_tap(node_a, 0, [fits]))) == 6
     _sent, too_big = superframe(b"x" * 8000, POD_MTU - 20 - 32 + 1)    # one byte more
-    ((port, frame),) = [(e.target, e.data) for e in node_a.process_tap(0, [too_big])]
+    ((port, frame),) = [(e.target, e.data) for e in process_tap(node_a, 0, [too_big])]
     error = Ether(frame)
     assert port == 0 and (error[ICMP].type, error[ICMP].code, error[ICMP].nexthopmtu) == (3, 4, 1450)
 
@@ -174,10 +170,10 @@ def test_mtu_checks_use_the_segment_size_not_the_superframe_length(node_a):
 def test_a_superframe_is_bridged_and_routed_on_the_node_in_one_write(node_a):
     payload = bytes(range(256)) * 200
     bridged, raw = superframe(payload, 1386, dst=B_IP, dst_mac=B_MAC)
-    ((target, frame, vnet, _s),) = node_a.process_tap(0, [raw])
+    ((target, frame, vnet, _s),) = process_tap(node_a, 0, [raw])
     assert target == 1 and vnet == raw[:10] and frame == raw[10:]     # untouched, header kept
     _routed, raw = superframe(payload, 1386, dst=B_IP)                 # via the gateway
-    ((target, frame, vnet, _s),) = node_a.process_tap(0, [raw])
+    ((target, frame, vnet, _s),) = process_tap(node_a, 0, [raw])
     assert target == 1 and vnet == raw[:10]
     got = Ether(frame)
     assert (got.src, got.dst, got[IP].ttl) == (GW_A, B_MAC, 63) and len(frame) == len(raw) - 10
@@ -186,12 +182,12 @@ def test_a_superframe_is_bridged_and_routed_on_the_node_in_one_write(node_a):
 
 
 def test_service_nat_keeps_a_partial_checksum_partial_and_consistent():
-    dp = Dataplane(cluster(SERVICE), "node-a")
+    dp = Dataplane(cluster(SERVICE), "node-a", clock=still_clock())
     seen = set()
     for sport in range(20000, 20040):
         pkt = (Ether(src=A_MAC, dst=GW_A) / IP(src=A_IP, dst=VIP)
                / TCP(sport=sport, dport=80, flags="S") / b"hello")
-        ((target, frame, vnet, _s),) = dp.process_tap(0, [as_pod_kernel_sends(pkt)])
+        ((target, frame, vnet, _s),) = process_tap(dp, 0, [as_pod_kernel_sends(pkt)])
         if target >= OVERLAY_TARGET:      # to node-b: completed for the wire
             got = inner(frame)
             assert_valid_checksums(got)
@@ -208,7 +204,7 @@ def test_service_nat_keeps_a_partial_checksum_partial_and_consistent():
 def test_frames_for_the_slow_path_get_their_partial_checksum_completed(node_a):
     pkt = (Ether(src=A_MAC, dst=GW_A) / IP(src=A_IP, dst=REMOTE_IP, ttl=1)
            / TCP(sport=1, dport=2, flags="S") / b"quote me")
-    ((port, frame, _v, _s),) = node_a.process_tap(0, [as_pod_kernel_sends(pkt)])
+    ((port, frame, _v, _s),) = process_tap(node_a, 0, [as_pod_kernel_sends(pkt)])
     quoted = Ether(frame)[IPerror]
     assert port == 0 and Ether(frame)[ICMP].type == 11
     fresh = IP(bytes(quoted))
@@ -222,13 +218,13 @@ def test_frames_for_the_slow_path_get_their_partial_checksum_completed(node_a):
 def overlay_train(node_a, payload, mss, **kw):
     """The datagrams node-a sends for one super-frame of a pod: one GSO train."""
     _sent, raw = superframe(payload, mss, **kw)
-    return datagrams_to(node_a.process_tap(0, [raw]))
+    return datagrams_to(process_tap(node_a, 0, [raw]))
 
 
 def receive_train(node_b, datagrams):
     """node-b reading the datagrams as one UDP GRO train (all the size of the first)."""
-    return node_b.process_datagrams([(UNDERLAY_A, b"".join(datagrams))],
-                                    segment=len(datagrams[0]), detail=True)
+    return process_datagrams(node_b, [(UNDERLAY_A, b"".join(datagrams))],
+                                     segment=len(datagrams[0]), detail=True)
 
 
 def test_coalescing_rebuilds_what_was_segmented(node_a, node_b):
@@ -251,7 +247,7 @@ def test_coalescing_rebuilds_what_was_segmented(node_a, node_b):
 
 def test_single_datagrams_from_a_kernel_peer_are_delivered_one_by_one(node_a, node_b):
     datagrams = overlay_train(node_a, b"k" * 5000, 1386)
-    out = node_b.process_datagrams([(UNDERLAY_A, d) for d in datagrams], detail=True)
+    out = process_datagrams(node_b, [(UNDERLAY_A, d) for d in datagrams], detail=True)
     assert len(out) == len(datagrams) and all(e.vnet == bytes(10) for e in out)
 
 
@@ -302,7 +298,7 @@ def test_coalescing_refuses_every_rule_violation(node_a, node_b, rule):
     datagrams = overlay_train(node_a, bytes(range(256)) * 30, M, flags="A")
     assert len(datagrams) == 6
     datagrams[3] = _mutate(datagrams[3], change)
-    out = node_b.process_datagrams([(UNDERLAY_A, datagrams)], detail=True)
+    out = process_datagrams(node_b, [(UNDERLAY_A, datagrams)], detail=True)
     payloads = [len(Ether(e.data)[TCP].payload) for e in out if e.target == 1]
     assert payloads[0] == first_payload, (rule, payloads)
     assert len(payloads) >= 2 and sum(payloads) == 7680 - (1 if rule.startswith("shorter") else 0)
@@ -313,7 +309,7 @@ def test_a_segment_with_a_bad_checksum_is_not_merged(node_a, node_b):
     broken = bytearray(datagrams[2])
     broken[-1] ^= 0xFF                     # payload changed, checksum not
     datagrams[2] = bytes(broken)
-    out = node_b.process_datagrams([(UNDERLAY_A, datagrams)], detail=True)
+    out = process_datagrams(node_b, [(UNDERLAY_A, datagrams)], detail=True)
     assert [len(Ether(e.data)[TCP].payload) for e in out][:2] == [2 * 1386, 1386]
     assert node_b.counter_dict()["gro_bad_checksum"] == 1
 
@@ -325,7 +321,7 @@ def kernel_peer_b():
     text = open("configs/demo.yaml").read().replace(
         "{name: node-a, underlay: 127.0.0.11, podCIDR: 10.244.1.0/24}",
         "{name: node-a, underlay: 127.0.0.11, podCIDR: 10.244.1.0/24, kernel: true}")
-    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-b", clock=frozen)
+    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-b", clock=still_clock())
 
 
 def test_partial_inner_checksums_from_a_vrouter_peer_are_never_repaired(node_b):
@@ -333,7 +329,7 @@ def test_partial_inner_checksums_from_a_vrouter_peer_are_never_repaired(node_b):
     pkt = (Ether(src="0e:76:0a:f4:01:00", dst="0e:76:0a:f4:02:00")
            / IP(src=A_IP, dst=REMOTE_IP, ttl=63) / UDP(sport=1, dport=53) / b"from vrouter")
     partial = as_pod_kernel_sends(pkt)[10:]
-    ((target, frame),) = node_b.process_datagrams(
+    ((target, frame),) = process_datagrams(node_b, 
         [(UNDERLAY_A, bytes(VXLAN(vni=1, flags=0x08) / Ether(partial)))])
     assert target == 1 and Ether(frame)[UDP].chksum == Ether(partial)[UDP].chksum
     assert node_b.counter_dict()["csum_partial_completed"] == 0
@@ -346,14 +342,14 @@ def test_partial_inner_checksums_from_a_kernel_peer_are_completed():
                / IP(src=A_IP, dst=REMOTE_IP, ttl=63) / proto / b"from a kernel vtep")
         partial = as_pod_kernel_sends(pkt)[10:]           # the field holds the pseudo sum only
         datagram = bytes(VXLAN(vni=1, flags=0x08) / Ether(partial))
-        ((target, frame),) = node_b.process_datagrams([(UNDERLAY_A, datagram)])
+        ((target, frame),) = process_datagrams(node_b, [(UNDERLAY_A, datagram)])
         assert target == 1
         assert_valid_checksums(Ether(frame))
     assert node_b.counter_dict()["csum_partial_completed"] == 2
     # a complete checksum is left alone, even when it happens to be small
     pkt = (Ether(src="0e:76:0a:f4:01:00", dst="0e:76:0a:f4:02:00")
            / IP(src=A_IP, dst=REMOTE_IP) / UDP(sport=1, dport=53) / b"done")
-    ((_t, frame),) = node_b.process_datagrams([(UNDERLAY_A, bytes(VXLAN(vni=1, flags=0x08) / pkt))])
+    ((_t, frame),) = process_datagrams(node_b, [(UNDERLAY_A, bytes(VXLAN(vni=1, flags=0x08) / pkt))])
     assert Ether(frame)[UDP].chksum == Ether(bytes(pkt))[UDP].chksum
     assert node_b.counter_dict()["csum_partial_completed"] == 2
 
@@ -394,11 +390,11 @@ BAD_HEADERS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_HEADERS))
 def test_an_inconsistent_vnet_header_is_dropped_and_counted(node_a, case):
-    assert node_a.process_tap(0, [BAD_HEADERS[case]]) == []
+    assert process_tap(node_a, 0, [BAD_HEADERS[case]]) == []
     counters = node_a.counter_dict()
     assert counters["drop_bad_vnet_header"] == 1 and counters["rx_frames"] == 1
     # and the node goes on: a good super-frame right after it is forwarded
-    assert len(datagrams_to(node_a.process_tap(0, [_TCP_SUPER]))) == 4
+    assert len(datagrams_to(process_tap(node_a, 0, [_TCP_SUPER]))) == 4
 
 
 _BIG_TCP = superframe(b"g" * 60000, 1386)[1]
@@ -406,16 +402,16 @@ _BIG_TCP = superframe(b"g" * 60000, 1386)[1]
 
 @pytest.mark.parametrize("gso_size", [1, 7, 47])
 def test_a_segment_size_no_kernel_sends_is_refused_before_it_costs_rows(node_a, gso_size):
-    assert node_a.process_tap(0, [_header(_BIG_TCP, gso_size=gso_size)]) == []
+    assert process_tap(node_a, 0, [_header(_BIG_TCP, gso_size=gso_size)]) == []
     counters = node_a.counter_dict()
     assert counters["drop_bad_gso_size"] == 1 and counters["rx_frames"] == 1
-    assert len(datagrams_to(node_a.process_tap(0, [_TCP_SUPER]))) == 4
+    assert len(datagrams_to(process_tap(node_a, 0, [_TCP_SUPER]))) == 4
 
 
 def test_a_batch_of_the_smallest_segments_fits_the_output_rows(node_a):
     """64 super-frames of 48-byte segments: each a thousand datagrams. The output batch
     reserves rows per GSO train, so forward() stops early and goes on instead of overrunning."""
     frame = _header(superframe(b"s" * (48 * 1000), 48)[1], gso_size=48)
-    segments = datagrams_to(node_a.process_tap(0, [frame] * 64))
+    segments = datagrams_to(process_tap(node_a, 0, [frame] * 64))
     assert len(segments) == 64 * 1000
     assert node_a.counter_dict()["drop_no_room"] == 0

@@ -8,6 +8,7 @@ from scapy.layers.l2 import Ether
 
 from fastpath import learning
 from tests.fastpath.test_services import make_dp
+from tests.harness import process
 from vrouter.model import config
 from vrouter.model.config import DEFAULT_FDB_MAX_PER_PORT
 from vrouter.node.dataplane import Dataplane
@@ -49,35 +50,35 @@ def test_a_mac_flood_from_one_pod_is_capped_at_its_port_and_the_others_still_lea
     dp, _clock = dp_with_clock()
     macs = random_macs(5000)
     for k in range(0, len(macs), 64):
-        dp.process([(0, frame(m)) for m in macs[k:k + 64]])
+        process(dp, [(0, frame(m)) for m in macs[k:k + 64]])
     counts = dp.counter_dict()
     assert len(learned(dp, 0)) == DEFAULT_FDB_MAX_PER_PORT
     assert counts["fdb_learn_port_limit"] == 5000 - DEFAULT_FDB_MAX_PER_PORT
     # the flood cost nothing the other port needs: web-2's extra MAC is learned, and frames to
     # it are delivered, not flooded
     extra = "02:aa:bb:cc:dd:ee"
-    dp.process([(1, frame(extra, dst_mac=A_MAC, src=B_IP, dst=A_IP))])
+    process(dp, [(1, frame(extra, dst_mac=A_MAC, src=B_IP, dst=A_IP))])
     assert [e["mac"] for e in learned(dp, 1)] == [extra]
-    ((target, _),) = dp.process([(0, frame(A_MAC, dst_mac=extra))])
+    ((target, _),) = process(dp, [(0, frame(A_MAC, dst_mac=extra))])
     assert target == 1
     # and a pod's own MAC is still its own: claiming it from the other port is spoofing
-    assert dp.process([(1, frame(A_MAC, src=B_IP, dst=A_IP))]) == []
+    assert process(dp, [(1, frame(A_MAC, src=B_IP, dst=A_IP))]) == []
     assert dp.counter_dict()["drop_spoofed_mac"] == 1
 
 
 def test_learned_macs_age_out_and_free_their_ports_share():
     dp, clock = dp_with_clock("  fdbAgeSeconds: 10\n  fdbMaxPerPort: 4\n")
     first = random_macs(4, seed=2)
-    dp.process([(0, frame(m)) for m in first])
+    process(dp, [(0, frame(m)) for m in first])
     assert len(learned(dp, 0)) == 4
-    dp.process([(0, frame(random_macs(1, seed=3)[0]))])
+    process(dp, [(0, frame(random_macs(1, seed=3)[0]))])
     assert dp.counter_dict()["fdb_learn_port_limit"] == 1
     clock.now += 11
     assert learned(dp, 0) == []                       # aged out: not shown, not used
     assert dp.sweep()["macs"] == 4                     # and freed, the port's share recounted
     assert int(dp.tables.bridge.fdb_owned[0]) == 0
     second = random_macs(4, seed=4)
-    dp.process([(0, frame(m)) for m in second])
+    process(dp, [(0, frame(m)) for m in second])
     assert sorted(e["mac"] for e in learned(dp, 0)) == sorted(second)
 
 
@@ -97,7 +98,7 @@ def test_outside_neighbours_gleaned_are_bounded_and_preset_ones_stay():
     node_mac = dp.node.mac
     for k in range(3000):   # a flood of outside sources, each a new neighbour
         src = f"172.18.{10 + k // 250}.{k % 250 + 1}"
-        dp.process([(uplink, bytes(Ether(src=f"02:00:00:00:{k >> 8:02x}:{k & 255:02x}",
+        process(dp, [(uplink, bytes(Ether(src=f"02:00:00:00:{k >> 8:02x}:{k & 255:02x}",
                                          dst=node_mac) / IP(src=src, dst=str(dp.node.address))
                                    / UDP(sport=1, dport=9)))])
     table = dp.tables.outside

@@ -8,8 +8,9 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from fastpath import conntrack as nat
+from tests.harness import OVERLAY_TARGET, process, process_datagrams, still_clock
 from vrouter.model import config
-from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
+from vrouter.node.dataplane import Dataplane
 from vrouter.node.servicetables import maglev_row
 from vrouter.node.tables import ip_to_int
 
@@ -43,7 +44,8 @@ def make_dp(extra=SERVICE, **replace):
     text = open("configs/demo.yaml").read() + extra
     for old, new in replace.items():
         text = text.replace(old, new)
-    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a")
+    return Dataplane(config.parse(text, "demo.yaml", check_host=False), "node-a",
+                     clock=still_clock())
 
 
 @pytest.fixture
@@ -68,7 +70,7 @@ def first_flow(dp, sports, wanted, proto="tcp"):
     """Open flows from A to the VIP until `wanted(target, pkt)` holds for the translated packet;
     returns (sport, target, pkt). Fails the test when no source port in `sports` gives one."""
     for sport in sports:
-        ((target, frame),) = dp.process([(0, bytes(to_vip(sport, proto)))])
+        ((target, frame),) = process(dp, [(0, bytes(to_vip(sport, proto)))])
         pkt = inner(target, frame)
         if wanted(target, pkt):
             return sport, target, pkt
@@ -88,7 +90,7 @@ def assert_checksums_valid(pkt):
 def test_clusterip_connections_reach_every_endpoint_and_replies_come_back_from_the_vip(dp):
     seen = set()
     for sport in range(20000, 20060):
-        ((target, frame),) = dp.process([(0, bytes(to_vip(sport)))])
+        ((target, frame),) = process(dp, [(0, bytes(to_vip(sport)))])
         pkt = inner(target, frame)
         hairpin = pkt[IP].dst == A_IP   # the client is a backend too: SNAT (see below)
         assert pkt[TCP].dport == 8080 and pkt[IP].src == ("10.244.1.1" if hairpin else A_IP)
@@ -102,7 +104,7 @@ def test_reply_from_a_local_backend_is_reverse_translated(dp):
     sport, _target, _pkt = first_flow(dp, range(30000, 30100), lambda t, p: p[IP].dst == B_IP)
     reply = Ether(src=B_MAC, dst=A_MAC) / IP(src=B_IP, dst=A_IP) / TCP(sport=8080, dport=sport,
                                                                         flags="SA") / b"x"
-    ((target, frame),) = dp.process([(1, bytes(reply))])
+    ((target, frame),) = process(dp, [(1, bytes(reply))])
     pkt = Ether(frame)
     assert target == 0
     assert (pkt[IP].src, pkt[TCP].sport, pkt[IP].dst, pkt[TCP].dport) == (VIP, 80, A_IP, sport)
@@ -114,8 +116,8 @@ def test_reply_from_a_remote_backend_over_the_overlay_is_reverse_translated(dp):
                                       lambda t, p: t >= OVERLAY_TARGET, "udp")
     reply = (Ether(src="0e:76:0a:f4:02:00", dst="0e:76:0a:f4:01:00") /
              IP(src=REMOTE, dst=A_IP, ttl=63) / UDP(sport=5353, dport=sport) / b"answer")
-    ((target, frame),) = dp.process_datagrams([(ip_to_int("127.0.0.12"),
-                                                bytes(VXLAN(vni=1, flags=0x08) / reply))])
+    ((target, frame),) = process_datagrams(dp, [(ip_to_int("127.0.0.12"),
+                                                 bytes(VXLAN(vni=1, flags=0x08) / reply))])
     pkt = Ether(frame)
     assert target == 0
     assert (pkt[IP].src, pkt[UDP].sport, pkt[UDP].dport) == (VIP, 53, sport)
@@ -133,7 +135,7 @@ def test_nat_checksums_match_scapy_over_many_random_flows():
         if proto == "udp" and rng.random() < 0.2:
             frame[UDP].chksum = 0   # "no checksum" must stay 0
             frame = Ether(bytes(frame))
-        out = dp.process([(0, bytes(frame))])
+        out = process(dp, [(0, bytes(frame))])
         ((target, data),) = out
         pkt = inner(target, data)
         if proto == "udp" and frame[UDP].chksum == 0:
@@ -149,7 +151,7 @@ def test_hairpin_is_snatted_to_the_gateway_and_comes_back(dp):
     assert target == 0 and pkt[IP].src == "10.244.1.1"   # SNAT: it would answer itself otherwise
     reply = Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.244.1.1") / TCP(
         sport=8080, dport=pkt[TCP].sport, flags="SA")
-    ((target, frame),) = dp.process([(0, bytes(reply))])
+    ((target, frame),) = process(dp, [(0, bytes(reply))])
     back = Ether(frame)
     assert target == 0
     assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == (VIP, 80, A_IP, sport)
@@ -158,11 +160,11 @@ def test_hairpin_is_snatted_to_the_gateway_and_comes_back(dp):
 def test_no_endpoints_rejects_at_once(dp):
     frame = Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.96.0.11") / TCP(sport=5, dport=80,
                                                                                  flags="S")
-    ((target, out),) = dp.process([(0, bytes(frame))])
+    ((target, out),) = process(dp, [(0, bytes(frame))])
     rst = Ether(out)
     assert target == 0 and rst[IP].src == "10.96.0.11" and rst[TCP].flags == "RA"
     frame = Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst="10.96.0.11") / UDP(sport=5, dport=80)
-    ((target, out),) = dp.process([(0, bytes(frame))])
+    ((target, out),) = process(dp, [(0, bytes(frame))])
     assert Ether(out)[ICMP].type == 3 and Ether(out)[ICMP].code == 3
 
 
@@ -170,7 +172,7 @@ def test_client_ip_affinity_pins_every_connection_of_a_client():
     dp = make_dp(extra=SERVICE.replace("  selector: {app: web}\n  ports: [{name: tcp",
                                        "  selector: {app: web}\n  sessionAffinity: ClientIP\n"
                                        "  ports: [{name: tcp", 1))
-    backends = {inner(*dp.process([(0, bytes(to_vip(sport)))])[0])[IP].dst
+    backends = {inner(*process(dp, [(0, bytes(to_vip(sport)))])[0])[IP].dst
                 for sport in range(1000, 1050)}
     assert len(backends) == 1
 
@@ -179,7 +181,7 @@ def test_large_udp_payload_in_fragments_is_translated_whole(dp):
     from scapy.layers.inet import fragment
     datagram = IP(src=A_IP, dst=VIP, id=77) / UDP(sport=4444, dport=53) / (b"z" * 2000)
     frames = [bytes(Ether(src=A_MAC, dst=GW_MAC) / f) for f in fragment(datagram, fragsize=1400)]
-    out = dp.process([(0, f) for f in frames])
+    out = process(dp, [(0, f) for f in frames])
     pkts = [inner(t, f)[IP] for t, f in out]
     assert len(pkts) == 2 and len({p.dst for p in pkts}) == 1 and pkts[0].dst != VIP
     from scapy.layers.inet import defragment
@@ -212,18 +214,18 @@ def test_a_syn_on_a_closed_connections_tuple_starts_afresh():
     sport, _target, _pkt = first_flow(dp, range(51000, 51100), lambda t, p: t == 1)
     synack = Ether(src=B_MAC, dst=GW_MAC) / IP(src=B_IP, dst=A_IP) / TCP(sport=8080, dport=sport,
                                                                           flags="SA")
-    dp.process([(1, bytes(synack))])
+    process(dp, [(1, bytes(synack))])
     rst = to_vip(sport)
     rst[TCP].flags = "R"
-    dp.process([(0, bytes(rst))])   # closed: both entries linger for T_TCP_CLOSED
+    process(dp, [(0, bytes(rst))])   # closed: both entries linger for T_TCP_CLOSED
     # a direct connection to the backend on the same 4-tuple: its SYN-ACK is not the old reply
     direct = Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst=B_IP) / TCP(sport=sport, dport=8080,
                                                                           flags="S")
-    ((target, frame),) = dp.process([(0, bytes(direct))])
+    ((target, frame),) = process(dp, [(0, bytes(direct))])
     assert target == 1 and Ether(frame)[IP].dst == B_IP
-    ((target, frame),) = dp.process([(1, bytes(synack))])
+    ((target, frame),) = process(dp, [(1, bytes(synack))])
     assert target == 0 and Ether(frame)[IP].src == B_IP and Ether(frame)[TCP].sport == 8080
     # and a new SYN to the service on the old tuple is a new connection (a new Maglev choice)
     new_flows = dp.counter_dict()["svc_new_flows"]
-    dp.process([(0, bytes(to_vip(sport)))])
+    process(dp, [(0, bytes(to_vip(sport)))])
     assert dp.counter_dict()["svc_new_flows"] == new_flows + 1

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from vrouter.node.dataplane import OVERLAY_TARGET, Dataplane
+from vrouter.node.dataplane import Dataplane
 from vrouter.node.trace import TraceError, Tracer
 
 from tests.fastpath.test_services import A_IP, B_IP, REMOTE, VIP, inner, make_dp, to_vip
+from tests.harness import OVERLAY_TARGET, process, still_clock
 
 
 SOURCE_PORTS = [50001 + k for k in range(8)]   # one per overlay send socket
@@ -49,7 +50,7 @@ def test_remote_pod_leaves_over_the_overlay_and_the_peer_takes_it_up():
     assert outer["dport"] == dp.cluster.overlay.port and outer["vni"] == dp.cluster.overlay.vni
     assert outer["sport"] in SOURCE_PORTS and outer["inner_length"] == len(datagram) - 8
 
-    peer = Dataplane(dp.cluster, "node-b")
+    peer = Dataplane(dp.cluster, "node-b", clock=still_clock())
     hop = tracer(peer).from_overlay(result["to"]["source"], datagram)
     assert stages(hop)[0] == "overlay_in"
     assert hop["verdict"] == "forwarded_routed"
@@ -67,7 +68,7 @@ def test_cluster_ip_names_the_backend_a_real_connection_gets_and_changes_nothing
     assert service["service"] == "default/web" and service["frontend"] == f"{VIP}:80/TCP"
     assert service["connection"] == "new"
 
-    ((target, frame),) = dp.process([(0, bytes(to_vip(41000)))])   # the real SYN, same 5-tuple
+    ((target, frame),) = process(dp, [(0, bytes(to_vip(41000)))])   # the real SYN, same 5-tuple
     real = inner(target, frame)
     assert service["backend"] == f"{real[IP].dst}:{real[TCP].dport}"
 
@@ -109,6 +110,14 @@ spec:
     assert step["service"]["snat"] is True
     assert result["kind"] == "forward"
 
+
+
+def test_a_request_with_fields_of_the_wrong_kind_is_a_trace_error():
+    t = tracer(make_dp())
+    with pytest.raises(TraceError, match="proto"):
+        t.answer({"from": "pod", "pod": "web-1", "dst": B_IP, "proto": ["tcp"]})
+    with pytest.raises(TraceError, match="receive buffer"):
+        t.answer({"from": "overlay", "source": "127.0.0.12", "datagram": "00" * 70000})
 
 
 def test_a_policy_refusal_shows_in_the_policy_stage_and_counts_nothing():

@@ -18,6 +18,7 @@ class FakeRegistration:
 
 class FakePods:
     restoring = False
+    down_nodes: frozenset = frozenset()
 
     def __init__(self, node):
         self.node = node

@@ -61,12 +61,13 @@ def connects(host, port, seconds):
 def udp(host, port, sport, seconds):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", sport))
+    s.connect((host, port))   # answers from the Service address only, as a client expects
     s.settimeout(0.05)
     answers = []
     start = time.time()
     while time.time() - start < seconds:
         try:
-            s.sendto(b"u", (host, port))
+            s.send(b"u")
             data = s.recv(1024)
             answers.append((time.time(), data.split(b" ")[0].decode()))
         except OSError:   # timeout, or a port unreachable while no backend exists

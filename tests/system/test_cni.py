@@ -267,7 +267,8 @@ def test_bad_input_gets_spec_errors_and_leaves_nothing_half_attached(make_cluste
             # 2: unsupported field (its key and value in the message)
             ("ADD", {**conf, "ipMasq": True}, good, 2),
             ("ADD", {**conf, "bridge": "cni0"}, good, 2),
-            ("ADD", {**conf, "runtimeConfig": {"portMappings": [{"hostPort": 8080}]}}, good, 2),
+            ("ADD", {**conf, "runtimeConfig": {"bandwidth": {"ingressRate": 8}}}, good, 2),
+            ("ADD", {**conf, "runtimeConfig": {"portMappings": [{"hostPort": 8080}]}}, good, 7),
             # 3: the container does not exist
             ("ADD", conf, {**good, "CNI_NETNS": f"/run/netns/{cluster.prefix}-nosuch"}, 3),
             # 4: invalid environment variables
@@ -315,7 +316,7 @@ def test_bad_input_gets_spec_errors_and_leaves_nothing_half_attached(make_cluste
             assert got != 0 and error is not None and error["code"] == code, (case, error)
             assert set(error) == {"cniVersion", "code", "msg", "details"} and error["msg"]
             if code == 2:
-                key = next(k for k in ("ipMasq", "bridge", "portMappings") if k in str(data))
+                key = next(k for k in ("ipMasq", "bridge", "bandwidth") if k in str(data))
                 assert key in error["msg"], error   # the spec: key and value
             if code == 4 and command != "FROB":
                 assert "CNI_" in error["msg"], error   # the spec: the variable's name
@@ -476,3 +477,122 @@ def test_malformed_and_oversized_control_requests_get_errors(make_cluster):
     assert {cluster.pod("a1"), cluster.pod("b1")} <= list_netns()   # its pods are still there
     assert cluster.status("node-a")["control"]["malformed"] == 4     # and counted
     assert cluster.sh("a1", "ping", "-c", "1", "-W", "2", cluster.ip("b1")).returncode == 0
+
+
+# --- host ports: portMappings, hostPort, `vrouter attach --publish` ---------------------------------
+
+def node_address(cluster, node):
+    from vrouter.model import config
+    return str(config.load(cluster.path, check_host=False).node(node).address)
+
+
+def test_host_ports_lead_from_the_node_address_to_the_pod_keeping_the_client(make_cluster,
+                                                                             tmp_path):
+    from tests.system.test_service_e2e import attempt
+    from tests.system.test_services import OUTSIDE_HOST, TCP_PORT, UDP_PORT, client, echo_servers
+    prefix = new_prefix()
+    published = {"name": f"{prefix}-a1", "node": "node-a", "ports": [
+        {"containerPort": TCP_PORT, "hostPort": 8080},
+        {"containerPort": UDP_PORT, "protocol": "UDP", "hostPort": 8053}]}
+    neighbour = {"name": f"{prefix}-a2", "node": "node-a"}
+    cluster = make_cluster(pods_per_node=(0, 1), extra_pods=[published, neighbour],
+                           prefix=prefix)
+    a, b = node_address(cluster, "node-a"), node_address(cluster, "node-b")
+    outside = f"{prefix}-outside"
+    subprocess.run(["ip", "netns", "add", f"{prefix}-r1"], check=True)
+    try:
+        with echo_servers(cluster, ("a1", "b1")):
+            for proto, port in (("tcp", 8080), ("udp", 8053)):
+                backend, source = client(cluster, outside, proto, a, port)[:2]
+                assert (backend, source) == ("a1", OUTSIDE_HOST)   # the client's own address
+                assert client(cluster, "b1", proto, a, port)[0] == "a1"   # from another node
+                assert client(cluster, "a2", proto, a, port)[0] == "a1"   # from its own node
+                assert client(cluster, "a1", proto, a, port)[0] == "a1"   # from itself
+                assert attempt(cluster, outside, proto, b, port) is None  # not node-b's port
+            frontends = {f["frontend"]: f for f in cluster.status("node-a")["services"]}
+            assert frontends[f"{a}:8080/TCP"]["backends"] == [f"{cluster.ip('a1')}:{TCP_PORT}"]
+            assert frontends[f"{a}:8080/TCP"]["new_connections"] >= 2
+            # at runtime: a taken host port is refused with nothing made, a free one serves
+            attach = [sys.executable, "-m", "vrouter", "attach", str(cluster.path), "--node",
+                      "node-a", "--netns", f"{prefix}-r1", "--name", f"{prefix}-r1"]
+            taken = subprocess.run(attach + ["-p", f"8080:{TCP_PORT}"], capture_output=True,
+                                   text=True, timeout=60)
+            assert taken.returncode != 0 and "host port 8080/TCP of node 'node-a' is taken by " \
+                f"pod '{prefix}-a1'" in taken.stderr, taken.stderr
+            assert links(f"{prefix}-r1") == {"lo": False}
+            done = subprocess.run(attach + ["-p", f"9090:{TCP_PORT}", "--publish",
+                                            f"9053:{UDP_PORT}/udp"], capture_output=True,
+                                  text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            with echo_servers(cluster, ("r1",)):
+                for proto, port in (("tcp", 9090), ("udp", 9053)):
+                    assert client(cluster, outside, proto, a, port)[:2] == ["r1", OUTSIDE_HOST]
+            detach = subprocess.run([sys.executable, "-m", "vrouter", "detach",
+                                     str(cluster.path), "--name", f"{prefix}-r1"],
+                                    capture_output=True, text=True, timeout=60)
+            assert detach.returncode == 0, detach.stderr
+            assert f"{a}:9090/TCP" not in {f["frontend"]
+                                           for f in cluster.status("node-a")["services"]}
+    finally:
+        subprocess.run(["ip", "netns", "del", f"{prefix}-r1"])
+
+
+def test_podman_publish_and_a_chained_conflist(make_cluster, podman):
+    """`podman run -p` through the portMappings capability, in a conflist where Debian's
+    tuning and bandwidth plugins follow vrouter-cni (podman speaks CNI 1.0.0)."""
+    from tests.system.test_services import OUTSIDE_HOST
+    prefix = new_prefix()
+    cluster = make_cluster(pods_per_node=(0, 1), prefix=prefix)
+    pm = podman(cluster)
+    a = node_address(cluster, "node-a")
+    made = pm.vrouter("cni-conf", str(cluster.path), "--node", "node-a", "--name",
+                      f"{prefix}-chain", "--chain", "tuning,bandwidth").stdout
+    conflist = json.loads(made)
+    assert [p["type"] for p in conflist["plugins"]] == ["vrouter-cni", "tuning", "bandwidth"]
+    assert conflist["plugins"][0]["capabilities"] == {"portMappings": True}
+    # tuning works on the interface vrouter-cni made, found through prevResult
+    conflist["plugins"][1].update(mtu=1400, sysctl={"net.ipv4.conf.eth0.arp_notify": "1"})
+    (pm.net_d / f"{prefix}-chain.conflist").write_text(json.dumps(conflist))
+    web, other = f"{prefix}-web", f"{prefix}-other"
+    cgi = ("mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\n"
+           "echo\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && "
+           "httpd -f -p 80 -h /www")
+    pm.run("run", "-d", "--network", f"{prefix}-chain", "-p", "8080:80", "--name", web, IMAGE,
+           "sh", "-c", cgi)
+    try:
+        link = pm.run("exec", web, "ip", "link", "show", "eth0").stdout
+        assert "mtu 1400" in link, link
+        sysctl = pm.run("exec", web, "cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify")
+        assert sysctl.stdout.strip() == "1"
+        got = subprocess.run(["ip", "netns", "exec", f"{prefix}-outside", "curl", "-s", "-m",
+                              "5", f"http://{a}:8080/cgi-bin/ip"], capture_output=True,
+                             text=True, timeout=30)
+        # busybox httpd listens on [::] and reports IPv4 clients mapped
+        assert got.returncode == 0 and got.stdout.strip() == f"[::ffff:{OUTSIDE_HOST}]", got
+        from_pod = cluster.sh("b1", "curl", "-s", "-m", "5", f"http://{a}:8080/cgi-bin/ip")
+        assert from_pod.returncode == 0 and from_pod.stdout.strip(), from_pod
+        # the host port is taken: a second container asking for it is refused, nothing made
+        ports_before = [p["pod"] for p in cluster.status("node-a")["ports"]]
+        refused = pm.run("run", "-d", "--network", f"{prefix}-chain", "-p", "8080:80",
+                         "--name", other, IMAGE, "sleep", "60", check=False)
+        assert refused.returncode != 0 and "host port 8080/TCP" in refused.stderr, refused
+        assert [p["pod"] for p in cluster.status("node-a")["ports"]] == ports_before
+        pm.run("rm", "--force", "--time", "0", other)
+        # bandwidth with rates shapes a veth's host end; a TAP has none: the chain fails
+        # and podman's DEL takes vrouter's attachment away again
+        conflist["plugins"][2].update(ingressRate=1000000, ingressBurst=100000)
+        (pm.net_d / f"{prefix}-chain.conflist").write_text(json.dumps(conflist))
+        shaped = pm.run("run", "-d", "--network", f"{prefix}-chain", "--name", other, IMAGE,
+                        "sleep", "60", check=False)
+        assert shaped.returncode != 0 and "has no veth peer" in shaped.stderr, shaped
+        assert [p["pod"] for p in cluster.status("node-a")["ports"]] == ports_before
+        pm.run("rm", "--force", "--time", "0", other, check=False)
+        pm.run("rm", "--force", "--time", "0", web)   # DEL through the chain: the port goes
+        assert f"{a}:8080/TCP" not in {f["frontend"]
+                                       for f in cluster.status("node-a")["services"]}
+        gone = subprocess.run(["ip", "netns", "exec", f"{prefix}-outside", "curl", "-s", "-m",
+                               "2", f"http://{a}:8080/"], capture_output=True, text=True,
+                              timeout=30)
+        assert gone.returncode != 0
+    finally:
+        pm.run("rm", "--force", "--time", "0", web, other, check=False)

@@ -79,11 +79,14 @@ def test_every_record_kind_over_udp_and_tcp(dns_cluster, tcp):
         assert dig(c, asker, "web-pods.default.svc.cluster.local", tcp=tcp) == sorted([a1, b1])
         assert dig(c, asker, "SRV", "_http._tcp.web.default.svc.cluster.local", tcp=tcp) == [
             "0 100 80 web.default.svc.cluster.local."]
-        assert f"0 100 8080 {dashed}.web-pods.default.svc.cluster.local." in dig(
+        assert f"0 50 8080 {dashed}.web-pods.default.svc.cluster.local." in dig(
             c, asker, "SRV", "_http._tcp.web-pods.default.svc.cluster.local", tcp=tcp)
         assert dig(c, asker, f"{dashed}.default.pod.cluster.local", tcp=tcp) == [a1]
+        # an endpoint's address names it under each Service it serves (CoreDNS: no pod PTR)
         assert dig(c, asker, "-x", a1, tcp=tcp) == sorted([
-            f"{dashed}.default.pod.cluster.local.", f"{dashed}.web-pods.default.svc.cluster.local."])
+            f"{dashed}.web.default.svc.cluster.local.",
+            f"{dashed}.web-pods.default.svc.cluster.local."])
+        assert dig(c, asker, "TXT", "dns-version.cluster.local", tcp=tcp) == ['"1.1.0"']
         assert dig(c, asker, "-x", "10.96.0.100", tcp=tcp) == ["web.default.svc.cluster.local."]
         assert dig(c, asker, "CNAME", "docs.default.svc.cluster.local", tcp=tcp) == [
             "docs.example.org."]
@@ -102,11 +105,11 @@ def test_getent_resolves_short_names_through_the_search_list(dns_cluster):
     assert c.sh("a1", "getent", "hosts", "web").stdout.split() == [
         "10.96.0.100", "web.default.svc.cluster.local"]
     assert c.sh("b2", "getent", "hosts", "web").returncode == 2   # not found
-    # an address: its PTR names (b1 is a pod, and an endpoint of the headless web-pods)
+    # an address: its PTR names (b1 is an endpoint of web and of the headless web-pods)
     out = c.sh("a1", "getent", "hosts", c.ip("b1")).stdout.split()
     dashed = c.ip("b1").replace(".", "-")
     assert out[0] == c.ip("b1") and out[1:] and set(out[1:]) <= {
-        f"{dashed}.default.pod.cluster.local", f"{dashed}.web-pods.default.svc.cluster.local"}
+        f"{dashed}.web.default.svc.cluster.local", f"{dashed}.web-pods.default.svc.cluster.local"}
 
 
 def test_a_reload_changes_the_records_and_a_bad_query_does_not_hurt(dns_cluster):

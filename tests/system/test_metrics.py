@@ -4,10 +4,12 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from vrouter.node.metrics import SNAPSHOT_MAX_AGE
 from tests.system.cluster import Cluster, new_prefix
 
 VIP = "10.96.0.50"
@@ -58,6 +60,17 @@ def scrape(port: int) -> dict:
     return samples(result.stdout)
 
 
+def scrape_fresh(port: int, before: dict, key, by: int) -> dict:
+    """A scrape in which `key` grew by `by` over `before`: a node serves scrapes from a snapshot
+    up to SNAPSHOT_MAX_AGE old, so one taken right after the traffic may predate it."""
+    deadline = time.monotonic() + 10 * SNAPSHOT_MAX_AGE
+    while True:
+        found = scrape(port)
+        if found.get(key, 0) - before.get(key, 0) >= by or time.monotonic() > deadline:
+            return found
+        time.sleep(SNAPSHOT_MAX_AGE / 4)   # the snapshot's age is the readiness; nothing to wait on
+
+
 def test_metrics_move_under_traffic_and_logs_are_json(make_cluster):
     port = free_port_pair()
     prefix = new_prefix()
@@ -73,12 +86,13 @@ def test_metrics_move_under_traffic_and_logs_are_json(make_cluster):
     for _ in range(CONNECTIONS):   # refused by the backend's kernel (nothing listens): still a flow
         cluster.sh("a1", sys.executable, "-c", f"import socket\ntry:\n socket.create_connection(("
                    f"'{VIP}', 80), timeout=3)\nexcept OSError:\n pass")
-    after_a = scrape(port)
+    pod = (("interface", a1), ("kind", "pod"))
+    after_a = scrape_fresh(port, before_a, ("vrouter_port_rx_packets_total", pod),
+                           PINGS + CONNECTIONS)
 
     def grew(key, by):
         assert after_a.get(key, 0) - before_a.get(key, 0) >= by, (key, before_a.get(key),
                                                                   after_a.get(key))
-    pod = (("interface", a1), ("kind", "pod"))
     grew(("vrouter_port_rx_packets_total", pod), PINGS + CONNECTIONS)
     grew(("vrouter_port_tx_packets_total", pod), PINGS + CONNECTIONS)
     grew(("vrouter_port_rx_bytes_total", pod), PINGS * 98)
@@ -98,8 +112,8 @@ def test_metrics_move_under_traffic_and_logs_are_json(make_cluster):
     assert via_socket[connections[0]] >= after_a[connections[0]]
 
     # node-b's endpoint is its own (port + 1); its overlay port received what a1 sent it
-    after_b = scrape(b_port)
     overlay = ("vrouter_port_rx_packets_total", (("interface", "overlay"), ("kind", "overlay")))
+    after_b = scrape_fresh(b_port, before_b, overlay, 1)
     assert after_b[overlay] - before_b.get(overlay, 0) >= 1
 
     output = cluster.stop()

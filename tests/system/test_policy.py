@@ -1,15 +1,21 @@
 """NetworkPolicy with real connections between real pods, as the Kubernetes e2e NetworkPolicy
-tests check it: namespaces x and y, pods a, b, c spread over two nodes, an echo server (TCP and
-UDP) in each, and for each policy set the whole reachability matrix, TCP and UDP, same node and
-across nodes. Policies are changed with `vrouter reload`, as a user would."""
+tests check it: namespaces x and y, pods a, b, c spread over two nodes, echo servers (TCP and UDP,
+on two ports each) in each, and for each policy set the whole reachability matrix, TCP and UDP,
+same node and across nodes. Policies, pod labels and namespace labels are changed with
+`vrouter reload`, as a user would."""
+import contextlib
 import subprocess
 import sys
 
+import yaml
+
 import pytest
 
-from tests.system.cluster import Cluster, new_prefix
+from tests.system.cluster import Cluster, new_prefix, wait_for
 from tests.system.reachability import assert_matrix
-from tests.system.test_services import TCP_PORT, UDP_PORT, echo_servers
+from tests.system.test_services import SERVER, TCP_PORT, UDP_PORT, echo_servers
+
+TCP_PORT2, UDP_PORT2 = TCP_PORT + 1, UDP_PORT + 1   # the second port of each protocol
 
 PODS = {  # short name: namespace, node, pod label
     "xa": ("x", "node-a", "a"), "xb": ("x", "node-b", "b"), "xc": ("x", "node-a", "c"),
@@ -51,22 +57,54 @@ def policy_cluster(tmp_path_factory):
     cluster.base_text = cluster.path.read_text()
     cluster.start()
     try:
-        with echo_servers(cluster, tuple(PODS)):
+        with echo_servers(cluster, tuple(PODS)), second_servers(cluster):
             yield cluster
     finally:
         cluster.stop()
         assert not cluster.leftovers()
 
 
-def reload(cluster, *policies: str) -> subprocess.CompletedProcess:
-    """The cluster file with these policies, reloaded as a user would."""
-    cluster.path.write_text(cluster.base_text + "".join(policies))
+@contextlib.contextmanager
+def second_servers(cluster):
+    """Each pod serves TCP_PORT2 and UDP_PORT2 too."""
+    servers = [subprocess.Popen(["ip", "netns", "exec", cluster.pod(short), sys.executable, SERVER,
+                                 short, str(TCP_PORT2), str(UDP_PORT2)]) for short in PODS]
+    try:
+        for short in PODS:
+            wait_for(lambda: f":{TCP_PORT2}" in cluster.sh(short, "ss", "-ltn").stdout,
+                     what=f"second server in {short}")
+        yield
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+
+
+def relabelled(cluster, pods: dict | None = None, namespaces: dict | None = None) -> str:
+    """The base file with pod labels (short name -> labels) and namespace labels changed."""
+    head, sep, rest = cluster.base_text.partition("\n---")
+    doc = yaml.safe_load(head)
+    for pod in doc["pods"]:
+        short = pod["name"][len(cluster.prefix) + 1:]
+        if pods and short in pods:
+            pod["labels"] = pods[short]
+    text = yaml.safe_dump(doc, sort_keys=False) + sep + rest
+    for ns, labels in (namespaces or {}).items():
+        text = text.replace(f"metadata: {{name: {ns}, labels: {{ns: {ns}}}}}",
+                            f"metadata: {{name: {ns}, labels: {yaml.safe_dump(labels, default_flow_style=True).strip()}}}")
+    return text
+
+
+def reload(cluster, *policies: str, base: str | None = None) -> subprocess.CompletedProcess:
+    """The cluster file (`base`: another version of it) with these policies, reloaded as a
+    user would."""
+    cluster.path.write_text((base or cluster.base_text) + "".join(policies))
     return subprocess.run([sys.executable, "-m", "vrouter", "reload", str(cluster.path)],
                           capture_output=True, text=True, timeout=60)
 
 
-def apply(cluster, *policies: str) -> None:
-    result = reload(cluster, *policies)
+def apply(cluster, *policies: str, base: str | None = None) -> None:
+    result = reload(cluster, *policies, base=base)
     assert result.returncode == 0, result.stderr
 
 
@@ -183,12 +221,119 @@ yb  X  X  X  X  .
 ]
 
 
+A_CLOSED = """
+    xa xb xc ya yb
+xa  .  .  .  .  .
+xb  X  .  .  .  .
+xc  X  .  .  .  .
+ya  X  .  .  .  .
+yb  X  .  .  .  .
+"""   # nothing gets into xa
+
+# the second port of each protocol, where a case's rules name ports: name -> (TCP_PORT2, UDP_PORT2)
+SECOND_PORTS = {
+    "named-port-tcp-only": (A_CLOSED, A_CLOSED),     # serve-tcp names TCP_PORT only
+    "end-port-range-udp": (A_CLOSED, A_CLOSED),      # the range ends at UDP_PORT
+}
+CASES += [
+    ("stacked-policies-by-port", [
+        netpol("a-from-y-on-1", f"""  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress: [{{from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}}}], ports: [{{port: {TCP_PORT}}}]}}]
+"""),
+        netpol("a-from-c-on-2", f"""  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: c}}}}}}], ports: [{{port: {TCP_PORT2}}}]}}]
+""")], """
+    xa xb xc ya yb
+xa  .  .  .  .  .
+xb  X  .  .  .  .
+xc  X  .  .  .  .
+ya  .  .  .  .  .
+yb  .  .  .  .  .
+""", A_CLOSED),
+    ("sctp-rule-opens-no-tcp-or-udp", [netpol("a-sctp", f"""  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress: [{{ports: [{{port: {TCP_PORT}, protocol: SCTP}}, {{port: {UDP_PORT}, protocol: SCTP}}]}}]
+""")], A_CLOSED, None),
+]
+SECOND_PORTS["stacked-policies-by-port"] = ("""
+    xa xb xc ya yb
+xa  .  .  .  .  .
+xb  X  .  .  .  .
+xc  .  .  .  .  .
+ya  X  .  .  .  .
+yb  X  .  .  .  .
+""", A_CLOSED)
+SECOND_PORTS["sctp-rule-opens-no-tcp-or-udp"] = (A_CLOSED, A_CLOSED)
+
+
 @pytest.mark.parametrize("name, policies, tcp, udp", CASES, ids=[c[0] for c in CASES])
 def test_reachability(policy_cluster, name, policies, tcp, udp):
     apply(policy_cluster, *policies)
     pods = pods_of(policy_cluster)
     assert_matrix(pods, "tcp", TCP_PORT, tcp)
     assert_matrix(pods, "udp", UDP_PORT, udp or tcp)
+    if name in SECOND_PORTS:   # two ports of each protocol, as the upstream suite probes 80/81
+        tcp2, udp2 = SECOND_PORTS[name]
+        assert_matrix(pods, "tcp", TCP_PORT2, tcp2)
+        assert_matrix(pods, "udp", UDP_PORT2, udp2)
+
+
+def test_ingress_from_a_namespace_relabelled_after_the_policy(policy_cluster):
+    """The e2e test "should allow ingress access from updated namespace"."""
+    c = policy_cluster
+    pods = pods_of(c)
+    from_team = netpol("a-from-team-blue", """  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}]}]
+""")
+    apply(c, from_team)
+    assert_matrix(pods, "tcp", TCP_PORT, A_CLOSED)
+    apply(c, from_team, base=relabelled(c, namespaces={"y": {"ns": "y", "team": "blue"}}))
+    assert_matrix(pods, "tcp", TCP_PORT, """
+    xa xb xc ya yb
+xa  .  .  .  .  .
+xb  X  .  .  .  .
+xc  X  .  .  .  .
+ya  .  .  .  .  .
+yb  .  .  .  .  .
+""")
+
+
+def test_ingress_from_a_pod_relabelled_after_the_policy_and_to_one_relabelled_into_it(
+        policy_cluster):
+    """The e2e tests "should allow ingress access from updated pod" and "should deny ingress
+    access to updated pod"."""
+    c = policy_cluster
+    pods = pods_of(c)
+    from_updated = netpol("a-from-updated", """  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{podSelector: {matchLabels: {updated: "yes"}}}]}]
+""")
+    isolate = netpol("deny-isolated", """  podSelector: {matchLabels: {isolated: "yes"}}
+  ingress: []
+""")
+    apply(c, from_updated, isolate)
+    assert_matrix(pods, "tcp", TCP_PORT, A_CLOSED)
+    apply(c, from_updated, isolate, base=relabelled(c, pods={
+        "xc": {"pod": "c", "updated": "yes"}, "xb": {"pod": "b", "isolated": "yes"}}))
+    assert_matrix(pods, "tcp", TCP_PORT, """
+    xa xb xc ya yb
+xa  .  X  .  .  .
+xb  X  .  .  .  .
+xc  .  X  .  .  .
+ya  X  X  .  .  .
+yb  X  X  .  .  .
+""")
+
+
+def test_an_updated_policy_is_enforced_and_a_deleted_one_no_longer(policy_cluster):
+    """The e2e tests "should enforce updated policy" and "should stop enforcing policies after
+    they are deleted"."""
+    c = policy_cluster
+    pods = pods_of(c)
+    apply(c, netpol("p", "  podSelector: {}\n  ingress: [{}]\n"))
+    assert_matrix(pods, "tcp", TCP_PORT, ALL_OPEN)
+    apply(c, netpol("p", "  podSelector: {}\n  ingress: []\n"))
+    assert_matrix(pods, "tcp", TCP_PORT, X_CLOSED)
+    apply(c)
+    assert_matrix(pods, "tcp", TCP_PORT, ALL_OPEN)
 
 
 def test_service_traffic_is_judged_against_its_backend(policy_cluster):

@@ -58,8 +58,8 @@ def test_1_incompatible_version(conf, command, words):
     ({"frobnicate": 7}, "unsupported field frobnicate: 7"),
     ({"dns": {"nameservers": ["1.1.1.1"]}}, 'unsupported field dns: {"nameservers": ["1.1.1.1"]}'),
     ({"ipMasq": True}, "unsupported field ipMasq: true"),
-    ({"runtimeConfig": {"portMappings": [{"hostPort": 80}]}},
-     'unsupported field runtimeConfig.portMappings: [{"hostPort": 80}]'),
+    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}},
+     'unsupported field runtimeConfig.ips: ["10.244.1.9/24"]'),
 ])
 def test_2_unsupported_field_names_key_and_value(conf, words):
     err = refused(conf=conf)
@@ -234,3 +234,41 @@ def test_interface_names_follow_the_kernel_and_the_spec(name, ok):
     ("a:b", False)])
 def test_container_ids_follow_the_spec(cid, ok):
     assert (names.cni_name_problem(cid) is None) == ok
+
+
+# --- the portMappings capability ------------------------------------------------------------------
+
+def test_port_mappings_are_read_as_the_portmap_plugin_reads_them():
+    conf = {**CONF, "runtimeConfig": {"portMappings": [
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
+        {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "0.0.0.0"},
+        {"hostPort": 9000, "containerPort": 9000, "hostIP": "192.168.50.11"}]}}
+    call = cni.parse(ENV, json.dumps(conf).encode())
+    assert cni.port_mappings(call.conf) == [
+        {"host_port": 8080, "container_port": 80, "protocol": "TCP"},
+        {"host_port": 5353, "container_port": 53, "protocol": "UDP"},
+        {"host_port": 9000, "container_port": 9000, "protocol": "TCP",   # tcp by default
+         "host_ip": "192.168.50.11"}]                                    # the node checks it
+
+
+@pytest.mark.parametrize("mapping, code, words", [
+    ({"hostPort": 0, "containerPort": 80}, 7, "hostPort 0 is not a port"),
+    ({"hostPort": 8080, "containerPort": 65536}, 7, "containerPort 65536 is not a port"),
+    ({"hostPort": "8080", "containerPort": 80}, 7, "hostPort \"8080\" is not a port"),
+    ({"hostPort": True, "containerPort": 80}, 7, "hostPort true is not a port"),
+    ({"hostPort": 8080, "containerPort": 80, "protocol": "icmp"}, 7, "not tcp, udp or sctp"),
+    ({"hostPort": 8080, "containerPort": 80, "protocol": "sctp"}, 2, "TCP and UDP only"),
+    ({"hostPort": 8080, "containerPort": 80, "hostIP": 7}, 7, "hostIP 7 is not an address"),
+    ("8080:80", 7, "portMappings[0] is not an object"),
+])
+def test_bad_port_mappings_are_refused_with_the_field(mapping, code, words):
+    err = refused(conf={"runtimeConfig": {"portMappings": [mapping]}})
+    assert err.code == code and words in err.msg, err.msg
+
+
+def test_other_capabilities_stay_unsupported_and_too_many_mappings_are_refused():
+    err = refused(conf={"runtimeConfig": {"bandwidth": {"ingressRate": 1000}}})
+    assert err.code == 2 and "runtimeConfig.bandwidth" in err.msg and "portMappings" in err.details
+    many = [{"hostPort": 1000 + k, "containerPort": 80} for k in range(cni.MAX_PORT_MAPPINGS + 1)]
+    err = refused(conf={"runtimeConfig": {"portMappings": many}})
+    assert err.code == 7 and "at most" in err.msg

@@ -77,19 +77,31 @@ def test_bad_pod_and_namespace_manifests_name_the_field(doc, field, problem):
      "spec.ingress[0].ports[0].endPort", "80 is below port 90"),
     ("  podSelector: {}\n  egress: [{ports: [{port: http, endPort: 80}]}]\n",
      "spec.egress[0].ports[0].endPort", "not allowed with a named port"),
-    ("  podSelector: {}\n  ingress: [{ports: [{port: 53, protocol: SCTP}]}]\n",
-     "spec.ingress[0].ports[0].protocol", "'SCTP' is not supported"),
+    ("  podSelector: {}\n  ingress: [{ports: [{port: 53, protocol: ICMP}]}]\n",
+     "spec.ingress[0].ports[0].protocol", "'ICMP' is not a protocol"),
     ("  podSelector: {}\n  policyTypes: [Inbound]\n",
      "spec.policyTypes", "Ingress and/or Egress"),
     ("  podSelector: {}\n  ingress: [{sources: []}]\n", "spec.ingress[0].sources", "unknown field"),
-    ("  podSelector: {}\n  policyTypes: [Ingress]\n  egress: [{}]\n", "spec.egress",
-     "lacks Egress"),
 ])
 def test_invalid_policies_name_the_file_the_field_and_the_problem(spec, field, problem):
     with pytest.raises(config.ConfigError, match=problem) as err:
         parse(netpol(spec))
     assert err.value.path == "cluster.yaml"
     assert err.value.field_path == f"document 2.{field}"
+
+
+def test_sctp_rules_and_rules_of_a_type_policy_types_leaves_out_are_valid():
+    cluster = parse(netpol("  podSelector: {}\n  policyTypes: [Ingress]\n"
+                           "  ingress: [{ports: [{port: 9000, protocol: SCTP}]}]\n"
+                           "  egress: [{}]\n"))
+    (p,) = cluster.policies
+    assert p.types == ("Ingress",) and p.ingress[0].ports[0].protocol == "SCTP"
+    pod = cluster.pods[0]
+    # the SCTP rule opens SCTP 9000 and nothing else; the egress rule means nothing
+    assert allows(cluster, pod, INGRESS, "10.244.2.2", "SCTP", 9000)
+    assert not allows(cluster, pod, INGRESS, "10.244.2.2", "TCP", 9000)
+    assert not allows(cluster, pod, INGRESS, "10.244.2.2", "UDP", 9000)
+    assert allows(cluster, pod, EGRESS, "10.244.2.2", "TCP", 1)   # not isolated for egress
 
 
 def test_a_policy_defined_twice_is_refused():

@@ -292,3 +292,83 @@ def test_the_dns_address_is_not_given_to_another_service():
     for k in range(300):   # allocated addresses skip it
         c = load(WEB.replace("name: web}", f"name: web-{k}}}"))
         assert user_services(c)[0].cluster_ip != c.dns.address
+
+
+# --- host ports -----------------------------------------------------------------------------------
+
+HOST_PORTS = """
+pods:
+  - {name: web-1, node: node-a, ports: [{containerPort: 80, hostPort: 8080},
+                                        {containerPort: 53, hostPort: 5353, protocol: UDP}]}
+  - {name: web-2, node: node-b, ports: [{containerPort: 80, hostPort: 8080}]}
+"""
+
+
+def host_port_cluster(pods=HOST_PORTS, *docs):
+    head = CLUSTER.split("pods:")[0]
+    text = head + textwrap.dedent(pods) + "".join("---\n" + textwrap.dedent(d) for d in docs)
+    return config.parse(text, "c.yaml", check_host=False)
+
+
+def test_host_ports_are_frontends_of_their_own_node_only():
+    from vrouter.node import servicetables
+    c = host_port_cluster()
+    for node, expected in (("node-a", {("10.244.1.2:80", "TCP", 8080), ("10.244.1.2:53", "UDP",
+                                                                        5353)}),
+                           ("node-b", {("10.244.2.2:80", "TCP", 8080)})):
+        tables = servicetables.build(c, node)
+        hosts = [f for f in tables.frontends if f.port_name == "hostPort"]
+        assert {(f.backends[0], f.protocol, f.port) for f in hosts} == expected
+        address = str(c.node(node).address)
+        assert all(f.address == address and not f.snat and f.scope == "node-local"
+                   for f in hosts)          # the client's address is kept, as portmap keeps it
+        assert tables.shadowed == []
+
+
+def test_a_service_node_port_on_the_same_port_wins_and_the_host_port_is_reported():
+    from vrouter.node import servicetables
+    nodeport = """
+    apiVersion: v1
+    kind: Service
+    metadata: {name: np}
+    spec:
+      type: NodePort
+      selector: {app: none}
+      ports: [{port: 80, nodePort: 30080}]
+    """
+    pods = HOST_PORTS.replace("hostPort: 8080}", "hostPort: 30080}")
+    c = host_port_cluster(pods, nodeport)
+    tables = servicetables.build(c, "node-a")
+    assert [f.service for f in tables.frontends if f.port == 30080] == ["default/np"]
+    assert tables.shadowed == [f"{c.node('node-a').address}:30080/TCP of pod default/web-1"]
+
+
+@pytest.mark.parametrize("pods, field, words", [
+    ("""
+     pods:
+       - {name: a, node: node-a, ports: [{containerPort: 80, hostPort: 8080}]}
+       - {name: b, node: node-a, ports: [{containerPort: 81, hostPort: 8080}]}
+     """, "pods[1].ports", "hostPort 8080/TCP is taken on node 'node-a' by pod 'a'"),
+    ("""
+     pods:
+       - {name: a, node: node-a, ports: [{containerPort: 80, hostPort: 0}]}
+     """, "pods[0].ports[0].hostPort", "0"),
+    ("""
+     pods:
+       - {name: a, node: node-a, ports: [{containerPort: 80, hostPort: 80, protocol: SCTP}]}
+     """, "pods[0].ports[0].hostPort", "not SCTP"),
+])
+def test_bad_host_ports_name_the_field(pods, field, words):
+    with pytest.raises(config.ConfigError) as err:
+        host_port_cluster(pods)
+    assert err.value.field_path == field and words in str(err.value), str(err.value)
+
+
+def test_one_host_port_for_tcp_and_udp_and_on_two_nodes_is_fine():
+    c = host_port_cluster("""
+    pods:
+      - {name: a, node: node-a, ports: [{containerPort: 80, hostPort: 8080}]}
+      - {name: b, node: node-a, ports: [{containerPort: 80, hostPort: 8080, protocol: UDP}]}
+      - {name: c, node: node-b, ports: [{containerPort: 80, hostPort: 8080}]}
+    """)
+    assert sorted(cp.host_port for p in c.pods for cp in p.ports) == [8080, 8080, 8080]

@@ -90,6 +90,13 @@ def test_tcp_syn_to_gateway_gets_rst(slow):
     assert ip[TCP].flags == "RA" and ip[TCP].ack == 101 and ip[TCP].dport == 4000
 
 
+def test_the_rst_to_a_syn_at_the_end_of_sequence_space_acknowledges_across_the_wrap(slow):
+    syn = Ether(src=A_MAC, dst=GW_MAC) / IP(src=A_IP, dst=GW) / TCP(sport=40000, dport=80,
+                                                                 flags="S", seq=0xFFFFFFFF)
+    rst = only_routed(slow.handle(bytes(syn), 0, R_SLOW_TO_GATEWAY))[TCP]
+    assert rst.flags == "RA" and rst.ack == 0   # found by tests/fuzz/pod_frames
+
+
 @pytest.mark.parametrize("reason, icmp_type, code", [
     (R_SLOW_TTL_EXCEEDED, 11, 0), (R_SLOW_HOST_UNREACHABLE, 3, 1),
 ])

@@ -524,6 +524,7 @@ def _build_pods(entries: list[_PodEntry], nodes: dict, check_host: bool,
     # second pass: deterministic allocation (config order, lowest free address from .2 up)
     pods = []
     macs: dict[str, str] = {}
+    host_ports: dict[tuple, str] = {}   # (node, protocol, hostPort) -> whose
     allocator = addressing.Allocator(taken)
     for e, name, namespace, node, ip, mac, netns, owns, labels, ports in checked:
         reader, where = e.reader, e.where
@@ -536,6 +537,14 @@ def _build_pods(entries: list[_PodEntry], nodes: dict, check_host: bool,
         if mac in macs:
             reader.fail(f"{where}.mac", f"duplicate MAC {mac} (also {macs[mac]})")
         macs[mac] = where
+        for cp in ports:
+            if cp.host_port:
+                slot = (node.name, cp.protocol, cp.host_port)
+                if slot in host_ports:
+                    reader.fail(f"{where}.ports", f"hostPort {cp.host_port}/{cp.protocol} is "
+                                f"taken on node {node.name!r} by {host_ports[slot]} (one pod "
+                                "per host port and node, as the scheduler places them)")
+                host_ports[slot] = f"pod {name!r} ({where})"
         pods.append(Pod(name=name, namespace=namespace, node=node.name, ip=ip, mac=mac,
                         netns=netns, owns_netns=owns, labels=labels, ports=ports))
     return pods
@@ -547,11 +556,18 @@ def _build_ports(reader, raw, where):
     ports = []
     for n, item in enumerate(raw):
         w = f"{where}[{n}]"
-        d = reader.mapping(item, w, {"name", "containerPort", "protocol"}, required=("containerPort",))
+        d = reader.mapping(item, w, {"name", "containerPort", "protocol", "hostPort"},
+                           required=("containerPort",))
         name = reader.string(d.get("name", f"port-{n}"), f"{w}.name")
         number = reader.integer(d["containerPort"], f"{w}.containerPort", 1, 65535)
         protocol = d.get("protocol", "TCP")
-        if protocol not in ("TCP", "UDP"):
-            reader.fail(f"{w}.protocol", f"{protocol!r} is not supported (TCP or UDP)")
-        ports.append(ContainerPort(name, number, protocol))
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            reader.fail(f"{w}.protocol", f"{protocol!r} is not a protocol (TCP, UDP or SCTP)")
+        host_port = None
+        if "hostPort" in d:
+            host_port = reader.integer(d["hostPort"], f"{w}.hostPort", 1, 65535)
+            if protocol == "SCTP":
+                reader.fail(f"{w}.hostPort", "vrouter publishes TCP and UDP host ports, not "
+                            "SCTP (it translates no SCTP, as for Services)")
+        ports.append(ContainerPort(name, number, protocol, host_port))
     return tuple(ports)

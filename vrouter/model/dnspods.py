@@ -20,7 +20,12 @@ def dns_pod_ip(node: Node) -> ipaddress.IPv4Address:
 
 
 def build_dns(reader, raw, service_cidr) -> ClusterDNS:
-    d = reader.mapping(raw, "cluster.dns", {"enabled", "address", "domain"})
+    d = reader.mapping(raw, "cluster.dns", {"enabled", "address", "domain", "ttl", "pods"})
+    ttl = reader.integer(d.get("ttl", ClusterDNS.ttl), "cluster.dns.ttl", 0, 3600)
+    pods = d.get("pods", ClusterDNS.pods)
+    if pods not in ("insecure", "verified", "disabled"):
+        reader.fail("cluster.dns.pods", f"{pods!r} is not insecure, verified or disabled "
+                    "(CoreDNS's pod record modes)")
     enabled = d.get("enabled", True)
     if not isinstance(enabled, bool):
         reader.fail("cluster.dns.enabled", f"{enabled!r} is not true or false")
@@ -34,7 +39,8 @@ def build_dns(reader, raw, service_cidr) -> ClusterDNS:
     labels = domain.rstrip(".").split(".")
     if not all(DNS_LABEL.match(label) for label in labels) or len(domain) > 200:
         reader.fail("cluster.dns.domain", f"{domain!r} is not a DNS domain (e.g. cluster.local)")
-    return ClusterDNS(enabled=enabled, address=address, domain=".".join(labels))
+    return ClusterDNS(enabled=enabled, address=address, domain=".".join(labels), ttl=ttl,
+                      pods=pods)
 
 
 def dns_pods(reader, cluster_name: str, nodes, pods) -> list[Pod]:

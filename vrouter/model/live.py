@@ -88,11 +88,13 @@ def _decode(value: bytes):
 
 
 def build(file: Cluster, items: dict[str, bytes], self_node: str | None = None,
-          restoring: bool = False, extra=()) -> Live:
+          restoring: bool = False, extra=(), down=frozenset()) -> Live:
     """The live model of `file` (a Cluster from config, with its spec) and the store's `items`
     (key -> value). `restoring`: this node's own attachments are left out (it attaches them
     again once its data path runs). `extra`: (key, document, parsed) objects about to be
-    written (`vrouter apply`), checked after the store's, so a conflict is theirs."""
+    written (`vrouter apply`), checked after the store's, so a conflict is theirs. `down`: nodes
+    gone silent on the overlay (their pods leave the model, and so every Service, as the
+    endpoints controller drops a NotReady node's endpoints)."""
     spec = file.spec
     problems: dict[str, str] = {}
     registrations: dict[str, dict] = {}
@@ -173,9 +175,9 @@ def build(file: Cluster, items: dict[str, bytes], self_node: str | None = None,
     lost = set()
     for name, doc in registrations.items():
         lost |= lost_pods(doc)
-    if lost:
-        cluster = dataclasses.replace(cluster, pods=tuple(p for p in cluster.pods
-                                                          if p.name not in lost))
+    if lost or down:
+        cluster = dataclasses.replace(cluster, pods=tuple(
+            p for p in cluster.pods if p.name not in lost and p.node not in down))
     records = []
     for key, value in sorted(items.items()):
         if not key.startswith(ATTACHMENTS):
@@ -187,7 +189,8 @@ def build(file: Cluster, items: dict[str, bytes], self_node: str | None = None,
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             problems[key] = f"not an attachment record: {exc}"
             continue
-        if a.pod.node in running and not (restoring and a.pod.node == self_node):
+        if a.pod.node in running and a.pod.node not in down and not (
+                restoring and a.pod.node == self_node):
             records.append(a)
     cluster = attachments.live_cluster(cluster, records)
     return Live(cluster, running, pending, held, problems, registrations, objects)

@@ -9,9 +9,10 @@ import re
 
 IFNAMSIZ = 16        # the kernel's interface-name buffer, NUL included
 DNS_LABEL_MAX = 63
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# \Z, not $: $ also matches before a final newline ("web-1\n" would pass)
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 # CNI: a container id and a network name start with an alphanumeric, then [A-Za-z0-9_.-]
-CNI_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+CNI_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")
 
 
 def interface_problem(name) -> str | None:

@@ -12,7 +12,8 @@ import re
 
 NETNS_RUN_DIR = "/run/netns"
 CNI = "cni"                  # pods[].netns: attached at runtime by the CNI plugin
-NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \Z, not $: $ also matches before a final newline
+NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 def netns_path(netns: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from vrouter.model.names import DNS_LABEL as _DNS_LABEL
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
-PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17}
+PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 INGRESS, EGRESS = "Ingress", "Egress"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"   # every namespace has it (Kubernetes sets it)
 
@@ -249,7 +249,7 @@ def _port(reader, raw, where) -> PolicyPort:
     d = reader.mapping(raw, where, {"protocol", "port", "endPort"})
     protocol = d.get("protocol", "TCP")
     if protocol not in PROTOCOL_NUMBERS:
-        reader.fail(f"{where}.protocol", f"{protocol!r} is not supported (TCP or UDP)")
+        reader.fail(f"{where}.protocol", f"{protocol!r} is not a protocol (TCP, UDP or SCTP)")
     port = d.get("port")
     if isinstance(port, str) and not port.isdigit():
         port = reader.string(port, f"{where}.port", _DNS_LABEL, "a port name")
@@ -304,9 +304,8 @@ def parse_policy(reader, doc: dict, where: str, source: str) -> NetworkPolicy:
     if not isinstance(types, list) or not types or \
             any(t not in (INGRESS, EGRESS) for t in types) or len(set(types)) != len(types):
         reader.fail(f"{w}.policyTypes", f"{types!r}: a list of Ingress and/or Egress")
-    for direction, key in ((INGRESS, "ingress"), (EGRESS, "egress")):
-        if spec.get(key) and direction not in types:
-            reader.fail(f"{w}.{key}", f"has rules, but policyTypes {types} lacks {direction}")
+    # rules of a type policyTypes leaves out are valid and mean nothing (as the API server
+    # accepts them and cyclonus's reference model ignores them)
     return NetworkPolicy(name=name, namespace=namespace, pod_selector=selector,
                          types=tuple(t for t in (INGRESS, EGRESS) if t in types),
                          ingress=_rules(reader, spec.get("ingress"), f"{w}.ingress", "from"),

@@ -11,7 +11,7 @@ import yaml
 from vrouter.model.names import DNS_LABEL
 from vrouter.model.types import ConfigError
 
-MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")   # \Z: $ matches before a newline
 
 
 class Reader:
@@ -111,3 +111,5 @@ def documents(text: str, path: str) -> list:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(path, where, f"invalid YAML: {reason}") from None
+    except RecursionError:
+        raise ConfigError(path, "", "invalid YAML: nested too deeply") from None

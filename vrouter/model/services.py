@@ -16,6 +16,7 @@ from vrouter.model.dnspods import DNS_LABELS, DNS_NAMESPACE, DNS_SERVICE
 from vrouter.model.types import ConfigError
 
 NODE_PORT_RANGE = (30000, 32767)
+IGNORED_BY_PROXY = ("service.kubernetes.io/service-proxy-name", "service.kubernetes.io/headless")
 DEFAULT_AFFINITY_TIMEOUT = 10800
 PROTOCOLS = {"TCP": 6, "UDP": 17}
 
@@ -23,14 +24,13 @@ _SPEC_FIELDS = {
     "type", "clusterIP", "clusterIPs", "ports", "selector", "sessionAffinity",
     "sessionAffinityConfig", "externalTrafficPolicy", "internalTrafficPolicy", "externalIPs",
     "loadBalancerIP", "ipFamilies", "ipFamilyPolicy", "publishNotReadyAddresses",
-    "allocateLoadBalancerNodePorts", "externalName",
+    "allocateLoadBalancerNodePorts", "externalName", "healthCheckNodePort",
 }
 _EXTERNAL_NAME = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?$")
+    r"^(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?\Z")
 # fields Kubernetes has and vrouter does not implement: refused with the reason
 _UNSUPPORTED = {
     "loadBalancerSourceRanges": "source ranges are not enforced by vrouter",
-    "healthCheckNodePort": "vrouter has no health-check node port",
     "loadBalancerClass": "vrouter is the only load-balancer implementation here",
     "trafficDistribution": "topology-aware routing is not implemented",
 }
@@ -63,6 +63,9 @@ class Service:
     internal_policy: str                             # Cluster | Local
     source: str = ""                                 # file it came from
     external_name: str | None = None                 # type ExternalName: a DNS CNAME only
+    publish_not_ready: bool = False                  # publishNotReadyAddresses (DNS)
+    proxied: bool = True                             # False: a label asks kube-proxy to ignore it
+    health_check_node_port: int | None = None        # LoadBalancer, externalTrafficPolicy Local
 
     @property
     def key(self) -> str:
@@ -75,13 +78,16 @@ class Endpoint:
     port: int
 
 
-def endpoints(service: Service, port: ServicePort, pods) -> list[Endpoint]:
-    """Ready endpoints of one service port, in a stable order (namespace/name of the pod)."""
+def endpoints(service: Service, port: ServicePort, pods, include_not_ready: bool = False
+              ) -> list[Endpoint]:
+    """Ready endpoints of one service port, in a stable order (namespace/name of the pod);
+    with `include_not_ready`, those of pods not ready yet too (a pod a container runtime has
+    not attached: it has its address, not its interface), as publishNotReadyAddresses asks."""
     if not service.selector:
         return []   # a Service without selector has manually managed endpoints: none here
     found = []
     for pod in pods:
-        if pod.awaiting_cni:
+        if pod.awaiting_cni and not include_not_ready:
             continue   # declared, not attached yet: nothing to reach
         labels = dict(pod.labels)
         if pod.namespace != service.namespace:
@@ -106,7 +112,10 @@ def parse(reader, doc: dict, where: str, source: str) -> dict:
                    required=("metadata", "spec"))
     if doc.get("apiVersion", "v1") != "v1":
         reader.fail(f"{where}.apiVersion", f"{doc['apiVersion']!r}: Services are apiVersion v1")
-    _, name, namespace = reader.metadata(doc, where)   # only name and namespace matter
+    meta, name, namespace = reader.metadata(doc, where)
+    labels = dict(reader.labels(meta.get("labels") or {}, f"{where}.metadata.labels"))
+    # kube-proxy leaves a Service alone when either label is set (DNS still serves it)
+    ignored = [k for k in IGNORED_BY_PROXY if k in labels]
     w = f"{where}.spec"
     spec = doc["spec"]
     if not isinstance(spec, dict):
@@ -200,11 +209,24 @@ def parse(reader, doc: dict, where: str, source: str) -> dict:
     if headless and external:
         reader.fail(f"{w}.externalIPs", "a headless Service has no addresses to expose")
 
+    publish = spec.get("publishNotReadyAddresses", False)
+    if not isinstance(publish, bool):
+        reader.fail(f"{w}.publishNotReadyAddresses", f"{publish!r} is not true or false")
+    health = None
+    if "healthCheckNodePort" in spec:
+        if kind != "LoadBalancer" or policies["externalTrafficPolicy"] != "Local":
+            reader.fail(f"{w}.healthCheckNodePort", "only valid for type LoadBalancer with "
+                        "externalTrafficPolicy: Local (as Kubernetes validates it)")
+        low, high = NODE_PORT_RANGE
+        health = reader.integer(spec["healthCheckNodePort"], f"{w}.healthCheckNodePort", low, high)
+    elif kind == "LoadBalancer" and policies["externalTrafficPolicy"] == "Local":
+        health = 0   # allocated, as Kubernetes does for this combination
     return dict(name=name, namespace=namespace, type=kind, cluster_ip=cluster_ip, headless=headless,
                 ports=ports, selector=tuple(sorted((k, str(v)) for k, v in selector.items())),
                 external_ips=tuple(external), external_fields=external, affinity_timeout=timeout,
                 external_policy=policies["externalTrafficPolicy"],
-                internal_policy=policies["internalTrafficPolicy"], where=where, source=source)
+                internal_policy=policies["internalTrafficPolicy"], where=where, source=source,
+                publish_not_ready=publish, proxied=not ignored, health_check_node_port=health)
 
 
 def _external_name(reader, spec, w, name, namespace, where, source) -> dict:
@@ -263,11 +285,14 @@ def _ports(reader, raw, where, kind, headless, allocate_node_ports):
         if (protocol, port) in seen:
             reader.fail(f"{w}.port", f"{protocol} port {port} appears twice")
         seen.add((protocol, port))
-        target = d.get("targetPort", port)
+        target = d.get("targetPort")
+        if target is None:       # absent or null: the API server defaults it to port
+            target = port
         if isinstance(target, str) and not target.isdigit():
             target = reader.string(target, f"{w}.targetPort")
         else:
-            target = reader.integer(int(target), f"{w}.targetPort", 1, 65535)
+            target = reader.integer(int(target) if isinstance(target, str) else target,
+                                    f"{w}.targetPort", 1, 65535)
         node_port = None
         if "nodePort" in d:
             if kind in ("ClusterIP", "ExternalName"):
@@ -343,6 +368,15 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network,
                     owner[1].add(sp.protocol)
                 else:
                     used_ports[sp.node_port] = (key, {sp.protocol}, f"{p['source']}: {field}")
+        health = p.get("health_check_node_port")
+        if health:
+            field = f"{p['where']}.spec.healthCheckNodePort"
+            if health in used_ports:
+                owner = used_ports[health]
+                raise ConfigError(p["source"], field,
+                                  f"Service {key}: healthCheckNodePort {health} is already "
+                                  f"Service {owner[0]}'s nodePort ({owner[2]})")
+            used_ports[health] = (key, {"TCP", "UDP"}, f"{p['source']}: {field}")
     first = int(service_cidr.network_address) + 1
     size = service_cidr.num_addresses - 2
     low, high = NODE_PORT_RANGE
@@ -376,12 +410,25 @@ def allocate(parsed: list[dict], service_cidr: ipaddress.IPv4Network,
                 used_ports[candidate] = (key, {sp.protocol}, "allocated")
                 sp = ServicePort(sp.name, sp.protocol, sp.port, sp.target_port, candidate)
             ports.append(sp)
+        health = p.get("health_check_node_port")
+        if health == 0:   # allocated like a nodePort, from the same range
+            start = stable_hash(f"{key}/healthz") % (high - low + 1)
+            for k in range(high - low + 1):
+                health = low + (start + k) % (high - low + 1)
+                if health not in used_ports:
+                    break
+            else:
+                raise ConfigError(p["source"], f"{p['where']}.spec.healthCheckNodePort",
+                                  f"Service {key}: no port is left in {low}-{high}")
+            used_ports[health] = (key, {"TCP", "UDP"}, "allocated")
         services.append(Service(
             name=p["name"], namespace=p["namespace"], type=p["type"], cluster_ip=ip,
             ports=tuple(ports), selector=p["selector"], external_ips=p["external_ips"],
             affinity_timeout=p["affinity_timeout"], external_policy=p["external_policy"],
             internal_policy=p["internal_policy"], source=p["source"],
-            external_name=p.get("external_name")))
+            external_name=p.get("external_name"),
+            publish_not_ready=p.get("publish_not_ready", False), proxied=p.get("proxied", True),
+            health_check_node_port=health))
     return services
 
 

@@ -72,6 +72,7 @@ class ContainerPort:
     name: str
     container_port: int
     protocol: str
+    host_port: int | None = None   # published on the pod's node address (hostPort / portMappings)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ class ClusterDNS:
     enabled: bool = True
     address: ipaddress.IPv4Address | None = None   # the kube-dns ClusterIP (serviceCIDR .10)
     domain: str = DEFAULT_DNS_DOMAIN
+    ttl: int = 30                  # as kubeadm's Corefile sets it (CoreDNS's own default: 5)
+    pods: str = "insecure"         # A-B-C-D.NS.pod records: insecure | verified | disabled
 
     def settings(self, namespace: str) -> dict:
         """What a Kubernetes pod of `namespace` resolves with (dnsPolicy ClusterFirst), in the

@@ -1,16 +1,13 @@
 """A node's data plane, sans-IO: its tables, batch buffers and slow path.
 
 The node's I/O (vrouter.node.datapath with fastpath.io) reads into `rx`, calls the fast path and writes
-the output batch itself. Tests and tools use `process` / `process_tap` / `process_datagrams`:
-frames in, (target, bytes) out, with the slow path's answers (and the packets the gateway
-originates, routed through the fast path again) included. Targets are port numbers (pods
-0..P-1, then the uplink) or OVERLAY_TARGET + peer index.
+the output batch itself; `load_into` / `load_datagrams` fill a batch as a TAP read or a recvmmsg
+would (vrouter trace, the tests' harness in tests/harness.py).
 """
 from __future__ import annotations
 
 import struct
 import time
-from typing import NamedTuple
 
 import numpy as np
 from scapy.layers.inet import ICMP, IP
@@ -24,9 +21,8 @@ from fastpath.groups import Frames, Output
 from fastpath.layout import (
     BATCH, F_ROWS, FILL_COLS, FRAMES_MAX, HEADROOM, IN_GATEWAY, IN_OVERLAY, M_CSUM_OFFSET,
     M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START,
-    M_VFLAGS, META_COLS, O_DONE, O_FRAME, O_IN_PORT, O_KIND, O_LEN, O_REASON, O_ROW, O_SEGMENT,
-    O_SOCKET, O_SRC, O_START, O_TARGET, OUT_COLS, OUT_DATA, OUT_OVERLAY, OUT_PORT,
-    OUT_ROWS, OUT_SLOW, P_MASQUERADE, P_PEER_DEAD_AFTER, SLOT, SLOW_DATA, SRC_DATA, TRACE_COLS, VNET_HDR_LEN,
+    M_VFLAGS, META_COLS, O_IN_PORT, O_KIND, O_LEN, O_REASON, O_START, OUT_COLS, OUT_DATA,
+    OUT_ROWS, OUT_SLOW, P_MASQUERADE, P_PEER_DEAD_AFTER, SLOT, SLOW_DATA, TRACE_COLS, VNET_HDR_LEN,
     VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import COUNTER_COUNT, COUNTER_NAMES
@@ -38,18 +34,9 @@ from vrouter.node.tables import NEIGHBOUR_AGE
 from vrouter.model.config import Cluster, Pod
 from vrouter.node.slowpath import SlowPath
 
-OVERLAY_TARGET = 1 << 20
 VNET_HEADER = struct.Struct("<BBHHHH")   # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET_COLUMNS = (M_VFLAGS, M_GSO_TYPE, M_HDR_LEN, M_GSO_SIZE, M_CSUM_START, M_CSUM_OFFSET)
 NO_VNET = bytes(VNET_HDR_LEN)
-
-
-class Emitted(NamedTuple):
-    """One write or send of the data plane, as tests see it."""
-    target: int        # port, or OVERLAY_TARGET + peer
-    data: bytes        # the frame (ports) or one VXLAN datagram (overlay)
-    vnet: bytes        # ports: the virtio-net header written in front of the frame
-    socket: int        # overlay: which send socket (outer UDP source port)
 
 
 def new_frames(rows: int = BATCH, slot: int = SLOT) -> Frames:
@@ -80,6 +67,26 @@ def load_into(frames: Frames, items) -> int:
         for column, value in zip(VNET_COLUMNS, VNET_HEADER.unpack(vnet)):
             meta[k, column] = value
     return len(items)
+
+
+def load_datagrams(frames: Frames, rows: list[tuple[int, list[bytes]]]) -> int:
+    """(outer source IPv4 as int, [VXLAN datagrams]) per row of `frames`, the datagrams back to
+    back as a UDP GRO train lies in a receive buffer; returns the frame count."""
+    meta, buf = frames.meta, frames.buf
+    n = 0
+    for row, (source, datagrams) in enumerate(rows):
+        position = HEADROOM - VXLAN_HEADER_LEN
+        for datagram in datagrams:
+            buf[row, position:position + len(datagram)] = np.frombuffer(datagram, np.uint8)
+            meta[n, :] = 0
+            meta[n, M_ROW] = row
+            meta[n, M_START] = position + VXLAN_HEADER_LEN
+            meta[n, M_LEN] = len(datagram) - VXLAN_HEADER_LEN
+            meta[n, M_IN_PORT] = IN_OVERLAY
+            meta[n, M_SRC_IP] = source
+            position += len(datagram)
+            n += 1
+    return n
 
 
 def vnet_header(meta_row) -> bytes:
@@ -146,104 +153,6 @@ class Dataplane:
     def load_gateway(self, frames: list[bytes]) -> int:
         """Put frames the gateway originates into the `gw` batch (at most BATCH)."""
         return load_into(self.gw, [(IN_GATEWAY, frame, NO_VNET) for frame in frames])
-
-    # --- running batches in tests and tools ---------------------------------------------------
-
-    def run(self, frames: Frames, n: int) -> list[Emitted]:
-        """Forward n loaded frames, answer what goes to the slow path, then route what the
-        gateway originates; everything written or sent, in order."""
-        emitted: list[Emitted] = []
-        routed: list[bytes] = []
-        i = 0
-        while True:
-            self.out.fill[:] = 0
-            i = forward(frames, i, n, self.now, self.tables, self.out)
-            emitted += self.collect(frames, self.out)
-            l2, more = self.handle_slow(self.slow_items(self.out))
-            emitted += [Emitted(port, frame, NO_VNET, 0) for port, frame in l2]
-            routed += more
-            if i >= n:
-                break
-        for first in range(0, len(routed), BATCH):
-            emitted += self.run(self.gw, self.load_gateway(routed[first:first + BATCH]))
-        return emitted
-
-    def collect(self, frames: Frames, out: Output) -> list[Emitted]:
-        """The output batch as (target, bytes) records: flood copies and GSO trains expanded."""
-        emitted = []
-        for row in out.rows[:int(out.fill[F_ROWS])].tolist():
-            kind, length, target = row[O_KIND], row[O_LEN], row[O_TARGET]
-            if row[O_DONE] or kind == OUT_SLOW:
-                continue
-            source = out.data[0] if row[O_SRC] == SRC_DATA else frames.buf[row[O_ROW]]
-            data = source[row[O_START]:row[O_START] + length]
-            if kind == OUT_OVERLAY:
-                size = row[O_SEGMENT] or length
-                emitted += [Emitted(OVERLAY_TARGET + target, data[k:k + size].tobytes(), b"",
-                                    row[O_SOCKET]) for k in range(0, length, size)]
-                continue
-            vnet = vnet_header(frames.meta[row[O_FRAME]])
-            ports = [target] if kind == OUT_PORT else sorted(p for p in self.ports if p != target)
-            emitted += [Emitted(p, data.tobytes(), vnet, 0) for p in ports]
-        return emitted
-
-    def load_frames(self, items) -> int:
-        """(in_port, frame, virtio-net header) triples into the rx batch, one row each."""
-        return load_into(self.rx, items)
-
-    def process(self, frames: list[tuple[int, bytes]], detail: bool = False) -> list:
-        """Run (in_port, frame) pairs (no virtio-net header) through the data plane.
-        Returns (target, bytes) pairs, or Emitted records with `detail`."""
-        out = []
-        for first in range(0, len(frames), BATCH):
-            chunk = [(p, f, NO_VNET) for p, f in frames[first:first + BATCH]]
-            out += self.run(self.rx, self.load_frames(chunk))
-        return out if detail else [(e.target, e.data) for e in out]
-
-    def process_tap(self, in_port: int, reads: list[bytes]) -> list[Emitted]:
-        """Run what reads of port `in_port`'s TAP returned (virtio-net header + frame)."""
-        out = []
-        for first in range(0, len(reads), BATCH):
-            chunk = [(in_port, r[VNET_HDR_LEN:], r[:VNET_HDR_LEN].ljust(VNET_HDR_LEN, b"\0"))
-                     for r in reads[first:first + BATCH]]
-            out += self.run(self.rx, self.load_frames(chunk))
-        return out
-
-    def load_datagrams(self, rows: list[tuple[int, list[bytes]]], frames: Frames | None = None
-                       ) -> int:
-        """(outer source IPv4 as int, [VXLAN datagrams]) per row of `frames` (default: rx), the
-        datagrams back to back as a UDP GRO train lies in a receive buffer; returns the frame
-        count."""
-        frames = frames or self.rx
-        meta, buf = frames.meta, frames.buf
-        n = 0
-        for row, (source, datagrams) in enumerate(rows):
-            position = HEADROOM - VXLAN_HEADER_LEN
-            for datagram in datagrams:
-                buf[row, position:position + len(datagram)] = np.frombuffer(datagram, np.uint8)
-                meta[n, :] = 0
-                meta[n, M_ROW] = row
-                meta[n, M_START] = position + VXLAN_HEADER_LEN
-                meta[n, M_LEN] = len(datagram) - VXLAN_HEADER_LEN
-                meta[n, M_IN_PORT] = IN_OVERLAY
-                meta[n, M_SRC_IP] = source
-                position += len(datagram)
-                n += 1
-        return n
-
-    def process_datagrams(self, datagrams: list[tuple[int, object]], segment: int = 0,
-                          detail: bool = False) -> list:
-        """Run (outer_source_ip_int, payload) pairs through the data plane, one receive buffer
-        row each. A payload is one VXLAN datagram; or, with `segment`, a UDP GRO train cut into
-        datagrams of that size; or a list of datagrams lying back to back in the row."""
-        rows = []
-        for source, payload in datagrams:
-            if isinstance(payload, (bytes, bytearray)):
-                size = segment or len(payload)
-                payload = [payload[k:k + size] for k in range(0, len(payload), size)]
-            rows.append((source, payload))
-        out = self.run(self.rx, self.load_datagrams(rows))
-        return out if detail else [(e.target, e.data) for e in out]
 
     # --- pods coming and going; reload ----------------------------------------------------------
 
@@ -333,7 +242,8 @@ class Dataplane:
         return {"frontends": len(new.frontends), "backends": len(new.backend_names),
                 "removed_backends": len({(ip, port) for _, ip, port in removed}),
                 "flushed_udp_flows": flushed,
-                "policies": len(cluster.policies), "peers_changed": peers_changed}
+                "policies": len(cluster.policies), "shadowed_host_ports": new.shadowed,
+                "peers_changed": peers_changed}
 
     def set_peers(self, cluster: Cluster) -> bool:
         """The other nodes of `cluster` as overlay peers (between batches): their tables, routes
@@ -367,11 +277,6 @@ class Dataplane:
         mac = self.node.gateway_mac
         return [bytes(Ether(dst=mac, src=mac) / IP(src=mine, dst=str(p.pod_cidr.network_address))
                       / ICMP(id=0x7672, seq=k)) for k, p in enumerate(self.peers)]
-
-    def keepalives(self) -> list[Emitted]:
-        if not self.keepalive_frames:
-            return []
-        return self.run(self.gw, self.load_gateway(self.keepalive_frames))
 
     def mark_peers_seen_now(self) -> None:
         """Give every peer a full grace period, e.g. when the node starts serving."""

@@ -27,12 +27,14 @@ from vrouter.host import netns as host_netns
 from vrouter.host.tap import InterfaceExists, attach_pod, describe, remove_netns
 from vrouter.model import addressing, attachments
 from vrouter.model.attachments import Attachment
-from vrouter.model.config import Cluster, Pod, mac_from_ip
+from vrouter.model.config import Cluster, ContainerPort, Pod, mac_from_ip
 from vrouter.model.names import cni_name_problem, dns_label_problem, interface_problem
 from vrouter.node.dataplane import PodsFull
 from vrouter.store.base import attachment_key
 
 log = logging.getLogger("vrouter.node.pods")
+
+MAX_PORT_MAPPINGS = 64   # one pod's host ports at most (a request is bounded)
 
 
 class PodError(Exception):
@@ -57,6 +59,7 @@ class LocalPods:
         self.ports: dict = {}            # port -> PodPort (its TAP), for status and cleanup
         self.stacks: dict = {}           # port -> ExitStack undoing that pod's host side
         self.lock = trio.Lock()          # one change at a time
+        self.down_nodes: set[str] = set()   # peers silent for too long (their pods are out)
         self.seen: tuple = ()            # the records the last apply saw
         # namespaces an earlier (crashed) run of this node created: its pods reuse them
         self.adoptable: set[str] = set()
@@ -127,6 +130,7 @@ class LocalPods:
                                    "error": str(exc)})
             summary = await node.datapath.run(lambda: node.swap(live))
             node.cluster = live
+        await node.model_changed()
         return {**summary, "attached": added, "detached": len(gone), "failed": failed}
 
     async def _attach(self, pod: Pod) -> int:
@@ -254,7 +258,63 @@ class LocalPods:
             pod = Pod(name=name, namespace=namespace, node=node.name, ip=ip,
                       mac=mac_from_ip("0a:58", ip), netns=path, owns_netns=False,
                       labels=tuple(sorted(labels.items())), ifname=ifname)
+        published = self._host_ports(request.get("port_mappings") or [], pod)
+        if published:
+            pod = dataclasses.replace(pod, ports=pod.ports + published)
         return Attachment(pod, container_id, network, attachments.netns_id(path))
+
+    def _host_ports(self, mappings, pod: Pod) -> tuple[ContainerPort, ...]:
+        """A runtime's port mappings (CNI portMappings) as the pod's host ports, each free on
+        this node: no other pod's, no Service's nodePort or health-check port."""
+        node, live = self.node, self.node.cluster
+        if not isinstance(mappings, list) or len(mappings) > MAX_PORT_MAPPINGS:
+            raise PodError("invalid", f"port mappings must be a list of at most "
+                                      f"{MAX_PORT_MAPPINGS}", "port_mappings")
+        # the live model, and the records claimed but not yet in it (an attach in flight)
+        others = [p for p in live.pods if p.node == node.name and p.name != pod.name]
+        if mappings:
+            others += [a.pod for a in node.attachments()
+                       if a.pod.node == node.name and a.pod.name != pod.name]
+        taken = {(cp.protocol, cp.host_port): f"pod {p.name!r}" for p in others
+                 for cp in p.ports if cp.host_port}
+        taken.update({(cp.protocol, cp.host_port): "this pod's own declaration"
+                      for cp in pod.ports if cp.host_port})
+        for service in live.services:
+            for sp in service.ports:
+                if sp.node_port:
+                    taken[(sp.protocol, sp.node_port)] = f"Service {service.key}'s nodePort"
+            if service.health_check_node_port:
+                taken[("TCP", service.health_check_node_port)] = \
+                    f"Service {service.key}'s healthCheckNodePort"
+        published = []
+        for n, m in enumerate(mappings):
+            where = f"port mapping {n}"
+            if not isinstance(m, dict) or set(m) - {"host_port", "container_port", "protocol",
+                                                    "host_ip"}:
+                raise PodError("invalid", f"{where} must be {{host_port, container_port, "
+                                          "protocol, host_ip}", "port_mappings")
+            address = str(node.node.address)
+            if m.get("host_ip", "") not in ("", "0.0.0.0", address):
+                raise PodError("invalid", f"{where}: host address {m['host_ip']!r} is not node "
+                                          f"{node.name!r}'s ({address})", "port_mappings")
+            numbers = [m.get("host_port"), m.get("container_port")]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535
+                       for v in numbers):
+                raise PodError("invalid", f"{where}: ports must be numbers 1..65535",
+                               "port_mappings")
+            protocol = str(m.get("protocol") or "TCP").upper()
+            if protocol not in ("TCP", "UDP"):
+                raise PodError("invalid", f"{where}: protocol {m.get('protocol')!r} is not "
+                                          "TCP or UDP (vrouter translates no SCTP)",
+                               "port_mappings")
+            slot = (protocol, numbers[0])
+            if slot in taken:
+                raise PodError("taken", f"host port {numbers[0]}/{protocol} of node "
+                                        f"{node.name!r} is taken by {taken[slot]}",
+                               "port_mappings")
+            taken[slot] = "an earlier mapping of this request"
+            published.append(ContainerPort("", numbers[1], protocol, numbers[0]))
+        return tuple(published)
 
     def _check_netns(self, netns: str, path: str) -> None:
         """`path` is a network namespace, and none vrouter uses already: not the node's own

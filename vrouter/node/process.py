@@ -40,6 +40,7 @@ from vrouter.node.capture import MAX_SESSIONS as MAX_CAPTURES, Session
 from vrouter.node.datapath import Datapath, ensure_compiled
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.dnsserver import DnsServer, open_sockets
+from vrouter.node.healthcheck import HealthChecks
 from vrouter.node.metrics import Metrics, snapshot_from
 from vrouter.node.pods import LocalPods, PodError
 from vrouter.node.trace import Tracer, TraceError
@@ -114,6 +115,7 @@ class Node:
         self.metrics: Metrics | None = None
         self.dns: DnsServer | None = None
         self.dns_sockets: tuple = ()
+        self.health: HealthChecks | None = None
         # the data path failed: keep the namespaces and the record for the restart
         self.preserve = False
         self.adopting = False                 # an earlier run of this node crashed
@@ -279,13 +281,21 @@ class Node:
     async def send_keepalives(self) -> None:
         await self.datapath.run(self.dp.mark_peers_seen_now)   # a grace period from now on
         while True:
-            self.datapath.call(self.housekeeping)
+            down = await self.datapath.run(self.housekeeping)
+            if down != self.pods.down_nodes:
+                # a node went silent (or came back): its pods leave every Service (or return),
+                # as the endpoints controller drops a NotReady node's endpoints
+                log.info("node %s: peers down: %s", self.name, ", ".join(sorted(down)) or "none")
+                self.pods.down_nodes = down
+                self.nursery.start_soon(self.supervised_once, self.refresh, {})
             await trio.sleep(KEEPALIVE_INTERVAL)
 
-    def housekeeping(self) -> None:
-        """Once a second, in the data-path thread: keepalives out, expired state reclaimed."""
+    def housekeeping(self) -> set[str]:
+        """Once a second, in the data-path thread: keepalives out, expired state reclaimed;
+        returns the peers that are down."""
         self.datapath.route(self.dp.keepalive_frames)
         self.dp.sweep()
+        return {p.name for k, p in enumerate(self.dp.peers) if not self.dp.peer_is_up(k)}
 
     async def restore(self) -> None:
         """After the start: this node's runtime pods (recorded, their netns still there) are
@@ -395,6 +405,12 @@ class Node:
             log.exception("node %s: refresh failed", self.name)
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
+    async def model_changed(self) -> None:
+        """The live model changed (reload, attach, detach): what follows it outside the data
+        path (the health-check listeners) catches up."""
+        if self.health is not None:
+            await self.health.update()
+
     def swap(self, cluster: Cluster) -> dict:
         """In the data-path thread: the new Service tables, then gratuitous ARPs for them."""
         summary = self.dp.reload(cluster)
@@ -405,6 +421,9 @@ class Node:
                      ", ".join(f"{p.name} ({p.underlay}, {p.pod_cidr})" for p in self.dp.peers)
                      or "none")
         self.datapath.write_l2(self.dp.announce())
+        for hidden in summary["shadowed_host_ports"]:
+            log.warning("node %s: host port %s is hidden by a Service frontend", self.name,
+                        hidden)
         return summary
 
     def tell_peers(self) -> None:
@@ -640,6 +659,10 @@ class Node:
                 if self.dns_sockets:   # this node has a DNS server pod
                     self.dns = DnsServer(lambda: self.cluster, *self.dns_sockets)
                     nursery.start_soon(self.supervised, self.dns.serve)
+                    # kube-proxy's health checks live there too (healthCheckNodePort)
+                    self.health = HealthChecks(self.name, self.cluster.dns_pod(self.name),
+                                               lambda: self.cluster)
+                    nursery.start_soon(self.supervised, self.health.serve)
                 nursery.start_soon(control.serve, state.socket_path(self.cluster.name, self.name),
                                    {"status": self.status, "reload": self.reload,
                                     "refresh": self.refresh, "attach": self.attach,

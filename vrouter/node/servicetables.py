@@ -11,6 +11,10 @@ External addresses inside cluster.nodeNetwork are announced on the outside netwo
 may serve them (all, or with policy Local those with a local endpoint).
 A frontend whose service port has no endpoints at all rejects at once (TCP RST / ICMP port
 unreachable). Identical backend sets share one Maglev row.
+Host ports (a container port's hostPort, or a CNI runtime's portMappings) are frontends too:
+this node's address:hostPort to its own pod, keeping the client's address (as the portmap
+plugin's DNAT does); a Service frontend on the same address and port wins, the host port is
+reported shadowed.
 """
 from __future__ import annotations
 
@@ -26,6 +30,16 @@ from fastpath.stages.services import FE_AFFINITY, FE_COLS, FE_EMPTY, FE_ID, FE_R
 from vrouter.model.config import Cluster
 from vrouter.model.services import stable_hash, endpoints
 from vrouter.node.tables import ip_to_int
+
+
+HOST_PORT_PROTOCOLS = {"TCP": 6, "UDP": 17}   # translated as Services are (no SCTP)
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """One pod's port as a backend (the shape row_for reads, as an Endpoint has it)."""
+    pod: object
+    port: int
 
 
 @dataclass
@@ -53,6 +67,7 @@ class ServiceTables:
     frontends: list[Frontend] = field(default_factory=list)
     backend_names: list[str] = field(default_factory=list)
     announced: list[str] = field(default_factory=list)   # addresses this node answers ARP for
+    shadowed: list[str] = field(default_factory=list)    # host ports a Service frontend hides
 
     @property
     def group(self) -> Services:
@@ -141,10 +156,11 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
         return rows[members]
 
     node_address = cluster.node(node_name).address
+    dns_pod = cluster.dns_pod(node_name)
     announced = []
     for service in cluster.services:
-        if service.cluster_ip is None:
-            continue   # headless: DNS only, nothing to proxy
+        if service.cluster_ip is None or not service.proxied:
+            continue   # headless, or labelled for another proxy: DNS only, nothing to proxy
         announced += [str(ip) for ip in service.external_ips if ip in cluster.node_network
                       and announcer(cluster, service, ip) == node_name]
         for sp in service.ports:
@@ -176,6 +192,44 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
                                           [f"{e.pod.ip}:{e.port}" for e in eps], snat, scope,
                                           fe_id))
 
+    # healthCheckNodePort (LoadBalancer, externalTrafficPolicy Local): node address:port leads to
+    # the node's health server, a real socket in its DNS server pod (vrouter.node.healthcheck)
+    for service in cluster.services:
+        port = service.health_check_node_port
+        if not port or not service.proxied or dns_pod is None:
+            continue
+        row = row_for([_Backend(dns_pod, port)])
+        values = [0] * FE_COLS
+        values[FE_ROW] = row
+        values[FE_ID] = port_id(service.key, "healthz", "TCP")
+        entries.append((frontend_key(ip_to_int(node_address), 6, port), values))
+        frontends.append(Frontend(service.key, "healthz", str(node_address), "TCP", port,
+                                  [f"{dns_pod.ip}:{port}"], False, "node-local", values[FE_ID]))
+
+    # host ports: this node's address:hostPort to its pod's containerPort, client kept
+    claimed = {key for key, _ in entries}
+    shadowed = []
+    for pod in cluster.pods:
+        if pod.node != node_name or pod.awaiting_cni:
+            continue
+        for cp in pod.ports:
+            if not cp.host_port or cp.protocol not in HOST_PORT_PROTOCOLS:
+                continue
+            key = frontend_key(ip_to_int(node_address), HOST_PORT_PROTOCOLS[cp.protocol],
+                               cp.host_port)
+            owner = f"{pod.namespace}/{pod.name}"
+            if key in claimed:
+                shadowed.append(f"{node_address}:{cp.host_port}/{cp.protocol} of pod {owner}")
+                continue
+            claimed.add(key)
+            values = [0] * FE_COLS
+            values[FE_ROW] = row_for([_Backend(pod, cp.container_port)])
+            values[FE_ID] = port_id(owner, f"hostPort-{cp.host_port}", cp.protocol)
+            entries.append((key, values))
+            frontends.append(Frontend(owner, "hostPort", str(node_address), cp.protocol,
+                                      cp.host_port, [f"{pod.ip}:{cp.container_port}"], False,
+                                      "node-local", values[FE_ID]))
+
     fe_keys = hashtable.new_keys(max(1, len(entries)))
     fe_vals = np.zeros((fe_keys.shape[0], FE_COLS), dtype=np.int64)
     for frontend, (key, values) in zip(frontends, entries):
@@ -186,4 +240,4 @@ def build(cluster: Cluster, node_name: str) -> ServiceTables:
     be_ip = np.array([ip for ip, _ in backends] or [0], dtype=np.int64)
     be_port = np.array([port for _, port in backends] or [0], dtype=np.int64)
     return ServiceTables(fe_keys, fe_vals, maglev, be_ip, be_port, fe_new, frontends,
-                         backend_names, sorted(set(announced)))
+                         backend_names, sorted(set(announced)), shadowed)

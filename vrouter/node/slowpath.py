@@ -104,13 +104,16 @@ class SlowPath:
             if reason == R_SLOW_OUTSIDE_ARP_NEEDED:
                 return self._resolve(frame), []
             routed = self._ip(frame, reason)
+            if routed is not None:   # built here: scapy checks field values only as it builds
+                routed = [bytes(Ether(dst=self.gateway_mac, src=self.gateway_mac) / p)
+                          for p in routed]
         except Exception:   # a malformed frame must never take the node down
             log.debug("slow path could not handle a frame", exc_info=True)
             routed = None
         if routed is None:   # nothing we answer ([] means: handled, nothing to send)
             self.counters[R_SLOWPATH_IGNORED] += 1
             return [], []
-        return [], [bytes(Ether(dst=self.gateway_mac, src=self.gateway_mac) / p) for p in routed]
+        return [], routed
 
     def probes(self):
         """ARP requests from the gateway to every pod that has not answered yet: [(port, frame)]."""
@@ -223,7 +226,8 @@ class SlowPath:
                 rst = TCP(sport=seg.dport, dport=seg.sport, seq=seg.ack, flags="R")
             else:
                 length = len(seg.payload) + (1 if seg.flags.S else 0) + (1 if seg.flags.F else 0)
-                rst = TCP(sport=seg.dport, dport=seg.sport, seq=0, ack=seg.seq + length, flags="RA")
+                rst = TCP(sport=seg.dport, dport=seg.sport, seq=0,
+                          ack=(seg.seq + length) & 0xFFFFFFFF, flags="RA")   # sequence space wraps
             return [IP(src=ip.dst, dst=ip.src, ttl=64) / rst]
         return None
 

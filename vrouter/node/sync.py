@@ -78,7 +78,7 @@ class Sync:
             # our own view of ourselves, also while our key is gone (a lease lost in an outage)
             items[NODES + self.node.name] = registration.value()
         model = live.build(file or self.node.file, items, self.node.name,
-                           self.node.pods.restoring)
+                           self.node.pods.restoring, down=frozenset(self.node.pods.down_nodes))
         self._report(model)
         return model
 

@@ -18,13 +18,15 @@ from fastpath.conntrack import copy_connections, copy_state_table
 from fastpath.dispatch import forward
 from fastpath.groups import Bridge, Budgets, Conntrack, Outside, Tables
 from fastpath.layout import (
-    ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, F_TRACE, T_ACTION, T_DPORT, T_DST,
-    T_NEXT, T_OUT, T_PROTO, T_REASON, T_SPORT, T_SRC, T_STAGE,
+    ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, F_ROWS, F_TRACE, HEADROOM, O_DONE,
+    O_KIND, O_LEN, O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_OVERLAY, SLOT,
+    SRC_DATA, T_ACTION, T_DPORT, T_DST, T_NEXT, T_OUT, T_PROTO, T_REASON, T_SPORT, T_SRC,
+    T_STAGE, VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import COUNTER_HELP, COUNTER_NAMES, COUNTERS, R_SVC_NEW_FLOWS
 from fastpath.stages import DONE, STAGE_NAMES, S_SERVICES
 from vrouter.node.dataplane import (
-    NO_VNET, OVERLAY_TARGET, Dataplane, load_into, new_frames, new_output,
+    NO_VNET, Dataplane, load_datagrams, load_into, new_frames, new_output,
 )
 
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1}
@@ -32,6 +34,7 @@ PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
 ACTIONS = {ACT_DROP: "drop", ACT_PORT: "port", ACT_FLOOD: "flood", ACT_SLOW: "slow",
            ACT_OVERLAY: "overlay"}
 MAX_STEPS = 32
+MAX_DATAGRAM = SLOT - HEADROOM + VXLAN_HEADER_LEN   # what one recvmmsg message holds
 PROBE_PAYLOAD = b"vrouter trace"
 
 
@@ -108,6 +111,9 @@ class Tracer:
                 ipaddress.IPv4Address(request["source"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise TraceError(f"an overlay trace needs source (IPv4) and datagram (hex): {exc}")
+            if len(datagram) > MAX_DATAGRAM:
+                raise TraceError(f"a datagram of {len(datagram)} bytes: a receive buffer holds "
+                                 f"{MAX_DATAGRAM}")
             return self.from_overlay(request["source"], datagram)
         if source not in ("pod", "outside"):
             raise TraceError(f"from {source!r}: pod, outside or overlay")
@@ -116,7 +122,7 @@ class Tracer:
         except ValueError:
             raise TraceError(f"dst {request.get('dst')!r} is not an IPv4 address") from None
         proto = request.get("proto", "tcp")
-        if proto not in PROTOCOLS:
+        if not isinstance(proto, str) or proto not in PROTOCOLS:
             raise TraceError(f"proto {proto!r}: tcp, udp or icmp")
         ports = []
         for name, default in (("sport", 40000), ("dport", 80)):
@@ -154,7 +160,7 @@ class Tracer:
         return self._run(f"the outside host {c.outside_host} sends")
 
     def from_overlay(self, source: str, datagram: bytes) -> dict:
-        self.dp.load_datagrams([(int(ipaddress.IPv4Address(source)), [datagram])], self.frames)
+        load_datagrams(self.frames, [(int(ipaddress.IPv4Address(source)), [datagram])])
         return self._run(f"a VXLAN datagram from {source} arrives")
 
     # --- running it ---------------------------------------------------------------------------
@@ -197,24 +203,33 @@ class Tracer:
             verdict["to"] = {"pods": sorted(p.name for p in self.dp.ports.values())}
         elif action == ACT_OVERLAY:
             peer = int(last[T_OUT])
-            sent = [e for e in self.dp.collect(self.frames, out)
-                    if e.target == OVERLAY_TARGET + peer]
+            sent = self._first_datagram(out, peer)
             verdict["to"] = {"node": self.peer_names[peer],
                              "underlay": str(self.dp.peers[peer].underlay),
                              "source": str(self.dp.node.underlay),
-                             "datagram": sent[0].data.hex() if sent else None}
+                             "datagram": sent[0].hex() if sent else None}
             if sent:
-                verdict["outer"] = self._outer(peer, sent[0])
+                verdict["outer"] = self._outer(peer, *sent)
         return verdict
 
-    def _outer(self, peer: int, sent) -> dict:
+    def _first_datagram(self, out, peer: int) -> tuple[bytes, int] | None:
+        """The first VXLAN datagram the output batch sends to `peer` (the first segment of a
+        GSO train), with its send socket."""
+        for row in out.rows[:int(out.fill[F_ROWS])].tolist():
+            if row[O_KIND] != OUT_OVERLAY or row[O_DONE] or row[O_TARGET] != peer:
+                continue
+            source = out.data[0] if row[O_SRC] == SRC_DATA else self.frames.buf[row[O_ROW]]
+            size = row[O_SEGMENT] or row[O_LEN]
+            return source[row[O_START]:row[O_START] + size].tobytes(), row[O_SOCKET]
+        return None
+
+    def _outer(self, peer: int, datagram: bytes, socket: int) -> dict:
         """The outer headers the kernel puts around the VXLAN datagram (RFC 7348)."""
-        vni = int.from_bytes(sent.data[4:7], "big")
+        vni = int.from_bytes(datagram[4:7], "big")
         return {"src": str(self.dp.node.underlay), "dst": str(self.dp.peers[peer].underlay),
-                "sport": self.source_ports[sent.socket] if sent.socket < len(self.source_ports)
-                else None,
+                "sport": self.source_ports[socket] if socket < len(self.source_ports) else None,
                 "dport": self.dp.cluster.overlay.port, "vni": vni,
-                "inner_length": len(sent.data) - 8}
+                "inner_length": len(datagram) - 8}
 
     def _service(self, before, after, new_connection: bool) -> dict:
         """Which frontend a rewrite at the services stage belongs to, and the backend chosen."""

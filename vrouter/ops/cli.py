@@ -28,9 +28,20 @@ def cmd_attach(args) -> int:
             print(f"vrouter: --label {item!r}: expected KEY=VALUE", file=sys.stderr)
             return EXIT_CONFIG
         labels[key] = value
+    mappings = []
+    for item in args.publish:
+        ports, _, protocol = item.partition("/")
+        host, sep, container = ports.partition(":")
+        if not (sep and host.isdigit() and container.isdigit()):
+            print(f"vrouter: --publish {item!r}: expected HOSTPORT:CONTAINERPORT[/tcp|udp]",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        mappings.append({"host_port": int(host), "container_port": int(container),
+                         "protocol": protocol or "tcp"})
     name = args.name or Path(args.netns).name
     answer = ask(cluster, args.node, "attach", name=name, namespace=args.namespace,
-                  netns=args.netns, labels=labels, ifname=args.ifname, ip=args.ip)
+                  netns=args.netns, labels=labels, ifname=args.ifname, ip=args.ip,
+                  port_mappings=mappings)
     if not answer.get("ok"):
         print(f"vrouter: attach refused: {answer.get('error')}", file=sys.stderr)
         return EXIT_HOST if answer.get("kind") == "host" else EXIT_CONFIG
@@ -79,8 +90,20 @@ def cmd_cni_conf(args) -> int:
             "rangeEnd": str(last), "gateway": str(node.gateway)}]]}
         if args.ipam_data_dir:
             plugin["ipam"]["dataDir"] = args.ipam_data_dir
+    plugin["capabilities"] = {"portMappings": True}   # host ports, in vrouter's data path
+    plugins = [plugin]
+    for chained in filter(None, (args.chain or "").split(",")):
+        if chained == "portmap":
+            print("vrouter: --chain portmap: vrouter-cni publishes host ports itself "
+                  "(portMappings); portmap's iptables rules never see traffic to a node "
+                  "address", file=sys.stderr)
+            return EXIT_CONFIG
+        if "/" in chained:
+            print(f"vrouter: --chain {chained!r}: a plugin's file name", file=sys.stderr)
+            return EXIT_CONFIG
+        plugins.append({"type": chained, **CHAINED_CAPABILITIES.get(chained, {})})
     name = args.name or f"vrouter-{node.name}"
-    conflist = json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": [plugin]}, indent=2)
+    conflist = json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": plugins}, indent=2)
     if args.plugin_dir:
         target = Path(args.plugin_dir) / "vrouter-cni"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +123,10 @@ def cmd_cni_conf(args) -> int:
               "add --plugin-dir DIR (podman looks in /opt/cni/bin and /usr/lib/cni, "
               "among others)", file=sys.stderr)
     return 0
+
+
+# plugins chained after vrouter-cni, with the capabilities a runtime fills in for them
+CHAINED_CAPABILITIES = {"bandwidth": {"capabilities": {"bandwidth": True}}}
 
 
 def plugin_wrapper() -> str:
@@ -162,6 +189,9 @@ def cmd_reload(args) -> int:
                   f"backends, {answer['removed_backends']} removed, "
                   f"{answer['flushed_udp_flows']} UDP flows flushed, "
                   f"{answer.get('policies', 0)} network policies{pods}")
+            for hidden in answer.get("shadowed_host_ports", []):
+                print(f"vrouter: {node.name}: host port {hidden} is hidden by a Service "
+                      "frontend on the same address and port", file=sys.stderr)
             for failure in answer.get("failed", []):
                 print(f"vrouter: {node.name}: pod {failure['pod']} not attached: "
                       f"{failure['error']}", file=sys.stderr)
@@ -334,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--ifname", default="eth0", help="its interface inside the netns")
     p.add_argument("--ip", help="its address (default: the lowest free one of the node)")
+    p.add_argument("-p", "--publish", action="append", default=[],
+                   metavar="HOSTPORT:CONTAINERPORT[/PROTO]", help="a host port: the node's "
+                   "address:HOSTPORT leads to the pod's CONTAINERPORT (as podman -p)")
     p.set_defaults(func=cmd_attach)
 
     p = sub.add_parser("detach", help="take a pod attached at runtime off its node")
@@ -349,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipam", metavar="PLUGIN", help="delegate addresses to this IPAM plugin "
                    "(e.g. host-local), in the upper half of the node's podCIDR")
     p.add_argument("--ipam-data-dir", metavar="DIR", help="host-local's dataDir")
+    p.add_argument("--chain", metavar="PLUGIN,...", help="plugins to run after vrouter-cni "
+                   "in the conflist (e.g. tuning,bandwidth: the runtime runs them in order "
+                   "with vrouter's result as prevResult)")
     p.add_argument("--install", metavar="DIR", help="write NAME.conflist into DIR "
                    "(e.g. /etc/cni/net.d) instead of printing it")
     p.add_argument("--plugin-dir", metavar="DIR", help="also install the vrouter-cni plugin "

@@ -74,6 +74,7 @@ REQUIRED_ENV = {"ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
                 "GC": ("CNI_PATH",), "STATUS": (), "VERSION": ()}
 NEEDS_110 = {"GC", "STATUS"}
 MAX_INPUT = 1 << 20          # bytes of network configuration read from stdin
+MAX_PORT_MAPPINGS = 64       # as the node takes them (vrouter.node.pods)
 REQUEST_TIMEOUT = 60
 DELEGATE_TIMEOUT = 60
 
@@ -88,8 +89,8 @@ UNSUPPORTED = {"dns": "DNS settings come from the cluster (cluster.dns)",
                "ipMasq": "masquerading is the cluster's (cluster.masquerade)",
                "plugins": "a conflist is the runtime's to execute; give vrouter-cni one plugin"
                           " object"}
-_SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
-_ARG_KEY = re.compile(r"^[A-Za-z0-9_]+$")
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+\Z")
+_ARG_KEY = re.compile(r"^[A-Za-z0-9_]+\Z")
 
 
 class CniError(Exception):
@@ -287,14 +288,19 @@ def _configuration(conf: dict, command: str) -> None:
                            "vrouter-cni takes cluster, node and ipam (and the fields the spec "
                            "defines)")
     for key, value in (conf.get("runtimeConfig") or {}).items():
-        if value not in (None, [], {}, ""):
+        if key != "portMappings" and value not in (None, [], {}, ""):
             raise CniError(UNSUPPORTED_FIELD, f"unsupported field runtimeConfig.{key}: "
                                               f"{json.dumps(value)}",
-                           "vrouter-cni declares no capabilities")
+                           "vrouter-cni declares one capability, portMappings")
+    port_mappings(conf)
     for key in ("cluster", "node"):
         if not conf.get(key):
             raise CniError(INVALID_CONFIG, f"the network configuration needs \"{key}\"",
                            "`vrouter cni-conf CLUSTER --node NODE` writes one")
+        # names, not paths: "../../run/vrouter/other" must not reach another cluster's socket
+        problem = dns_label_problem(conf[key])
+        if problem:
+            raise CniError(INVALID_CONFIG, f"{key} {conf[key]!r} {problem}")
     if "ipam" in conf:
         ipam_type = conf["ipam"].get("type")
         if not isinstance(ipam_type, str) or not ipam_type or "/" in ipam_type \
@@ -349,6 +355,43 @@ def _check_result(result: dict, where: str) -> None:
             fail(f"routes[{n}].dst", f"{json.dumps(item.get('dst'))} is not a network")
     if not isinstance(result.get("dns", {}), dict):
         fail("dns", "is not an object")
+
+
+def port_mappings(conf: dict) -> list[dict]:
+    """runtimeConfig.portMappings (the portMappings capability, as the portmap plugin reads
+    it: hostPort, containerPort, protocol tcp|udp, hostIP) as the node's attach request takes
+    them; the node publishes them on its address in its own data path."""
+    raw = (conf.get("runtimeConfig") or {}).get("portMappings") or []
+    if not isinstance(raw, list) or len(raw) > MAX_PORT_MAPPINGS:
+        raise CniError(INVALID_CONFIG, f"runtimeConfig.portMappings must be a list of at most "
+                                       f"{MAX_PORT_MAPPINGS} mappings")
+    mappings = []
+    for n, m in enumerate(raw):
+        where = f"runtimeConfig.portMappings[{n}]"
+        if not isinstance(m, dict):
+            raise CniError(INVALID_CONFIG, f"{where} is not an object")
+        for key in ("hostPort", "containerPort"):
+            value = m.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+                raise CniError(INVALID_CONFIG, f"{where}.{key} {json.dumps(value)} is not a "
+                                               "port (1..65535)")
+        protocol = m.get("protocol", "tcp")
+        if not isinstance(protocol, str) or protocol.lower() not in ("tcp", "udp", "sctp"):
+            raise CniError(INVALID_CONFIG, f"{where}.protocol {json.dumps(protocol)} is not "
+                                           "tcp, udp or sctp")
+        if protocol.lower() == "sctp":
+            raise CniError(UNSUPPORTED_FIELD, f"{where}.protocol sctp: vrouter translates TCP "
+                                              "and UDP only")
+        host_ip = m.get("hostIP") or ""
+        if not isinstance(host_ip, str):
+            raise CniError(INVALID_CONFIG, f"{where}.hostIP {json.dumps(host_ip)} is not an "
+                                           "address")
+        mapping = {"host_port": m["hostPort"], "container_port": m["containerPort"],
+                   "protocol": protocol.upper()}
+        if host_ip not in ("", "0.0.0.0"):
+            mapping["host_ip"] = host_ip   # the node accepts its own address
+        mappings.append(mapping)
+    return mappings
 
 
 def _valid_attachments(conf: dict) -> list:
@@ -427,7 +470,8 @@ def add(call: Invocation) -> int:
     try:
         answer = _ask(conf, "attach", netns=call.netns, network=conf["name"], ip=ip,
                       container_id=call.container_id, ifname=call.ifname,
-                      name=call.pod_name, namespace=call.pod_namespace)
+                      name=call.pod_name, namespace=call.pod_namespace,
+                      port_mappings=port_mappings(conf))
         if not answer.get("ok"):
             _fail(answer)
         result = _result(answer, call.version, conf.get("prevResult"))

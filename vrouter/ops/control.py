@@ -22,6 +22,7 @@ MAX_REQUEST = 64 * 1024
 MAX_CONNECTIONS = 32     # open at once; more are answered "busy" and closed (counted)
 READ_TIMEOUT = 5.0       # seconds a client has to send its request line (then: closed, counted)
 REFUSE_TIMEOUT = 1.0     # for the "busy" answer to a client over the cap
+DRAIN_TIMEOUT = 1.0      # seconds to read what a client sent after its request, before closing
 ACCEPT_BACKOFF = 0.1     # seconds to wait after accept failed before trying again
 
 log = logging.getLogger("vrouter.control")
@@ -143,6 +144,12 @@ async def _answer(conn, handlers, stats: ServerStats, read_timeout: float) -> No
                 await _stream(stream, answer)
                 return
             await stream.send_all(json.dumps(answer).encode() + b"\n")
+            # closing with anything the client sent still unread (the rest of a request too
+            # large, a second line) would reset the connection, and the client lose the answer
+            await stream.send_eof()
+            with trio.move_on_after(DRAIN_TIMEOUT):
+                while await stream.receive_some(65536):
+                    pass
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass   # the client went away
     finally:
@@ -154,7 +161,7 @@ async def _handle(data: bytes, handlers, stats: ServerStats):
     end of the node."""
     try:
         request = _parse(data)
-    except ValueError as exc:   # json's errors are ValueErrors too
+    except (ValueError, RecursionError) as exc:   # json's errors; nesting too deep
         stats.malformed += 1
         log.warning("control socket: malformed request refused: %s", exc)
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
