@@ -413,8 +413,19 @@ def _error(answer: dict, status: int) -> EtcdError:
     return EtcdError(message, code)
 
 
-def _describe(exc: Exception | None) -> str:
+def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "no answer"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if str(exc) else text
+    said = [str(exc)]
+    # httpx wraps what failed (a refused connection, a TLS certificate etcd or we refused)
+    cause, seen = exc.__cause__ or exc.__context__, 0
+    while cause is not None and seen < 4:
+        text = str(cause)
+        if text and not any(text in s or s in text for s in said if s):
+            said.append(text)
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    said = [s for s in said if s]
+    if not said and isinstance(exc, httpx.ReadError):   # etcd ended a TLS handshake so
+        said = ["the connection closed without an answer (with https: did etcd refuse this "
+                "client's certificate?)"]
+    return ": ".join([type(exc).__name__, *said])
