@@ -28,6 +28,11 @@ from vrouter.host import state
 from vrouter.ops import control
 
 ETCD_ADDRESS = "192.0.2.254"
+# TCP buffers of the LAN's and the hosts' own stacks (etcd and its clients; the pods' traffic
+# has stacks of its own): 64 KiB at most, so that a watcher that stops reading falls behind
+# etcd after a few hundred events, as on a slow link, instead of after tens of megabytes that
+# autotuned loopback-fast buffers hold
+SMALL_TCP = ["net.ipv4.tcp_rmem=4096 16384 65536", "net.ipv4.tcp_wmem=4096 16384 65536"]
 
 
 def sh(*argv: str) -> None:
@@ -63,12 +68,14 @@ class EtcdCluster:
         try:
             sh("ip", "netns", "add", self.lan)
             sh("ip", "-n", self.lan, "link", "set", "lo", "up")
+            sh("ip", "netns", "exec", self.lan, "sysctl", "-qw", *SMALL_TCP)
             sh("ip", "-n", self.lan, "link", "add", "br0", "type", "bridge")
             sh("ip", "-n", self.lan, "addr", "add", f"{ETCD_ADDRESS}/24", "dev", "br0")
             sh("ip", "-n", self.lan, "link", "set", "br0", "up")
             for k, host in enumerate(self.hosts):
                 sh("ip", "netns", "add", host)
                 sh("ip", "-n", host, "link", "set", "lo", "up")
+                sh("ip", "netns", "exec", host, "sysctl", "-qw", *SMALL_TCP)
                 a, b = f"{self.prefix}a{k + 1}", f"{self.prefix}b{k + 1}"
                 sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
                 sh("ip", "link", "set", a, "netns", host, "name", "ul0")
@@ -132,6 +139,11 @@ class EtcdCluster:
         proc.wait(timeout=60)
 
     def start_all(self) -> "EtcdCluster":
+        # compiled once first, as `vrouter up` does: three nodes compiling at once on two cores
+        # after a change to the fast path outlast READY_TIMEOUT
+        subprocess.run([sys.executable, "-c", "from vrouter.node.datapath import "
+                        "ensure_compiled; ensure_compiled()"], env=child_env(), check=True,
+                       timeout=READY_TIMEOUT)
         for k in range(len(self.hosts)):
             self.start_node(k, wait=False)
         for name in self.names:
@@ -152,6 +164,28 @@ class EtcdCluster:
         result = self.vrouter("apply", "-f", str(path), "--cluster", str(self.path))
         assert result.returncode == 0, result.stdout + result.stderr
         return result
+
+    def put_many(self, key: str, count: int, size: int) -> None:
+        """`count` puts of `key` under the cluster's prefix, straight into etcd: a Namespace
+        whose annotation (`size` bytes) changes every time."""
+        script = (
+            "import json, sys, trio\n"
+            "from vrouter.store import etcd\n"
+            "url, key, count, size = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]), "
+            "int(sys.argv[4])\n"
+            "name = key.decode().rsplit('/', 1)[1]\n"
+            "async def main():\n"
+            "    async with etcd.Client([url]) as c:\n"
+            "        for k in range(count):\n"
+            "            doc = {'apiVersion': 'v1', 'kind': 'Namespace', 'metadata': {\n"
+            "                'name': name, 'annotations': {'test/pad': str(k) * (size // "
+            "len(str(k)))}}}\n"
+            "            await c.put(key, json.dumps(doc).encode())\n"
+            "trio.run(main)\n")
+        full = f"{self.doc['cluster']['datastore']['prefix']}/{self.prefix}/{key}"
+        subprocess.run(["ip", "netns", "exec", self.lan, sys.executable, "-c", script,
+                        self.etcd.url, full, str(count), str(size)], check=True, timeout=120,
+                       env=child_env())
 
     def get(self, kind: str, *args: str) -> dict:
         result = self.vrouter("get", kind, *args, "-o", "json", "--cluster", str(self.path))
