@@ -10,6 +10,7 @@ again), under the TTL as the issue's 20 s are under 30 s.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.system.cluster import child_env, wait_for
+from tests.system.cluster import child_env, list_netns, netns_exec, wait_for
 from tests.system.etcdcluster import EtcdCluster
 from tests.system.test_services import SERVER, TCP_PORT, UDP_PORT
 from tests.system.reachability import probe
@@ -84,9 +85,10 @@ def cluster(tmp_path_factory):
         assert not left, left
 
 
-def pod_ip(c: EtcdCluster, k: int) -> str | None:
+def pod_ip(c: EtcdCluster, k: int = 0, name: str | None = None) -> str | None:
     for item in c.get("pods")["items"]:
-        if item["metadata"]["name"] == c.pod(f"p{k + 1}") and item["status"].get("podIP"):
+        if item["metadata"]["name"] == (name or c.pod(f"p{k + 1}")) and \
+                item["status"].get("podIP"):
             if item["status"]["phase"] == "Running":
                 return item["status"]["podIP"]
     return None
@@ -224,6 +226,53 @@ def test_a_runtime_attachment_is_a_store_key_every_node_sees(cluster):
     finally:
         for name in (netns, f"{netns}2"):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_a_pod_applied_for_a_container_runtime_waits_for_its_cni_add(cluster):
+    name, sandbox = cluster.pod("cn"), f"{cluster.prefix}-sandbox"
+    cluster.apply(f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: web}}, annotations: {{vrouter.io/netns: cni}}}}
+spec: {{nodeName: n2, containers: [{{name: web, image: busybox}}]}}
+""", "cni-pod.yaml")
+    wait_for(lambda: any(i["metadata"]["name"] == name for i in cluster.get("pods")["items"]),
+             what="the pod in the store")
+    (item,) = [i for i in cluster.get("pods")["items"] if i["metadata"]["name"] == name]
+    assert item["status"]["phase"] == "Pending"   # n2 made no namespace: a runtime will
+    assert name not in list_netns() and name not in ports_of(cluster, "n2")
+    subprocess.run(["ip", "netns", "add", sandbox], check=True)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": child_env()["PYTHONPATH"],
+           "CNI_PATH": "/usr/lib/cni", "CNI_CONTAINERID": "c0ffee" * 8,
+           "CNI_NETNS": f"/run/netns/{sandbox}", "CNI_IFNAME": "eth0",
+           "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={name};K8S_POD_NAMESPACE=default"}
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "vrouter-n2", "type": "vrouter-cni",
+                       "cluster": cluster.prefix, "node": "n2"})
+
+    def cni(command):   # as a runtime on host 2 runs the plugin
+        result = subprocess.run(["ip", "netns", "exec", cluster.hosts[1], sys.executable, "-c",
+                                 "from vrouter.ops.cni import main; raise SystemExit(main())"],
+                                input=conf, capture_output=True, text=True, timeout=60,
+                                env={**env, "CNI_COMMAND": command})
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads(result.stdout) if result.stdout.strip() else None
+    try:
+        ip = cni("ADD")["ips"][0]["address"].split("/")[0]
+        wait_for(lambda: pod_ip(cluster, name=name) == ip, what="the pod Running at its address")
+        # a Service backend on every node, reached from another host's pod
+        wait_for(lambda: all(any(ip in b for f in cluster.status(n)["services"]
+                                 if f["service"] == "default/web" for b in f["backends"])
+                             for n in cluster.names), timeout=10, what="the endpoint everywhere")
+        ping = cluster.sh("p1", "ping", "-c", "1", "-W", "2", ip)
+        assert ping.returncode == 0, ping.stdout
+        cni("DEL")
+        assert "eth0" not in netns_exec(sandbox, "ip", "-br", "link").stdout
+        wait_for(lambda: all(not any(ip in b for f in cluster.status(n)["services"]
+                                     for b in f["backends"]) for n in cluster.names),
+                 timeout=10, what="the endpoint gone everywhere")
+    finally:
+        subprocess.run(["ip", "netns", "del", sandbox], capture_output=True)
+        cluster.vrouter("delete", "pod", name, "--cluster", str(cluster.path))
 
 
 def test_a_lost_lease_is_taken_again_with_the_same_podcidr(cluster):
