@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.system.cluster import child_env, list_netns, netns_exec, wait_for
-from tests.system.etcdcluster import EtcdCluster
+from tests.system.etcdcluster import ETCD_ADDRESS, EtcdCluster
 from tests.system.test_services import SERVER, TCP_PORT, UDP_PORT
 from tests.system.reachability import probe
 from vrouter.host import state
@@ -374,6 +374,51 @@ def test_etcd_down_for_less_than_the_lease_ttl_loses_nothing(cluster):
              timeout=10, what="the new Service everywhere")
     for k in range(3):
         assert probe(cluster.pod(f"p{k + 1}"), "tcp", 80, [vip], 24000 + k) == ["ok"]
+
+
+@pytest.mark.long
+def test_a_node_cut_off_from_etcd_for_longer_than_its_lease_comes_back_whole(cluster):
+    """Host 1 cannot reach etcd while etcd restarts (so the watch connection n1 had is dead and
+    nobody tells it: the partition drops etcd's reset) and n1's lease runs out."""
+    before = {n["metadata"]["name"]: n["spec"]["podCIDR"] for n in cluster.get("nodes")["items"]}
+    lost = cluster.status("n1")["store"]["lease_lost"]
+    rules = [["INPUT", "-s", ETCD_ADDRESS, "-j", "DROP"],
+             ["OUTPUT", "-d", ETCD_ADDRESS, "-j", "DROP"]]
+
+    def iptables(op, rule):
+        subprocess.run(["ip", "netns", "exec", cluster.hosts[0], "iptables", op, *rule],
+                       check=op == "-I", capture_output=True)
+    try:
+        for rule in rules:
+            iptables("-I", rule)
+        wait_for(lambda: not cluster.status("n1")["store"]["reachable"], timeout=4 * TTL,
+                 what="n1 to find etcd unreachable")
+        cluster.etcd.kill()
+        cluster.etcd.start()
+        cluster.apply(SERVICE.replace("name: web}", "name: meanwhile}"), "meanwhile.yaml")
+        wait_for(lambda: all("n1" not in {p["node"] for p in cluster.status(n)["peers"]}
+                             for n in ("n2", "n3")), timeout=4 * TTL, interval=0.1,
+                 what="n1's lease to run out")
+        assert not any(f["service"] == "default/meanwhile"
+                       for f in cluster.status("n1")["services"])
+    finally:
+        for rule in rules:
+            iptables("-D", rule)
+    healed = time.monotonic()
+    wait_for(lambda: any(f["service"] == "default/meanwhile" and f["backends"]
+                         for f in cluster.status("n1")["services"]), timeout=30,
+             what="n1 to serve what was applied while it was cut off")
+    print(f"n1 served the Service applied meanwhile {time.monotonic() - healed:.1f} s after "
+          "the partition ended")
+    store = cluster.status("n1")["store"]
+    assert store["lease_lost"] == lost + 1 and store["rewatches"] >= 1
+    assert {n["metadata"]["name"]: n["spec"]["podCIDR"]
+            for n in cluster.get("nodes")["items"]} == before
+    wait_for(lambda: all("n1" in {p["node"] for p in cluster.status(n)["peers"]}
+                         for n in ("n2", "n3")), timeout=10, what="n1 a peer again")
+    ips = [pod_ip(cluster, k) for k in range(3)]
+    wait_for(lambda: probe(cluster.pod("p2"), "tcp", TCP_PORT, [ips[0]], 25000) == ["ok"],
+             timeout=20, interval=0.5, what="p1 reachable from host 2 again")
 
 
 @pytest.mark.long

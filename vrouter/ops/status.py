@@ -112,7 +112,7 @@ def _store(st: dict | None) -> list[str]:
                   f"forwarding with the last state): {st['last_error']}")
     lines = [f"  store: {st['type']} {where}: {health}"]
     facts = [f"{k.replace('_', ' ')} {st[k]}" for k in ("events", "resyncs", "compactions",
-                                                        "lost_streams", "apply_errors",
+                                                        "lost_streams", "rewatches", "apply_errors",
                                                         "skipped_total", "lease_lost")
              if st.get(k)]
     if facts:
