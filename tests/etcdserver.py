@@ -61,10 +61,13 @@ def make_certificates(directory: Path, address: str) -> dict[str, Path]:
 
 class EtcdServer:
     def __init__(self, address: str | None = None, netns: str | None = None,
-                 client_port: int = 2379, peer_port: int = 2380, tls: bool = False):
+                 client_port: int = 2379, peer_port: int = 2380, tls: bool = False,
+                 also: tuple[str, ...] = ()):
         self.address = address or loopback_address()
         self.netns = netns
         self.url = f"{'https' if tls else 'http'}://{self.address}:{client_port}"
+        # more addresses it answers at, as the members of an etcd cluster do
+        self.urls = [self.url] + [f"{self.url.split(':')[0]}://{a}:{client_port}" for a in also]
         self.peer_url = f"http://{self.address}:{peer_port}"
         self.data = Path(tempfile.mkdtemp(prefix="vrouter-etcd-"))
         self.log = self.data / "etcd.log"
@@ -77,7 +80,8 @@ class EtcdServer:
             "--cert-file", str(self.certs["server"]), "--key-file", str(self.certs["server_key"]),
             "--trusted-ca-file", str(self.certs["ca"]), "--client-cert-auth"]
         return prefix + [ETCD, "--name", "vt", "--data-dir", str(self.data / "member"),
-                         "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                         "--listen-client-urls", ",".join(self.urls),
+                         "--advertise-client-urls", ",".join(self.urls),
                          "--listen-peer-urls", self.peer_url,
                          "--initial-advertise-peer-urls", self.peer_url,
                          "--initial-cluster", f"vt={self.peer_url}",

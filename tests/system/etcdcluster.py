@@ -1,7 +1,7 @@
 """A cluster of separate hosts around a real etcd, for the etcd datastore's acceptance tests.
 
-PREFIX-lan is the network between the hosts: bridge br0 with etcd on 192.0.2.254 (TEST-NET-1,
-only ever inside these namespaces). Each host is a network namespace of its own (PREFIX-h1,
+PREFIX-lan is the network between the hosts: bridge br0 with etcd on 192.0.2.254 and .253
+(TEST-NET-1, only ever inside these namespaces). Each host is a network namespace of its own (PREFIX-h1,
 ...) whose ul0 (192.0.2.K/24) is a port of br0, and runs one `vrouter run CONFIG --node nK
 --underlay 192.0.2.K`: no node is listed in the cluster file, each registers itself. Commands
 that talk to etcd (apply, get, delete, down) run inside PREFIX-lan; the control sockets are
@@ -28,6 +28,7 @@ from vrouter.host import state
 from vrouter.ops import control
 
 ETCD_ADDRESS = "192.0.2.254"
+ETCD_ALSO = "192.0.2.253"   # etcd answers here too: the cluster file has both endpoints
 # TCP buffers of the LAN's and the hosts' own stacks (etcd and its clients; the pods' traffic
 # has stacks of its own): 64 KiB at most, so that a watcher that stops reading falls behind
 # etcd after a few hundred events, as on a slow link, instead of after tens of megabytes that
@@ -50,10 +51,10 @@ class EtcdCluster:
         self.names = [f"n{k + 1}" for k in range(hosts)]
         self.underlays = [f"192.0.2.{k + 1}" for k in range(hosts)]
         self.lease_ttl = lease_ttl
-        self.etcd = EtcdServer(address=ETCD_ADDRESS, netns=self.lan)
+        self.etcd = EtcdServer(address=ETCD_ADDRESS, netns=self.lan, also=(ETCD_ALSO,))
         self.doc = {"cluster": {"name": self.prefix, "podCIDR": "10.244.0.0/16",
                                 "datastore": {"type": "etcd", "prefix": "/vrouter",
-                                              "endpoints": [self.etcd.url],
+                                              "endpoints": self.etcd.urls,
                                               "leaseTTL": lease_ttl},
                                 **(options or {})}}
         self.path = tmp_path / f"{self.prefix}.yaml"
@@ -74,6 +75,7 @@ class EtcdCluster:
                "net.ipv4.tcp_orphan_retries=1")
             sh("ip", "-n", self.lan, "link", "add", "br0", "type", "bridge")
             sh("ip", "-n", self.lan, "addr", "add", f"{ETCD_ADDRESS}/24", "dev", "br0")
+            sh("ip", "-n", self.lan, "addr", "add", f"{ETCD_ALSO}/24", "dev", "br0")
             sh("ip", "-n", self.lan, "link", "set", "br0", "up")
             for k, host in enumerate(self.hosts):
                 sh("ip", "netns", "add", host)

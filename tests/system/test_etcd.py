@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.system.cluster import child_env, list_netns, netns_exec, wait_for
-from tests.system.etcdcluster import ETCD_ADDRESS, EtcdCluster
+from tests.system.etcdcluster import ETCD_ADDRESS, ETCD_ALSO, EtcdCluster
 from tests.system.test_services import SERVER, TCP_PORT, UDP_PORT
 from tests.system.reachability import probe
 from vrouter.host import state
@@ -376,21 +376,26 @@ def test_etcd_down_for_less_than_the_lease_ttl_loses_nothing(cluster):
         assert probe(cluster.pod(f"p{k + 1}"), "tcp", 80, [vip], 24000 + k) == ["ok"]
 
 
+def cut_rules(address: str) -> list[list[str]]:
+    return [["INPUT", "-s", address, "-j", "DROP"], ["OUTPUT", "-d", address, "-j", "DROP"]]
+
+
+def iptables(cluster, op: str, rule: list[str]) -> None:
+    """A packet filter rule in host 1's namespace (-I to add, -D to remove)."""
+    subprocess.run(["ip", "netns", "exec", cluster.hosts[0], "iptables", op, *rule],
+                   check=op == "-I", capture_output=True)
+
+
 @pytest.mark.long
 def test_a_node_cut_off_from_etcd_for_longer_than_its_lease_comes_back_whole(cluster):
     """Host 1 cannot reach etcd while etcd restarts (so the watch connection n1 had is dead and
     nobody tells it: the partition drops etcd's reset) and n1's lease runs out."""
     before = {n["metadata"]["name"]: n["spec"]["podCIDR"] for n in cluster.get("nodes")["items"]}
     lost = cluster.status("n1")["store"]["lease_lost"]
-    rules = [["INPUT", "-s", ETCD_ADDRESS, "-j", "DROP"],
-             ["OUTPUT", "-d", ETCD_ADDRESS, "-j", "DROP"]]
-
-    def iptables(op, rule):
-        subprocess.run(["ip", "netns", "exec", cluster.hosts[0], "iptables", op, *rule],
-                       check=op == "-I", capture_output=True)
+    rules = [rule for address in (ETCD_ADDRESS, ETCD_ALSO) for rule in cut_rules(address)]
     try:
         for rule in rules:
-            iptables("-I", rule)
+            iptables(cluster, "-I", rule)
         wait_for(lambda: not cluster.status("n1")["store"]["reachable"], timeout=4 * TTL,
                  what="n1 to find etcd unreachable")
         cluster.etcd.kill()
@@ -403,7 +408,7 @@ def test_a_node_cut_off_from_etcd_for_longer_than_its_lease_comes_back_whole(clu
                        for f in cluster.status("n1")["services"])
     finally:
         for rule in rules:
-            iptables("-D", rule)
+            iptables(cluster, "-D", rule)
     healed = time.monotonic()
     wait_for(lambda: any(f["service"] == "default/meanwhile" and f["backends"]
                          for f in cluster.status("n1")["services"]), timeout=30,
@@ -422,6 +427,34 @@ def test_a_node_cut_off_from_etcd_for_longer_than_its_lease_comes_back_whole(clu
 
 
 @pytest.mark.long
+def test_a_watch_whose_endpoint_went_silent_is_found_dead_and_replaced(cluster):
+    """etcd answers at two addresses, as the members of an etcd cluster do. Host 1 loses the
+    one its watch is on, without a word: its requests turn to the other at once (the store is
+    never unreachable), and the watch's silent connection fails its TCP keepalives; the node
+    lists through the other endpoint and watches there."""
+    store = cluster.status("n1")["store"]
+    first, lost = store["watching"], store["lost_streams"]
+    if not first:
+        pytest.fail(f"n1 has no watch open: {store}")
+    rules = cut_rules(first.split("//")[1].split(":")[0])
+    try:
+        for rule in rules:
+            iptables(cluster, "-I", rule)
+        cut = time.monotonic()
+        cluster.apply(SERVICE.replace("name: web}", "name: silent}"), "silent.yaml")
+        wait_for(lambda: any(f["service"] == "default/silent" and f["backends"]
+                             for f in cluster.status("n1")["services"]), timeout=40,
+                 interval=0.2, what="n1 to serve what was applied after its watch went silent")
+        print(f"n1 served the Service {time.monotonic() - cut:.1f} s after its watch's endpoint "
+              "went silent")
+        store = cluster.status("n1")["store"]
+        assert store["lost_streams"] == lost + 1 and store["watching"] not in (first, None)
+    finally:
+        for rule in rules:
+            iptables(cluster, "-D", rule)
+
+
+@pytest.mark.long
 def test_compaction_under_running_watches_nodes_resynchronise(cluster):
     frozen = cluster.procs["n2"]
     churn = [(f"churn-{k}", 81 + k) for k in range(4)]
@@ -432,10 +465,11 @@ def test_compaction_under_running_watches_nodes_resynchronise(cluster):
     # n2 stops reading its watch while the store changes: etcd's buffers for it fill (a few
     # hundred events; SMALL_TCP), etcd marks its watcher as behind, and the compaction
     # cancels it
+    resyncs = cluster.status("n2")["store"]["resyncs"]
     frozen.send_signal(19)   # SIGSTOP
     try:
         cluster.apply(services(lambda port: port), "churn1.yaml")
-        cluster.put_many("namespaces/churn", 600, 4000)
+        cluster.put_many("namespaces/churn", 400, 4000)
         cluster.apply(services(lambda port: port + 100), "churn2.yaml")
         revision = json.loads(cluster.etcd.etcdctl("endpoint", "status", "-w", "json").stdout)[0][
             "Status"]["header"]["revision"]
@@ -447,8 +481,9 @@ def test_compaction_under_running_watches_nodes_resynchronise(cluster):
     def ports(node):
         return {f["service"]: int(f["frontend"].rsplit(":", 1)[1].split("/")[0])
                 for f in cluster.status(node)["services"] if f["service"] in want}
-    wait_for(lambda: all(ports(n) == want for n in cluster.names), timeout=30,
-             what="every node to serve the last state")
+    wait_for(lambda: all(ports(n) == want for n in cluster.names)
+             and cluster.status("n2")["store"]["resyncs"] > resyncs, timeout=30,
+             what="every node to serve the last state, n2 after listing again")
     store = cluster.status("n2")["store"]
     print(f"n2 after the compaction: {store['compactions']} compacted watches, "
           f"{store['resyncs']} resyncs, {store['events']} events")
