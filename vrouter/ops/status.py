@@ -106,6 +106,8 @@ def _store(st: dict | None) -> list[str]:
     where = ", ".join(st.get("endpoints") or []) or st.get("root", "")
     if st["reachable"]:
         health = f"reachable, revision {st['revision']}, {st['keys']} keys"
+        if st.get("watching"):
+            health += f", watching through {st['watching']}"
     else:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["unreachable_since"]))
         health = (f"UNREACHABLE since {since} ({time.time() - st['unreachable_since']:.0f} s; "
