@@ -223,8 +223,17 @@ class EtcdCluster:
                     pass
             self.vrouter("down", str(self.path))
         self.etcd.close()
-        subprocess.run([sys.executable, "-m", "vrouter", "down", str(self.path)],
-                       capture_output=True, env=child_env(), timeout=120)
+        # what is left on this machine (/run/vrouter/PREFIX), from a namespace of its own with
+        # no route anywhere: its attempt to reach etcd must not leave it (from the host's own
+        # namespace 192.0.2.0/24 may well be a real network)
+        scratch = f"{self.prefix}-down"
+        subprocess.run(["ip", "netns", "add", scratch], capture_output=True)
+        try:
+            subprocess.run(["ip", "netns", "exec", scratch, sys.executable, "-m", "vrouter",
+                            "down", str(self.path)], capture_output=True, env=child_env(),
+                           timeout=120)
+        finally:
+            subprocess.run(["ip", "netns", "del", scratch], capture_output=True)
         for netns in [*self.hosts, self.lan]:
             if netns in list_netns():
                 subprocess.run(["ip", "netns", "del", netns], capture_output=True)
