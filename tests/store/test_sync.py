@@ -1,12 +1,13 @@
 """A node's list-then-watch (vrouter.node.sync) against a real etcd, with the node's side
 (pods.apply) recorded instead of made: compaction, a lost stream, stale events."""
 import json
+from contextlib import asynccontextmanager
 
 import trio
 
 from vrouter.model import config
 from vrouter.node.sync import Sync
-from vrouter.store.base import Change
+from vrouter.store.base import Change, Unreachable
 from vrouter.store.etcdstore import EtcdStore
 
 
@@ -140,5 +141,52 @@ def test_corrupt_keys_are_counted_once_and_skipped(etcd):
         assert served(node) == ["a"]
         assert sorted(sync.skipped) == ["networkpolicies/default/x", "services/default/junk"]
         assert sync.skipped_total == 2
+        await node.store.aclose()
+    trio.run(main)
+
+
+def test_a_watch_dead_without_a_word_is_replaced_when_the_store_comes_back(etcd):
+    """A partition can drop etcd's FIN or reset: the watch's connection is dead and silent, as
+    a quiet watch is. When the keepalives find the store unreachable and then reachable again,
+    the node lists the difference and watches afresh."""
+    class DeadFirstWatch(EtcdStore):
+        watches = 0
+
+        def watch(self, prefix, revision):
+            DeadFirstWatch.watches += 1
+            if DeadFirstWatch.watches == 1:
+                return self._dead()
+            return super().watch(prefix, revision)
+
+        @asynccontextmanager
+        async def _dead(self):
+            async def nothing():
+                await trio.sleep_forever()
+                yield []
+            yield nothing()
+
+    async def main():
+        node = FakeNode(etcd.url)
+        node.store = DeadFirstWatch(node.file.datastore, "sy")
+        sync = Sync(node)
+        await node.store.put("services/default/a", service("a"))
+        await sync.list_now()
+        await sync.apply()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sync.run)
+            await until(lambda: DeadFirstWatch.watches == 1, "the watch")
+            await node.store.put("services/default/b", service("b"))
+            await trio.sleep(0.3)   # (the dead watch would never say: nothing to wait for)
+            assert served(node) == ["a"]
+            sync.unreachable(Unreachable("keepalive: no answer"))   # as the registration says
+            sync.reached()
+            await until(lambda: served(node) == ["a", "b"], "the list after the outage")
+            assert sync.rewatches == 1 and sync.resyncs == 1 and DeadFirstWatch.watches == 2
+            await node.store.put("services/default/c", service("c"))   # watched afresh
+            await until(lambda: served(node) == ["a", "b", "c"], "the new watch")
+            sync.reached()   # reachable all along: the watch stays
+            await trio.sleep(0.1)
+            assert sync.rewatches == 1 and DeadFirstWatch.watches == 2
+            nursery.cancel_scope.cancel()
         await node.store.aclose()
     trio.run(main)

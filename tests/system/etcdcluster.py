@@ -1,7 +1,7 @@
 """A cluster of separate hosts around a real etcd, for the etcd datastore's acceptance tests.
 
-PREFIX-lan is the network between the hosts: bridge br0 with etcd on 192.0.2.254 (TEST-NET-1,
-only ever inside these namespaces). Each host is a network namespace of its own (PREFIX-h1,
+PREFIX-lan is the network between the hosts: bridge br0 with etcd on 192.0.2.254 and .253
+(TEST-NET-1, only ever inside these namespaces). Each host is a network namespace of its own (PREFIX-h1,
 ...) whose ul0 (192.0.2.K/24) is a port of br0, and runs one `vrouter run CONFIG --node nK
 --underlay 192.0.2.K`: no node is listed in the cluster file, each registers itself. Commands
 that talk to etcd (apply, get, delete, down) run inside PREFIX-lan; the control sockets are
@@ -28,6 +28,12 @@ from vrouter.host import state
 from vrouter.ops import control
 
 ETCD_ADDRESS = "192.0.2.254"
+ETCD_ALSO = "192.0.2.253"   # etcd answers here too: the cluster file has both endpoints
+# TCP buffers of the LAN's and the hosts' own stacks (etcd and its clients; the pods' traffic
+# has stacks of its own): 64 KiB at most, so that a watcher that stops reading falls behind
+# etcd after a few hundred events, as on a slow link, instead of after tens of megabytes that
+# autotuned loopback-fast buffers hold
+SMALL_TCP = ["net.ipv4.tcp_rmem=4096 16384 65536", "net.ipv4.tcp_wmem=4096 16384 65536"]
 
 
 def sh(*argv: str) -> None:
@@ -45,10 +51,10 @@ class EtcdCluster:
         self.names = [f"n{k + 1}" for k in range(hosts)]
         self.underlays = [f"192.0.2.{k + 1}" for k in range(hosts)]
         self.lease_ttl = lease_ttl
-        self.etcd = EtcdServer(address=ETCD_ADDRESS, netns=self.lan)
+        self.etcd = EtcdServer(address=ETCD_ADDRESS, netns=self.lan, also=(ETCD_ALSO,))
         self.doc = {"cluster": {"name": self.prefix, "podCIDR": "10.244.0.0/16",
                                 "datastore": {"type": "etcd", "prefix": "/vrouter",
-                                              "endpoints": [self.etcd.url],
+                                              "endpoints": self.etcd.urls,
                                               "leaseTTL": lease_ttl},
                                 **(options or {})}}
         self.path = tmp_path / f"{self.prefix}.yaml"
@@ -63,12 +69,18 @@ class EtcdCluster:
         try:
             sh("ip", "netns", "add", self.lan)
             sh("ip", "-n", self.lan, "link", "set", "lo", "up")
+            # etcd's closed connections stop repeating their FIN soon, as when its host went
+            # down: a client cut off meanwhile hears nothing of them afterwards
+            sh("ip", "netns", "exec", self.lan, "sysctl", "-qw", *SMALL_TCP,
+               "net.ipv4.tcp_orphan_retries=1")
             sh("ip", "-n", self.lan, "link", "add", "br0", "type", "bridge")
             sh("ip", "-n", self.lan, "addr", "add", f"{ETCD_ADDRESS}/24", "dev", "br0")
+            sh("ip", "-n", self.lan, "addr", "add", f"{ETCD_ALSO}/24", "dev", "br0")
             sh("ip", "-n", self.lan, "link", "set", "br0", "up")
             for k, host in enumerate(self.hosts):
                 sh("ip", "netns", "add", host)
                 sh("ip", "-n", host, "link", "set", "lo", "up")
+                sh("ip", "netns", "exec", host, "sysctl", "-qw", *SMALL_TCP)
                 a, b = f"{self.prefix}a{k + 1}", f"{self.prefix}b{k + 1}"
                 sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
                 sh("ip", "link", "set", a, "netns", host, "name", "ul0")
@@ -132,6 +144,11 @@ class EtcdCluster:
         proc.wait(timeout=60)
 
     def start_all(self) -> "EtcdCluster":
+        # compiled once first, as `vrouter up` does: three nodes compiling at once on two cores
+        # after a change to the fast path outlast READY_TIMEOUT
+        subprocess.run([sys.executable, "-c", "from vrouter.node.datapath import "
+                        "ensure_compiled; ensure_compiled()"], env=child_env(), check=True,
+                       timeout=READY_TIMEOUT)
         for k in range(len(self.hosts)):
             self.start_node(k, wait=False)
         for name in self.names:
@@ -152,6 +169,28 @@ class EtcdCluster:
         result = self.vrouter("apply", "-f", str(path), "--cluster", str(self.path))
         assert result.returncode == 0, result.stdout + result.stderr
         return result
+
+    def put_many(self, key: str, count: int, size: int) -> None:
+        """`count` puts of `key` under the cluster's prefix, straight into etcd: a Namespace
+        whose annotation (`size` bytes) changes every time."""
+        script = (
+            "import json, sys, trio\n"
+            "from vrouter.store import etcd\n"
+            "url, key, count, size = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]), "
+            "int(sys.argv[4])\n"
+            "name = key.decode().rsplit('/', 1)[1]\n"
+            "async def main():\n"
+            "    async with etcd.Client([url]) as c:\n"
+            "        for k in range(count):\n"
+            "            doc = {'apiVersion': 'v1', 'kind': 'Namespace', 'metadata': {\n"
+            "                'name': name, 'annotations': {'test/pad': str(k) * (size // "
+            "len(str(k)))}}}\n"
+            "            await c.put(key, json.dumps(doc).encode())\n"
+            "trio.run(main)\n")
+        full = f"{self.doc['cluster']['datastore']['prefix']}/{self.prefix}/{key}"
+        subprocess.run(["ip", "netns", "exec", self.lan, sys.executable, "-c", script,
+                        self.etcd.url, full, str(count), str(size)], check=True, timeout=120,
+                       env=child_env())
 
     def get(self, kind: str, *args: str) -> dict:
         result = self.vrouter("get", kind, *args, "-o", "json", "--cluster", str(self.path))
@@ -184,8 +223,17 @@ class EtcdCluster:
                     pass
             self.vrouter("down", str(self.path))
         self.etcd.close()
-        subprocess.run([sys.executable, "-m", "vrouter", "down", str(self.path)],
-                       capture_output=True, env=child_env(), timeout=120)
+        # what is left on this machine (/run/vrouter/PREFIX), from a namespace of its own with
+        # no route anywhere: its attempt to reach etcd must not leave it (from the host's own
+        # namespace 192.0.2.0/24 may well be a real network)
+        scratch = f"{self.prefix}-down"
+        subprocess.run(["ip", "netns", "add", scratch], capture_output=True)
+        try:
+            subprocess.run(["ip", "netns", "exec", scratch, sys.executable, "-m", "vrouter",
+                            "down", str(self.path)], capture_output=True, env=child_env(),
+                           timeout=120)
+        finally:
+            subprocess.run(["ip", "netns", "del", scratch], capture_output=True)
         for netns in [*self.hosts, self.lan]:
             if netns in list_netns():
                 subprocess.run(["ip", "netns", "del", netns], capture_output=True)

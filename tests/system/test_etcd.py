@@ -10,16 +10,20 @@ again), under the TTL as the issue's 20 s are under 30 s.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.system.cluster import child_env, wait_for
-from tests.system.etcdcluster import EtcdCluster
+from tests.system.cluster import child_env, list_netns, netns_exec, wait_for
+from tests.system.etcdcluster import ETCD_ADDRESS, ETCD_ALSO, EtcdCluster
 from tests.system.test_services import SERVER, TCP_PORT, UDP_PORT
 from tests.system.reachability import probe
+from vrouter.host import state
+from vrouter.ops import control
 
 TTL = 6
 OUTAGE = 2.5
@@ -81,9 +85,10 @@ def cluster(tmp_path_factory):
         assert not left, left
 
 
-def pod_ip(c: EtcdCluster, k: int) -> str | None:
+def pod_ip(c: EtcdCluster, k: int = 0, name: str | None = None) -> str | None:
     for item in c.get("pods")["items"]:
-        if item["metadata"]["name"] == c.pod(f"p{k + 1}") and item["status"].get("podIP"):
+        if item["metadata"]["name"] == (name or c.pod(f"p{k + 1}")) and \
+                item["status"].get("podIP"):
             if item["status"]["phase"] == "Running":
                 return item["status"]["podIP"]
     return None
@@ -94,6 +99,14 @@ def ports_of(c: EtcdCluster, node: str) -> set[str]:
         return {p["pod"] for p in c.status(node)["ports"]}
     except (OSError, ValueError, KeyError):
         return set()
+
+
+def store_metrics(c: EtcdCluster, node: str) -> tuple[float, float]:
+    """vrouter_store_up and vrouter_store_unreachable_since_seconds of a node."""
+    text = control.request(state.socket_path(c.prefix, node), "metrics", timeout=30)["text"]
+    found = {s.name: s.value for family in text_string_to_metric_families(text)
+             for s in family.samples if s.name.startswith("vrouter_store_")}
+    return found["vrouter_store_up"], found["vrouter_store_unreachable_since_seconds"]
 
 
 def service_ip(c: EtcdCluster, name: str = "web") -> str:
@@ -215,6 +228,53 @@ def test_a_runtime_attachment_is_a_store_key_every_node_sees(cluster):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+def test_a_pod_applied_for_a_container_runtime_waits_for_its_cni_add(cluster):
+    name, sandbox = cluster.pod("cn"), f"{cluster.prefix}-sandbox"
+    cluster.apply(f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: web}}, annotations: {{vrouter.io/netns: cni}}}}
+spec: {{nodeName: n2, containers: [{{name: web, image: busybox}}]}}
+""", "cni-pod.yaml")
+    wait_for(lambda: any(i["metadata"]["name"] == name for i in cluster.get("pods")["items"]),
+             what="the pod in the store")
+    (item,) = [i for i in cluster.get("pods")["items"] if i["metadata"]["name"] == name]
+    assert item["status"]["phase"] == "Pending"   # n2 made no namespace: a runtime will
+    assert name not in list_netns() and name not in ports_of(cluster, "n2")
+    subprocess.run(["ip", "netns", "add", sandbox], check=True)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": child_env()["PYTHONPATH"],
+           "CNI_PATH": "/usr/lib/cni", "CNI_CONTAINERID": "c0ffee" * 8,
+           "CNI_NETNS": f"/run/netns/{sandbox}", "CNI_IFNAME": "eth0",
+           "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={name};K8S_POD_NAMESPACE=default"}
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "vrouter-n2", "type": "vrouter-cni",
+                       "cluster": cluster.prefix, "node": "n2"})
+
+    def cni(command):   # as a runtime on host 2 runs the plugin
+        result = subprocess.run(["ip", "netns", "exec", cluster.hosts[1], sys.executable, "-c",
+                                 "from vrouter.ops.cni import main; raise SystemExit(main())"],
+                                input=conf, capture_output=True, text=True, timeout=60,
+                                env={**env, "CNI_COMMAND": command})
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads(result.stdout) if result.stdout.strip() else None
+    try:
+        ip = cni("ADD")["ips"][0]["address"].split("/")[0]
+        wait_for(lambda: pod_ip(cluster, name=name) == ip, what="the pod Running at its address")
+        # a Service backend on every node, reached from another host's pod
+        wait_for(lambda: all(any(ip in b for f in cluster.status(n)["services"]
+                                 if f["service"] == "default/web" for b in f["backends"])
+                             for n in cluster.names), timeout=10, what="the endpoint everywhere")
+        ping = cluster.sh("p1", "ping", "-c", "1", "-W", "2", ip)
+        assert ping.returncode == 0, ping.stdout
+        cni("DEL")
+        assert "eth0" not in netns_exec(sandbox, "ip", "-br", "link").stdout
+        wait_for(lambda: all(not any(ip in b for f in cluster.status(n)["services"]
+                                     for b in f["backends"]) for n in cluster.names),
+                 timeout=10, what="the endpoint gone everywhere")
+    finally:
+        subprocess.run(["ip", "netns", "del", sandbox], capture_output=True)
+        cluster.vrouter("delete", "pod", name, "--cluster", str(cluster.path))
+
+
 def test_a_lost_lease_is_taken_again_with_the_same_podcidr(cluster):
     before = {n["metadata"]["name"]: n["spec"]["podCIDR"] for n in cluster.get("nodes")["items"]}
     lease = cluster.status("n1")["store"]["lease"]
@@ -278,6 +338,11 @@ def test_etcd_down_for_less_than_the_lease_ttl_loses_nothing(cluster):
                  timeout=10, what="every node to notice")
         since = {n: cluster.status(n)["store"]["unreachable_since"] for n in cluster.names}
         assert all(since.values())
+        # metrics say so too (once their snapshot is newer than the outage), and status
+        wait_for(lambda: all(store_metrics(cluster, n) == (0, since[n]) for n in cluster.names),
+                 timeout=10, what="vrouter_store_up 0 and the time in the metrics")
+        shown = cluster.vrouter("status", cluster.prefix, "--node", "n1", timeout=30)
+        assert shown.returncode == 0 and "UNREACHABLE since" in shown.stdout, shown.stdout
         time.sleep(max(0.0, OUTAGE - (time.monotonic() - down)))
         cluster.etcd.start()
         outage = time.monotonic() - down
@@ -311,33 +376,126 @@ def test_etcd_down_for_less_than_the_lease_ttl_loses_nothing(cluster):
         assert probe(cluster.pod(f"p{k + 1}"), "tcp", 80, [vip], 24000 + k) == ["ok"]
 
 
+def cut_rules(address: str) -> list[list[str]]:
+    return [["INPUT", "-s", address, "-j", "DROP"], ["OUTPUT", "-d", address, "-j", "DROP"]]
+
+
+def iptables(cluster, op: str, rule: list[str]) -> None:
+    """A packet filter rule in host 1's namespace (-I to add, -D to remove)."""
+    subprocess.run(["ip", "netns", "exec", cluster.hosts[0], "iptables", op, *rule],
+                   check=op == "-I", capture_output=True)
+
+
+@pytest.mark.long
+def test_a_node_cut_off_from_etcd_for_longer_than_its_lease_comes_back_whole(cluster):
+    """Host 1 cannot reach etcd while etcd restarts (so the watch connection n1 had is dead and
+    nobody tells it: the partition drops etcd's reset) and n1's lease runs out."""
+    before = {n["metadata"]["name"]: n["spec"]["podCIDR"] for n in cluster.get("nodes")["items"]}
+    lost = cluster.status("n1")["store"]["lease_lost"]
+    rules = [rule for address in (ETCD_ADDRESS, ETCD_ALSO) for rule in cut_rules(address)]
+    try:
+        for rule in rules:
+            iptables(cluster, "-I", rule)
+        wait_for(lambda: not cluster.status("n1")["store"]["reachable"], timeout=4 * TTL,
+                 what="n1 to find etcd unreachable")
+        cluster.etcd.kill()
+        cluster.etcd.start()
+        cluster.apply(SERVICE.replace("name: web}", "name: meanwhile}"), "meanwhile.yaml")
+        wait_for(lambda: all("n1" not in {p["node"] for p in cluster.status(n)["peers"]}
+                             for n in ("n2", "n3")), timeout=4 * TTL, interval=0.1,
+                 what="n1's lease to run out")
+        assert not any(f["service"] == "default/meanwhile"
+                       for f in cluster.status("n1")["services"])
+    finally:
+        for rule in rules:
+            iptables(cluster, "-D", rule)
+    healed = time.monotonic()
+    wait_for(lambda: any(f["service"] == "default/meanwhile" and f["backends"]
+                         for f in cluster.status("n1")["services"]), timeout=30,
+             what="n1 to serve what was applied while it was cut off")
+    print(f"n1 served the Service applied meanwhile {time.monotonic() - healed:.1f} s after "
+          "the partition ended")
+    store = cluster.status("n1")["store"]
+    assert store["lease_lost"] == lost + 1 and store["rewatches"] >= 1
+    assert {n["metadata"]["name"]: n["spec"]["podCIDR"]
+            for n in cluster.get("nodes")["items"]} == before
+    wait_for(lambda: all("n1" in {p["node"] for p in cluster.status(n)["peers"]}
+                         for n in ("n2", "n3")), timeout=10, what="n1 a peer again")
+    ips = [pod_ip(cluster, k) for k in range(3)]
+    wait_for(lambda: probe(cluster.pod("p2"), "tcp", TCP_PORT, [ips[0]], 25000) == ["ok"],
+             timeout=20, interval=0.5, what="p1 reachable from host 2 again")
+
+
+@pytest.mark.long
+def test_a_watch_whose_endpoint_went_silent_is_found_dead_and_replaced(cluster):
+    """etcd answers at two addresses, as the members of an etcd cluster do. Host 1 loses the
+    one its watch is on, without a word: its requests turn to the other at once (the store is
+    never unreachable), and the watch's silent connection fails its TCP keepalives; the node
+    lists through the other endpoint and watches there."""
+    store = cluster.status("n1")["store"]
+    first, lost = store["watching"], store["lost_streams"]
+    if not first:
+        pytest.fail(f"n1 has no watch open: {store}")
+    rules = cut_rules(first.split("//")[1].split(":")[0])
+    try:
+        for rule in rules:
+            iptables(cluster, "-I", rule)
+        cut = time.monotonic()
+        cluster.apply(SERVICE.replace("name: web}", "name: silent}"), "silent.yaml")
+        wait_for(lambda: any(f["service"] == "default/silent" and f["backends"]
+                             for f in cluster.status("n1")["services"]), timeout=40,
+                 interval=0.2, what="n1 to serve what was applied after its watch went silent")
+        print(f"n1 served the Service {time.monotonic() - cut:.1f} s after its watch's endpoint "
+              "went silent")
+        store = cluster.status("n1")["store"]
+        assert store["lost_streams"] == lost + 1 and store["watching"] not in (first, None)
+    finally:
+        for rule in rules:
+            iptables(cluster, "-D", rule)
+
+
 @pytest.mark.long
 def test_compaction_under_running_watches_nodes_resynchronise(cluster):
     frozen = cluster.procs["n2"]
-    # n2's watch falls behind while the store changes and is compacted under it
+    churn = [(f"churn-{k}", 81 + k) for k in range(4)]
+
+    def services(port_of) -> str:
+        return "---".join(SERVICE.replace("name: web}", f"name: {name}}}").replace(
+            "port: 80,", f"port: {port_of(port)},") for name, port in churn)
+    # n2 stops reading its watch while the store changes: etcd's buffers for it fill (a few
+    # hundred events; SMALL_TCP), etcd marks its watcher as behind, and the compaction
+    # cancels it
+    resyncs = cluster.status("n2")["store"]["resyncs"]
     frozen.send_signal(19)   # SIGSTOP
     try:
-        for k in range(20):
-            cluster.apply(SERVICE.replace("name: web}", f"name: churn-{k % 4}}}").replace(
-                "port: 80,", f"port: {81 + k},"), f"churn{k}.yaml")
+        cluster.apply(services(lambda port: port), "churn1.yaml")
+        cluster.put_many("namespaces/churn", 400, 4000)
+        cluster.apply(services(lambda port: port + 100), "churn2.yaml")
         revision = json.loads(cluster.etcd.etcdctl("endpoint", "status", "-w", "json").stdout)[0][
             "Status"]["header"]["revision"]
         cluster.etcd.etcdctl("compact", str(revision))
     finally:
         frozen.send_signal(18)   # SIGCONT
-    want = {f"default/churn-{k}" for k in range(4)}
+    want = {f"default/{name}": port + 100 for name, port in churn}
 
     def ports(node):
-        return {f["service"]: f["frontend"] for f in cluster.status(node)["services"]
-                if f["service"] in want}
-    wait_for(lambda: all(set(ports(n)) == want for n in cluster.names), timeout=20,
-             what="every node to serve the last state")
-    assert ports("n1") == ports("n2") == ports("n3")
-    # and it goes on watching: a change after the compaction is served everywhere
-    cluster.apply(SERVICE.replace("name: web}", "name: churn-0}").replace("port: 80,",
-                                                                          "port: 7070,"), "c.yaml")
-    wait_for(lambda: all(ports(n).get("default/churn-0", "").endswith(":7070/TCP")
-                         for n in cluster.names), timeout=10, what="the change everywhere")
+        return {f["service"]: int(f["frontend"].rsplit(":", 1)[1].split("/")[0])
+                for f in cluster.status(node)["services"] if f["service"] in want}
+    wait_for(lambda: all(ports(n) == want for n in cluster.names)
+             and cluster.status("n2")["store"]["resyncs"] > resyncs, timeout=30,
+             what="every node to serve the last state, n2 after listing again")
     store = cluster.status("n2")["store"]
     print(f"n2 after the compaction: {store['compactions']} compacted watches, "
           f"{store['resyncs']} resyncs, {store['events']} events")
+    if store["compactions"] < 1:
+        pytest.fail("n2's watch was not canceled by the compaction: the test did not test it")
+    assert store["resyncs"] >= 1
+    print("compacted watches of n1, n3:", [cluster.status(n)["store"]["compactions"]
+                                           for n in ("n1", "n3")])
+    # and it goes on watching: a change after the compaction is served everywhere
+    cluster.apply(SERVICE.replace("name: web}", "name: churn-0}").replace("port: 80,",
+                                                                          "port: 7070,"), "c.yaml")
+    want["default/churn-0"] = 7070
+    wait_for(lambda: all(ports(n) == want for n in cluster.names), timeout=10,
+             what="the change everywhere")
+    cluster.vrouter("delete", "namespace", "churn", "--cluster", str(cluster.path))

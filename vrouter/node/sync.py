@@ -50,6 +50,9 @@ class Sync:
         self.skipped_total = 0               # corrupt or refused keys met, counted once each
         self._reported: set[tuple[str, bytes]] = set()
         self.held: list = []
+        self.rewatches = 0                   # watches given up after the store came back
+        self._watching: trio.CancelScope | None = None
+        self._watch_suspect = False
 
     # --- the store answers, or does not --------------------------------------------------------
 
@@ -57,10 +60,17 @@ class Sync:
         if not self.reachable:
             log.info("node %s: the store answers again (unreachable for %.1f s)",
                      self.node.name, time.time() - (self.unreachable_since or time.time()))
+            if self._watching is not None and self._watch_suspect:
+                # the store did not answer while this watch ran: its connection may be dead
+                # without a word (a partition drops etcd's FIN or reset), and a quiet watch
+                # looks just like one. Watch afresh, listing the difference first.
+                self._watching.cancel()
         self.reachable = True
         self.unreachable_since = None
 
     def unreachable(self, exc: Exception) -> None:
+        if self._watching is not None:
+            self._watch_suspect = True
         if self.reachable:
             log.warning("node %s: the store is unreachable (%s); forwarding goes on with the "
                         "last state", self.node.name, exc)
@@ -178,25 +188,36 @@ class Sync:
                              "changed", self.node.name, self.revision, changed)
                     await self.apply_safely()
                     need_list = False
-                async with store.watch("", self.revision + 1) as changes:
-                    self.reached()
-                    backoff = BACKOFF_FIRST
-                    async for batch in changes:
-                        self.events += len(batch)
-                        if self.update(batch):
-                            await self.apply_safely()
+                with trio.CancelScope() as scope:
+                    self._watching, self._watch_suspect = scope, False
+                    async with store.watch("", self.revision + 1) as changes:
+                        self.reached()
+                        backoff = BACKOFF_FIRST
+                        async for batch in changes:
+                            self.events += len(batch)
+                            if self.update(batch):
+                                with trio.CancelScope(shield=True):   # never half-applied
+                                    await self.apply_safely()
+                self._watching = None
+                if scope.cancelled_caught:
+                    self.rewatches += 1
+                    log.info("node %s: watching afresh after the store came back",
+                             self.node.name)
                 need_list = True
             except Compacted as exc:
+                self._watching = None
                 self.compactions += 1
                 log.warning("node %s: %s; listing again", self.node.name, exc)
                 need_list = True
             except Unreachable as exc:
+                self._watching = None
                 self.lost_streams += 1
                 self.unreachable(exc)
                 need_list = True
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
             except StoreError as exc:
+                self._watching = None
                 self.last_error = str(exc)
                 log.error("node %s: watching the store: %s", self.node.name, exc)
                 need_list = True
@@ -240,7 +261,8 @@ class Sync:
                 "unreachable_since": self.unreachable_since, "last_error": self.last_error,
                 "revision": self.revision, "keys": len(self.items), "events": self.events,
                 "resyncs": self.resyncs, "compactions": self.compactions,
-                "lost_streams": self.lost_streams, "applied": self.applied,
+                "lost_streams": self.lost_streams, "rewatches": self.rewatches,
+                "applied": self.applied,
                 "apply_errors": self.apply_errors, "skipped_keys": sorted(self.skipped),
                 "skipped_total": self.skipped_total,
                 "held": [f"{key} (node {n})" for key, n in self.held],

@@ -40,13 +40,15 @@ def _store(st: dict | None) -> list[str]:
     where = ", ".join(st.get("endpoints") or []) or st.get("root", "")
     if st["reachable"]:
         health = f"reachable, revision {st['revision']}, {st['keys']} keys"
+        if st.get("watching"):
+            health += f", watching through {st['watching']}"
     else:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["unreachable_since"]))
         health = (f"UNREACHABLE since {since} ({time.time() - st['unreachable_since']:.0f} s; "
                   f"forwarding with the last state): {st['last_error']}")
     lines = [f"  store: {st['type']} {where}: {health}"]
     facts = [f"{k.replace('_', ' ')} {st[k]}" for k in ("events", "resyncs", "compactions",
-                                                        "lost_streams", "apply_errors",
+                                                        "lost_streams", "rewatches", "apply_errors",
                                                         "skipped_total", "lease_lost")
              if st.get(k)]
     if facts:

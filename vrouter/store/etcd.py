@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 import ssl
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,13 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 GRPC_NOT_FOUND = 5
 GRPC_OUT_OF_RANGE = 11      # also "required revision has been compacted"
 GRPC_UNAVAILABLE = 14
+# A watch is quiet for as long as nothing changes, so its connection is probed: one whose
+# etcd went away without a word (a host gone, a partition that dropped its reset) fails after
+# KEEPIDLE + KEEPINTVL x KEEPCNT = 11 s instead of never, and the watcher lists again
+TCP_KEEPALIVE = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+                 (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5),
+                 (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2),
+                 (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)]
 MAX_LINE = 64 << 20         # a watch response (one JSON line) longer than this is refused
 
 
@@ -166,7 +174,9 @@ class Client:
             if cert_file:
                 verify.load_cert_chain(cert_file, key_file)
         # no proxies from the environment: etcd is reached directly, never through an HTTP proxy
-        self.http = httpx.AsyncClient(timeout=timeout, verify=verify, trust_env=False)
+        transport = httpx.AsyncHTTPTransport(verify=verify, trust_env=False,
+                                             socket_options=TCP_KEEPALIVE)
+        self.http = httpx.AsyncClient(timeout=timeout, transport=transport, trust_env=False)
         self.requests = 0            # RPCs sent (benchmarks: requests per second)
 
     async def __aenter__(self) -> "Client":
@@ -341,14 +351,15 @@ class Client:
                     raise EtcdError(f"watch: HTTP {response.status_code}") from None
                 raise _error(answer if isinstance(answer, dict) else {}, response.status_code)
             self._prefer(endpoint)
-            yield Watch(response)
+            yield Watch(response, endpoint)
 
 
 class Watch:
     """The responses of one watch stream."""
 
-    def __init__(self, response: httpx.Response):
+    def __init__(self, response: httpx.Response, endpoint: str = ""):
         self.response = response
+        self.endpoint = endpoint
         self.lines = response.aiter_lines()
         self.created = False
 
@@ -413,8 +424,19 @@ def _error(answer: dict, status: int) -> EtcdError:
     return EtcdError(message, code)
 
 
-def _describe(exc: Exception | None) -> str:
+def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "no answer"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if str(exc) else text
+    said = [str(exc)]
+    # httpx wraps what failed (a refused connection, a TLS certificate etcd or we refused)
+    cause, seen = exc.__cause__ or exc.__context__, 0
+    while cause is not None and seen < 4:
+        text = str(cause)
+        if text and not any(text in s or s in text for s in said if s):
+            said.append(text)
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    said = [s for s in said if s]
+    if not said and isinstance(exc, httpx.ReadError):   # etcd ended a TLS handshake so
+        said = ["the connection closed without an answer (with https: did etcd refuse this "
+                "client's certificate?)"]
+    return ": ".join([type(exc).__name__, *said])

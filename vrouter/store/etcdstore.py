@@ -32,6 +32,7 @@ class EtcdStore(Store):
         self.client = etcd.Client(datastore.endpoints, timeout=REQUEST_TIMEOUT,
                                   ca_file=datastore.ca_file, cert_file=datastore.cert_file,
                                   key_file=datastore.key_file)
+        self.watching: str | None = None   # the endpoint the watch stream is open to
 
     @property
     def requests(self) -> int:
@@ -65,7 +66,11 @@ class EtcdStore(Store):
         start = self._key(prefix)
         try:
             async with self.client.watch(start, etcd.prefix_end(start), revision) as stream:
-                yield self._changes(stream)
+                self.watching = stream.endpoint
+                try:
+                    yield self._changes(stream)
+                finally:
+                    self.watching = None
         except etcd.EtcdError as exc:
             raise _translated(exc) from None
 
@@ -142,7 +147,9 @@ class EtcdStore(Store):
             raise _translated(exc) from None
 
     def describe(self) -> dict:
-        return {"type": self.kind, "endpoints": list(self.datastore.endpoints),
+        # the one that answered last first: where requests and the next watch go
+        return {"type": self.kind, "endpoints": list(self.client.endpoints),
+                "watching": self.watching,
                 "prefix": self.root}
 
     async def aclose(self) -> None:
