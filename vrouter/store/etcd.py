@@ -439,4 +439,7 @@ def _describe(exc: BaseException | None) -> str:
     if not said and isinstance(exc, httpx.ReadError):   # etcd ended a TLS handshake so
         said = ["the connection closed without an answer (with https: did etcd refuse this "
                 "client's certificate?)"]
+    elif any("BAD_CERTIFICATE" in s or "CERTIFICATE_REQUIRED" in s for s in said):
+        # or with an alert, whose name depends on the TLS version and on timing
+        said.append("did etcd refuse this client's certificate?")
     return ": ".join([type(exc).__name__, *said])
