@@ -100,6 +100,11 @@ class WorkloadControllers:
         """Step the workloads until the node stops; a step that changed something is served
         here and told to the other nodes at once."""
         while True:
+            model = self.node.sync.model
+            if model is not None and not model.cluster.workloads and not model.revisions \
+                    and not self.last_progress:
+                await self.node.pods_changed.wait()   # no workloads: until the model changes
+                continue
             await trio.sleep(INTERVAL)
             model = self.node.sync.model
             if model is not None and await self.tick(model):

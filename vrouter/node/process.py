@@ -90,6 +90,21 @@ class _Signals:
             raise Stop()
 
 
+class Wakeup:
+    """Wakes every task waiting when it is set; a task that waits later waits for the next
+    time. (Check the condition, then wait, with no await between: trio does not switch.)"""
+
+    def __init__(self):
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 class Node:
     def __init__(self, cluster: Cluster, node_name: str, underlay: str | None = None,
                  address: str | None = None):
@@ -101,7 +116,9 @@ class Node:
         self.node = cluster.node(node_name) if self.registration.listed else None
         self.store: Store | None = None   # opened in main(); setup uses one of its own
         self.sync = Sync(self)
-        self.pods_changed = trio.Event()   # set when the pods may have changed (probe_pods)
+        # idle tasks wait for these instead of polling (32 idle nodes share two cores)
+        self.pods_changed = Wakeup()       # the live model changed (pods, readiness to probe)
+        self.flows_followed = Wakeup()     # a client started following the flow log
         # absolute: commands and vrouter-cni name the cluster from any directory
         self.source = {"config": os.path.abspath(cluster.source),
                        "manifests": cluster.manifests and os.path.abspath(cluster.manifests)}
@@ -298,9 +315,7 @@ class Node:
         must not wake for nothing: 32 of them share two cores)."""
         while True:
             if self.ready:
-                self.pods_changed = trio.Event()
-                if self.ready:
-                    await self.pods_changed.wait()
+                await self.pods_changed.wait()
                 continue
             self.datapath.call(lambda: self.datapath.write_l2(self.dp.slow.probes()))
             await trio.sleep(PROBE_INTERVAL)
@@ -321,6 +336,9 @@ class Node:
         """While a client follows the flow log (`observe -f`, the page), wake the data path
         every FOLLOW_FLUSH so that it drains the ring (it does whenever it wakes anyway)."""
         while True:
+            if not self.flow_log.followers:
+                await self.flows_followed.wait()
+                continue
             await trio.sleep(FOLLOW_FLUSH)
             if self.flow_log.followers:
                 self.datapath.wake()
@@ -410,6 +428,9 @@ class Node:
         here and told to them at once (a pod that turned ready becomes an endpoint
         everywhere)."""
         while True:
+            if not any(pod.gated for pod in self.dp.ports.values()):
+                await self.pods_changed.wait()   # no pod here whose readiness decides anything
+                continue
             await trio.sleep(PROBE_INTERVAL)
             ready, failing = self.local_ready()
             if (ready, failing) == (self.ready_pods, self.failing_pods):
@@ -460,6 +481,7 @@ class Node:
         if not request.get("follow"):
             return {**header, "flows": log.query(flow_filter, last)}
         follower = log.follow(flow_filter)
+        self.flows_followed.set()
         past = log.query(flow_filter, last) if last else []
 
         async def lines():
