@@ -81,8 +81,9 @@ def _parent_pid(pid: int) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def publishing_mount_ns() -> int | None:
-    """An fd of the mount namespace whose /run/netns ours is a slave of, else None.
+def publishing_mount_ns() -> tuple[int, int] | None:
+    """Fds of the mount namespace whose /run/netns ours is a slave of and of that process's
+    root directory (a chroot's, when the caller runs in one), else None.
 
     `ip netns exec` turns our /run/netns into a slave ("master:N") of the caller's shared one
     ("shared:N"); we look for a process (preferably an ancestor) that still sees the shared one.
@@ -98,15 +99,18 @@ def publishing_mount_ns() -> int | None:
     for pid in _candidates():
         try:
             if _netns_dir_propagation(pid).get("shared") == master:
-                return os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+                return (os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC),
+                        os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         except (OSError, ValueError):
             continue   # gone meanwhile, or not ours to read
     return None
 
 
-def _in_mount_ns(fd: int | None, action, *args) -> None:
-    """Run action(*args) in the mount namespace `fd` (a forked helper), or here when fd is None."""
-    if fd is None:
+def _in_mount_ns(fds: tuple[int, int] | None, action, *args) -> None:
+    """Run action(*args) in the mount namespace and root `fds` (a forked helper), or here when
+    None. setns puts the helper at the namespace's own root: it then enters the caller's root
+    again, or inside a chroot its namespaces would be made at the host's /run/netns."""
+    if fds is None:
         action(*args)
         return
     read_end, write_end = os.pipe()
@@ -116,8 +120,11 @@ def _in_mount_ns(fd: int | None, action, *args) -> None:
         code = 0
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            if libc.setns(fd, CLONE_NEWNS) != 0:
+            if libc.setns(fds[0], CLONE_NEWNS) != 0:
                 raise OSError(ctypes.get_errno(), "setns to the caller's mount namespace failed")
+            os.fchdir(fds[1])
+            os.chroot(".")
+            os.chdir("/")
             action(*args)
         except BaseException as exc:   # report anything to the parent, never unwind its stack
             os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:4000])
