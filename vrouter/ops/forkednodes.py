@@ -61,12 +61,10 @@ class ForkedNode:
 
 
 def warm() -> None:
-    """Load everything a node loads (the compiled fast path included: call after
-    ensure_compiled), then keep the garbage collector off those objects."""
+    """Load what a node loads beside the compiled fast path (call after ensure_compiled, which
+    has loaded that into this process), then keep the garbage collector off those objects."""
     import scapy.all  # noqa: F401 (the slow path's; the biggest Python import)
     import vrouter.node.process  # noqa: F401
-    from vrouter.node.datapath import compile_fast_path
-    compile_fast_path()   # from numba's cache: the dispatchers loaded in this process
     gc.collect()
     gc.freeze()
 
