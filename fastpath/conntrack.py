@@ -623,14 +623,6 @@ def new_state_table(entries: int, cols: int):
     return rows[:, :2].view(np.uint64), rows[:, 2:2 + cols]
 
 
-def copy_state_table(keys, vals):
-    """A copy laid out as new_state_table lays it out (the compiled code's types stay the same)."""
-    new_keys, new_vals = new_state_table(keys.shape[0], vals.shape[1])
-    new_keys[:] = keys
-    new_vals[:] = vals
-    return new_keys, new_vals
-
-
 def connection_arrays(max_entries: int):
     """(slots, recs, free, stats) for at most `max_entries` connections: the slot table keeps
     its two keys per connection at most half full, so windows rarely overflow."""
@@ -643,14 +635,6 @@ def connection_arrays(max_entries: int):
     stats = np.zeros(STATS_COLS, dtype=np.int64)
     stats[CTS_FREE] = max_entries
     return slots, recs, free, stats
-
-
-def copy_connections(slots, recs, free, stats):
-    """Copies with the same layout (vrouter trace runs on them)."""
-    new = connection_arrays(recs.shape[0])
-    for dst, src in zip(new, (slots, recs, free, stats)):
-        dst[:] = src
-    return new
 
 
 def live_mask(recs, now) -> np.ndarray:

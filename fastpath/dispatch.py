@@ -31,22 +31,19 @@ from fastpath.reasons import (
     R_SLOW_NO_ROUTE, R_SLOW_OUTSIDE_ARP_NEEDED, R_SLOW_SERVICE_REJECT, R_SLOW_TTL_EXCEEDED,
 )
 from fastpath.stages import (
-    DONE, S_BRIDGE, S_GATEWAY_IN, S_OUTSIDE_IN, S_OVERLAY_IN, S_POD_IN, S_ROUTE, S_SERVICES,
-    S_LOCAL, S_POLICY, S_SWITCH, S_TO_OVERLAY, finish,
+    DONE, S_GATEWAY_IN, S_OUTSIDE_IN, S_OVERLAY_IN, S_POD_IN, finish,
 )
-from fastpath.stages.bridge import bridge_stage, switch
 from fastpath.stages.gro import coalesce
 from fastpath.stages.gso import segment, space_needed
-from fastpath.stages.ingress import gateway_in, pod_in
-from fastpath.stages.local import local_stage
-from fastpath.stages.outside import outside_in
-from fastpath.stages.overlay import overlay_in, to_overlay, write_vxlan_header
-from fastpath.stages.policy import after_policy, policy_stage
-from fastpath.stages.route import route_stage
-from fastpath.stages.services import services_stage
+from fastpath.stages.overlay import write_vxlan_header
+from fastpath.stages.run import run_stage
 
 # what must be left in the output batch before another frame is taken (the worst single frame)
 ROWS_RESERVE = 2 * TRAIN_MAX_SEGMENTS
+
+# what this loop changes itself, beside what the stages declare (fastpath.stages.STAGES): the
+# verdict counters, the slow path's budgets, the flow log
+WRITES = ("counters", "budgets", "conntrack.flows")
 
 
 @njit(cache=True, _nrt=False)
@@ -93,45 +90,15 @@ def _trace_step(buf, meta, i, stage, next_stage, out):
 
 @njit(cache=True, inline="always", _nrt=False)
 def run_stages(buf, meta, i, now, tables, out):
-    """Walk frame i through the stages until one finishes it (verdict in M_ACTION/M_REASON).
-    With trace rows in `out`, each step is recorded there too."""
-    params, counters = tables.params, tables.counters
-    stage = first_stage(meta[i, M_IN_PORT], params[P_UPLINK_PORT])
+    """Walk frame i through the stages (fastpath.stages.STAGES) until one finishes it (verdict
+    in M_ACTION/M_REASON). With trace rows in `out`, each step is recorded there too."""
+    stage = first_stage(meta[i, M_IN_PORT], tables.params[P_UPLINK_PORT])
     if stage == DONE:
         finish(meta, i, ACT_DROP, 0, R_DROP_RUNT)   # no such port: cannot happen from the I/O
     tracing = out.trace.shape[0] > 0
     while stage != DONE:
         step = stage
-        if stage == S_POD_IN:
-            stage = pod_in(buf, meta, i, now, params, counters, tables.ports, tables.bridge)
-        elif stage == S_OUTSIDE_IN:
-            stage = outside_in(buf, meta, i, now, params, counters, tables.outside)
-        elif stage == S_OVERLAY_IN:
-            stage = overlay_in(buf, meta, i, now, params, counters, tables.peers)
-        elif stage == S_GATEWAY_IN:
-            stage = gateway_in(buf, meta, i)
-        elif stage == S_SERVICES:
-            stage = services_stage(buf, meta, i, now, params, counters, tables.services,
-                                   tables.conntrack)
-        elif stage == S_POLICY:
-            if tables.policy.active[0] == 0:   # no pod of this node is selected: nothing to judge
-                stage = after_policy(meta, i, params)
-            else:
-                stage = policy_stage(buf, meta, i, now, params, counters, tables.policy,
-                                     tables.routes, tables.conntrack)
-        elif stage == S_SWITCH:
-            stage = switch(buf, meta, i, params)
-        elif stage == S_BRIDGE:
-            stage = bridge_stage(buf, meta, i, now, params, tables.bridge)
-        elif stage == S_ROUTE:
-            stage = route_stage(buf, meta, i, now, params, tables.ports, tables.routes,
-                                tables.outside)
-        elif stage == S_TO_OVERLAY:
-            stage = to_overlay(buf, meta, i, now, params, tables.peers)
-        elif stage == S_LOCAL:
-            stage = local_stage(buf, meta, i, params, counters)
-        else:
-            stage = DONE
+        stage = run_stage(stage, buf, meta, i, now, tables)
         if tracing:
             _trace_step(buf, meta, i, step, stage, out)
 

@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+CACHE_LINE = 64
+
 
 class Ports(NamedTuple):
     """Local pod ports: who is on port p (anti-spoofing, routed delivery, flooding). Ports come
@@ -181,3 +183,29 @@ class RxRing(NamedTuple):
     iovs: np.ndarray            # uint64[BATCH * 2]
     addrs: np.ndarray           # uint64[BATCH * 2]: struct sockaddr_in (the sender)
     cmsgs: np.ndarray           # uint64[BATCH * 4]: the UDP_GRO cmsg (segment size)
+
+
+def copy_group(value, _roots=None):
+    """A copy of a group (or one array of it) laid out exactly as the original: arrays that
+    were views of one buffer (a state table's keys and values) are views of one new buffer, at
+    the same offsets, strides and cache-line alignment, so numba sees the same types and
+    compiles nothing new for the copy (vrouter trace runs the fast path on such copies)."""
+    roots = {} if _roots is None else _roots
+    if isinstance(value, np.ndarray):
+        root = value
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        if id(root) not in roots:
+            raw = np.empty(root.nbytes + CACHE_LINE, np.uint8)
+            skip = (root.ctypes.data - raw.ctypes.data) % CACHE_LINE
+            copy = raw[skip:skip + root.nbytes].view(root.dtype).reshape(root.shape)
+            copy[...] = root
+            roots[id(root)] = (root, copy)
+        copy = roots[id(root)][1]
+        if value is root:
+            return copy
+        return np.ndarray(value.shape, value.dtype, buffer=copy,
+                          offset=value.ctypes.data - root.ctypes.data, strides=value.strides)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(copy_group(v, roots) for v in value))
+    return value

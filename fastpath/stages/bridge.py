@@ -3,17 +3,23 @@ from numba import njit
 
 from fastpath import learning
 from fastpath.checksum import read48
-from fastpath.layout import ACT_DROP, ACT_FLOOD, ACT_PORT, M_IN_PORT, M_ROW, M_START, P_FDB_AGE, P_GW_MAC
+from fastpath.layout import (
+    ACT_DROP, ACT_FLOOD, ACT_PORT, M_IN_PORT, M_ROW, M_START, P_FDB_AGE, P_GW_MAC, P_UPLINK_PORT,
+)
 from fastpath.reasons import R_DROP_SAME_PORT, R_FLOODED, R_FORWARDED_L2
-from fastpath.stages import S_BRIDGE, S_ROUTE, finish
+from fastpath.stages import BRANCH, NEXT, finish
 
 
 @njit(cache=True, _nrt=False)
 def switch(buf, meta, i, params):
-    """The gateway's MAC means "route me"; anything else is bridged."""
+    """A pod's frame is bridged (NEXT), unless it is for the gateway's MAC: "route me"
+    (BRANCH). Frames from the outside network, the overlay or the gateway are always routed."""
+    in_port = meta[i, M_IN_PORT]
+    if not 0 <= in_port < params[P_UPLINK_PORT]:
+        return BRANCH
     if read48(buf, meta[i, M_ROW], meta[i, M_START]) == params[P_GW_MAC]:
-        return S_ROUTE
-    return S_BRIDGE
+        return BRANCH
+    return NEXT
 
 
 @njit(cache=True, _nrt=False)

@@ -23,7 +23,7 @@ from fastpath.reasons import (
     R_GSO_SUPERFRAMES,
     R_SLOW_ARP,
 )
-from fastpath.stages import S_SERVICES, finish
+from fastpath.stages import NEXT, finish
 
 GSO_MIN_SIZE = 48        # Linux's TCP_MIN_SND_MSS: no smaller segment is ever asked for
 GSO_MAX_SEGMENTS = 1024  # what one super-frame may be cut into (64 KiB / 64 bytes)
@@ -151,7 +151,7 @@ def pod_in(buf, meta, i, now, params, counters, ports, bridge):
             counters[R_FDB_LEARN_PORT_LIMIT] += 1
     if meta[i, M_GSO_TYPE] != GSO_NONE:
         counters[R_GSO_SUPERFRAMES] += 1
-    return S_SERVICES
+    return NEXT
 
 
 @njit(cache=True, inline="always", _nrt=False)
@@ -171,4 +171,4 @@ def gateway_in(buf, meta, i):
     if meta[i, M_LEN] < ETH_LEN + 20:
         return finish(meta, i, ACT_DROP, 0, R_DROP_RUNT)
     meta[i, M_OWN] = 1
-    return S_SERVICES
+    return NEXT

@@ -15,7 +15,7 @@ from fastpath.layout import (
     ACT_DROP, ACT_SLOW, ETH_LEN, M_LEN, M_OWN, M_ROW, M_START, P_LOCAL_NET,
 )
 from fastpath.reasons import R_ECHO_ANSWERED, R_SLOW_TO_GATEWAY, R_TO_NODE
-from fastpath.stages import S_ROUTE, finish
+from fastpath.stages import NEXT, finish
 
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
@@ -47,4 +47,4 @@ def local_stage(buf, meta, i, params, counters):
     write16(buf, row, ip + 10, update16(read16(buf, row, ip + 10), (ttl << 8) | 1, (TTL << 8) | 1))
     meta[i, M_OWN] = 1
     counters[R_ECHO_ANSWERED] += 1
-    return S_ROUTE
+    return NEXT

@@ -19,7 +19,7 @@ from fastpath.reasons import (
     R_GSO_SUPERFRAMES, R_OUTSIDE_NEIGHBOUR_TABLE_FULL, R_SLOW_ARP, R_SLOW_OUTSIDE_ARP_NEEDED,
     R_TO_OUTSIDE,
 )
-from fastpath.stages import S_SERVICES, finish
+from fastpath.stages import NEXT, finish
 from fastpath.stages.ingress import ethertype_verdict, frame_problem, packet_problem
 
 
@@ -68,7 +68,7 @@ def outside_in(buf, meta, i, now, params, counters, outside):
     counters[R_FROM_OUTSIDE] += 1
     if meta[i, M_GSO_TYPE] != GSO_NONE:
         counters[R_GSO_SUPERFRAMES] += 1
-    return S_SERVICES
+    return NEXT
 
 
 @njit(cache=True, _nrt=False)

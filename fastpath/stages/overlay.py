@@ -18,7 +18,7 @@ from fastpath.reasons import (
     R_DROP_OVERLAY_PEER_DOWN, R_DROP_OVERLAY_SPOOFED_SOURCE, R_DROP_OVERLAY_TRUNCATED, R_DROP_OVERLAY_UNKNOWN_SOURCE,
     R_FROM_OVERLAY, R_SLOW_FRAG_NEEDED, R_TO_OVERLAY,
 )
-from fastpath.stages import S_SERVICES, finish
+from fastpath.stages import NEXT, finish
 
 
 @njit(cache=True, _nrt=False)
@@ -57,7 +57,7 @@ def overlay_in(buf, meta, i, now, params, counters, peers):
     counters[R_FROM_OVERLAY] += 1
     if peers.peer_kernel[peer]:   # only a Linux VXLAN device hands over partial checksums
         complete_if_partial(buf, row, ip, counters)
-    return S_SERVICES   # replies of connections this node translated, then routing
+    return NEXT   # replies of connections this node translated, then routing
 
 
 @njit(cache=True, _nrt=False)

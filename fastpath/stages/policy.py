@@ -32,7 +32,7 @@ from fastpath.reasons import (
     R_CT_FULL_REFUSED, R_DROP_POLICY_EGRESS, R_DROP_POLICY_INGRESS, R_FRAG_EVICTED,
     R_POLICY_FLOWS_TRACKED,
 )
-from fastpath.stages import S_ROUTE, S_SWITCH, finish
+from fastpath.stages import NEXT, finish
 
 # port_rules columns
 PR_SELECTED = 0        # some policy selects the pod (in any direction): follow its connections
@@ -133,20 +133,13 @@ def deny(buf, meta, i, now, policy, port, direction, proto, conntrack, reason):
     return finish(meta, i, ACT_DROP, port, reason)   # the pod's port: the flow log names policies
 
 
-@njit(cache=True, inline="always", _nrt=False)
-def after_policy(meta, i, params):
-    """Where a frame goes on: pods' frames to the L2/L3 switch, everything else to routing."""
-    return S_SWITCH if 0 <= meta[i, M_IN_PORT] < params[P_UPLINK_PORT] else S_ROUTE
-
-
 @njit(cache=True, _nrt=False)
 def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack):
     """(The dispatch loop skips the call on a node where no policy selects a pod.)"""
     in_port = meta[i, M_IN_PORT]
     from_pod = 0 <= in_port < params[P_UPLINK_PORT]
-    next_stage = after_policy(meta, i, params)
     if meta[i, M_OWN] != 0 or meta[i, M_FLOW] >= FLOW_ESTABLISHED:   # also FLOW_ENDED
-        return next_stage
+        return NEXT
     pr = policy.port_rules
     row, ip = meta[i, M_ROW], meta[i, M_START] + ETH_LEN
     src, dst = read32(buf, row, ip + 12), read32(buf, row, ip + 16)
@@ -156,7 +149,7 @@ def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack)
     if j >= 0 and pr[routes.pod_port[j], PR_SELECTED]:
         receiver = routes.pod_port[j]
     if sender < 0 and receiver < 0:
-        return next_stage
+        return NEXT
     proto = np.int64(buf[row, ip + 9])
     frag = read16(buf, row, ip + 6)
     first_fragment = (frag & 0x1FFF) == 0
@@ -165,7 +158,7 @@ def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack)
     if not first_fragment:   # a later fragment: as its first fragment was, else portless
         k0, k1 = tuple_key(src, dst, proto, read16(buf, row, ip + 4), FRAG_POLICY_TAG)
         if wfind(frag_keys, frag_vals, FRAG_EXPIRES, k0, k1, now) >= 0:
-            return next_stage
+            return NEXT
     else:
         l4 = ip + np.int64(buf[row, ip] & 0x0F) * 4
         end = ip + read16(buf, row, ip + 2)
@@ -198,4 +191,4 @@ def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack)
         frag_vals[f, FRAG_SRC] = src
         frag_vals[f, FRAG_DST] = dst
         frag_vals[f, FRAG_EXPIRES] = now + T_FRAGMENT
-    return next_stage
+    return NEXT

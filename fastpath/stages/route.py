@@ -13,7 +13,7 @@ from fastpath.reasons import (
     R_DROP_MARTIAN, R_FORWARDED_ROUTED, R_SLOW_HOST_UNREACHABLE, R_SLOW_NO_ROUTE,
     R_SLOW_TO_GATEWAY, R_SLOW_TTL_EXCEEDED,
 )
-from fastpath.stages import S_LOCAL, S_TO_OVERLAY, finish
+from fastpath.stages import BRANCH, NEXT, finish
 from fastpath.stages.outside import to_outside
 
 
@@ -30,7 +30,7 @@ def route_stage(buf, meta, i, now, params, ports, routes, outside):
     if dst == params[P_GW_IP] or dst == params[P_NODE_IP] or dst == params[P_LOCAL_NET]:
         if not forwarded:   # the node's own packet for itself: nothing to do
             return finish(meta, i, ACT_SLOW, 0, R_SLOW_TO_GATEWAY)
-        return S_LOCAL      # gateway, node or VTEP address
+        return BRANCH   # for the gateway, node or VTEP address: the local stage
     if forwarded and buf[row, ip + 8] <= 1:
         return finish(meta, i, ACT_SLOW, 0, R_SLOW_TTL_EXCEEDED)
     if (dst & params[P_LOCAL_MASK]) == params[P_LOCAL_NET]:
@@ -50,7 +50,7 @@ def route_stage(buf, meta, i, now, params, ports, routes, outside):
         j = hashtable.find(routes.route_keys, dst & masks[m])
         if j >= 0:
             meta[i, M_OUT] = routes.route_peer[j]
-            return S_TO_OVERLAY
+            return NEXT   # a peer's podCIDR: to the overlay
     if params[P_OUTSIDE_GW] != 0 and not in_cluster(dst, params):
         # the world beyond: the default route, via the outside network's gateway
         return to_outside(buf, meta, i, dst, params[P_OUTSIDE_GW], forwarded, now, params,

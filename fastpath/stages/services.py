@@ -36,7 +36,7 @@ from fastpath.reasons import (
     R_DROP_TCP_RST_OUT_OF_WINDOW,
     R_FRAG_EVICTED, R_MASQUERADED_FLOWS, R_SLOW_SERVICE_REJECT, R_SVC_NEW_FLOWS,
 )
-from fastpath.stages import S_POLICY, finish
+from fastpath.stages import NEXT, finish
 from fastpath.stages.route import in_cluster, martian
 
 # frontend columns
@@ -79,7 +79,7 @@ def services_stage(buf, meta, i, now, params, counters, services, conntrack):
         return finish(meta, i, ACT_DROP, 0, R_DROP_TCP_RST_OUT_OF_WINDOW)
     if result == NAT_DROP_INVALID:
         return finish(meta, i, ACT_DROP, 0, R_DROP_SERVICE_INVALID)
-    return S_POLICY
+    return NEXT
 
 
 @njit(cache=True, _nrt=False)

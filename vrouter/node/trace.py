@@ -15,10 +15,9 @@ import ipaddress
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from fastpath.conntrack import copy_connections, copy_state_table
+from fastpath.dispatch import WRITES as DISPATCH_WRITES, forward
 from fastpath.flows import copy_ring
-from fastpath.dispatch import forward
-from fastpath.groups import Bridge, Budgets, Conntrack, Flows, Outside, Tables
+from fastpath.groups import Flows, Tables, copy_group
 from fastpath.layout import (
     ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, F_ROWS, F_TRACE, HEADROOM, O_DONE,
     O_KIND, O_LEN, O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_OVERLAY, SLOT,
@@ -26,7 +25,7 @@ from fastpath.layout import (
     T_STAGE, VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import COUNTER_HELP, COUNTER_NAMES, COUNTERS, R_SVC_NEW_FLOWS
-from fastpath.stages import DONE, STAGE_NAMES, S_SERVICES
+from fastpath.stages import DONE, STAGE_NAMES, S_SERVICES, writes
 from vrouter.node.dataplane import (
     NO_VNET, Dataplane, load_datagrams, load_into, new_frames, new_output,
 )
@@ -58,24 +57,23 @@ def probe(src_mac: str, dst_mac: str, src: str, dst: str, proto: str, sport: int
 
 
 def scratch_tables(t: Tables) -> Tables:
-    """The tables, with copies of everything the fast path writes to."""
-    ct = t.conntrack
-    return t._replace(
-        counters=t.counters.copy(),
-        bridge=Bridge(t.bridge.fdb_keys.copy(), t.bridge.fdb_vals.copy(),
-                      t.bridge.fdb_owned.copy()),
-        peers=t.peers._replace(peer_seen=t.peers.peer_seen.copy()),
-        outside=Outside(t.outside.nb_keys.copy(), t.outside.nb_vals.copy(),
-                        t.outside.nb_owned.copy()),
-        services=t.services._replace(fe_new=t.services.fe_new.copy()),
-        budgets=Budgets(t.budgets.port_used.copy(),
-                        *copy_state_table(t.budgets.dest_keys, t.budgets.dest_vals),
-                        t.budgets.node_used.copy()),
-        policy=t.policy._replace(drops=t.policy.drops.copy()),
-        conntrack=Conntrack(*copy_connections(ct.slots, ct.recs, ct.free, ct.stats),
-                            *copy_state_table(ct.aff_keys, ct.aff_vals),
-                            *copy_state_table(ct.frag_keys, ct.frag_vals),
-                            Flows(*copy_ring(ct.flows))))   # a trace logs no flow
+    """The tables, with copies of everything the fast path may write to: what the stages
+    declare (fastpath.stages.STAGES) and what the dispatch loop changes itself."""
+    for path in dict.fromkeys(writes() + DISPATCH_WRITES):
+        group, _, field = path.partition(".")
+        value = getattr(t, group)
+        if field:
+            value = value._replace(**{field: _scratch(getattr(value, field))})
+        else:
+            value = _scratch(value)
+        t = t._replace(**{group: value})
+    return t
+
+
+def _scratch(value):
+    if isinstance(value, Flows):
+        return Flows(*copy_ring(value))   # empty: a trace logs no flow
+    return copy_group(value)
 
 
 def _ip(value: int) -> str:
