@@ -186,3 +186,33 @@ def test_an_existing_netns_can_be_attached_and_is_kept(make_cluster):
         assert "eth0" not in links    # but our interface is gone
     finally:
         pr_netns.remove(name)
+
+
+def test_a_signal_while_a_pods_namespace_is_made_leaves_no_namespace(monkeypatch):
+    """Ctrl-C can land right after the kernel made a pod's namespace: the namespace must be
+    the pod's stack's (and recorded) by then, or neither the node nor `vrouter down` removes it."""
+    import contextlib
+    import dataclasses
+    import secrets
+
+    from vrouter.host import tap
+    from vrouter.model import config
+
+    cluster = config.load("configs/demo.yaml", check_host=False)
+    pod = dataclasses.replace(cluster.pods[0], netns=f"vs{secrets.token_hex(3)}-web-1")
+    real = tap.create_netns
+
+    def made_then_interrupted(name):
+        real(name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tap, "create_netns", made_then_interrupted)
+    created = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with contextlib.ExitStack() as stack:
+                tap.attach_pod(cluster, pod, stack, created)
+        assert created == [pod.netns]
+        assert pod.netns not in list_netns()
+    finally:
+        tap.remove_netns(pod.netns)
