@@ -278,7 +278,7 @@ def _live_record(cluster: Cluster, node_name: str):
 
 def down(cluster: Cluster, quiet: bool = False) -> int:
     """Stop the cluster's launcher (`up`) and node processes, remove the namespaces the nodes
-    recorded as theirs, and forget the cluster's runtime attachments. Processes are recognised
+    recorded as theirs and those of the cluster file's pods, and forget the cluster's runtime attachments. Processes are recognised
     by their recorded identity (pid and start time), never by a pid alone."""
     launcher = state.read_launcher(cluster.name)
     if launcher and launcher.get("pid") != os.getpid():
@@ -302,6 +302,13 @@ def down(cluster: Cluster, quiet: bool = False) -> int:
                 print(f"removed network namespace {netns}")
         state.remove_traces(cluster.name, name)
         stopped.append(name)
+    # the cluster file's own pods' namespaces, recorded or not: a node stopped in the middle
+    # of attaching one may not have written it down yet
+    for pod in cluster.pods:
+        if pod.owns_netns and os.path.exists(pod.netns_path):
+            remove_netns(pod.netns)
+            if not quiet:
+                print(f"removed network namespace {pod.netns}")
     _release_attachments(cluster, stopped)
     # what the nodes' programs left (children of programs of nodes killed with SIGKILL), and
     # what the workload controllers recorded
