@@ -34,6 +34,7 @@ import numpy as np
 from numba import njit
 
 from fastpath.checksum import read16, read32
+from fastpath.groups import CACHE_LINE
 from fastpath.reasons import R_CT_EVICTED
 
 WINDOW = 8
@@ -599,9 +600,6 @@ def wclaim(keys, vals, exp_col, k0, k1, now, counters, evicted):
 
 
 # --- building and reading (control plane, numpy) ------------------------------------------------
-
-CACHE_LINE = 64
-
 
 def aligned_rows(rows: int, cols: int, dtype) -> np.ndarray:
     """A zeroed [rows, cols] array whose rows are padded to whole 64-byte cache lines and start

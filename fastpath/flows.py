@@ -297,8 +297,3 @@ def drain(events: np.ndarray, state: np.ndarray) -> np.ndarray:
     rows = events[np.arange(tail, head) % events.shape[0]]
     state[FS_TAIL] = head
     return rows
-
-
-def copy_ring(fl):
-    """An empty ring of the same size (vrouter trace runs on it: nothing it does is logged)."""
-    return new_ring(fl.events.shape[0])

@@ -168,19 +168,17 @@ def attach_pod(cluster: Cluster, pod: Pod, stack: contextlib.ExitStack,
     which crashed: the pod's processes are still in it). `remove` removes an own namespace when
     the pod goes."""
     if pod.owns_netns:
-        if not (reuse and netns_exists(pod)):
-            if netns_exists(pod):
-                raise HostError(f"network namespace {pod.netns!r} for pod {pod.name!r} already "
-                                f"exists; if it is left over from an earlier run, `vrouter down "
-                                f"{cluster.source}` or `ip netns del {pod.netns}` removes it")
-            # owned (recorded, and undone by the stack) before it exists: a signal between
-            # making it and owning it would leave it to nobody (removing a missing one is a no-op)
-            created_netns.append(pod.netns)
-            stack.callback(remove, pod.netns)
+        make = not (reuse and netns_exists(pod))
+        if make and netns_exists(pod):
+            raise HostError(f"network namespace {pod.netns!r} for pod {pod.name!r} already "
+                            f"exists; if it is left over from an earlier run, `vrouter down "
+                            f"{cluster.source}` or `ip netns del {pod.netns}` removes it")
+        # owned (recorded, and undone by the stack) before it is made: a signal between making
+        # it and owning it would leave it to nobody (removing a missing one is a no-op)
+        created_netns.append(pod.netns)
+        stack.callback(remove, pod.netns)
+        if make:
             create_netns(pod.netns)
-        else:
-            created_netns.append(pod.netns)
-            stack.callback(remove, pod.netns)
         if cluster.dns.enabled and not pod.dns_server:
             write_resolv_conf(pod.netns, cluster.dns.resolv_conf(pod.namespace))
     elif not netns_exists(pod):

@@ -16,8 +16,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from fastpath.dispatch import WRITES as DISPATCH_WRITES, forward
-from fastpath.flows import copy_ring
-from fastpath.groups import Flows, Tables, copy_group
+from fastpath.groups import Tables, copy_group
 from fastpath.layout import (
     ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, F_ROWS, F_TRACE, HEADROOM, O_DONE,
     O_KIND, O_LEN, O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_OVERLAY, SLOT,
@@ -59,21 +58,18 @@ def probe(src_mac: str, dst_mac: str, src: str, dst: str, proto: str, sport: int
 def scratch_tables(t: Tables) -> Tables:
     """The tables, with copies of everything the fast path may write to: what the stages
     declare (fastpath.stages.STAGES) and what the dispatch loop changes itself."""
-    for path in dict.fromkeys(writes() + DISPATCH_WRITES):
+    paths = set(writes() + DISPATCH_WRITES)
+    for path in sorted(paths):
         group, _, field = path.partition(".")
+        if field and group in paths:
+            continue   # the whole group is copied
         value = getattr(t, group)
         if field:
-            value = value._replace(**{field: _scratch(getattr(value, field))})
+            value = value._replace(**{field: copy_group(getattr(value, field))})
         else:
-            value = _scratch(value)
+            value = copy_group(value)
         t = t._replace(**{group: value})
     return t
-
-
-def _scratch(value):
-    if isinstance(value, Flows):
-        return Flows(*copy_ring(value))   # empty: a trace logs no flow
-    return copy_group(value)
 
 
 def _ip(value: int) -> str:
