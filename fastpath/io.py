@@ -81,6 +81,7 @@ WHY_GATEWAY = 5       # the gateway's batch (state[ST_GATEWAY_N]) is written
 WHY_CAPTURE = 6       # the capture ring is half full: drain it
 WHY_PORT_GONE = 7     # a TAP fails (its device is gone with the pod's netns): state[ST_GONE_PORT]
 WHY_FLOWS = 8         # the flow log's ring is half full: drain it
+WHY_BEAT = 9          # state[ST_BEAT_NS] has come: the node's once-a-second work is due
 
 # Stats.batch_sizes: 8 buckets (1, 2-3, ..., 128+) of frames per read, then their sum
 BATCH_FRAMES = 8
@@ -101,7 +102,8 @@ ST_TIMEOUT_MS = 5     # longest sleep in epoll_wait before returning WHY_TIMEOUT
 ST_NOW = 6            # the fast path's clock (seconds), as of the last wake-up
 ST_GATEWAY_N = 7      # > 0: run this many frames of the gateway's batch, then return
 ST_GONE_PORT = 8      # the port of the last WHY_PORT_GONE
-STATE_COLS = 9
+ST_BEAT_NS = 9        # monotonic ns of the next beat (0: none): returns WHY_BEAT then, busy or not
+STATE_COLS = 10
 
 
 @njit(cache=True, inline="always", _nrt=False)
@@ -433,9 +435,15 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
             return WHY_SLOW
     while True:
         before = monotonic_ns(io.clock)
+        beat = state[ST_BEAT_NS]
+        if beat > 0 and before >= beat:
+            return WHY_BEAT
         spinning = before < state[ST_SPIN_UNTIL]
+        wait = state[ST_TIMEOUT_MS]
+        if beat > 0 and (wait < 0 or wait > (beat - before) // 1_000_000 + 1):
+            wait = (beat - before) // 1_000_000 + 1   # ms, rounded up: not woken early
         ready = c_epoll_wait(io.epfd, events.ctypes.data, events.shape[0] // stride,
-                             0 if spinning else state[ST_TIMEOUT_MS])
+                             0 if spinning else wait)
         if ready < 0:
             if _errno() == EINTR:
                 continue
@@ -445,17 +453,20 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
                 counters[R_BUSY_POLLS] += 1
                 c_sched_yield()
                 continue
+            if beat > 0 and monotonic_ns(io.clock) >= beat:
+                return WHY_BEAT
             return WHY_TIMEOUT
         counters[R_WAKEUPS] += 1
         after = monotonic_ns(io.clock)
         now = after // 1_000_000_000
         state[ST_NOW] = now
         tables.conntrack.flows.state[FS_CLOCK_NS] = after   # the flow log's event times
-        # busy-poll after traffic that broke a quiet spell (likely a request whose answer comes
-        # back through this node soon); steady traffic keeps the node awake by itself, and
-        # spinning then only takes a core the pods need
-        if not spinning and after - before >= state[ST_SPIN_NS]:
-            state[ST_SPIN_UNTIL] = after + state[ST_SPIN_NS]
+        # busy-poll after pod traffic that broke a quiet spell (likely a request whose answer
+        # comes back through this node soon): a frame from a pod, or one delivered to a pod.
+        # Not after the node's own traffic (peers' keepalives and their answers: 32 nodes
+        # would spin ~60 times a second each, idle). Steady traffic keeps the node awake by
+        # itself, and spinning then only takes a core the pods need.
+        quiet = not spinning and after - before >= state[ST_SPIN_NS]
         woken = False
         for e in range(ready):
             p = e * stride + 4   # the epoll_data: the fd (Python's epoll.register sets it)
@@ -479,7 +490,12 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
                 continue
             io.stats.batch_sizes[min(7, 63 - _leading_zeros(n))] += 1
             io.stats.batch_sizes[BATCH_FRAMES] += n
-            if not _run_batch(frames, 0, n, now, tables, out, io, tx, state, port):
+            delivered = counters[R_TX_FRAMES]
+            done = _run_batch(frames, 0, n, now, tables, out, io, tx, state, port)
+            if quiet and (port >= 0 or counters[R_TX_FRAMES] != delivered):
+                state[ST_SPIN_UNTIL] = after + state[ST_SPIN_NS]
+                quiet = False
+            if not done:
                 return WHY_SLOW
             if out.fill[F_SLOW] > 0:
                 return WHY_SLOW

@@ -4,10 +4,11 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import pytest
 
-from fastpath.io import WHY_ERROR
+from fastpath.io import ST_BEAT_NS, WHY_ERROR
 from fastpath.reasons import R_WAKEUPS
 from vrouter.host.underlay import OverlaySockets
 from vrouter.model.config import parse
@@ -140,3 +141,33 @@ def test_the_loop_failing_is_recorded_and_reported(datapath):
     made.start()
     assert failed.wait(20)
     assert isinstance(made.failure, OSError) and "epoll_wait failed" in str(made.failure)
+
+
+def test_the_beat_runs_in_the_data_path_thread_on_whole_seconds_and_a_failing_one_is_counted(
+        datapath):
+    """The node's once-a-second work (keepalives, sweep) runs in this thread, with nothing
+    waking it from outside; every node of the machine on the same whole seconds of the
+    monotonic clock (their keepalives then arrive together)."""
+    made = datapath({})
+    made.start()
+    beats: list[tuple[str, int]] = []
+    two = threading.Event()
+
+    def beat():
+        beats.append((threading.current_thread().name, time.monotonic_ns()))
+        if len(beats) == 2:
+            two.set()
+        if len(beats) == 3:
+            raise RuntimeError("a broken beat")
+    made.run_blocking(lambda: made.start_beat(beat), 10)
+    if not two.wait(10):
+        pytest.fail(f"{len(beats)} beats in 10 s")
+    assert {name for name, _ in beats} == {"datapath"}
+    scheduled = int(made.state[ST_BEAT_NS])   # the next one: the whole second after the last
+    assert scheduled % 10**9 == 0 and 0 < scheduled - beats[-1][1] <= 10**9
+    deadline = time.monotonic() + 10
+    while made.faults.counts["beat_errors"] == 0:
+        if time.monotonic() > deadline:
+            pytest.fail("the third beat did not fail within 10 s")
+        made.run_blocking(lambda: None, 10)   # a request: the loop still serves them
+    assert made.run_blocking(lambda: 42, 10) == 42 and made.failure is None

@@ -337,9 +337,30 @@ def test_a_ping_to_the_gateway_is_answered_in_the_fast_path(dp):
     assert counters(dp) == {"rx_frames": 1, "forwarded_routed": 1, "echo_answered": 1}
 
 
-def test_keepalives_are_answered_and_consumed_without_the_slow_path():
+def test_a_vrouter_peer_gets_a_one_way_heartbeat_taken_in_without_an_answer():
     node_a, node_b = make_dp(), Dataplane(make_dp().cluster, "node-b", clock=still_clock())
     (keepalive,) = keepalives(node_a)
+    heartbeat = Ether(bytes(VXLAN(keepalive.data).payload))
+    assert (heartbeat[IP].src, heartbeat[IP].dst, heartbeat[ICMP].type) == \
+        ("10.244.1.0", "10.244.2.0", 0)   # an echo reply: nothing to answer
+    assert_icmp_valid(heartbeat)
+    silence_peer(node_b)
+    assert process_datagrams(node_b, [(ip_int(UNDERLAY_A), keepalive.data)]) == []
+    assert node_b.peer_is_up(0) and node_b.counter_dict()["to_node"] == 1
+    assert node_b.counter_dict()["echo_answered"] == node_b.counter_dict()["slow_to_gateway"] == 0
+
+
+def test_a_kernel_peer_gets_an_echo_request_and_its_answer_marks_it_up():
+    """A kernel VTEP sends no keepalives of its own: its answer is what is heard from it
+    (here node-b's fast path answers as the kernel would)."""
+    kernel_b = open("configs/demo.yaml").read().replace(
+        "podCIDR: 10.244.2.0/24", "podCIDR: 10.244.2.0/24, kernel: true")
+    assert kernel_b != open("configs/demo.yaml").read()
+    node_a = Dataplane(config.parse(kernel_b, "demo.yaml", check_host=False), "node-a",
+                       clock=still_clock())
+    node_b = Dataplane(make_dp().cluster, "node-b", clock=still_clock())
+    (keepalive,) = keepalives(node_a)
+    assert Ether(bytes(VXLAN(keepalive.data).payload))[ICMP].type == 8
     (answer,) = process_datagrams(node_b, [(ip_int(UNDERLAY_A), keepalive.data)], detail=True)
     reply = Ether(bytes(VXLAN(answer.data).payload))
     assert answer.target == OVERLAY_TARGET and reply[ICMP].type == 0

@@ -1,12 +1,14 @@
 """The file store: today's /run/vrouter records behind the store interface."""
 import json
 import os
+import subprocess
 
 import pytest
 import trio
 
 from vrouter.host import state
 from vrouter.store.base import Compacted, Refused
+from vrouter.store import filestore
 from vrouter.store.filestore import FileStore
 
 
@@ -82,3 +84,41 @@ def test_workload_records_are_files_of_their_own(root):
         assert store.remove_workloads() == 1 and not (root / "fs" / "workloads").exists()
         assert not await store.delete("workloads/Deployment/default/web")
     trio.run(main)
+
+
+def test_a_watch_sees_other_writers_and_ended_leases_and_reads_nothing_while_nothing_changes(
+        root, monkeypatch):
+    """Another process's write pokes no watch here, and a node's lease ends with its process,
+    touching no file: the watch's look at the directories and the nodes' pidfds sees both,
+    and reads no record while neither changed (32 idle nodes re-reading every record every
+    poll were most of an idle cluster's CPU)."""
+    monkeypatch.setattr(filestore, "POLL_INTERVAL", 0.05)
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        state._write(state.record_path("fs", "node-b"),
+                     {**state.identity(child.pid), "node": "node-b", "registration": {"n": 1}})
+
+        async def main():
+            store = FileStore("fs")
+            reads = []
+            real_read = store.read
+            store.read = lambda *a, **k: reads.append(1) or real_read(*a, **k)
+            snap = await store.list("")
+            assert "nodes/node-b" in snap.items
+            async with store.watch("", snap.revision + 1) as changes:
+                await FileStore("fs").create("attachments/p1", b"1")   # pokes its own watches
+                with trio.fail_after(5):
+                    batch = await changes.__anext__()
+                assert [(c.key, c.value) for c in batch] == [("attachments/p1", b"1")]
+                before = len(reads)
+                await trio.sleep(20 * filestore.POLL_INTERVAL)   # nothing changes meanwhile
+                assert len(reads) - before <= 1   # one more read: the change was that recent
+                child.kill()
+                child.wait()
+                with trio.fail_after(5):
+                    batch = await changes.__anext__()
+                assert [(c.key, c.value) for c in batch] == [("nodes/node-b", None)]
+        trio.run(main)
+    finally:
+        child.kill()
+        child.wait()

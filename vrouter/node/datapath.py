@@ -2,9 +2,11 @@
 
 It loops over fastpath.io.serve, which sleeps in epoll_wait with the GIL released and moves
 traffic in compiled code; serve comes back to Python only for the slow path (scapy), for requests
-from the control side (trio), and once a second. Everything that touches the tables (status,
-reload, keepalives, ARP probes) runs here, between two batches, submitted with `call` (or
-`run` from trio), so the fast path never sees a half-made change.
+from the control side (trio), and on the beat: once a second, on whole seconds of the machine's
+monotonic clock, busy or idle, it runs `on_beat` (the node's keepalives and sweep) here, without
+waking trio (32 idle nodes share two cores). Everything that touches the tables (status, reload,
+keepalives, ARP probes) runs here, between two batches, submitted with `call` (or `run` from
+trio), so the fast path never sees a half-made change.
 
 Faults: an exception in the slow path (one frame's handling) or in a request is counted, logged
 (throttled) and contained: the frame is dropped, the request's caller gets the exception, the
@@ -33,8 +35,9 @@ import numpy as np
 import trio
 
 from fastpath.io import (
-    BATCH_FRAMES, FD_NONE, FD_OVERLAY, FD_WAKE, ST_GATEWAY_N, ST_GONE_PORT, ST_SPIN_NS, TX_BYTES,
-    TX_FRAMES, WHY_CAPTURE, WHY_ERROR, WHY_FLOWS, WHY_PORT_GONE, WHY_SLOW, serve,
+    BATCH_FRAMES, FD_NONE, FD_OVERLAY, FD_WAKE, ST_BEAT_NS, ST_GATEWAY_N, ST_GONE_PORT,
+    ST_SPIN_NS, TX_BYTES, TX_FRAMES, WHY_BEAT, WHY_CAPTURE, WHY_ERROR, WHY_FLOWS, WHY_PORT_GONE,
+    WHY_SLOW, serve,
 )
 from fastpath.layout import BATCH
 from fastpath.reasons import R_DROP_TX_ERROR
@@ -50,13 +53,14 @@ log = logging.getLogger("vrouter.node.datapath")
 # the buckets of Stats.batch_sizes by their upper bound (a Prometheus histogram's "le")
 BATCH_BUCKETS = ("1", "3", "7", "15", "31", "63", "127", "+Inf")
 FAULT_LOG_INTERVAL = 10.0   # seconds between two log lines of one kind of fault
+BEAT_NS = 1_000_000_000     # the beat: keepalives (vrouter.node.process), sweeps
 
 
 class Faults:
     """Counts of contained faults, and a log line for each kind at most every few seconds (a
     frame that breaks the slow path may come thousands of times a second)."""
 
-    KINDS = ("slow_path_errors", "request_errors", "pods_lost")
+    KINDS = ("slow_path_errors", "request_errors", "beat_errors", "pods_lost")
 
     def __init__(self):
         self.counts = dict.fromkeys(self.KINDS, 0)
@@ -109,6 +113,8 @@ class Datapath:
         self.on_port_gone: Callable[[int], None] = lambda port: None
         # the flow log's events drained from the ring (in this thread; the node names them)
         self.on_flows: Callable[[Batch], None] = lambda batch: None
+        # once a second, in this thread, from `start_beat` on
+        self.on_beat: Callable[[], None] | None = None
 
     def set_peers(self, overlay_port: int) -> None:
         """The data plane's peers changed (in this thread, between batches): their addresses
@@ -151,6 +157,23 @@ class Datapath:
 
     def wake(self) -> None:
         os.eventfd_write(self.wake_fd, 1)
+
+    def start_beat(self, on_beat: Callable[[], None]) -> None:
+        """Run on_beat() once a second in this thread from now on (from trio: via `run`)."""
+        self.on_beat = on_beat
+        self.state[ST_BEAT_NS] = _next_beat(time.monotonic_ns())
+
+    def _beat_if_due(self) -> None:
+        now = time.monotonic_ns()
+        if self.on_beat is None or now < self.state[ST_BEAT_NS]:
+            return
+        # every node of the machine beats on the same whole seconds: a node's peers'
+        # keepalives then arrive together and are read in a few wake-ups, not one each
+        self.state[ST_BEAT_NS] = _next_beat(now)
+        try:
+            self.on_beat()
+        except Exception as exc:
+            self.faults.count("beat_errors", "the data path's once-a-second work failed: %r", exc)
 
     def _drain_wake(self) -> None:
         try:
@@ -293,7 +316,7 @@ class Datapath:
                     self._port_gone(int(self.state[ST_GONE_PORT]))
                 elif why == WHY_ERROR:
                     raise OSError("epoll_wait failed in the data path")
-                elif why != WHY_CAPTURE and why != WHY_FLOWS:
+                elif why != WHY_CAPTURE and why != WHY_FLOWS and why != WHY_BEAT:
                     self._drain_wake()
                 if self.captures.sessions:
                     self.captures.drain()
@@ -302,6 +325,7 @@ class Datapath:
                 if batch is not None:
                     self.on_flows(batch)
                 self._serve_requests()
+                self._beat_if_due()
         except BaseException as exc:
             self.failure = exc
             log.exception("the data path failed")
@@ -392,6 +416,10 @@ def compile_fast_path() -> None:
     finally:
         for s in sockets:
             s.close()
+
+
+def _next_beat(now_ns: int) -> int:
+    return (now_ns // BEAT_NS + 1) * BEAT_NS
 
 
 PROGRESS_EVERY = 10.0   # seconds between two "still compiling" lines

@@ -13,8 +13,8 @@ the control socket (`vrouter metrics`). What there is:
   vrouter_batch_frames                      histogram: frames per read of a TAP or the overlay
   vrouter_pods, vrouter_peer_up{peer}, vrouter_ready, vrouter_captures, vrouter_node_info
   vrouter_store_up, _unreachable_since_seconds, _skipped_keys_total, _resyncs_total, _requests_total
-  vrouter_faults_total{fault}               contained faults: pods lost, slow-path and request
-                                            errors, control connections refused or timed out
+  vrouter_faults_total{fault}               contained faults: pods lost, slow-path, request and
+                                            beat errors, control connections refused or timed out
   vrouter_flows_total{verdict, event}, vrouter_flow_policy_drops_total{policy, direction},
   vrouter_flows_lost_total{why}             the flow log (vrouter observe)
   vrouter_capture_dropped_frames_total{why} captured frames lost: ring full, a slow reader
@@ -121,8 +121,8 @@ def families(status: dict) -> list:
 
     if status.get("faults"):
         faults = CounterMetricFamily("vrouter_faults", "faults the node contained: pods whose "
-                                     "netns vanished, slow-path frames and requests that "
-                                     "raised, control connections refused (over the cap) or "
+                                     "netns vanished, slow-path frames, requests and beats "
+                                     "that raised, control connections refused (over the cap) or "
                                      "timed out", labels=["fault"])
         for name, value in sorted(status["faults"].items()):
             faults.add_metric([name], value)

@@ -54,7 +54,6 @@ from vrouter.node.trace import Tracer, TraceError
 log = logging.getLogger("vrouter.node")
 
 PROBE_INTERVAL = 0.2
-KEEPALIVE_INTERVAL = 1.0
 FOLLOW_FLUSH = 0.25      # while someone follows the flow log, drain it at least this often
 
 
@@ -320,17 +319,33 @@ class Node:
             self.datapath.call(lambda: self.datapath.write_l2(self.dp.slow.probes()))
             await trio.sleep(PROBE_INTERVAL)
 
-    async def send_keepalives(self) -> None:
-        await self.datapath.run(self.dp.mark_peers_seen_now)   # a grace period from now on
-        while True:
-            down = await self.datapath.run(self.housekeeping)
-            if down != self.pods.down_nodes:
-                # a node went silent (or came back): its pods leave every Service (or return),
-                # as the endpoints controller drops a NotReady node's endpoints
-                log.info("node %s: peers down: %s", self.name, ", ".join(sorted(down)) or "none")
-                self.pods.down_nodes = down
-                self.nursery.start_soon(self.supervised_once, self.refresh, {})
-            await trio.sleep(KEEPALIVE_INTERVAL)
+    async def start_beat(self) -> None:
+        """From now on, once a second in the data-path thread (Datapath.start_beat): keepalives
+        to every peer and expired state swept; trio hears of it only when a peer goes silent
+        or comes back."""
+        token = trio.lowlevel.current_trio_token()
+        silent: set[str] = set()
+
+        def beat() -> None:
+            nonlocal silent
+            down = self.housekeeping()
+            if down != silent:
+                silent = down
+                try:
+                    token.run_sync_soon(self.peers_down, down)
+                except trio.RunFinishedError:
+                    pass   # stopping
+        def start() -> None:
+            self.dp.mark_peers_seen_now()   # a grace period from now on
+            self.datapath.start_beat(beat)
+        await self.datapath.run(start)
+
+    def peers_down(self, down: set[str]) -> None:
+        """In trio: a node went silent (or came back): its pods leave every Service (or
+        return), as the endpoints controller drops a NotReady node's endpoints."""
+        log.info("node %s: peers down: %s", self.name, ", ".join(sorted(down)) or "none")
+        self.pods.down_nodes = down
+        self.nursery.start_soon(self.supervised_once, self.refresh, {})
 
     async def flush_flows(self) -> None:
         """While a client follows the flow log (`observe -f`, the page), wake the data path
@@ -344,7 +359,7 @@ class Node:
                 self.datapath.wake()
 
     def housekeeping(self) -> set[str]:
-        """Once a second, in the data-path thread: keepalives out, expired state reclaimed;
+        """On the beat, in the data-path thread: keepalives out, expired state reclaimed;
         returns the peers that are down."""
         self.datapath.route(self.dp.keepalive_frames)
         self.dp.sweep()
@@ -852,9 +867,9 @@ class Node:
                 self.datapath.start()
                 self.datapath.call(lambda: self.datapath.write_l2(self.dp.announce()))
                 nursery.start_soon(self.supervised, self.probe_pods)
-                nursery.start_soon(self.supervised, self.send_keepalives)
                 nursery.start_soon(self.supervised, self.flush_flows)
                 self.nursery = nursery
+                await self.start_beat()
                 # before the control socket: an attach must not take a restored pod's address
                 await self.restore()
                 self.start_programs()
