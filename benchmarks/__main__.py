@@ -71,7 +71,8 @@ def pss_mib(pid: int) -> float:
     return 0.0
 
 
-SCALE_IDLE_SECONDS = 5.0
+SCALE_SETTLE_SECONDS = 5.0   # after "ready" start-up work goes on (0.23 cores in a 32 x 8's first 5 s)
+SCALE_IDLE_SECONDS = 10.0
 SCALE_SAMPLE_PAIRS = 32
 
 
@@ -160,6 +161,7 @@ def measure_scale(tmp: Path, nodes: int, pods: int) -> dict:
         pids = [cluster.status(n["name"])["pid"] for n in cluster.nodes]
         rss = [rss_mib(p) for p in pids]
         pss = [pss_mib(p) for p in pids]
+        time.sleep(SCALE_SETTLE_SECONDS)
         before = sum(cpu_seconds(p) for p in pids)
         time.sleep(SCALE_IDLE_SECONDS)   # idle: what the nodes use with no traffic at all
         idle = (sum(cpu_seconds(p) for p in pids) - before) / SCALE_IDLE_SECONDS

@@ -420,7 +420,9 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
         out.fill[F_ROWS] = 0
         out.fill[F_DATA] = 0
         out.fill[F_SLOW] = 0
-        forward(gateway, 0, n, monotonic_ns(io.clock) // 1_000_000_000, tables, out)
+        # np.int64(0), not 0: a literal would make numba compile forward (and every stage)
+        # a second time, for a first frame that is the constant 0
+        forward(gateway, np.int64(0), n, monotonic_ns(io.clock) // 1_000_000_000, tables, out)
         write_out(gateway, out, io, tx, tables)
         return WHY_GATEWAY
     events = io.events
@@ -491,7 +493,7 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
             io.stats.batch_sizes[min(7, 63 - _leading_zeros(n))] += 1
             io.stats.batch_sizes[BATCH_FRAMES] += n
             delivered = counters[R_TX_FRAMES]
-            done = _run_batch(frames, 0, n, now, tables, out, io, tx, state, port)
+            done = _run_batch(frames, np.int64(0), n, now, tables, out, io, tx, state, port)
             if quiet and (port >= 0 or counters[R_TX_FRAMES] != delivered):
                 state[ST_SPIN_UNTIL] = after + state[ST_SPIN_NS]
                 quiet = False
