@@ -56,7 +56,7 @@ READ = 1 << 17        # more than any frame or train
 @pytest.fixture(scope="module", autouse=True)
 def compiled_serve():
     """serve() compiled (or loaded from numba's cache) before any data plane is built here: its
-    first compile takes about a minute, long enough for a data plane's peers to count as down."""
+    first compile takes minutes, long enough for a data plane's peers to count as down."""
     compile_fast_path()
 
 

@@ -448,14 +448,14 @@ def _progress(start: float):
 
 def ensure_compiled() -> None:
     """Compile the fast path now unless this source's is in numba's cache already; say so, as
-    the first start takes about a minute."""
+    the first start takes about two minutes on two cores."""
     import sys
     import time
     from fastpath import compiled_marker
     marker = compiled_marker()
     fresh = not marker.exists()
     if fresh:
-        print("vrouter: compiling the fast path (first start only, about a minute)...",
+        print("vrouter: compiling the fast path (first start only, about two minutes)...",
               file=sys.stderr, flush=True)
     start = time.monotonic()
     if fresh:
