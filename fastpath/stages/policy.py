@@ -178,7 +178,7 @@ def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack)
     if meta[i, M_FLOW] == FLOW_NONE and first_fragment and sport >= 0 \
             and opens(buf, row, ip + np.int64(buf[row, ip] & 0x0F) * 4, proto):
         rec = open_connection(conntrack, src, dst, proto, sport, dport, src, sport, dst, dport,
-                              F_PLAIN, -1, now, counters)
+                              np.int64(F_PLAIN), np.int64(-1), now, counters)
         if rec < 0:
             return finish(meta, i, ACT_DROP, 0, R_CT_FULL_REFUSED)
         track(conntrack, rec, 0, buf, row, ip, now)

@@ -256,7 +256,7 @@ def open_masquerade(ct, src, dst, proto, sport, dport, now, params, counters):
     if new_sport < 0:
         return -NAT_DROP_NO_PORT
     rec = open_connection(ct, src, dst, proto, sport, dport, node, new_sport, dst, dport,
-                          F_MASQUERADE, -1, now, counters)
+                          np.int64(F_MASQUERADE), np.int64(-1), now, counters)
     if rec < 0:
         return -NAT_DROP_CT_FULL
     counters[R_MASQUERADED_FLOWS] += 1
@@ -272,8 +272,8 @@ def open_plain(ct, src, dst, proto, sport, dport, now, params, counters):
     passes untracked, as before, and only a NetworkPolicy that must follow it refuses it)."""
     if dst == params[P_GW_IP] or dst == params[P_NODE_IP] or dst == params[P_LOCAL_NET]:
         return -1
-    return open_connection(ct, src, dst, proto, sport, dport, src, sport, dst, dport, F_PLAIN,
-                           -1, now, counters)
+    return open_connection(ct, src, dst, proto, sport, dport, src, sport, dst, dport,
+                           np.int64(F_PLAIN), np.int64(-1), now, counters)
 
 
 @njit(cache=True, _nrt=False)
@@ -429,7 +429,7 @@ def nat(buf, meta, i, now, params, counters, services, ct):
             if new_sport < 0:
                 return NAT_DROP_NO_PORT
             rec = open_connection(ct, src, dst, proto, sport, dport, new_src, new_sport, b_ip,
-                                  b_port, 0, fe_vals[fe, FE_ID], now, counters)
+                                  b_port, np.int64(0), fe_vals[fe, FE_ID], now, counters)
             if rec < 0:
                 return NAT_DROP_CT_FULL
             counters[R_SVC_NEW_FLOWS] += 1
