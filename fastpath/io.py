@@ -5,7 +5,8 @@ reads a batch from each ready one (TAP: read() per frame; overlay: one recvmmsg,
 split into datagrams), runs the fast path (fastpath.dispatch) and writes its output batch (TAP:
 writev() of virtio-net header + frame; overlay: one sendmmsg per send socket, GSO trains with a
 UDP_SEGMENT cmsg). It returns to Python only when Python is needed: frames for the slow path, a
-control request (the wake-up eventfd), or a timeout. After traffic that ends a quiet spell it
+control request (the wake-up eventfd), the node's once-a-second beat (state[ST_BEAT_NS], also
+while traffic keeps it busy), or a timeout. After pod traffic that ends a quiet spell it
 keeps polling without sleeping for a bounded time (busy-polling, as Linux's busy_poll does):
 waking a sleeping thread costs tens of microseconds on a VM, and the answer to a request
 usually comes back within that time. Steady traffic keeps the node awake by itself; there,

@@ -335,6 +335,7 @@ class Node:
                     token.run_sync_soon(self.peers_down, down)
                 except trio.RunFinishedError:
                     pass   # stopping
+
         def start() -> None:
             self.dp.mark_peers_seen_now()   # a grace period from now on
             self.datapath.start_beat(beat)
