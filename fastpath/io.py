@@ -443,8 +443,10 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
             return WHY_BEAT
         spinning = before < state[ST_SPIN_UNTIL]
         wait = state[ST_TIMEOUT_MS]
-        if beat > 0 and (wait < 0 or wait > (beat - before) // 1_000_000 + 1):
-            wait = (beat - before) // 1_000_000 + 1   # ms, rounded up: not woken early
+        if beat > 0:
+            until_beat = (beat - before) // 1_000_000 + 1   # ms, rounded up: not woken early
+            if wait < 0 or wait > until_beat:
+                wait = until_beat
         ready = c_epoll_wait(io.epfd, events.ctypes.data, events.shape[0] // stride,
                              0 if spinning else wait)
         if ready < 0:

@@ -56,6 +56,11 @@ FAULT_LOG_INTERVAL = 10.0   # seconds between two log lines of one kind of fault
 BEAT_NS = 1_000_000_000     # the beat: keepalives (vrouter.node.process), sweeps
 
 
+def _next_beat(now_ns: int) -> int:
+    """The whole second of the monotonic clock after now_ns."""
+    return (now_ns // BEAT_NS + 1) * BEAT_NS
+
+
 class Faults:
     """Counts of contained faults, and a log line for each kind at most every few seconds (a
     frame that breaks the slow path may come thousands of times a second)."""
@@ -416,10 +421,6 @@ def compile_fast_path() -> None:
     finally:
         for s in sockets:
             s.close()
-
-
-def _next_beat(now_ns: int) -> int:
-    return (now_ns // BEAT_NS + 1) * BEAT_NS
 
 
 PROGRESS_EVERY = 10.0   # seconds between two "still compiling" lines

@@ -278,8 +278,9 @@ def _live_record(cluster: Cluster, node_name: str):
 
 def down(cluster: Cluster, quiet: bool = False) -> int:
     """Stop the cluster's launcher (`up`) and node processes, remove the namespaces the nodes
-    recorded as theirs and those of the cluster file's pods, and forget the cluster's runtime attachments. Processes are recognised
-    by their recorded identity (pid and start time), never by a pid alone."""
+    recorded as theirs and those of the cluster file's pods, and forget the cluster's runtime
+    attachments. Processes are recognised by their recorded identity (pid and start time),
+    never by a pid alone."""
     launcher = state.read_launcher(cluster.name)
     if launcher and launcher.get("pid") != os.getpid():
         # first: it would restart the nodes stopped below; it stops them itself

@@ -312,20 +312,18 @@ class Leases:
 
     @staticmethod
     def key(record: dict) -> tuple:
-        return record["pid"], record.get("start_time")
+        return record.get("pid"), record.get("start_time")
 
     def running(self, record: dict | None) -> bool:
-        if not state.is_running(record):
+        if record and self.key(record) in self.fds:
+            return state.is_running(record)
+        fd = state.open_process(record)   # checks the identity itself
+        if fd is None:
             return False
-        key = self.key(record)
-        if key not in self.fds:
-            fd = state.open_process(record)
-            if fd is None:
-                return False
-            if fd < 0:
-                self.complete = False
-                return True
-            self.fds[key] = fd
+        if fd < 0:
+            self.complete = False
+        else:
+            self.fds[self.key(record)] = fd
         return True
 
     def keep_only(self, keys: set) -> None:
