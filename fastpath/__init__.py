@@ -47,5 +47,5 @@ numba.config.CACHE_DIR = _cache_dir()
 
 def compiled_marker() -> Path:
     """Exists once `vrouter` compiled this source's fast path into the cache (see
-    vrouter.node.datapath.compile_fast_path): later starts only load it."""
+    vrouter.node.compiling.compile_fast_path): later starts only load it."""
     return Path(numba.config.CACHE_DIR) / "compiled"

@@ -334,9 +334,9 @@ def open_connection(ct, src, dst, proto, sport, dport, new_src, new_sport, new_d
         counters[R_CT_EVICTED] += 1
     if ct.stats[CTS_FREE] == 0 and not _reclaim(ct, k0, k1, now) and not _reclaim(ct, r0, r1, now):
         # every record in use, none expired within reach: early drop, else refuse
-        j = _victim_slot(ct, k0, k1, now, -1)
+        j = _victim_slot(ct, k0, k1, now, np.int64(-1))
         if j < 0:
-            j = _victim_slot(ct, r0, r1, now, -1)
+            j = _victim_slot(ct, r0, r1, now, np.int64(-1))
         victim = _record_of(ct.slots[j, SL_REF]) if j >= 0 else _victim_anywhere(ct, now)
         if victim < 0:
             return -1
@@ -353,12 +353,12 @@ def open_connection(ct, src, dst, proto, sport, dport, new_src, new_sport, new_d
     recs[rec, C_SLOT_R] = -1
     j = _room(ct, k0, k1, now, rec, counters)
     if j >= 0:
-        _put_key(ct, j, k0, k1, rec, 0)
+        _put_key(ct, j, k0, k1, rec, np.int64(0))
         j = _room(ct, r0, r1, now, rec, counters)
     if j < 0:
         release(ct, rec)
         return -1
-    _put_key(ct, j, r0, r1, rec, 1)
+    _put_key(ct, j, r0, r1, rec, np.int64(1))
     recs[rec, C_O_SRC] = src
     recs[rec, C_O_DST] = dst
     recs[rec, C_O_PORTS] = (sport << 16) | dport

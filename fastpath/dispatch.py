@@ -8,6 +8,7 @@ send. When it is about to run out of room, forward stops early: write the output
 from the returned index. No I/O here: fastpath.io writes the output batch, vrouter.node.dataplane
 reads it in tests and for the slow path.
 """
+import numpy as np
 from numba import njit
 
 from fastpath import flows
@@ -143,9 +144,9 @@ def _to_slow_path(buf, meta, i, out, counters):
     the slow path a complete checksum to read."""
     row, s, length = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN]
     pos = out.fill[F_SLOW]
-    copy_bytes(out.slow, 0, pos, buf, row, s, length)
+    copy_bytes(out.slow, np.int64(0), pos, buf, row, s, length)
     if meta[i, M_VFLAGS] & VNET_F_NEEDS_CSUM:
-        complete_checksum(out.slow, 0, pos + ETH_LEN, counters)
+        complete_checksum(out.slow, np.int64(0), pos + ETH_LEN, counters)
     out.fill[F_SLOW] = pos + length
     r = _add_row(out, OUT_SLOW, SRC_DATA, 0, pos, length, 0, i)
     out.rows[r, O_REASON] = meta[i, M_REASON]

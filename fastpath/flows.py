@@ -232,7 +232,7 @@ def after_verdict(buf, meta, i, action, reason, ct, policy):
         r = _claim(fl, (kind if kind != 0 else K_DROP) if refused else K_START, reason)
         if r >= 0:
             _from_record(fl.events, r, recs, rec)
-            _from_packet(fl.events, r, buf, meta, i, False)
+            _from_packet(fl.events, r, buf, meta, i, np.bool_(False))
             fl.events[r, EV_PROTO] = buf[meta[i, M_ROW], meta[i, M_START] + ETH_LEN + 9]
             fl.events[r, EV_REPLY] = 0
             if reason == R_DROP_POLICY_INGRESS or reason == R_DROP_POLICY_EGRESS:
@@ -245,10 +245,10 @@ def after_verdict(buf, meta, i, action, reason, ct, policy):
     if flow == FLOW_ENDED:
         rec = meta[i, M_CT_SLOT]
         if (recs[rec, conntrack.C_FLAGS] & (F_FLOW_STARTED | F_FLOW_ENDED)) == F_FLOW_STARTED:
-            r = _claim(fl, K_END, END_FIN)
+            r = _claim(fl, np.int64(K_END), np.int64(END_FIN))
             if r >= 0:
                 _from_record(fl.events, r, recs, rec)
-                _from_packet(fl.events, r, buf, meta, i, False)
+                _from_packet(fl.events, r, buf, meta, i, np.bool_(False))
                 if fl.events[r, EV_TCP_FLAGS] >= 0 and fl.events[r, EV_TCP_FLAGS] & 0x04:
                     fl.events[r, EV_REASON] = END_RST
                 # which way it went: its source is the original's source or destination...
@@ -264,7 +264,7 @@ def after_verdict(buf, meta, i, action, reason, ct, policy):
     r = _claim(fl, kind, reason)
     if r < 0:
         return
-    if not _from_packet(fl.events, r, buf, meta, i, True):
+    if not _from_packet(fl.events, r, buf, meta, i, np.bool_(True)):
         fl.events[r, EV_PROTO] = 0   # not IPv4 (a spoofed MAC's ARP): the ports say where
     if reason == R_DROP_POLICY_INGRESS or reason == R_DROP_POLICY_EGRESS:
         _policies(fl.events, r, reason, meta, i, policy)
@@ -281,7 +281,7 @@ def released(ct, rec):
     recs[rec, conntrack.C_FLAGS] |= F_FLOW_ENDED
     fl = ct.flows
     why = END_TIMEOUT if recs[rec, conntrack.C_EXPIRES] < fl.state[FS_NOW] else END_EVICTED
-    r = _claim(fl, K_END, why)
+    r = _claim(fl, np.int64(K_END), why)
     if r >= 0:
         _from_record(fl.events, r, recs, rec)
 

@@ -148,7 +148,7 @@ def _capture(io, port, sent, buf, row, start, length):
     if rows >= cap.index.shape[0] or used + length > cap.data.shape[1]:
         cap.fill[2] += 1   # ring full: the reader is behind
         return
-    copy_bytes(cap.data, 0, used, buf, row, start, length)
+    copy_bytes(cap.data, np.int64(0), used, buf, row, start, length)
     c_clock_gettime(CLOCK_REALTIME, io.clock.ctypes.data)
     cap.index[rows, 0] = used
     cap.index[rows, 1] = length
@@ -278,7 +278,7 @@ def _write_tap(fd, buf, row, start, length, meta, i, tx, io, port, counters):
         done = c_write(fd, buf.ctypes.data + row * buf.shape[1] + start - VNET_HDR_LEN,
                        length + VNET_HDR_LEN)
     else:
-        _vnet_header(tx.vnet, 0, meta, i)
+        _vnet_header(tx.vnet, np.int64(0), meta, i)
         iov = tx.tap_iov
         iov[0] = np.uint64(tx.vnet.ctypes.data)
         iov[1] = np.uint64(VNET_HDR_LEN)
@@ -352,7 +352,7 @@ def write_out(frames, out, io, tx, tables):
     if queued == 0:
         return
     # one sendmmsg per socket, the messages of each socket side by side in tx.msgs
-    k = 0
+    k = np.int64(0)   # not a literal: _flush_socket would be compiled for first == 0 too
     for sock in range(io.sock_fds.shape[0]):
         first = k
         for q in range(queued):
@@ -386,7 +386,7 @@ def write_out(frames, out, io, tx, tables):
             _flush_socket(io.sock_fds[sock], tx, first, k - first, counters)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, inline="always", _nrt=False)
 def _run_batch(frames, first, n, now, tables, out, io, tx, state, port):
     """Forward and write frames first..n-1; stop early when the slow path has frames to see
     (remembering where to go on). Returns True when the batch is done."""

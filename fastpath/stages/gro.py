@@ -54,7 +54,7 @@ def candidate(buf, meta, i, counters):
     if buf[row, tcp + 13] & (TCP_SYN | TCP_RST | TCP_URG):
         return False
     if not l4_verifies(buf, row, tcp, total - 20, read32(buf, row, ip + 12),
-                       read32(buf, row, ip + 16), 6):
+                       read32(buf, row, ip + 16), np.uint8(6)):
         counters[R_GRO_BAD_CHECKSUM] += 1
         return False
     return True
@@ -127,10 +127,11 @@ def coalesce(buf, meta, out, first_row, counters):
     """Merge runs of output rows [first_row, fill) that are overlay TCP segments for one port."""
     rows = out.rows
     head = -1          # output row of the open super-frame
-    h = -1             # its frame (meta row)
-    count = 0
-    mss = 0
-    next_seq = 0
+    # np.int64, not literals: _mergeable and _finalize would be compiled again for the constants
+    h = np.int64(-1)   # its frame (meta row)
+    count = np.int64(0)
+    mss = np.int64(0)
+    next_seq = np.int64(0)
     expect = -1        # where the next datagram must start in the head's row to be adjacent
     closed = True      # no more segments may join (PSH/FIN or a short segment merged)
     for r in range(first_row, out.fill[F_ROWS]):

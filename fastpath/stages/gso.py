@@ -70,6 +70,7 @@ def segment(buf, meta, i, vni, out, counters):
     seq = read32(buf, row, l4 + 4)
     flags = np.int64(buf[row, l4 + 13])
     data = out.data
+    row0 = np.int64(0)   # data's only row; a literal 0 would compile its callees again
     pos = out.fill[F_DATA]
     train_start = pos
     in_train = 0
@@ -77,14 +78,14 @@ def segment(buf, meta, i, vni, out, counters):
         chunk = min(mss, payload - k * mss)
         write_vxlan_header(data, 0, pos, vni)
         f = pos + VXLAN_HEADER_LEN           # the segment's Ethernet header
-        copy_bytes(data, 0, f, buf, row, s, headers)
-        copy_bytes(data, 0, f + headers, buf, row, s + headers + k * mss, chunk)
+        copy_bytes(data, row0, f, buf, row, s, headers)
+        copy_bytes(data, row0, f + headers, buf, row, s + headers + k * mss, chunk)
         sip = f + ETH_LEN
         sl4 = sip + ihl
         write16(data, 0, sip + 2, ihl + l4_len + chunk)
         write16(data, 0, sip + 4, (ip_id + k) & 0xFFFF)
         write16(data, 0, sip + 10, 0)
-        write16(data, 0, sip + 10, checksum(data, 0, sip, ihl))
+        write16(data, 0, sip + 10, checksum(data, row0, sip, ihl))
         if proto == 6:
             write32(data, 0, sl4 + 4, (seq + k * mss) & 0xFFFFFFFF)
             seg_flags = flags
@@ -96,7 +97,7 @@ def segment(buf, meta, i, vni, out, counters):
         else:
             write16(data, 0, sl4 + 4, l4_len + chunk)
         write16(data, 0, sl4 + (16 if proto == 6 else 6),
-                l4_checksum(data, 0, sl4, l4_len + chunk, src, dst, proto))
+                l4_checksum(data, row0, sl4, l4_len + chunk, src, dst, proto))
         pos = f + headers + chunk
         in_train += 1
         if in_train == per_train or k == segments - 1:

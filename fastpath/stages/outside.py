@@ -3,6 +3,7 @@ addresses it announces) and the router between it and its pods.
 
 Tables: the Outside group, neighbours IPv4 -> MAC (the other nodes and the outside host preset;
 others gleaned from what they send us, which spares an ARP round trip for the replies)."""
+import numpy as np
 from numba import njit
 
 from fastpath import learning
@@ -29,7 +30,7 @@ def glean(outside, ip, mac, now, params, counters):
     if ip == 0 or (ip & params[P_OUTSIDE_MASK]) != params[P_OUTSIDE_NET]:
         return
     if learning.learn(outside.nb_keys, outside.nb_vals, ip, mac, now, params[P_NEIGHBOUR_AGE],
-                      outside.nb_owned, 0, outside.nb_keys.shape[0]) != learning.LEARNED:
+                      outside.nb_owned, np.int64(0), outside.nb_keys.shape[0]) != learning.LEARNED:
         counters[R_OUTSIDE_NEIGHBOUR_TABLE_FULL] += 1
 
 

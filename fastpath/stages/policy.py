@@ -167,13 +167,13 @@ def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack)
         elif proto == 1 and l4 + 8 <= end and (buf[row, l4] == 8 or buf[row, l4] == 0):
             sport, dport = echo_ports(buf[row, l4], read16(buf, row, l4 + 4))
     if sender >= 0 and pr[sender, PR_EGRESS + D_ISOLATED] \
-            and not allowed(policy, sender, PR_EGRESS, dst, proto, dport):
-        return deny(buf, meta, i, now, policy, sender, PR_EGRESS, proto, conntrack,
-                    R_DROP_POLICY_EGRESS)
+            and not allowed(policy, sender, np.int64(PR_EGRESS), dst, proto, dport):
+        return deny(buf, meta, i, now, policy, sender, np.int64(PR_EGRESS), proto, conntrack,
+                    np.int64(R_DROP_POLICY_EGRESS))
     if receiver >= 0 and pr[receiver, PR_INGRESS + D_ISOLATED] \
-            and not allowed(policy, receiver, PR_INGRESS, src, proto, dport):
-        return deny(buf, meta, i, now, policy, receiver, PR_INGRESS, proto, conntrack,
-                    R_DROP_POLICY_INGRESS)
+            and not allowed(policy, receiver, np.int64(PR_INGRESS), src, proto, dport):
+        return deny(buf, meta, i, now, policy, receiver, np.int64(PR_INGRESS), proto, conntrack,
+                    np.int64(R_DROP_POLICY_INGRESS))
     # allowed: follow the connection, so that its replies pass
     if meta[i, M_FLOW] == FLOW_NONE and first_fragment and sport >= 0 \
             and opens(buf, row, ip + np.int64(buf[row, ip] & 0x0F) * 4, proto):
@@ -181,13 +181,14 @@ def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack)
                               np.int64(F_PLAIN), np.int64(-1), now, counters)
         if rec < 0:
             return finish(meta, i, ACT_DROP, 0, R_CT_FULL_REFUSED)
-        track(conntrack, rec, 0, buf, row, ip, now)
+        track(conntrack, rec, np.int64(0), buf, row, ip, now)
         counters[R_POLICY_FLOWS_TRACKED] += 1
         meta[i, M_FLOW] = FLOW_NEW   # the flow log reports its start (fastpath.flows)
         meta[i, M_CT_SLOT] = rec
     if first_fragment and (frag & 0x2000):
         k0, k1 = tuple_key(src, dst, proto, read16(buf, row, ip + 4), FRAG_POLICY_TAG)
-        f = wclaim(frag_keys, frag_vals, FRAG_EXPIRES, k0, k1, now, counters, R_FRAG_EVICTED)
+        f = wclaim(frag_keys, frag_vals, np.int64(FRAG_EXPIRES), k0, k1, now, counters,
+                   np.int64(R_FRAG_EVICTED))
         frag_vals[f, FRAG_SRC] = src
         frag_vals[f, FRAG_DST] = dst
         frag_vals[f, FRAG_EXPIRES] = now + T_FRAGMENT

@@ -83,17 +83,23 @@ def services_stage(buf, meta, i, now, params, counters, services, conntrack):
 
 
 @njit(cache=True, _nrt=False)
+def rewrite_addresses(buf, row, ip, new_src, new_dst):
+    """Set the IPv4 addresses, updating the header checksum (RFC 1624)."""
+    check = read16(buf, row, ip + 10)
+    check = update32(check, read32(buf, row, ip + 12), new_src)
+    check = update32(check, read32(buf, row, ip + 16), new_dst)
+    write16(buf, row, ip + 10, check)
+    write32(buf, row, ip + 12, new_src)
+    write32(buf, row, ip + 16, new_dst)
+
+
+@njit(cache=True, _nrt=False)
 def rewrite(buf, row, ip, new_src, new_sport, new_dst, new_dport, has_l4, partial):
     """Set addresses (and ports when the L4 header is here), updating checksums (RFC 1624).
     `partial`: the L4 checksum field holds a pseudo-header sum (see fastpath.checksum)."""
     old_src = read32(buf, row, ip + 12)
     old_dst = read32(buf, row, ip + 16)
-    check = read16(buf, row, ip + 10)
-    check = update32(check, old_src, new_src)
-    check = update32(check, old_dst, new_dst)
-    write16(buf, row, ip + 10, check)
-    write32(buf, row, ip + 12, new_src)
-    write32(buf, row, ip + 16, new_dst)
+    rewrite_addresses(buf, row, ip, new_src, new_dst)
     if not has_l4:
         return
     proto = buf[row, ip + 9]
@@ -144,8 +150,8 @@ def _choose_backend(fe, src, k0, k1, now, services, conntrack, counters):
     b = maglev[fe_vals[fe, FE_ROW], np.int64(mix(k0, k1) % np.uint64(maglev.shape[1]))]
     ip, port = services.be_ip[b], services.be_port[b]
     if affinity > 0:
-        a = wclaim(aff_keys, aff_vals, AFF_EXPIRES, client, frontend, now, counters,
-                   R_AFF_EVICTED)
+        a = wclaim(aff_keys, aff_vals, np.int64(AFF_EXPIRES), client, frontend, now, counters,
+                   np.int64(R_AFF_EVICTED))
         aff_vals[a, AFF_IP] = ip
         aff_vals[a, AFF_PORT] = port
         aff_vals[a, AFF_EXPIRES] = now + affinity
@@ -227,8 +233,7 @@ def icmp_error(buf, meta, i, row, ip, now, counters, ct):
         icmp_check = update16(icmp_check, old_c, c)
     write16(buf, row, icmp + 2, icmp_check)
     outer_src = read32(buf, row, ip + 12)
-    rewrite(buf, row, ip, new_dst if outer_src == q_dst else outer_src, 0, new_src, 0, False,
-            False)
+    rewrite_addresses(buf, row, ip, new_dst if outer_src == q_dst else outer_src, new_src)
     counters[R_CT_ICMP_TRANSLATED] += 1
     return NAT_DONE
 
@@ -308,11 +313,12 @@ def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, ct):
         if kind != 8 or meta[i, M_IN_PORT] < 0:   # from the overlay: its sender's node tracks it
             return NAT_PASS
         if from_pod and masquerades(dst, params):
-            rec = open_masquerade(ct, src, dst, 1, sport, dport, now, params, counters)
+            rec = open_masquerade(ct, src, dst, np.int64(1), sport, dport, now, params, counters)
             if rec < 0:
                 return -rec
         else:
-            rec = open_plain(ct, src, dst, 1, sport, dport, now, params, counters)   # flow log
+            rec = open_plain(ct, src, dst, np.int64(1), sport, dport, now, params,
+                             counters)   # for the flow log
             if rec < 0:
                 return NAT_PASS
         direction = 0
@@ -326,7 +332,7 @@ def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, ct):
     new_src, new_sport, new_dst, new_dport = target(ct.recs, rec, direction)
     new_ident = new_sport if kind == 8 else new_dport
     # the ICMP checksum covers no pseudo-header: only the identifier changes it
-    rewrite(buf, row, ip, new_src, 0, new_dst, 0, False, False)
+    rewrite_addresses(buf, row, ip, new_src, new_dst)
     if new_ident != ident:
         write16(buf, row, l4 + 2, update16(read16(buf, row, l4 + 2), ident, new_ident))
         write16(buf, row, l4 + 4, new_ident)
@@ -384,7 +390,7 @@ def nat(buf, meta, i, now, params, counters, services, ct):
         if f < 0:
             return NAT_PASS
         meta[i, M_FLOW] = FLOW_ESTABLISHED
-        rewrite(buf, row, ip, frag_vals[f, FRAG_SRC], 0, frag_vals[f, FRAG_DST], 0, False, False)
+        rewrite_addresses(buf, row, ip, frag_vals[f, FRAG_SRC], frag_vals[f, FRAG_DST])
         counters[R_CT_TRANSLATED] += 1
         return NAT_DONE
     l4 = ip + np.int64(buf[row, ip] & 0x0F) * 4
@@ -448,7 +454,8 @@ def nat(buf, meta, i, now, params, counters, services, ct):
     result = _apply(buf, meta, i, row, ip, rec, direction, True, partial, ct, counters)
     if result == NAT_DONE and more:   # first of several fragments: its translation for the rest
         f0, f1 = tuple_key(src, dst, proto, read16(buf, row, ip + 4), FRAG_NAT_TAG)
-        f = wclaim(frag_keys, frag_vals, FRAG_EXPIRES, f0, f1, now, counters, R_FRAG_EVICTED)
+        f = wclaim(frag_keys, frag_vals, np.int64(FRAG_EXPIRES), f0, f1, now, counters,
+                   np.int64(R_FRAG_EVICTED))
         frag_vals[f, FRAG_SRC] = read32(buf, row, ip + 12)
         frag_vals[f, FRAG_DST] = read32(buf, row, ip + 16)
         frag_vals[f, FRAG_EXPIRES] = now + T_FRAGMENT

@@ -44,7 +44,8 @@ from vrouter.host.tap import HostError
 from vrouter.host.underlay import open_overlay
 from vrouter.model import config
 from vrouter.node.dataplane import NO_VNET, VNET_HEADER, Dataplane
-from vrouter.node.datapath import Datapath, compile_fast_path
+from vrouter.node.compiling import compile_fast_path
+from vrouter.node.datapath import Datapath
 from vrouter.node.nodeio import new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring
 from vrouter.node.tables import ip_to_int
 

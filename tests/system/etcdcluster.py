@@ -146,7 +146,7 @@ class EtcdCluster:
     def start_all(self) -> "EtcdCluster":
         # compiled once first, as `vrouter up` does: three nodes compiling at once on two cores
         # after a change to the fast path outlast READY_TIMEOUT
-        subprocess.run([sys.executable, "-c", "from vrouter.node.datapath import "
+        subprocess.run([sys.executable, "-c", "from vrouter.node.compiling import "
                         "ensure_compiled; ensure_compiled()"], env=child_env(), check=True,
                        timeout=READY_TIMEOUT)
         for k in range(len(self.hosts)):

@@ -22,7 +22,6 @@ even that for the reply of a request; see the README's latency notes.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -386,89 +385,3 @@ class Datapath:
             items = dp.slow_items(dp.out)
             dp.out.fill[:] = 0
             self.write_l2(dp.handle_slow(items)[0])
-
-
-# --- compiling before anything starts ----------------------------------------------------------
-
-_COMPILE_CLUSTER = """
-cluster: {name: compile, podCIDR: 10.244.0.0/16}
-nodes:
-  - {name: a, underlay: 127.0.0.1, podCIDR: 10.244.1.0/24}
-  - {name: b, underlay: 127.0.0.2, podCIDR: 10.244.2.0/24}
-pods:
-  - {name: p, node: a}
-"""
-
-
-def compile_fast_path() -> None:
-    """Compile every compiled entry point a node uses (or load it from numba's cache), with the
-    argument types a node has, on a throw-away data plane: no root, no TAPs, two loopback
-    sockets. `vrouter up` runs this once before it starts the nodes, which then load the result
-    from the cache instead of all compiling at once."""
-    import socket
-    from vrouter.model.config import parse
-    from vrouter.host.underlay import OverlaySockets
-    cluster = parse(_COMPILE_CLUSTER, "<compile>", check_host=False)
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        datapath = Datapath(Dataplane(cluster, "a"), {}, OverlaySockets(sockets[0], sockets[1:]),
-                            4789, 0)
-        datapath.warm_up()
-        datapath.dp.sweep()   # the once-a-second sweep: compiled apart from serve
-        datapath.stop()
-    finally:
-        for s in sockets:
-            s.close()
-
-
-PROGRESS_EVERY = 10.0   # seconds between two "still compiling" lines
-
-
-@contextlib.contextmanager
-def _progress(start: float):
-    """A line every PROGRESS_EVERY seconds while the block runs (numba says nothing while it
-    compiles); the thread is gone when the block ends, as `vrouter up` forks its nodes after."""
-    import sys
-    import time
-    done = threading.Event()
-
-    def tick():
-        while not done.wait(PROGRESS_EVERY):
-            print(f"vrouter: still compiling ({time.monotonic() - start:.0f} s)", file=sys.stderr,
-                  flush=True)
-    ticker = threading.Thread(target=tick, name="compile-progress", daemon=True)
-    ticker.start()
-    try:
-        yield
-    finally:
-        done.set()
-        ticker.join()
-
-
-def ensure_compiled() -> None:
-    """Compile the fast path now unless this source's is in numba's cache already; say so, as
-    the first start takes about two minutes on two cores."""
-    import sys
-    import time
-    from fastpath import compiled_marker
-    marker = compiled_marker()
-    fresh = not marker.exists()
-    if fresh:
-        print("vrouter: compiling the fast path (first start only, about two minutes)...",
-              file=sys.stderr, flush=True)
-    start = time.monotonic()
-    if fresh:
-        with _progress(start):
-            compile_fast_path()
-    else:
-        compile_fast_path()
-    if fresh:
-        print(f"vrouter: fast path compiled in {time.monotonic() - start:.0f} s", file=sys.stderr,
-              flush=True)
-        try:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
-        except OSError:
-            pass   # a read-only install: numba could not cache either, and says so

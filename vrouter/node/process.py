@@ -39,7 +39,8 @@ from vrouter.store import open_store
 from vrouter.store.base import ATTACHMENTS, Store, StoreError, Unreachable, attachment_key
 from vrouter.node.capture import MAX_SESSIONS as MAX_CAPTURES, Session
 from vrouter.node.controllers import WorkloadControllers
-from vrouter.node.datapath import Datapath, ensure_compiled
+from vrouter.node.compiling import ensure_compiled
+from vrouter.node.datapath import Datapath
 from vrouter.node.dataplane import Dataplane
 from vrouter.node.dnsserver import DnsServer, open_sockets
 from vrouter.node import control, snapshot

@@ -28,7 +28,7 @@ import vrouter
 from vrouter.host import outside, programs, state
 from vrouter.ops import control, forkednodes, logs
 from vrouter.model.config import Cluster
-from vrouter.node.datapath import ensure_compiled
+from vrouter.node.compiling import ensure_compiled
 from vrouter.host.tap import HostError, check_host, remove_netns
 
 log = logging.getLogger("vrouter.up")

@@ -1,0 +1,77 @@
+"""A first compile shared with a forked worker (vrouter.node.compiling): the worker's part is
+what serve loads from the cache, and a worker that fails only costs time."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numba
+
+from vrouter.node import compiling
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+REPORT = """
+import json
+from fastpath import compiled_marker
+from vrouter.node.compiling import ensure_compiled, entry_points, _throwaway_datapath
+ensure_compiled()
+with _throwaway_datapath() as datapath:
+    entries = entry_points(datapath)
+print(json.dumps({"marker": compiled_marker().exists(), "entries": {
+    name: [len(f.signatures), sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())]
+    for name, (f, _) in entries.items()}}))
+"""
+
+
+def test_a_first_compile_loads_the_workers_share_from_the_cache_and_compiles_each_part_once():
+    """From an empty cache: every entry point has one signature (the argument types
+    entry_points derives are the ones serve and run_stage pass), the worker's share was loaded
+    from the cache (a hit, no compile here) and this process's was compiled here."""
+    if len(os.sched_getaffinity(0)) < 2:
+        import pytest
+        pytest.fail("needs two cores for the worker")
+    with tempfile.TemporaryDirectory(prefix="vrouter-test-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=ROOT)
+        result = subprocess.run([sys.executable, "-c", REPORT], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "vrouter: fast path compiled in" in result.stderr, result.stderr[-3000:]
+        report = json.loads(result.stdout.splitlines()[-1])
+        leftovers = [n for n in os.listdir(tempfile.gettempdir())
+                     if n.startswith("vrouter-compile-")]
+    assert report["marker"]
+    entries = report["entries"]
+    assert set(compiling.WORKER_SHARE) <= set(entries) and len(entries) > len(compiling.WORKER_SHARE)
+    for name, (signatures, hits, misses) in entries.items():
+        assert signatures == 1, (name, entries)
+        if name in compiling.WORKER_SHARE:
+            assert (hits, misses) == (1, 0), (name, "compiled here, not loaded", entries)
+        else:
+            assert (hits, misses) == (0, 1), (name, entries)
+    assert not leftovers, leftovers   # the worker's scratch cache is removed
+
+
+@numba.njit
+def _adds_one(x):
+    return x + 1
+
+
+def test_a_worker_that_fails_ends_and_reports_only_what_it_compiled(tmp_path):
+    """The second part cannot compile (a tuple has no + 1): the worker reports the first, then
+    ends; waiting for both returns, and nothing is left running."""
+    entries = {"fine": (_adds_one, (numba.int64,)),
+               "broken": (_adds_one, (numba.types.UniTuple(numba.int64, 2),))}
+    worker = compiling._Worker(entries, ("fine", "broken"), str(tmp_path))
+    pid = worker.pid
+    try:
+        worker.wait_for(("fine", "broken"))
+        assert worker.done == {"fine"}
+    finally:
+        worker.end()
+    try:
+        os.waitpid(pid, os.WNOHANG)
+        raise AssertionError("the worker was not reaped")
+    except ChildProcessError:
+        pass
