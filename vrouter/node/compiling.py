@@ -32,7 +32,7 @@ import traceback
 import numba
 from numba.core.registry import CPUDispatcher
 
-from fastpath import dispatch
+from fastpath import conntrack, dispatch
 from fastpath.io import read_tap, recv_overlay, write_out
 from fastpath.stages import SCALARS, STAGES, Stage
 from fastpath.stages.gro import coalesce
@@ -212,7 +212,9 @@ def compile_fast_path(parallel: bool = False, progress_since: float | None = Non
                 if worker:
                     _compile_beside(worker, entries)
                 datapath.warm_up()   # serve and all it calls: the worker's share from the cache
-                datapath.dp.sweep()   # the once-a-second sweep: compiled apart from serve
+                dp = datapath.dp
+                dp.sweep()   # the once-a-second sweep: compiled apart from serve, and its
+                conntrack.sweep(dp.tables.conntrack, dp.now)   # scan, which waits for a record
         finally:
             if worker:
                 worker.end()
