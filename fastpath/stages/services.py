@@ -94,14 +94,12 @@ def rewrite_addresses(buf, row, ip, new_src, new_dst):
 
 
 @njit(cache=True, _nrt=False)
-def rewrite(buf, row, ip, new_src, new_sport, new_dst, new_dport, has_l4, partial):
-    """Set addresses (and ports when the L4 header is here), updating checksums (RFC 1624).
+def rewrite(buf, row, ip, new_src, new_sport, new_dst, new_dport, partial):
+    """Set addresses and ports, updating checksums (RFC 1624).
     `partial`: the L4 checksum field holds a pseudo-header sum (see fastpath.checksum)."""
     old_src = read32(buf, row, ip + 12)
     old_dst = read32(buf, row, ip + 16)
     rewrite_addresses(buf, row, ip, new_src, new_dst)
-    if not has_l4:
-        return
     proto = buf[row, ip + 9]
     l4 = ip + np.int64(buf[row, ip] & 0x0F) * 4
     off = l4 + 16 if proto == 6 else l4 + 6
@@ -282,13 +280,13 @@ def open_plain(ct, src, dst, proto, sport, dport, now, params, counters):
 
 
 @njit(cache=True, _nrt=False)
-def _apply(buf, meta, i, row, ip, rec, direction, has_l4, partial, ct, counters):
+def _apply(buf, meta, i, row, ip, rec, direction, partial, ct, counters):
     """Rewrite the packet to its direction's tuple (nothing for a plain, policy-only
     connection); NAT_DONE or NAT_PASS."""
     if ct.recs[rec, C_FLAGS] & F_PLAIN:
         return NAT_PASS
     new_src, new_sport, new_dst, new_dport = target(ct.recs, rec, direction)
-    rewrite(buf, row, ip, new_src, new_sport, new_dst, new_dport, has_l4, partial)
+    rewrite(buf, row, ip, new_src, new_sport, new_dst, new_dport, partial)
     counters[R_CT_TRANSLATED] += 1
     return NAT_DONE
 
@@ -451,7 +449,7 @@ def nat(buf, meta, i, now, params, counters, services, ct):
     if tracked == ENDED:   # a FIN or RST closed it: the flow log reports its end
         meta[i, M_FLOW] = FLOW_ENDED
         meta[i, M_CT_SLOT] = rec
-    result = _apply(buf, meta, i, row, ip, rec, direction, True, partial, ct, counters)
+    result = _apply(buf, meta, i, row, ip, rec, direction, partial, ct, counters)
     if result == NAT_DONE and more:   # first of several fragments: its translation for the rest
         f0, f1 = tuple_key(src, dst, proto, read16(buf, row, ip + 4), FRAG_NAT_TAG)
         f = wclaim(frag_keys, frag_vals, np.int64(FRAG_EXPIRES), f0, f1, now, counters,

@@ -7,6 +7,7 @@ import sys
 import tempfile
 
 import numba
+import pytest
 
 from vrouter.node import compiling
 
@@ -43,7 +44,6 @@ def test_a_first_compile_loads_the_workers_share_from_the_cache_and_compiles_eac
     from the cache (a hit, no compile here) and this process's was compiled here; and what a
     node calls later (its sweep with connections in use) compiles nothing more."""
     if len(os.sched_getaffinity(0)) < 2:
-        import pytest
         pytest.fail("needs two cores for the worker")
     with tempfile.TemporaryDirectory(prefix="vrouter-test-cache-") as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=ROOT)

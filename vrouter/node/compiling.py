@@ -100,28 +100,28 @@ def entry_points(datapath: Datapath) -> dict[str, tuple[CPUDispatcher, tuple]]:
     them: the stages, forward and its other parts, and serve's I/O functions."""
     dp, typeof, int64 = datapath.dp, numba.typeof, numba.int64
     frames, tables, counters = typeof(dp.rx), typeof(dp.tables), typeof(dp.tables.counters)
-    entries = {s.name: (stage_function(s), stage_signature(s, dp)) for s in STAGES}
-    entries["forward"] = (dispatch.forward, (frames, int64, int64, int64, tables, typeof(dp.out)))
     buf, meta, out = typeof(dp.rx.buf), typeof(dp.rx.meta), typeof(dp.out)
+    params, io = typeof(dp.tables.params), typeof(datapath.io)
+    entries = {s.name: (stage_function(s), stage_signature(s, dp)) for s in STAGES}
+    entries["forward"] = (dispatch.forward, (frames, int64, int64, int64, tables, out))
     entries["_room"] = (dispatch._room, (buf, meta, int64, out))
     entries["_within_budget"] = (dispatch._within_budget, (
-        buf, meta, int64, int64, int64, typeof(dp.tables.params), typeof(dp.tables.budgets),
-        counters))
-    entries["_emit"] = (dispatch._emit, (buf, meta, int64, int64, typeof(dp.tables.params), out,
-                                         counters))
+        buf, meta, int64, int64, int64, params, typeof(dp.tables.budgets), counters))
+    entries["_emit"] = (dispatch._emit, (buf, meta, int64, int64, params, out, counters))
     entries["coalesce"] = (coalesce, (buf, meta, out, int64, counters))
-    entries["write_out"] = (write_out, (frames, typeof(dp.out), typeof(datapath.io),
-                                        typeof(datapath.tx), tables))
-    entries["read_tap"] = (read_tap, (int64, int64, frames, typeof(datapath.io), counters))
-    entries["recv_overlay"] = (recv_overlay, (int64, frames, typeof(datapath.rx),
-                                              typeof(datapath.io), counters))
+    entries["write_out"] = (write_out, (frames, out, io, typeof(datapath.tx), tables))
+    entries["read_tap"] = (read_tap, (int64, int64, frames, io, counters))
+    entries["recv_overlay"] = (recv_overlay, (int64, frames, typeof(datapath.rx), io, counters))
     return entries
 
 
 def _fastpath_dispatchers() -> list[CPUDispatcher]:
-    return [value for name, module in list(sys.modules.items())
-            if name == "fastpath" or name.startswith("fastpath.")
-            for value in vars(module).values() if isinstance(value, CPUDispatcher)]
+    """Each compiled function of the fastpath package once (one is often imported into
+    several modules)."""
+    found = {id(value): value for name, module in list(sys.modules.items())
+             if name == "fastpath" or name.startswith("fastpath.")
+             for value in vars(module).values() if isinstance(value, CPUDispatcher)}
+    return list(found.values())
 
 
 class _Worker:
@@ -191,7 +191,6 @@ def _compile_beside(worker: _Worker, entries: dict) -> None:
     function, signature = entries["forward"]
     function.compile(signature)
     worker.wait_for(WORKER_SHARE)
-    worker.end()
 
 
 def compile_fast_path(parallel: bool = False, progress_since: float | None = None) -> None:
