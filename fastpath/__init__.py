@@ -41,7 +41,7 @@ def _prune(base: Path, sources: str) -> None:
         pass   # a read-only install: nothing to tidy
 
 
-# read by each @njit(cache=True) function when its module is imported, i.e. after this line
+# read by each cached function (fastpath.jit) when its module is imported, i.e. after this line
 numba.config.CACHE_DIR = _cache_dir()
 
 

@@ -15,9 +15,9 @@ Tables: the Budgets group (vrouter.node.tables).
   dest_keys / dest_vals         per destination (windowed, fastpath.conntrack): second, used
   node_used[2]                  all ICMP errors of the node: second, used
 """
-from numba import njit
 
 from fastpath.conntrack import wclaim, wfind
+from fastpath.jit import compiled, inlined, internal
 
 B_SECOND = 0
 B_USED = 1
@@ -27,7 +27,7 @@ DEST_BUDGET = 6         # ICMP errors per second per destination (Linux: a burst
 NODE_BUDGET = 1000      # ICMP errors per second per node (Linux: net.ipv4.icmp_msgs_per_sec)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def _spend(used, now, budget):
     """One unit of a per-second budget kept in used[B_SECOND], used[B_USED]."""
     if used[B_SECOND] != now:
@@ -39,12 +39,12 @@ def _spend(used, now, budget):
     return True
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def port_allows(budgets, port, now):
     return _spend(budgets.port_used[port], now, PORT_BUDGET)
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def icmp_allows(budgets, dst, now, counters, evicted):
     """May the node send an ICMP error (or a refusal) to `dst` now?"""
     keys, vals = budgets.dest_keys, budgets.dest_vals

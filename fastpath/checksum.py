@@ -8,61 +8,63 @@ end and stores the complement. A NAT rewrite keeps a partial field consistent by
 the changed addresses (they are in the pseudo-header) and not for ports (they are summed later).
 """
 import numpy as np
-from numba import njit, types
+from numba import types
+
+from fastpath.jit import compiled, inlined, internal
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def read16(buf, row, off):
     return (np.int64(buf[row, off]) << 8) | np.int64(buf[row, off + 1])
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def write16(buf, row, off, value):
     buf[row, off] = (value >> 8) & 0xFF
     buf[row, off + 1] = value & 0xFF
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def read32(buf, row, off):
     return (read16(buf, row, off) << 16) | read16(buf, row, off + 2)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def write32(buf, row, off, value):
     write16(buf, row, off, (value >> 16) & 0xFFFF)
     write16(buf, row, off + 2, value & 0xFFFF)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def read48(buf, row, off):
     return (read16(buf, row, off) << 32) | read32(buf, row, off + 2)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def write48(buf, row, off, value):
     write16(buf, row, off, (value >> 32) & 0xFFFF)
     write32(buf, row, off + 2, value & 0xFFFFFFFF)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def read16le(buf, row, off):
     return np.int64(buf[row, off]) | (np.int64(buf[row, off + 1]) << 8)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def write16le(buf, row, off, value):
     buf[row, off] = value & 0xFF
     buf[row, off + 1] = (value >> 8) & 0xFF
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def fold(total):
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def ones_sum(buf, row, off, length):
     """One's-complement sum of big-endian 16-bit words over `length` bytes (an odd last byte is
     padded with zero), not folded.
@@ -88,39 +90,39 @@ def ones_sum(buf, row, off, length):
     return total
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def checksum(buf, row, off, length):
     """The Internet checksum of a byte range, ready to store (0 when the range already verifies)."""
     return (~fold(ones_sum(buf, row, off, length))) & 0xFFFF
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def pseudo_sum(src, dst, proto, length):
     """Unfolded sum of the IPv4 pseudo-header of a TCP/UDP segment of `length` bytes."""
     return ((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + proto + length)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def update16(check, old, new):
     """RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for one changed 16-bit word."""
     total = ((~check) & 0xFFFF) + ((~old) & 0xFFFF) + (new & 0xFFFF)
     return (~fold(total)) & 0xFFFF
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def update32(check, old, new):
     check = update16(check, (old >> 16) & 0xFFFF, (new >> 16) & 0xFFFF)
     return update16(check, old & 0xFFFF, new & 0xFFFF)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def partial_update32(partial, old, new):
     """A partial (pseudo-header only, not complemented) field after a 32-bit word of the
     pseudo-header changed: the same arithmetic as RFC 1624 on the complemented value."""
     return (~update32((~partial) & 0xFFFF, old, new)) & 0xFFFF
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def l4_checksum(buf, row, l4, length, src, dst, proto):
     """The full TCP/UDP checksum of the segment at `l4` (its checksum field is taken as 0)."""
     field = l4 + (16 if proto == 6 else 6)
@@ -133,7 +135,7 @@ def l4_checksum(buf, row, l4, length, src, dst, proto):
     return c
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def l4_verifies(buf, row, l4, length, src, dst, proto):
     """True when the TCP/UDP segment's checksum field is complete and right."""
     return fold(ones_sum(buf, row, l4, length) + pseudo_sum(src, dst, proto, length)) == 0xFFFF
@@ -142,7 +144,7 @@ def l4_verifies(buf, row, l4, length, src, dst, proto):
 _memmove = types.ExternalFunction("memmove", types.uintp(types.uintp, types.uintp, types.uintp))
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def copy_bytes(dst, drow, doff, src, srow, soff, length):
     """dst[drow, doff:doff+length] = src[srow, soff:soff+length] with libc's memmove: right for
     overlapping ranges too (GRO moves payloads within a row), and as fast as memcpy. Rows of 2-D

@@ -31,10 +31,10 @@ advertised); a RST outside it is dropped (`drop_tcp_rst_out_of_window`), so a bl
 end a connection.
 """
 import numpy as np
-from numba import njit
 
 from fastpath.checksum import read16, read32
 from fastpath.groups import CACHE_LINE
+from fastpath.jit import compiled, inlined, internal
 from fastpath.reasons import R_CT_EVICTED
 
 WINDOW = 8
@@ -163,7 +163,7 @@ FRAG_NAT_TAG = 1       # fragment-table key tags: a translated first fragment's.
 FRAG_POLICY_TAG = 2    # ...and one NetworkPolicy allowed
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def mix(a, b):
     h = np.uint64(a) * np.uint64(0x9E3779B97F4A7C15)
     h ^= np.uint64(b) + np.uint64(0x632BE59BD9B4E019) + (h << np.uint64(6)) + (h >> np.uint64(2))
@@ -172,14 +172,14 @@ def mix(a, b):
     return h
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def tuple_key(src, dst, proto, sport, dport):
     k0 = (np.uint64(src) << np.uint64(32)) | np.uint64(dst)
     k1 = (np.uint64(proto) << np.uint64(32)) | (np.uint64(sport) << np.uint64(16)) | np.uint64(dport)
     return k0, k1
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def echo_ports(kind, ident):
     """ICMP echo as conntrack sees it: the identifier is the request's source "port" and the
     reply's destination "port", so a reply's tuple is the reverse of its request's."""
@@ -190,12 +190,12 @@ def echo_ports(kind, ident):
 
 # --- the connection table ------------------------------------------------------------------------
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def _record_of(ref):
     return np.int64((ref - np.uint64(1)) >> np.uint64(1))
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def release(ct, rec):
     """Free connection `rec`: both its keys, then the record itself."""
     recs, slots = ct.recs, ct.slots
@@ -215,7 +215,7 @@ def release(ct, rec):
     ct.stats[CTS_FREE] = n + 1
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def lookup(ct, k0, k1, now):
     """(record, direction) of the live connection a packet with key (k0, k1) belongs to, or
     (-1, 0). A connection found expired is freed on the way."""
@@ -234,12 +234,12 @@ def lookup(ct, k0, k1, now):
     return -1, 0
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def _evictable(recs, rec, now):
     return (recs[rec, C_FLAGS] & F_ASSURED) == 0 and recs[rec, C_EXPIRES] >= now
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _victim_slot(ct, k0, k1, now, protect):
     """The slot, in key (k0, k1)'s window, of the unassured connection there that expires first
     (never record `protect`), or -1."""
@@ -258,7 +258,7 @@ def _victim_slot(ct, k0, k1, now, protect):
     return best
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _reclaim(ct, k0, k1, now):
     """Free an expired connection found in key (k0, k1)'s window; whether there was one."""
     slots, recs = ct.slots, ct.recs
@@ -272,7 +272,7 @@ def _reclaim(ct, k0, k1, now):
     return False
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _victim_anywhere(ct, now):
     """An unassured (or expired) connection among the next EVICTION_SCAN records after the
     last place looked (a clock hand over the table): the windows of a new connection's keys
@@ -289,7 +289,7 @@ def _victim_anywhere(ct, now):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def _room(ct, k0, k1, now, protect, counters):
     """A free slot in key (k0, k1)'s window: an empty one, one an expired connection held, or
     one an evicted unassured connection held; -1 if all hold live assured connections."""
@@ -311,7 +311,7 @@ def _room(ct, k0, k1, now, protect, counters):
     return j
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _put_key(ct, j, k0, k1, rec, direction):
     ct.slots[j, SL_K0] = k0
     ct.slots[j, SL_K1] = k1
@@ -319,7 +319,7 @@ def _put_key(ct, j, k0, k1, rec, direction):
     ct.recs[rec, C_SLOT_O + direction] = j
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def open_connection(ct, src, dst, proto, sport, dport, new_src, new_sport, new_dst, new_dport,
                     flags, frontend, now, counters):
     """Track a new connection whose first packet arrives as (src, sport > dst, dport) and leaves
@@ -377,7 +377,7 @@ def open_connection(ct, src, dst, proto, sport, dport, new_src, new_sport, new_d
     return rec
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def target(recs, rec, direction):
     """The tuple a packet of `direction` leaves with: (src, sport, dst, dport). The original
     direction leaves as the reply tuple reversed, the reply direction as the original reversed."""
@@ -388,7 +388,7 @@ def target(recs, rec, direction):
     return recs[rec, C_O_DST], ports & 0xFFFF, recs[rec, C_O_SRC], ports >> 16
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def sweep(ct, now):
     """Free every expired connection (the control side calls this once a second); returns how
     many were freed."""
@@ -403,14 +403,14 @@ def sweep(ct, now):
 
 # --- state -----------------------------------------------------------------------------------------
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def _seq_diff(a, b):
     """a - b as a signed 32-bit distance (sequence numbers wrap)."""
     d = (a - b) & 0xFFFFFFFF
     return d - (1 << 32) if d >= (1 << 31) else d
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _window_scale(buf, row, l4, doff):
     """The window scale option of a SYN (RFC 7323), or -1 if it has none."""
     k = l4 + 20
@@ -433,7 +433,7 @@ def _window_scale(buf, row, l4, doff):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _tcp(recs, rec, direction, buf, row, ip, l4, total):
     """Advance a TCP connection with this segment; returns PASS or DROP_RST."""
     tflags = buf[row, l4 + 13]
@@ -493,7 +493,7 @@ def _tcp(recs, rec, direction, buf, row, ip, l4, total):
     return PASS
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def timeout_of(recs, rec):
     proto = recs[rec, C_PROTO]
     if proto == 6:
@@ -506,7 +506,7 @@ def timeout_of(recs, rec):
     return T_ICMP
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def track(ct, rec, direction, buf, row, ip, now):
     """Account this packet to its connection, advance the state, refresh the expiry. Returns
     PASS, ENDED (passed, and it closed a TCP connection), or DROP_RST for a TCP reset outside
@@ -530,7 +530,7 @@ def track(ct, rec, direction, buf, row, ip, now):
     return result
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def restarts(recs, rec, direction, buf, row, l4):
     """Is this segment the start of a new connection on the tuple of a TCP connection that has
     closed (TIME_WAIT, CLOSE)? A SYN from the side that opened it (Linux conntrack then starts
@@ -545,7 +545,7 @@ def restarts(recs, rec, direction, buf, row, l4):
     return (flags & 0x02) != 0
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def opens(buf, row, l4, proto):
     """May this packet start a connection? UDP always; TCP a SYN, or (picked up mid-stream, as
     Linux's nf_conntrack_tcp_loose) a segment with ACK; never a lone RST or FIN."""
@@ -562,7 +562,7 @@ def opens(buf, row, l4, proto):
 
 # --- small windowed tables: affinity, fragments ------------------------------------------------
 
-@njit(cache=True, _nrt=False)
+@internal
 def wfind(keys, vals, exp_col, k0, k1, now):
     """Slot of a live entry with key (k0, k1), or -1."""
     mask = keys.shape[0] - 1
@@ -574,7 +574,7 @@ def wfind(keys, vals, exp_col, k0, k1, now):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def wclaim(keys, vals, exp_col, k0, k1, now, counters, evicted):
     """A slot for key (k0, k1): its own, else a free or expired one, else (evicting, counted in
     counters[evicted]) the live entry that expires first."""

@@ -9,12 +9,12 @@ from the returned index. No I/O here: fastpath.io writes the output batch, vrout
 reads it in tests and for the slow path.
 """
 import numpy as np
-from numba import njit
 
 from fastpath import flows
 from fastpath.budgets import icmp_allows, port_allows
 from fastpath.checksum import copy_bytes, read16, read32
 from fastpath.ipv4 import complete_checksum
+from fastpath.jit import compiled, inlined, internal
 from fastpath.layout import (
     ACT_DROP, ACT_FLOOD, ACT_OVERLAY, ACT_PORT, ACT_SLOW, ETH_LEN, ETH_P_IP, F_DATA, F_ROWS,
     F_SLOW, F_TRACE, FLOW_ENDED, FLOW_NEW,
@@ -47,7 +47,7 @@ ROWS_RESERVE = 2 * TRAIN_MAX_SEGMENTS
 WRITES = ("counters", "budgets", "conntrack.flows")
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def first_stage(in_port, uplink):
     if 0 <= in_port < uplink:
         return S_POD_IN
@@ -60,7 +60,7 @@ def first_stage(in_port, uplink):
     return DONE
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _trace_step(buf, meta, i, stage, next_stage, out):
     """Record what `stage` did to frame i (vrouter trace): its decision, and the frame's
     addresses and ports as the stage left them (0 where the frame has none)."""
@@ -89,7 +89,7 @@ def _trace_step(buf, meta, i, stage, next_stage, out):
     out.fill[F_TRACE] = t + 1
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def run_stages(buf, meta, i, now, tables, out):
     """Walk frame i through the stages (fastpath.stages.STAGES) until one finishes it (verdict
     in M_ACTION/M_REASON). With trace rows in `out`, each step is recorded there too."""
@@ -104,7 +104,7 @@ def run_stages(buf, meta, i, now, tables, out):
             _trace_step(buf, meta, i, step, stage, out)
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def _within_budget(buf, meta, i, reason, now, params, budgets, counters):
     """-1 if the slow path may see frame i, else the drop reason (fastpath.budgets)."""
     in_port = meta[i, M_IN_PORT]
@@ -123,7 +123,7 @@ def _within_budget(buf, meta, i, reason, now, params, budgets, counters):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _add_row(out, kind, src, row, start, length, target, frame):
     r = out.fill[F_ROWS]
     out.rows[r, :] = 0
@@ -138,7 +138,7 @@ def _add_row(out, kind, src, row, start, length, target, frame):
     return r
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _to_slow_path(buf, meta, i, out, counters):
     """Copy the frame out of the batch (the writes that follow may reuse its bytes) and give
     the slow path a complete checksum to read."""
@@ -153,7 +153,7 @@ def _to_slow_path(buf, meta, i, out, counters):
     out.rows[r, O_IN_PORT] = meta[i, M_IN_PORT]
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def _emit(buf, meta, i, action, params, out, counters):
     """Output rows for frame i's verdict."""
     row, s, length = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN]
@@ -175,7 +175,7 @@ def _emit(buf, meta, i, action, params, out, counters):
         out.rows[r, O_SOCKET] = meta[i, M_SOCKET]
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def _room(buf, meta, i, out):
     """Is there room in the output batch for whatever frame i becomes?"""
     if out.fill[F_ROWS] + ROWS_RESERVE > out.rows.shape[0]:
@@ -189,7 +189,7 @@ def _room(buf, meta, i, out):
     return True
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def forward(frames, first, n, now, tables, out):
     """Run frames first..n-1 through the stages into `out`; returns the next frame to run (n
     when all are done). GRO then merges the overlay segments of this call's output rows."""

@@ -19,12 +19,12 @@ N = 0 turns the flow log off. The node drains the ring between batches (vrouter.
 names resolved from the live model there, never here).
 """
 import numpy as np
-from numba import njit
 
 # module objects, not names: conntrack imports this module (its records' ends are logged where
 # they are freed), and the policy stage imports conntrack
 from fastpath import conntrack
 from fastpath.checksum import read16, read32
+from fastpath.jit import compiled, inlined, internal
 from fastpath.stages import policy as policy_stage
 from fastpath.layout import (
     ACT_DROP, ETH_LEN, ETH_P_IP, FLOW_ENDED, FLOW_NEW, M_CT_SLOT, M_FLOW, M_IN_PORT, M_LEN,
@@ -115,7 +115,7 @@ def new_ring(events: int):
 
 # --- writing (compiled) --------------------------------------------------------------------------
 
-@njit(cache=True, _nrt=False)
+@compiled
 def _claim(fl, kind, reason):
     """The row of a new event (the oldest overwritten and counted lost when the ring is full),
     with its time, kind and reason set and the rest zero; -1 when the flow log is off."""
@@ -141,7 +141,7 @@ def _claim(fl, kind, reason):
     return r
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _from_record(events, r, recs, rec):
     """The connection's tuples, Service port, counts and state into event row r."""
     events[r, EV_PROTO] = recs[rec, conntrack.C_PROTO]   # 0 once freed: the caller knows it
@@ -164,7 +164,7 @@ def _from_record(events, r, recs, rec):
     events[r, EV_STATE] = recs[rec, conntrack.C_STATE]
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _from_packet(events, r, buf, meta, i, with_tuple):
     """What the frame says: where it came and went, its TCP flags, and (with_tuple) its IPv4
     5-tuple as it is now. False if it is not IPv4."""
@@ -196,7 +196,7 @@ def _from_packet(events, r, buf, meta, i, with_tuple):
     return True
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _policies(events, r, reason, meta, i, policy):
     """For a NetworkPolicy drop: which way, and the policies that isolate the pod that way (the
     policy stage leaves the receiving pod's port in M_OUT; the sender's is the ingress port)."""
@@ -215,7 +215,7 @@ def _policies(events, r, reason, meta, i, policy):
         events[r, EV_POLICY + k] = policy.policy_ids[first + k]
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def after_verdict(buf, meta, i, action, reason, ct, policy):
     """Log what frame i's verdict means for its connection (the dispatch loop calls this only
     for a connection's first packet, a packet that ended one, and the verdicts of `watch`):
@@ -271,7 +271,7 @@ def after_verdict(buf, meta, i, action, reason, ct, policy):
         fl.events[r, EV_REPLY] = 0   # policy judges only a connection's first packet
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def released(ct, rec):
     """Connection `rec` is being freed (fastpath.conntrack.release): log its end unless it never
     started (a refused first packet) or its end is logged already (FIN/RST)."""

@@ -4,18 +4,19 @@ A table is `keys` (uint64, 0 = empty slot) plus whatever value arrays the caller
 index. Keys are never deleted in place; the control plane rebuilds a table to drop entries.
 """
 import numpy as np
-from numba import njit
+
+from fastpath.jit import compiled, inlined
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def slot_of(key, mask):
     h = np.uint64(key) * _GOLDEN
     return np.int64((h >> np.uint64(29)) & np.uint64(mask))
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def find(keys, key):
     """Index of `key` in the table, or -1."""
     mask = keys.shape[0] - 1
@@ -31,7 +32,7 @@ def find(keys, key):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def find_or_claim(keys, key):
     """Index of `key`, claiming an empty slot for it if absent; -1 when the table is full."""
     mask = keys.shape[0] - 1

@@ -18,11 +18,12 @@ epoll_event) live in numpy arrays that vrouter.node.nodeio builds and fills with
 their layout here is Linux x86-64/aarch64 (64-bit pointers, little-endian).
 """
 import numpy as np
-from numba import njit, types
+from numba import types
 
 from fastpath.checksum import copy_bytes
 from fastpath.dispatch import forward
 from fastpath.flows import FS_CLOCK_NS, FS_HEAD, FS_TAIL
+from fastpath.jit import compiled, inlined, internal, releasing_gil
 from fastpath.layout import (
     F_DATA, F_ROWS, F_SLOW, HEADROOM, IN_OVERLAY, M_CSUM_OFFSET, M_CSUM_START, M_GSO_SIZE,
     M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START, M_VFLAGS, O_DONE, O_FRAME,
@@ -107,12 +108,12 @@ ST_BEAT_NS = 9        # monotonic ns of the next beat (0: none): returns WHY_BEA
 STATE_COLS = 10
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def _errno():
     return c_errno()[0]
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def _leading_zeros(n):
     k = 0
     while k < 64 and not (n >> (63 - k)) & 1:
@@ -120,25 +121,25 @@ def _leading_zeros(n):
     return k
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def monotonic_ns(ts):
     c_clock_gettime(CLOCK_MONOTONIC, ts.ctypes.data)
     return ts[0] * 1_000_000_000 + ts[1]
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def overlay_port(io):
     """The row of the overlay in Stats and Capture: after the TAP ports."""
     return io.tap_fds.shape[0]
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def _count(io, port, column, length):
     io.stats.port_stats[port, column] += 1
     io.stats.port_stats[port, column + 1] += length
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _capture(io, port, sent, buf, row, start, length):
     """Copy a frame into the capture ring if this port and direction are captured."""
     cap = io.capture
@@ -158,7 +159,7 @@ def _capture(io, port, sent, buf, row, start, length):
     cap.fill[1] = used + length
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def read_tap(fd, port, frames, io, counters):
     """Read up to a batch of frames (each behind its virtio-net header) from a TAP, one per row,
     into meta rows 0..n-1; returns n, or HUNG_UP when there was nothing to read and never will
@@ -194,7 +195,7 @@ def read_tap(fd, port, frames, io, counters):
     return n
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def recv_overlay(fd, frames, rx, io, counters):
     """One recvmmsg of up to a batch of VXLAN datagrams (or UDP GRO trains of them, one per
     row); every datagram becomes a frame (meta row) starting after its VXLAN header. Returns the
@@ -251,7 +252,7 @@ def recv_overlay(fd, frames, rx, io, counters):
     return n
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _vnet_header(h, at, meta, i):
     """The frame's virtio-net header (little-endian) into h[at:at + 10]."""
     h[at] = meta[i, M_VFLAGS]
@@ -266,7 +267,7 @@ def _vnet_header(h, at, meta, i):
     h[at + 9] = meta[i, M_CSUM_OFFSET] >> 8
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _write_tap(fd, buf, row, start, length, meta, i, tx, io, port, counters):
     """One write of virtio-net header + frame. A frame alone in its row (from a TAP or the
     gateway) gets its header in the headroom in front of it and one write(); a frame in a row
@@ -294,7 +295,7 @@ def _write_tap(fd, buf, row, start, length, meta, i, tx, io, port, counters):
         _capture(io, port, True, buf, row, start, length)
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _count_datagrams(io, buf, out, rows, r):
     """Stats (and capture: the inner frames) of a VXLAN datagram or GSO train to be sent."""
     overlay = overlay_port(io)
@@ -310,7 +311,7 @@ def _count_datagrams(io, buf, out, rows, r):
                      size - VXLAN_HEADER_LEN)
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _flush_socket(fd, tx, first, count, counters):
     sent = 0
     while sent < count:
@@ -323,7 +324,7 @@ def _flush_socket(fd, tx, first, count, counters):
         sent += got
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def write_out(frames, out, io, tx, tables):
     """Write the output batch: TAP frames in order, then every VXLAN datagram and GSO train with
     one sendmmsg per send socket. Rows for the slow path are left to Python."""
@@ -386,7 +387,7 @@ def write_out(frames, out, io, tx, tables):
             _flush_socket(io.sock_fds[sock], tx, first, k - first, counters)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def _run_batch(frames, first, n, now, tables, out, io, tx, state, port):
     """Forward and write frames first..n-1; stop early when the slow path has frames to see
     (remembering where to go on). Returns True when the batch is done."""
@@ -406,7 +407,7 @@ def _run_batch(frames, first, n, now, tables, out, io, tx, state, port):
     return True
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@releasing_gil
 def serve(frames, gateway, tables, out, io, tx, rx, state):
     """Move traffic until Python is needed; returns WHY_*. When it returns WHY_SLOW, `out`
     holds the frames for the slow path and state[ST_PENDING_*] where the batch goes on.

@@ -1,15 +1,15 @@
 """IPv4 header facts the stages share: sanity, TTL, header lengths, the flow hash, and turning a
 partial TCP/UDP checksum into a complete one."""
 import numpy as np
-from numba import njit
 
 from fastpath.checksum import (
     checksum, fold, l4_checksum, l4_verifies, pseudo_sum, read16, read32, update16, write16,
 )
+from fastpath.jit import inlined, internal
 from fastpath.reasons import R_CSUM_PARTIAL_COMPLETED, R_DROP_BAD_IPV4_CHECKSUM, R_DROP_BAD_IPV4_HEADER
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def ipv4_problem(buf, row, ip, avail):
     """-1 if the IPv4 header at `ip` is sane within `avail` bytes, else the drop reason."""
     if avail < 20:
@@ -24,12 +24,12 @@ def ipv4_problem(buf, row, ip, avail):
     return -1
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def header_len(buf, row, ip):
     return np.int64(buf[row, ip] & 0x0F) * 4
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def l4_header_len(buf, row, ip):
     """Length of the TCP (data offset) or UDP header of an IPv4 packet; 0 if not TCP/UDP."""
     proto = buf[row, ip + 9]
@@ -41,7 +41,7 @@ def l4_header_len(buf, row, ip):
     return 0
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def decrement_ttl(buf, row, ip):
     ttl = np.int64(buf[row, ip + 8])
     proto = np.int64(buf[row, ip + 9])
@@ -50,7 +50,7 @@ def decrement_ttl(buf, row, ip):
     write16(buf, row, ip + 10, update16(check, (ttl << 8) | proto, ((ttl - 1) << 8) | proto))
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def flow_hash(buf, row, ip):
     """Hash of the flow (addresses, protocol, L4 ports unless fragmented): spreads flows over
     the overlay's outer UDP source ports (ECMP entropy, RFC 7348)."""
@@ -68,7 +68,7 @@ def flow_hash(buf, row, ip):
     return np.int64(h >> np.uint64(33))   # the well-mixed high bits
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def complete_checksum(buf, row, ip, counters):
     """Fill in the TCP/UDP checksum of a packet whose field holds only the pseudo-header sum
     (a virtio-net NEEDS_CSUM frame: the sum runs from the L4 header to the end)."""
@@ -83,7 +83,7 @@ def complete_checksum(buf, row, ip, counters):
     counters[R_CSUM_PARTIAL_COMPLETED] += 1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def complete_if_partial(buf, row, ip, counters):
     """A Linux VXLAN peer on a veth underlay with checksum offload on (the default) hands over
     inner TCP/UDP checksums that are still partial: the field holds the folded pseudo-header

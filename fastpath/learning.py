@@ -9,9 +9,9 @@ owner (the MAC table: per pod port), so one pod cannot fill the table for all th
 not learned is counted, and the frame is still forwarded (as unknown unicast, flooded).
 """
 import numpy as np
-from numba import njit
 
 from fastpath.hashtable import slot_of
+from fastpath.jit import compiled, inlined
 
 WINDOW = 8
 L_VALUE = 0      # the MAC table: the port; neighbours: the MAC
@@ -26,12 +26,12 @@ TABLE_FULL = 1   # every slot of the key's window holds a valid entry
 OWNER_FULL = 2   # the owner has learned `limit` keys already
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def _valid(vals, j, now, age):
     return vals[j, L_STATIC] == 1 or now - vals[j, L_SEEN] <= age
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def find(keys, vals, key, now, age):
     """Slot of a valid entry for `key`, or -1."""
     mask = keys.shape[0] - 1
@@ -44,7 +44,7 @@ def find(keys, vals, key, now, age):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def learn(keys, vals, key, value, now, age, owned, owner, limit):
     """Remember key -> value, seen now, learned from `owner` (an index into `owned`: how many
     learned entries each owner holds, recounted by `expire`). Static entries stay as they are.
@@ -85,7 +85,7 @@ def learn(keys, vals, key, value, now, age, owned, owner, limit):
     return LEARNED
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def place_static(keys, vals, key, value):
     """A static entry (built by the control plane); False if its window is full of them."""
     mask = keys.shape[0] - 1

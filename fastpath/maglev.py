@@ -8,7 +8,8 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+# not fastpath.jit's: it allocates (next_j), so it needs numba's reference counting
+@njit(cache=True, no_cfunc_wrapper=True)
 def populate(offsets, skips, row):
     """Fill `row` (length M) with backend indices 0..N-1; all -1 when N is 0."""
     size = row.shape[0]

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from numba import njit
-
+from fastpath.jit import inlined
 from fastpath.layout import M_ACTION, M_OUT, M_REASON
 
 DONE = -1     # a verdict is in M_ACTION / M_REASON
@@ -101,7 +100,7 @@ def _check() -> None:
 _check()
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def finish(meta, i, action, out, reason):
     """End the frame's walk through the stages with a verdict; returns DONE."""
     meta[i, M_ACTION] = action

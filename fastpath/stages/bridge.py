@@ -1,8 +1,8 @@
 """L2: a pod's frame for another pod's MAC is bridged; one for the gateway MAC is routed."""
-from numba import njit
 
 from fastpath import learning
 from fastpath.checksum import read48
+from fastpath.jit import internal
 from fastpath.layout import (
     ACT_DROP, ACT_FLOOD, ACT_PORT, M_IN_PORT, M_ROW, M_START, P_FDB_AGE, P_GW_MAC, P_UPLINK_PORT,
 )
@@ -10,7 +10,7 @@ from fastpath.reasons import R_DROP_SAME_PORT, R_FLOODED, R_FORWARDED_L2
 from fastpath.stages import BRANCH, NEXT, finish
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def switch(buf, meta, i, params):
     """A pod's frame is bridged (NEXT), unless it is for the gateway's MAC: "route me"
     (BRANCH). Frames from the outside network, the overlay or the gateway are always routed."""
@@ -22,7 +22,7 @@ def switch(buf, meta, i, params):
     return NEXT
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def bridge_stage(buf, meta, i, now, params, bridge):
     """MAC table lookup: a known, unexpired MAC goes to its port; broadcast, multicast and
     unknown unicast are flooded, as a bridge does."""

@@ -14,11 +14,11 @@ keeps the first segment's headers and gets a virtio-net header (TCPV4, gso_size 
 segment's payload, NEEDS_CSUM) for the pod's kernel.
 """
 import numpy as np
-from numba import njit
 
 from fastpath.checksum import (
     copy_bytes, fold, l4_verifies, pseudo_sum, read16, read32, update16, write16,
 )
+from fastpath.jit import compiled, internal
 from fastpath.layout import (
     ETH_LEN, F_ROWS, GSO_ECN, GSO_NONE, GSO_TCPV4, IN_OVERLAY, M_CSUM_OFFSET, M_CSUM_START,
     M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_START, M_VFLAGS, O_DONE,
@@ -35,7 +35,7 @@ TCP_URG = 0x20
 TCP_CWR = 0x80
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def candidate(buf, meta, i, counters):
     """A segment that may start or join a super-frame: from the overlay, TCP over IPv4 without
     options or fragmentation, with payload, no SYN/RST/URG, and a checksum that verifies."""
@@ -60,7 +60,7 @@ def candidate(buf, meta, i, counters):
     return True
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _same_bytes(buf, row_a, a, row_b, b, n):
     for k in range(n):
         if buf[row_a, a + k] != buf[row_b, b + k]:
@@ -68,7 +68,7 @@ def _same_bytes(buf, row_a, a, row_b, b, n):
     return True
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _mergeable(buf, meta, h, i, count, next_seq, mss):
     """May segment i follow the super-frame headed by frame h (with `count` segments so far)?"""
     hr, hs = meta[h, M_ROW], meta[h, M_START]
@@ -102,7 +102,7 @@ def _mergeable(buf, meta, h, i, count, next_seq, mss):
     return read16(buf, hr, hip + 2) + payload <= IP_MAX
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _finalize(buf, meta, h, count, mss):
     """Make the head of `count` merged segments a super-frame the pod's kernel accepts."""
     if count < 2:
@@ -122,7 +122,7 @@ def _finalize(buf, meta, h, count, mss):
                                                  read32(buf, row, ip + 16), 6, total - 20)))
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def coalesce(buf, meta, out, first_row, counters):
     """Merge runs of output rows [first_row, fill) that are overlay TCP segments for one port."""
     rows = out.rows

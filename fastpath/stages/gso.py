@@ -8,12 +8,12 @@ only on the last. UDP (USO): every segment is a datagram of its own (length, che
 Checksums are complete on the wire: the super-frame's partial checksum is not used.
 """
 import numpy as np
-from numba import njit
 
 from fastpath.checksum import (
     checksum, copy_bytes, l4_checksum, read16, read32, write16, write32,
 )
 from fastpath.ipv4 import header_len, l4_header_len
+from fastpath.jit import compiled, internal
 from fastpath.layout import (
     ETH_LEN, F_DATA, F_ROWS, M_GSO_SIZE, M_LEN, M_OUT, M_ROW, M_SOCKET, M_START, O_KIND, O_LEN,
     O_SEGMENT, O_SOCKET, O_SRC, O_START, O_TARGET, O_FRAME, O_DONE, OUT_OVERLAY, SRC_DATA,
@@ -26,7 +26,7 @@ TCP_CWR = 0x80
 TCP_FIN_PSH = 0x09
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def space_needed(buf, meta, i):
     """Bytes of out.data and output rows that segmenting frame i would take. It runs before the
     frame is checked: for a header that makes no sense it answers (0, 0), and the ingress
@@ -48,7 +48,7 @@ def space_needed(buf, meta, i):
     return payload + segments * (VXLAN_HEADER_LEN + headers), (segments + per_train - 1) // per_train
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def segment(buf, meta, i, vni, out, counters):
     """Cut frame i (TCP or UDP super-frame, inner Ethernet already VTEP to VTEP) into segments
     of M_GSO_SIZE payload bytes, each behind a VXLAN header, and add output rows: one GSO train

@@ -5,11 +5,11 @@ Frames from pods and the outside port come from TAPs with virtio-net offloads: t
 trusted: lengths are taken from the IPv4 and TCP headers.
 """
 import numpy as np
-from numba import njit
 
 from fastpath import learning
 from fastpath.checksum import read16, read32, read48
 from fastpath.ipv4 import ipv4_problem, l4_header_len
+from fastpath.jit import inlined, internal
 from fastpath.layout import (
     ACT_DROP, ACT_SLOW, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, GSO_ECN, GSO_NONE, GSO_TCPV4,
     GSO_UDP_L4, M_CSUM_OFFSET, M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN,
@@ -30,7 +30,7 @@ GSO_MAX_SEGMENTS = 1024  # what one super-frame may be cut into (64 KiB / 64 byt
 
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def frame_problem(buf, row, s, length):
     """-1 if the Ethernet frame is acceptable, else the drop reason."""
     if length < ETH_LEN:
@@ -42,7 +42,7 @@ def frame_problem(buf, row, s, length):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def ethertype_verdict(ethertype):
     """-1 for IPv4 (go on), else the verdict reason: ARP to the slow path, the rest dropped."""
     if ethertype == ETH_P_IP:
@@ -54,7 +54,7 @@ def ethertype_verdict(ethertype):
     return R_DROP_UNKNOWN_ETHERTYPE
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def vnet_problem(buf, meta, i):
     """-1 if the frame's virtio-net header agrees with the packet, else R_DROP_BAD_VNET_HEADER.
 
@@ -105,7 +105,7 @@ def vnet_problem(buf, meta, i):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def packet_problem(buf, meta, i):
     """-1 if a TAP frame carrying IPv4 has a sane header and a virtio-net header that agrees
     with it, else the drop reason."""
@@ -116,7 +116,7 @@ def packet_problem(buf, meta, i):
     return problem
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def pod_in(buf, meta, i, now, params, counters, ports, bridge):
     """A frame from a pod's TAP: well-formed, from the pod's own MAC and IP; learn its MAC."""
     row, s, length, in_port = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN], meta[i, M_IN_PORT]
@@ -154,7 +154,7 @@ def pod_in(buf, meta, i, now, params, counters, ports, bridge):
     return NEXT
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def rogue_dhcp(buf, row, ip):
     """A DHCP server's answer (UDP 67 -> 68): pods get their address from the node, and one
     that answers others' DHCP could hand them its own gateway (the CVE-2020-10749 class)."""
@@ -164,7 +164,7 @@ def rogue_dhcp(buf, row, ip):
     return read16(buf, row, l4) == 67 and read16(buf, row, l4 + 2) == 68
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def gateway_in(buf, meta, i):
     """A packet the node's slow path built (echo reply, ICMP error, keepalive): routed like any
     other, but it is not forwarded (no TTL decrement) and may not open Service connections."""

@@ -7,10 +7,10 @@ stage has marked the peer alive, nothing more to do. Everything else (TCP/UDP to
 echo with IP options or in fragments) goes to the slow path, which refuses or answers it.
 """
 import numpy as np
-from numba import njit
 
 from fastpath.checksum import read16, read32, update16, write16, write32
 from fastpath.ipv4 import header_len
+from fastpath.jit import internal
 from fastpath.layout import (
     ACT_DROP, ACT_SLOW, ETH_LEN, M_LEN, M_OWN, M_ROW, M_START, P_LOCAL_NET,
 )
@@ -22,7 +22,7 @@ ICMP_ECHO_REQUEST = 8
 TTL = 64
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def local_stage(buf, meta, i, params, counters):
     row, s, length = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN]
     ip = s + ETH_LEN

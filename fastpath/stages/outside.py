@@ -4,11 +4,11 @@ addresses it announces) and the router between it and its pods.
 Tables: the Outside group, neighbours IPv4 -> MAC (the other nodes and the outside host preset;
 others gleaned from what they send us, which spares an ARP round trip for the replies)."""
 import numpy as np
-from numba import njit
 
 from fastpath import learning
 from fastpath.checksum import read16, read32, read48, write48
 from fastpath.ipv4 import decrement_ttl
+from fastpath.jit import internal
 from fastpath.layout import (
     ACT_DROP, ACT_PORT, ACT_SLOW, ETH_LEN, ETH_P_ARP, GSO_NONE, M_GSO_TYPE, M_LEN, M_ROW, M_START,
     M_VFLAGS, P_LOCAL_MASK, P_LOCAL_NET, P_NEIGHBOUR_AGE, P_NODE_MAC, P_OUTSIDE_MASK, P_OUTSIDE_NET,
@@ -24,7 +24,7 @@ from fastpath.stages import NEXT, finish
 from fastpath.stages.ingress import ethertype_verdict, frame_problem, packet_problem
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def glean(outside, ip, mac, now, params, counters):
     """Remember an on-link outside host's MAC from a frame it sent us."""
     if ip == 0 or (ip & params[P_OUTSIDE_MASK]) != params[P_OUTSIDE_NET]:
@@ -34,7 +34,7 @@ def glean(outside, ip, mac, now, params, counters):
         counters[R_OUTSIDE_NEIGHBOUR_TABLE_FULL] += 1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def outside_in(buf, meta, i, now, params, counters, outside):
     """A frame from the outside bridge: for our MAC (or an ARP broadcast), not from our pods."""
     row, s, length = meta[i, M_ROW], meta[i, M_START], meta[i, M_LEN]
@@ -72,7 +72,7 @@ def outside_in(buf, meta, i, now, params, counters, outside):
     return NEXT
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def to_outside(buf, meta, i, dst, next_hop, forwarded, now, params, outside):
     """Out of the uplink towards `dst` through neighbour `next_hop` (dst itself on the outside
     network, or its gateway). An unknown neighbour: the slow path asks with ARP, and this

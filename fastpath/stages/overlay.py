@@ -3,11 +3,11 @@
 The node's UDP sockets carry the datagrams; the kernel writes the outer IPv4/UDP headers. A
 datagram's VXLAN header sits right in front of the inner frame (M_START - 8)."""
 import numpy as np
-from numba import njit
 
 from fastpath import hashtable
 from fastpath.checksum import read16, read32, read48, write48
 from fastpath.ipv4 import complete_if_partial, decrement_ttl, flow_hash, header_len, ipv4_problem, l4_header_len
+from fastpath.jit import inlined, internal
 from fastpath.layout import (
     ACT_DROP, ACT_OVERLAY, ACT_SLOW, ETH_LEN, ETH_P_IP, GSO_NONE, M_GSO_SIZE,
     M_GSO_TYPE, M_LEN, M_OUT, M_OWN, M_ROW, M_SOCKET, M_SRC_IP, M_START, P_LOCAL_MASK,
@@ -21,7 +21,7 @@ from fastpath.reasons import (
 from fastpath.stages import NEXT, finish
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def overlay_in(buf, meta, i, now, params, counters, peers):
     """Validate a VXLAN datagram from a peer and its inner frame, which must be IPv4 for our
     VTEP and our podCIDR (no transit routing)."""
@@ -60,7 +60,7 @@ def overlay_in(buf, meta, i, now, params, counters, peers):
     return NEXT   # replies of connections this node translated, then routing
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def segment_ip_len(buf, meta, i, ip):
     """The IPv4 length of the largest packet this frame puts on the wire: itself, or for a
     super-frame one full segment (headers + gso_size)."""
@@ -70,7 +70,7 @@ def segment_ip_len(buf, meta, i, ip):
     return header_len(buf, row, ip) + l4_header_len(buf, row, ip) + meta[i, M_GSO_SIZE]
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def to_overlay(buf, meta, i, now, params, peers):
     """Towards peer M_OUT: check the MTU (per segment for a super-frame) and that the peer is
     alive, then address the inner frame VTEP to VTEP and pick the send socket by flow hash."""
@@ -89,7 +89,7 @@ def to_overlay(buf, meta, i, now, params, peers):
     return finish(meta, i, ACT_OVERLAY, peer, R_TO_OVERLAY)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def write_vxlan_header(buf, row, v, vni):
     """I flag set, reserved bits zero, the VNI (RFC 7348 section 5)."""
     buf[row, v] = 0x08

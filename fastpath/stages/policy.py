@@ -16,7 +16,6 @@ Tables: the Policy group (vrouter.node.policytables compiles it per node from th
   peer_sets[s, PS_*]         pods (members hash) or an ipBlock (network, mask; excepts rows)
 """
 import numpy as np
-from numba import njit
 
 from fastpath import hashtable
 from fastpath.checksum import read16, read32
@@ -24,6 +23,7 @@ from fastpath.conntrack import (
     C_O_DST, C_O_SRC, F_PLAIN, FRAG_DST, FRAG_EXPIRES, FRAG_NAT_TAG, FRAG_POLICY_TAG, FRAG_SRC,
     T_FRAGMENT, echo_ports, open_connection, opens, release, track, tuple_key, wclaim, wfind,
 )
+from fastpath.jit import compiled, inlined, internal
 from fastpath.layout import (
     ACT_DROP, ETH_LEN, FLOW_ESTABLISHED, FLOW_NEW, FLOW_NONE, M_CT_SLOT, M_FLOW, M_IN_PORT,
     M_OWN, M_ROW, M_START, P_UPLINK_PORT,
@@ -63,18 +63,18 @@ SET_BLOCK = 1
 
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def member_key(peer_set, ip):
     return (np.uint64(peer_set + 1) << np.uint64(32)) | np.uint64(ip)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def named_key(named_set, ip, port):
     return (np.uint64(named_set + 1) << np.uint64(48)) | (np.uint64(ip) << np.uint64(16)) \
         | np.uint64(port)
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def in_peer_set(policy, s, ip):
     sets = policy.peer_sets
     if sets[s, PS_KIND] == SET_PODS:
@@ -88,7 +88,7 @@ def in_peer_set(policy, s, ip):
     return True
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def allowed(policy, port, direction, peer, proto, dport):
     """Does a rule of `port`'s pod in `direction` allow a connection with `peer` to `dport`
     (-1: unknown, a fragment's) over `proto`?"""
@@ -112,7 +112,7 @@ def allowed(policy, port, direction, peer, proto, dport):
     return False
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def deny(buf, meta, i, now, policy, port, direction, proto, conntrack, reason):
     pr = policy.port_rules
     first = pr[port, direction + D_FIRST_POLICY]
@@ -133,7 +133,7 @@ def deny(buf, meta, i, now, policy, port, direction, proto, conntrack, reason):
     return finish(meta, i, ACT_DROP, port, reason)   # the pod's port: the flow log names policies
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def policy_stage(buf, meta, i, now, params, counters, policy, routes, conntrack):
     """(The dispatch loop skips the call on a node where no policy selects a pod.)"""
     in_port = meta[i, M_IN_PORT]

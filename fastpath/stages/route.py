@@ -1,9 +1,9 @@
 """L3: the gateway routes IPv4 to a local pod, the outside network, or a peer's podCIDR."""
-from numba import njit
 
 from fastpath import hashtable
 from fastpath.checksum import read32, write48
 from fastpath.ipv4 import decrement_ttl
+from fastpath.jit import inlined, internal
 from fastpath.layout import (
     ACT_DROP, ACT_PORT, ACT_SLOW, ETH_LEN, M_OUT, M_OWN, M_ROW, M_START, P_CLUSTER_MASK,
     P_CLUSTER_NET, P_GW_IP, P_GW_MAC, P_LOCAL_MASK, P_LOCAL_NET, P_NODE_IP, P_OUTSIDE_GW,
@@ -17,7 +17,7 @@ from fastpath.stages import BRANCH, NEXT, finish
 from fastpath.stages.outside import to_outside
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def route_stage(buf, meta, i, now, params, ports, routes, outside):
     """`forwarded` packets pass through (TTL checked and decremented); the node's own
     (M_OWN: built by the gateway, or an echo answer) are originated here."""
@@ -58,7 +58,7 @@ def route_stage(buf, meta, i, now, params, ports, routes, outside):
     return finish(meta, i, ACT_SLOW, 0, R_SLOW_NO_ROUTE)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def martian(ip):
     """0.0.0.0/8, 127.0.0.0/8, multicast and reserved (224.0.0.0 and up): no router forwards
     them (RFC 1812 5.3.7); a pod reaching the node's loopback is the CVE-2020-8558 class."""
@@ -66,7 +66,7 @@ def martian(ip):
     return first == 0 or first == 127 or ip >= 0xE0000000
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def in_cluster(ip, params):
     """In the cluster's podCIDR or serviceCIDR: routed inside the cluster or not at all."""
     return (ip & params[P_CLUSTER_MASK]) == params[P_CLUSTER_NET] \

@@ -12,7 +12,6 @@ Tables: the Services group (rebuilt by vrouter.node.servicetables on reload)
 and the Conntrack group (fastpath.conntrack), which persists across reloads.
 """
 import numpy as np
-from numba import njit
 
 from fastpath import hashtable
 from fastpath.checksum import (
@@ -23,6 +22,7 @@ from fastpath.conntrack import (
     FRAG_EXPIRES, FRAG_NAT_TAG, FRAG_SRC, T_FRAGMENT, echo_ports, lookup, mix, open_connection,
     opens, release, restarts, target, track, tuple_key, wclaim, wfind,
 )
+from fastpath.jit import compiled, inlined, internal
 from fastpath.layout import (
     ACT_DROP, ACT_SLOW, ETH_LEN, FLOW_ENDED, FLOW_ESTABLISHED, FLOW_NEW, M_CT_SLOT, M_FLOW,
     M_IN_PORT, M_ROW,
@@ -62,7 +62,7 @@ SNAT_PORT_LOW = 1024
 SNAT_PORT_SPAN = 64512   # 1024-65535, as Linux's NAT maps a source port of 1024 and up
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def services_stage(buf, meta, i, now, params, counters, services, conntrack):
     """Translate the frame if it belongs to a Service (or masqueraded) connection; then on to
     the policy stage."""
@@ -82,7 +82,7 @@ def services_stage(buf, meta, i, now, params, counters, services, conntrack):
     return NEXT
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def rewrite_addresses(buf, row, ip, new_src, new_dst):
     """Set the IPv4 addresses, updating the header checksum (RFC 1624)."""
     check = read16(buf, row, ip + 10)
@@ -93,7 +93,7 @@ def rewrite_addresses(buf, row, ip, new_src, new_dst):
     write32(buf, row, ip + 16, new_dst)
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def rewrite(buf, row, ip, new_src, new_sport, new_dst, new_dport, partial):
     """Set addresses and ports, updating checksums (RFC 1624).
     `partial`: the L4 checksum field holds a pseudo-header sum (see fastpath.checksum)."""
@@ -116,7 +116,7 @@ def rewrite(buf, row, ip, new_src, new_sport, new_dst, new_dport, partial):
     write16(buf, row, l4 + 2, new_dport)
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def l4_checksum_update(c, proto, old_src, new_src, old_dst, new_dst, old_sport, new_sport,
                        old_dport, new_dport):
     """A complete TCP or UDP checksum after its 5-tuple changed (RFC 1624; the pseudo-header
@@ -130,7 +130,7 @@ def l4_checksum_update(c, proto, old_src, new_src, old_dst, new_dst, old_sport, 
     return c
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _choose_backend(fe, src, k0, k1, now, services, conntrack, counters):
     """(backend ip, port) for a new connection: affinity first, else Maglev on the 5-tuple
     (k0, k1: the connection's conntrack key, which is that 5-tuple)."""
@@ -156,7 +156,7 @@ def _choose_backend(fe, src, k0, k1, now, services, conntrack, counters):
     return ip, port
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _snat_port(src_ip, want, b_ip, b_port, proto, now, ct, seed):
     """A source port on `src_ip` whose reply tuple is free: the client's own if possible, else
     one of SNAT_TRIES others drawn from 1024-65535 (as Linux's NAT maps them) by a hash of the
@@ -170,7 +170,7 @@ def _snat_port(src_ip, want, b_ip, b_port, proto, now, ct, seed):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def icmp_error(buf, meta, i, row, ip, now, counters, ct):
     """Translate an ICMP error (unreachable, time exceeded, ...) about a tracked connection.
 
@@ -236,7 +236,7 @@ def icmp_error(buf, meta, i, row, ip, now, counters, ct):
     return NAT_DONE
 
 
-@njit(cache=True, inline="always", _nrt=False)
+@inlined
 def masquerades(dst, params):
     """Does a pod's new connection to `dst` leave as the node (cluster.masquerade)? Anything
     outside the cluster does, as flannel's ip-masq makes it: the outside network, and what lies
@@ -248,7 +248,7 @@ def masquerades(dst, params):
     return params[P_OUTSIDE_GW] != 0 and not in_cluster(dst, params) and not martian(dst)
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def open_masquerade(ct, src, dst, proto, sport, dport, now, params, counters):
     """Track a pod's new connection to the outside as coming from the node address (the pod's
     own source port, or ICMP identifier, if its reply tuple is free). Returns its record, or a
@@ -266,7 +266,7 @@ def open_masquerade(ct, src, dst, proto, sport, dport, now, params, counters):
     return rec
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def open_plain(ct, src, dst, proto, sport, dport, now, params, counters):
     """Track a new connection that nothing rewrites (pod to pod, outside to a pod), so that the
     flow log (fastpath.flows) sees it start and end, with its packets and bytes, as Cilium's
@@ -279,7 +279,7 @@ def open_plain(ct, src, dst, proto, sport, dport, now, params, counters):
                            np.int64(F_PLAIN), np.int64(-1), now, counters)
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _apply(buf, meta, i, row, ip, rec, direction, partial, ct, counters):
     """Rewrite the packet to its direction's tuple (nothing for a plain, policy-only
     connection); NAT_DONE or NAT_PASS."""
@@ -291,7 +291,7 @@ def _apply(buf, meta, i, row, ip, rec, direction, partial, ct, counters):
     return NAT_DONE
 
 
-@njit(cache=True, _nrt=False)
+@compiled
 def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, ct):
     """ICMP: errors about tracked connections are translated (icmp_error); echo is tracked by
     its identifier, and masqueraded like TCP and UDP (the identifier standing in for the port)."""
@@ -338,7 +338,7 @@ def icmp(buf, meta, i, row, ip, from_pod, now, params, counters, ct):
     return NAT_DONE
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def _sctp(buf, meta, i, row, ip, frag, now, ct):
     """An SCTP packet of a connection NetworkPolicy follows: tracked (its replies pass), never
     rewritten: vrouter's Services carry TCP and UDP."""
@@ -354,7 +354,7 @@ def _sctp(buf, meta, i, row, ip, frag, now, ct):
     return NAT_PASS
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def nat(buf, meta, i, now, params, counters, services, ct):
     """Translate frame i's IPv4 packet if it belongs to a Service or masqueraded connection (see
     NAT_*), and note in M_FLOW what conntrack knows of its connection.
