@@ -216,3 +216,36 @@ def test_a_signal_while_a_pods_namespace_is_made_leaves_no_namespace(monkeypatch
         assert pod.netns not in list_netns()
     finally:
         tap.remove_netns(pod.netns)
+
+
+def test_a_namespace_with_a_tap_of_the_pods_interface_name_is_refused_and_left_as_it_was():
+    """An interface of the pod's name there already, even a TAP (a persistent one, from `ip
+    tuntap add`, which a TAP made under that name would attach to): refused, and untouched."""
+    import contextlib
+    import dataclasses
+
+    from pyroute2 import netns as pr_netns
+
+    from tests.system.cluster import new_prefix
+    from vrouter.host import tap
+    from vrouter.model import config
+
+    name = new_prefix() + "-ctr"
+    pr_netns.create(name)
+    try:
+        subprocess.run(["ip", "-n", name, "tuntap", "add", "dev", "eth0", "mode", "tap"],
+                       check=True)
+        before = subprocess.run(["ip", "-n", name, "-d", "link", "show", "eth0"],
+                                capture_output=True, text=True, check=True).stdout
+        cluster = config.load("configs/demo.yaml", check_host=False)
+        pod = dataclasses.replace(cluster.pods[0], netns=f"/run/netns/{name}", owns_netns=False)
+        created = []
+        with pytest.raises(tap.InterfaceExists, match="already has an eth0"):
+            with contextlib.ExitStack() as stack:
+                tap.attach_pod(cluster, pod, stack, created)
+        after = subprocess.run(["ip", "-n", name, "-d", "link", "show", "eth0"],
+                               capture_output=True, text=True, check=True).stdout
+        assert after == before and "tun type tap" in after
+        assert created == [] and name in list_netns()
+    finally:
+        pr_netns.remove(name)

@@ -15,6 +15,7 @@ import functools
 import os
 import stat
 
+from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
 CLONE_NEWNS = 0x00020000
@@ -147,6 +148,15 @@ def entered(path: str):
         yield
     finally:
         pr_netns.popns()
+
+
+def route_socket(path: str) -> IPRoute:
+    """An rtnetlink socket (pyroute2's IPRoute) in the network namespace at `path`: made by
+    this thread from in there, and a socket stays in the namespace it was made in.
+    IPRoute(netns=...) forks a helper process for it instead: 12-20 ms in a node's process,
+    against 1-3 ms, at every pod attached and every CNI CHECK."""
+    with entered(path):
+        return IPRoute()
 
 
 def create(name: str) -> None:

@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import os
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pytun import TunTapDevice
 
@@ -68,7 +67,7 @@ def attach(cluster: Cluster, node: Node, stack: contextlib.ExitStack) -> UplinkP
         move_tap(tap, path, port.ifname,
                  taken=f"{cluster.outside_netns} already has an interface {port.ifname!r}: "
                        f"is node {node.name!r} running already?")
-        with IPRoute(netns=path) as ipr:
+        with netns.route_socket(path) as ipr:
             bridge = ipr.link_lookup(ifname=BRIDGE)[0]
             index = ipr.link_lookup(ifname=port.ifname)[0]
             ipr.link("set", index=index, master=bridge, mtu=cluster.overlay.pod_mtu, state="up")
@@ -82,7 +81,7 @@ def detach(cluster: Cluster, node: Node, port: UplinkPort) -> None:
         path = _path(cluster)
         if not os.path.exists(path):
             return
-        with IPRoute(netns=path) as ipr:
+        with netns.route_socket(path) as ipr:
             with contextlib.suppress(NetlinkError):
                 ipr.route("del", dst=str(node.pod_cidr), gateway=str(node.address))
         _remove_if_unused(cluster)
@@ -102,7 +101,7 @@ def _remove_if_unused(cluster: Cluster) -> bool:
     path = _path(cluster)
     if not os.path.exists(path):
         return False
-    with IPRoute(netns=path) as ipr:
+    with netns.route_socket(path) as ipr:
         found = ipr.link_lookup(ifname=BRIDGE)
         if not found:
             return False   # not ours: never delete a namespace we did not make
@@ -115,7 +114,7 @@ def _remove_if_unused(cluster: Cluster) -> bool:
 def _ensure_namespace(cluster: Cluster) -> None:
     path = _path(cluster)
     if os.path.exists(path):
-        with IPRoute(netns=path) as ipr:
+        with netns.route_socket(path) as ipr:
             if not ipr.link_lookup(ifname=BRIDGE):
                 raise HostError(f"network namespace {cluster.outside_netns!r} exists but is not "
                                 "a vrouter outside network (no br0); remove or rename it")
@@ -127,7 +126,7 @@ def _ensure_namespace(cluster: Cluster) -> None:
             from None
     try:
         _quiet_ipv6(path)
-        with IPRoute(netns=path) as ipr:
+        with netns.route_socket(path) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             ipr.link("add", ifname=BRIDGE, kind="bridge")
             bridge = ipr.link_lookup(ifname=BRIDGE)[0]
