@@ -220,7 +220,7 @@ def test_a_signal_while_a_pods_namespace_is_made_leaves_no_namespace(monkeypatch
 
 def test_a_namespace_with_a_tap_of_the_pods_interface_name_is_refused_and_left_as_it_was():
     """An interface of the pod's name there already, even a TAP (a persistent one, from `ip
-    tuntap add`, which a TAP made under that name would attach to): refused, and untouched."""
+    tuntap add`): the TAP moved in under that name is refused, and the one there untouched."""
     import contextlib
     import dataclasses
 

@@ -12,6 +12,7 @@ from numba.core.registry import CPUDispatcher
 
 import fastpath
 from fastpath.jit import internal
+from vrouter.node.compiling import _fastpath_dispatchers
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON_SOURCES = ("vrouter", "fastpath", "tests", "benchmarks")
@@ -58,13 +59,11 @@ def python_uses_by_name() -> dict[str, list[str]]:
 
 
 def fastpath_dispatchers() -> dict[str, CPUDispatcher]:
-    """Every compiled function of the fastpath package, by module-qualified name."""
-    found = {}
+    """Every compiled function of the fastpath package (all its modules imported first), by
+    module-qualified name."""
     for module in pkgutil.walk_packages(fastpath.__path__, "fastpath."):
-        for name, value in vars(importlib.import_module(module.name)).items():
-            if isinstance(value, CPUDispatcher) and value.py_func.__module__ == module.name:
-                found[f"{module.name}.{name}"] = value
-    return found
+        importlib.import_module(module.name)
+    return {f"{d.py_func.__module__}.{d.py_func.__name__}": d for d in _fastpath_dispatchers()}
 
 
 def _has_no_python_wrapper(dispatcher: CPUDispatcher) -> bool:
