@@ -17,6 +17,7 @@ compiled code can be cached). The kernel structures (mmsghdr, iovec, cmsghdr, so
 epoll_event) live in numpy arrays that vrouter.node.nodeio builds and fills with addresses once;
 their layout here is Linux x86-64/aarch64 (64-bit pointers, little-endian).
 """
+import numba
 import numpy as np
 from numba import types
 
@@ -24,6 +25,7 @@ from fastpath.checksum import copy_bytes
 from fastpath.dispatch import forward
 from fastpath.flows import FS_CLOCK_NS, FS_HEAD, FS_TAIL
 from fastpath.jit import compiled, inlined, internal, releasing_gil
+from fastpath.native import address_of, call_at, int64_types
 from fastpath.layout import (
     F_DATA, F_ROWS, F_SLOW, HEADROOM, IN_OVERLAY, M_CSUM_OFFSET, M_CSUM_START, M_GSO_SIZE,
     M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START, M_VFLAGS, O_DONE, O_FRAME,
@@ -105,7 +107,8 @@ ST_NOW = 6            # the fast path's clock (seconds), as of the last wake-up
 ST_GATEWAY_N = 7      # > 0: run this many frames of the gateway's batch, then return
 ST_GONE_PORT = 8      # the port of the last WHY_PORT_GONE
 ST_BEAT_NS = 9        # monotonic ns of the next beat (0: none): returns WHY_BEAT then, busy or not
-STATE_COLS = 10
+ST_FORWARD = 10       # the address of forward's compiled code for these frames and tables (serve sets it)
+STATE_COLS = 11
 
 
 @inlined
@@ -188,9 +191,9 @@ def read_tap(fd, port, frames, io, counters):
         meta[n, M_GSO_SIZE] = np.int64(buf[n, h + 4]) | (np.int64(buf[n, h + 5]) << 8)
         meta[n, M_CSUM_START] = np.int64(buf[n, h + 6]) | (np.int64(buf[n, h + 7]) << 8)
         meta[n, M_CSUM_OFFSET] = np.int64(buf[n, h + 8]) | (np.int64(buf[n, h + 9]) << 8)
-        _count(io, port, RX_FRAMES, got - VNET_HDR_LEN)
+        _count(io, port, np.int64(RX_FRAMES), got - VNET_HDR_LEN)
         if io.capture.active[0]:
-            _capture(io, port, False, buf, n, HEADROOM, got - VNET_HDR_LEN)
+            _capture(io, port, np.bool_(False), buf, n, np.int64(HEADROOM), got - VNET_HDR_LEN)
         n += 1
     return n
 
@@ -245,9 +248,9 @@ def recv_overlay(fd, frames, rx, io, counters):
             meta[n, M_LEN] = min(size, length - first) - VXLAN_HEADER_LEN
             meta[n, M_IN_PORT] = IN_OVERLAY
             meta[n, M_SRC_IP] = source
-            _count(io, overlay, RX_FRAMES, min(size, length - first))
+            _count(io, overlay, np.int64(RX_FRAMES), min(size, length - first))
             if io.capture.active[0]:
-                _capture(io, overlay, False, frames.buf, k, meta[n, M_START], meta[n, M_LEN])
+                _capture(io, overlay, np.bool_(False), frames.buf, k, meta[n, M_START], meta[n, M_LEN])
             n += 1
     return n
 
@@ -290,9 +293,9 @@ def _write_tap(fd, buf, row, start, length, meta, i, tx, io, port, counters):
         counters[R_DROP_TX_ERROR] += 1
         return
     counters[R_TX_FRAMES] += 1
-    _count(io, port, TX_FRAMES, length)
+    _count(io, port, np.int64(TX_FRAMES), length)
     if io.capture.active[0]:
-        _capture(io, port, True, buf, row, start, length)
+        _capture(io, port, np.bool_(True), buf, row, start, length)
 
 
 @internal
@@ -305,9 +308,9 @@ def _count_datagrams(io, buf, out, rows, r):
     row = 0 if rows[r, O_SRC] == SRC_DATA else rows[r, O_ROW]
     for first in range(0, length, step):
         size = min(step, length - first)
-        _count(io, overlay, TX_FRAMES, size)
+        _count(io, overlay, np.int64(TX_FRAMES), size)
         if io.capture.active[0]:
-            _capture(io, overlay, True, source, row, rows[r, O_START] + first + VXLAN_HEADER_LEN,
+            _capture(io, overlay, np.bool_(True), source, row, rows[r, O_START] + first + VXLAN_HEADER_LEN,
                      size - VXLAN_HEADER_LEN)
 
 
@@ -396,7 +399,8 @@ def _run_batch(frames, first, n, now, tables, out, io, tx, state, port):
         out.fill[F_ROWS] = 0
         out.fill[F_DATA] = 0
         out.fill[F_SLOW] = 0
-        i = forward(frames, i, n, now, tables, out)
+        i = call_at(state[ST_FORWARD],   # forward(frames, i, n, now, tables, out)
+                    (frames, np.int64(i), np.int64(n), np.int64(now), tables, out))
         write_out(frames, out, io, tx, tables)
         if out.fill[F_SLOW] > 0:
             if i < n:
@@ -407,8 +411,22 @@ def _run_batch(frames, first, n, now, tables, out, io, tx, state, port):
     return True
 
 
+def serve(frames, gateway, tables, out, io, tx, rx, state) -> int:
+    """serve_loop, with the address of `forward` for these frames and tables in
+    state[ST_FORWARD] (looked up once; fastpath.native says why serve calls it there)."""
+    if state[ST_FORWARD] == 0:
+        assert numba.typeof(gateway) == numba.typeof(frames), "serve forwards both alike"
+        state[ST_FORWARD] = address_of(forward, forward_types(frames, tables, out))
+    return serve_loop(frames, gateway, tables, out, io, tx, rx, state)
+
+
+def forward_types(frames, tables, out) -> tuple:
+    """The argument types serve_loop calls forward with (frames, first, n, now, tables, out)."""
+    return int64_types(frames, 0, 0, 0, tables, out)
+
+
 @releasing_gil
-def serve(frames, gateway, tables, out, io, tx, rx, state):
+def serve_loop(frames, gateway, tables, out, io, tx, rx, state):
     """Move traffic until Python is needed; returns WHY_*. When it returns WHY_SLOW, `out`
     holds the frames for the slow path and state[ST_PENDING_*] where the batch goes on.
 
@@ -416,15 +434,17 @@ def serve(frames, gateway, tables, out, io, tx, rx, state):
     `gateway` batch (what the node originates: slow-path answers, keepalives) and returns
     WHY_GATEWAY, their own slow-path rows (outside neighbours to resolve) left in `out`."""
     counters = tables.counters
+    if state[ST_FORWARD] == 0:   # see serve
+        return WHY_ERROR
     if state[ST_GATEWAY_N] > 0:
         n = state[ST_GATEWAY_N]
         state[ST_GATEWAY_N] = 0
         out.fill[F_ROWS] = 0
         out.fill[F_DATA] = 0
         out.fill[F_SLOW] = 0
-        # np.int64(0), not 0: a literal would make numba compile forward (and every stage)
-        # a second time, for a first frame that is the constant 0
-        forward(gateway, np.int64(0), n, monotonic_ns(io.clock) // 1_000_000_000, tables, out)
+        now = monotonic_ns(io.clock) // 1_000_000_000
+        call_at(state[ST_FORWARD], (gateway, np.int64(0), np.int64(n), np.int64(now),
+                                     tables, out))   # forward(...)
         write_out(gateway, out, io, tx, tables)
         return WHY_GATEWAY
     events = io.events

@@ -33,7 +33,7 @@ import numba
 from numba.core.registry import CPUDispatcher
 
 from fastpath import conntrack, dispatch
-from fastpath.io import read_tap, recv_overlay, write_out
+from fastpath.io import read_tap, recv_overlay, serve_loop, write_out
 from fastpath.stages import SCALARS, STAGES, Stage
 from fastpath.stages.gro import coalesce
 from vrouter.model.config import parse
@@ -42,11 +42,13 @@ from vrouter.node.datapath import Datapath
 from vrouter.node.dataplane import Dataplane
 
 # On two cores or more a first compile is shared with a forked worker, in this order: the
-# worker compiles Service NAT with conntrack (about half of all the stages' compile time), policy
-# and the I/O functions serve calls; meanwhile this process compiles the other stages and what
-# `forward` calls besides them, then `forward` once the worker has its stages, then `serve` once
-# the worker is done. Both take about as long.
-WORKER_SHARE = ("services", "policy", "write_out", "read_tap", "recv_overlay")
+# worker compiles Service NAT with conntrack (about half of all the stages' compile time), policy,
+# then the I/O functions and `serve` (serve calls forward through its address, fastpath.native,
+# so it is compiled without it); meanwhile this process compiles the other stages and what
+# `forward` calls besides them, then `forward` once the worker has its stages. Both take about
+# as long. (The worker compiles what its share calls itself, into its scratch cache: serve's
+# I/O functions are its own.)
+WORKER_SHARE = ("services", "policy", "write_out", "read_tap", "recv_overlay", "serve")
 FORWARD_PARTS = ("_room", "_within_budget", "_emit", "coalesce")
 PROGRESS_EVERY = 10.0   # seconds between two "still compiling" lines
 
@@ -96,8 +98,8 @@ def stage_signature(stage: Stage, dataplane: Dataplane) -> tuple:
 
 
 def entry_points(datapath: Datapath) -> dict[str, tuple[CPUDispatcher, tuple]]:
-    """What compiling `serve` compiles, by name, with the argument types their callers give
-    them: the stages, forward and its other parts, and serve's I/O functions."""
+    """What a node's data path runs, by name, with the argument types their callers give
+    them: the stages, forward and its other parts, serve and its I/O functions."""
     dp, typeof, int64 = datapath.dp, numba.typeof, numba.int64
     frames, tables, counters = typeof(dp.rx), typeof(dp.tables), typeof(dp.tables.counters)
     buf, meta, out = typeof(dp.rx.buf), typeof(dp.rx.meta), typeof(dp.out)
@@ -112,6 +114,9 @@ def entry_points(datapath: Datapath) -> dict[str, tuple[CPUDispatcher, tuple]]:
     entries["write_out"] = (write_out, (frames, out, io, typeof(datapath.tx), tables))
     entries["read_tap"] = (read_tap, (int64, int64, frames, io, counters))
     entries["recv_overlay"] = (recv_overlay, (int64, frames, typeof(datapath.rx), io, counters))
+    entries["serve"] = (serve_loop, (frames, typeof(dp.gw), tables, typeof(dp.out), io,
+                                     typeof(datapath.tx), typeof(datapath.rx),
+                                     typeof(datapath.state)))
     return entries
 
 
@@ -190,7 +195,7 @@ def _compile_beside(worker: _Worker, entries: dict) -> None:
     worker.wait_for(n for n in WORKER_SHARE if n in stages)
     function, signature = entries["forward"]
     function.compile(signature)
-    worker.wait_for(WORKER_SHARE)
+    worker.wait_for(WORKER_SHARE)   # serve, meanwhile
 
 
 def compile_fast_path(parallel: bool = False, progress_since: float | None = None) -> None:
