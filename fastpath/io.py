@@ -328,13 +328,13 @@ def _flush_socket(fd, tx, first, count, counters):
 
 
 @compiled
-def write_out(frames, out, io, tx, tables):
+def write_out(frames, out, io, tx, params, counters, port_live):
     """Write the output batch: TAP frames in order, then every VXLAN datagram and GSO train with
-    one sendmmsg per send socket. Rows for the slow path are left to Python."""
+    one sendmmsg per send socket. Rows for the slow path are left to Python. (Given three of
+    the tables, not all: a call passes each of its arrays' fields, over 400 for all.)"""
     buf, meta = frames.buf, frames.meta
     rows = out.rows
-    counters = tables.counters
-    ports = tables.params[P_PORT_COUNT]
+    ports = params[P_PORT_COUNT]
     queued = 0
     for r in range(out.fill[F_ROWS]):
         kind = rows[r, O_KIND]
@@ -344,9 +344,8 @@ def write_out(frames, out, io, tx, tables):
             _write_tap(io.tap_fds[rows[r, O_TARGET]], buf, rows[r, O_ROW], rows[r, O_START],
                        rows[r, O_LEN], meta, rows[r, O_FRAME], tx, io, rows[r, O_TARGET], counters)
         elif kind == OUT_FLOOD:
-            live = tables.ports.port_live
             for port in range(ports):
-                if port != rows[r, O_TARGET] and live[port] and io.tap_fds[port] >= 0:
+                if port != rows[r, O_TARGET] and port_live[port] and io.tap_fds[port] >= 0:
                     _write_tap(io.tap_fds[port], buf, rows[r, O_ROW], rows[r, O_START],
                                rows[r, O_LEN], meta, rows[r, O_FRAME], tx, io, port, counters)
         elif kind == OUT_OVERLAY:
@@ -401,7 +400,7 @@ def _run_batch(frames, first, n, now, tables, out, io, tx, state, port):
         out.fill[F_SLOW] = 0
         i = call_at(state[ST_FORWARD],   # forward(frames, i, n, now, tables, out)
                     (frames, np.int64(i), np.int64(n), np.int64(now), tables, out))
-        write_out(frames, out, io, tx, tables)
+        write_out(frames, out, io, tx, tables.params, tables.counters, tables.ports.port_live)
         if out.fill[F_SLOW] > 0:
             if i < n:
                 state[ST_PENDING_PORT] = port
@@ -445,7 +444,8 @@ def serve_loop(frames, gateway, tables, out, io, tx, rx, state):
         now = monotonic_ns(io.clock) // 1_000_000_000
         call_at(state[ST_FORWARD], (gateway, np.int64(0), np.int64(n), np.int64(now),
                                      tables, out))   # forward(...)
-        write_out(gateway, out, io, tx, tables)
+        write_out(gateway, out, io, tx, tables.params, tables.counters,
+                  tables.ports.port_live)
         return WHY_GATEWAY
     events = io.events
     stride = io.event_stride

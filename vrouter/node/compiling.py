@@ -111,7 +111,8 @@ def entry_points(datapath: Datapath) -> dict[str, tuple[CPUDispatcher, tuple]]:
         buf, meta, int64, int64, int64, params, typeof(dp.tables.budgets), counters))
     entries["_emit"] = (dispatch._emit, (buf, meta, int64, int64, params, out, counters))
     entries["coalesce"] = (coalesce, (buf, meta, out, int64, counters))
-    entries["write_out"] = (write_out, (frames, out, io, typeof(datapath.tx), tables))
+    entries["write_out"] = (write_out, (frames, out, io, typeof(datapath.tx), params, counters,
+                                        typeof(dp.tables.ports.port_live)))
     entries["read_tap"] = (read_tap, (int64, int64, frames, io, counters))
     entries["recv_overlay"] = (recv_overlay, (int64, frames, typeof(datapath.rx), io, counters))
     entries["serve"] = (serve_loop, (frames, typeof(dp.gw), tables, typeof(dp.out), io,
