@@ -2,11 +2,12 @@
 
 `serve` waits in epoll_wait (with the GIL released) for the node's TAPs and overlay socket,
 reads a batch from each ready one (TAP: read() per frame; overlay: one recvmmsg, UDP GRO trains
-split into datagrams), runs the fast path (fastpath.dispatch) and writes its output batch (TAP:
-writev() of virtio-net header + frame; overlay: one sendmmsg per send socket, GSO trains with a
-UDP_SEGMENT cmsg). It returns to Python only when Python is needed: frames for the slow path, a
-control request (the wake-up eventfd), the node's once-a-second beat (state[ST_BEAT_NS], also
-while traffic keeps it busy), or a timeout. After pod traffic that ends a quiet spell it
+split into datagrams), runs the fast path (fastpath.dispatch.forward, called through its address:
+fastpath.native) and writes its output batch (TAP: writev() of virtio-net header + frame;
+overlay: one sendmmsg per send socket, GSO trains with a UDP_SEGMENT cmsg). It returns to
+Python only when Python is needed: frames for the slow path, a control request (the wake-up
+eventfd), the node's once-a-second beat (state[ST_BEAT_NS], also while traffic keeps it busy),
+or a timeout. After pod traffic that ends a quiet spell it
 keeps polling without sleeping for a bounded time (busy-polling, as Linux's busy_poll does):
 waking a sleeping thread costs tens of microseconds on a VM, and the answer to a request
 usually comes back within that time. Steady traffic keeps the node awake by itself; there,
@@ -107,7 +108,7 @@ ST_NOW = 6            # the fast path's clock (seconds), as of the last wake-up
 ST_GATEWAY_N = 7      # > 0: run this many frames of the gateway's batch, then return
 ST_GONE_PORT = 8      # the port of the last WHY_PORT_GONE
 ST_BEAT_NS = 9        # monotonic ns of the next beat (0: none): returns WHY_BEAT then, busy or not
-ST_FORWARD = 10       # the address of forward's compiled code for these frames and tables (serve sets it)
+ST_FORWARD = 10       # where forward's compiled code is, for these frames and tables (serve)
 STATE_COLS = 11
 
 
@@ -250,7 +251,8 @@ def recv_overlay(fd, frames, rx, io, counters):
             meta[n, M_SRC_IP] = source
             _count(io, overlay, np.int64(RX_FRAMES), min(size, length - first))
             if io.capture.active[0]:
-                _capture(io, overlay, np.bool_(False), frames.buf, k, meta[n, M_START], meta[n, M_LEN])
+                _capture(io, overlay, np.bool_(False), frames.buf, k, meta[n, M_START],
+                         meta[n, M_LEN])
             n += 1
     return n
 
@@ -310,8 +312,8 @@ def _count_datagrams(io, buf, out, rows, r):
         size = min(step, length - first)
         _count(io, overlay, np.int64(TX_FRAMES), size)
         if io.capture.active[0]:
-            _capture(io, overlay, np.bool_(True), source, row, rows[r, O_START] + first + VXLAN_HEADER_LEN,
-                     size - VXLAN_HEADER_LEN)
+            _capture(io, overlay, np.bool_(True), source, row,
+                     rows[r, O_START] + first + VXLAN_HEADER_LEN, size - VXLAN_HEADER_LEN)
 
 
 @internal

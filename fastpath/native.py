@@ -28,7 +28,8 @@ def call_at(typingctx, address, args):
         return None
     argtypes = tuple(args.types)
     literal = [t for t in argtypes if isinstance(t, types.Literal)]
-    if literal:   # the callee was compiled for int64: a literal's native form may differ
+    if literal:   # the callee was compiled for int64, and numba types the call again without
+        # literals when a literal typing fails (a literal's native form may differ)
         raise errors.TypingError(f"call_at: pass np.int64(...), not the literal {literal[0]}")
 
     def codegen(context, builder, signature, llargs):
