@@ -56,12 +56,22 @@ def own_identity() -> tuple[int, int]:
 def _netns_dir_propagation(pid: str) -> dict[str, str]:
     """The optional fields ("shared": id, "master": id) of /run/netns in pid's mountinfo."""
     with open(f"/proc/{pid}/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == NETNS_DIR:
-                tags = fields[6:fields.index("-")]
-                return dict(tag.split(":", 1) for tag in tags if ":" in tag)
-    return {}
+        return netns_dir_propagation(f.read())
+
+
+def netns_dir_propagation(mountinfo: str) -> dict[str, str]:
+    """The optional fields of the /run/netns mount in `mountinfo` (proc(5)'s format) that its
+    paths resolve to: where several are stacked there (each `ip netns add` that finds /run/netns
+    no mount point of its own bind-mounts it once more), the one on top."""
+    mounts: dict[str, tuple[str, dict[str, str]]] = {}   # mount id -> (parent id, fields)
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 6 and fields[4] == NETNS_DIR and "-" in fields:
+            tags = fields[6:fields.index("-")]
+            mounts[fields[0]] = (fields[1], dict(t.split(":", 1) for t in tags if ":" in t))
+    parents = {parent for parent, _ in mounts.values()}
+    on_top = [tags for mount, (_, tags) in mounts.items() if mount not in parents]
+    return on_top[-1] if on_top else {}
 
 
 def _candidates():
