@@ -7,11 +7,10 @@ fastpath.native) and writes its output batch (TAP: writev() of virtio-net header
 overlay: one sendmmsg per send socket, GSO trains with a UDP_SEGMENT cmsg). It returns to
 Python only when Python is needed: frames for the slow path, a control request (the wake-up
 eventfd), the node's once-a-second beat (state[ST_BEAT_NS], also while traffic keeps it busy),
-or a timeout. After pod traffic that ends a quiet spell it
-keeps polling without sleeping for a bounded time (busy-polling, as Linux's busy_poll does):
-waking a sleeping thread costs tens of microseconds on a VM, and the answer to a request
-usually comes back within that time. Steady traffic keeps the node awake by itself; there,
-spinning would only take a core the pods need.
+or a timeout. After pod traffic that ends a quiet spell it keeps polling without sleeping for a
+bounded time (busy-polling, as Linux's busy_poll does): waking a sleeping thread costs tens of
+microseconds on a VM, and the answer to a request usually comes back within that time. Steady
+traffic keeps the node awake by itself; there, spinning would only take a core the pods need.
 
 libc is reached through numba ExternalFunction declarations (resolved by symbol name, so the
 compiled code can be cached). The kernel structures (mmsghdr, iovec, cmsghdr, sockaddr_in,
