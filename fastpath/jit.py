@@ -37,5 +37,6 @@ class _Internal(CPUDispatcher):
 
 def internal(function):
     dispatcher = njit(**_COMMON, no_cpython_wrapper=True)(function)
-    dispatcher.__class__ = _Internal
+    if isinstance(dispatcher, CPUDispatcher):   # NUMBA_DISABLE_JIT=1 gives the function back
+        dispatcher.__class__ = _Internal
     return dispatcher

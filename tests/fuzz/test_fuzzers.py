@@ -69,6 +69,22 @@ def test_fuzz_target_finds_nothing(target, budget, tmp_path):
     assert "Done" in result.stderr and f"{runs(budget)} runs" in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("target", sorted(FAST_PATH))
+def test_a_fast_path_target_also_runs_as_python(target, tmp_path):
+    """With NUMBA_DISABLE_JIT=1, as the README runs these targets for coverage of the stages:
+    every decorator of fastpath.jit then gives the plain function back (an @internal one once
+    made the import fail)."""
+    new = tmp_path / "new"
+    new.mkdir()
+    command = [sys.executable, "-m", f"tests.fuzz.{target}", "-runs=10", "-seed=1",
+               f"-artifact_prefix={tmp_path}/", str(new), str(CORPUS / target)]
+    env = {**environment(False), "NUMBA_DISABLE_JIT": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0, report(result.stderr)
+    assert "Done" in result.stderr and "INITED" in result.stderr, result.stderr[-2000:]
+
+
 def test_fast_path_mutation_tests_pass_with_bounds_checks():
     """tests/fastpath/test_fuzz.py again, compiled with bounds checks: an index out of range
     raises IndexError there, where the normal build reads or writes whatever lies beyond."""
