@@ -365,8 +365,14 @@ def test_a_template_change_rolls_one_pod_at_a_time_without_a_failed_connection(m
             return (p["pods"], p["updated"], p["available"]) == (2, 2, 2) and \
                 len(p["revisions"]) == 1
         wait_for(done, timeout=90, interval=0.05, what="the rollout")
-        new = {p["pod"] for p in pods_of(cluster, f"ReplicaSet/{name}-") if not p["terminating"]}
-        assert not new & old
+
+        def serving() -> set[str]:
+            return {p["pod"] for p in pods_of(cluster, f"ReplicaSet/{name}-")
+                    if not p["terminating"]}
+        # the controller's records say so first; each node attaches and detaches after it
+        wait_for(lambda: len(serving()) == 2 and not serving() & old, timeout=10,
+                 what="the nodes to serve the two new pods only")
+        new = serving()
         wait_for(lambda: not any(n in list_netns() for n in old), timeout=30,
                  what="the old pods to go")
         mark = loop.progress()["ok"]
