@@ -33,7 +33,7 @@ import numba
 from numba.core.registry import CPUDispatcher
 
 from fastpath import conntrack, dispatch
-from fastpath.io import read_tap, recv_overlay, serve_loop, write_out
+from fastpath.io import forward_types, read_tap, recv_overlay, serve_loop, write_out
 from fastpath.stages import SCALARS, STAGES, Stage
 from fastpath.stages.gro import coalesce
 from vrouter.model.config import parse
@@ -105,7 +105,7 @@ def entry_points(datapath: Datapath) -> dict[str, tuple[CPUDispatcher, tuple]]:
     buf, meta, out = typeof(dp.rx.buf), typeof(dp.rx.meta), typeof(dp.out)
     params, io = typeof(dp.tables.params), typeof(datapath.io)
     entries = {s.name: (stage_function(s), stage_signature(s, dp)) for s in STAGES}
-    entries["forward"] = (dispatch.forward, (frames, int64, int64, int64, tables, out))
+    entries["forward"] = (dispatch.forward, forward_types(dp.rx, dp.tables, dp.out))
     entries["_room"] = (dispatch._room, (buf, meta, int64, out))
     entries["_within_budget"] = (dispatch._within_budget, (
         buf, meta, int64, int64, int64, params, typeof(dp.tables.budgets), counters))
@@ -115,9 +115,8 @@ def entry_points(datapath: Datapath) -> dict[str, tuple[CPUDispatcher, tuple]]:
                                         typeof(dp.tables.ports.port_live)))
     entries["read_tap"] = (read_tap, (int64, int64, frames, io, counters))
     entries["recv_overlay"] = (recv_overlay, (int64, frames, typeof(datapath.rx), io, counters))
-    entries["serve"] = (serve_loop, (frames, typeof(dp.gw), tables, typeof(dp.out), io,
-                                     typeof(datapath.tx), typeof(datapath.rx),
-                                     typeof(datapath.state)))
+    entries["serve"] = (serve_loop, (frames, typeof(dp.gw), tables, out, io, typeof(datapath.tx),
+                                     typeof(datapath.rx), typeof(datapath.state)))
     return entries
 
 
