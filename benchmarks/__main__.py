@@ -5,11 +5,14 @@
 Builds the kernel reference (../shared/reference/kernel-cluster.sh: two nodes with a bridge, a
 VXLAN device and iptables kube-proxy rules; override the path with VROUTER_KERNEL_REF) and a
 vrouter cluster of the same shape (2 nodes x 2 pods, pod MTU 1450, a Service 10.96.0.10:5201 over
-node 2's pods), plus the raw Python ceilings (benchmarks/ceiling.py), and measures the same things
+node 2's pods), plus the raw ceilings (benchmarks/ceiling.py: copy loops in Python and compiled
+with the same system calls, nothing else), and measures the same things
 in each: TCP throughput and 64-byte UDP packet rate same node and across nodes (iperf3), pod ->
 ClusterIP TCP throughput and new connections per second (benchmarks/tcp_load.py), ping round
-trips at 100 per second (1000 each), and a scale row (nodes x pods started, time to ready, memory per node).
-Prints one table with ratios to the kernel and to the ceiling, and writes it as JSON. Needs root,
+trips at 100 per second (1000 each; again with the nodes polling instead of sleeping, and the
+wake-up of a sleeping process alone), and a scale row (nodes x pods started, time to ready,
+memory per node). Prints one table with ratios to the kernel and to the ceilings, and writes it
+as JSON. Needs root,
 iproute2, iperf3 and iptables; removes everything it creates.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.ceiling import ceiling
+from benchmarks.ceiling import ceiling, wakeup_us
 from benchmarks.measure import iperf_tcp, iperf_udp_kpps, percentile, ping_rtts, tcp_load
 from tests.system.cluster import Cluster, netns_exec, new_prefix, wait_for
 
@@ -143,10 +146,32 @@ def measure_service(setups: Setups, seconds: float, threads: int, results: dict)
 
 def measure_ceilings(seconds: float, results: dict) -> None:
     for kind, rows in (("tap", "same-node"), ("udp", "cross-node")):
-        with ceiling(kind) as (netns, ips):
-            results[f"{rows} TCP"]["ceiling"] = iperf_tcp(netns[1], ips[1], netns[0], seconds)
-            results[f"{rows} UDP 64 B"]["ceiling"] = iperf_udp_kpps(netns[1], ips[1], netns[0],
-                                                                   seconds)
+        for column, compiled in (("ceiling", False), ("compiled", True)):
+            with ceiling(kind, compiled) as (netns, ips):
+                results[f"{rows} TCP"][column] = iperf_tcp(netns[1], ips[1], netns[0], seconds)
+                results[f"{rows} UDP 64 B"][column] = iperf_udp_kpps(netns[1], ips[1], netns[0],
+                                                                    seconds)
+                if compiled:   # the round trip through copy loops that do nothing else
+                    rtts = ping_rtts(netns[0], ips[1], count=1000)
+                    results[f"{rows} ping p50"][column] = percentile(rtts, 0.5)
+                    results[f"{rows} ping p99"][column] = percentile(rtts, 0.99)
+
+
+POLLING_US = 20_000   # longer than the pings' 10 ms apart: the nodes never sleep
+
+
+def measure_polling(tmp: Path) -> dict:
+    """The same pings through nodes that never sleep (busyPollMicroseconds longer than the
+    pings' interval): what a node traversal costs without the wake-up, at a core per node."""
+    cluster = Cluster(tmp, pods_per_node=(2, 1), options={"busyPollMicroseconds": POLLING_US})
+    cluster.start()
+    try:
+        rtts = {"same": ping_rtts(cluster.pod("a1"), cluster.ip("a2"), count=1000),
+                "cross": ping_rtts(cluster.pod("a1"), cluster.ip("b1"), count=1000)}
+    finally:
+        cluster.stop()
+    return {f"{where} {q}": percentile(times, f) for where, times in rtts.items()
+            for q, f in (("p50", 0.5), ("p99", 0.99))}
 
 
 def measure_scale(tmp: Path, nodes: int, pods: int) -> dict:
@@ -208,16 +233,19 @@ def scale_row(s: dict) -> str:
 
 
 def table(results: dict, extra: dict) -> str:
+    """ceiling: the raw Python ceiling; compiled: the compiled one (c/kernel: the most a TAP
+    copy loop reaches of the kernel here, whatever a router does besides copying)."""
     lines = [f"{'':<26} {'unit':<7} {'kernel':>9} {'vrouter':>9} {'ceiling':>9} "
-             f"{'v/kernel':>9} {'v/ceiling':>9}  target"]
+             f"{'compiled':>9} {'v/kernel':>9} {'v/ceiling':>9} {'c/kernel':>9}  target"]
     units = {"TCP": "Gbit/s", "UDP 64 B": "kpps", "conn/s": "conn/s", "ping": "ms"}
     for name, row in results.items():
         unit = next(u for k, u in units.items() if k in name)
-        k, v, c = row.get("kernel"), row.get("vrouter"), row.get("ceiling")
+        k, v, c, cc = (row.get(key) for key in ("kernel", "vrouter", "ceiling", "compiled"))
         fmt = (lambda x: f"{x:9.3f}") if unit == "ms" else (lambda x: f"{x:9.2f}")
-        cells = [fmt(x) if x is not None else f"{'':>9}" for x in (k, v, c)]
+        cells = [fmt(x) if x is not None else f"{'':>9}" for x in (k, v, c, cc)]
         ratios = [f"{v / k:9.3f}" if k and v else f"{'':>9}",
-                  f"{v / c:9.3f}" if c and v else f"{'':>9}"]
+                  f"{v / c:9.3f}" if c and v else f"{'':>9}",
+                  f"{cc / k:9.3f}" if k and cc else f"{'':>9}"]
         target = TARGETS.get(name)
         mark = ""
         if isinstance(target, float):
@@ -226,14 +254,34 @@ def table(results: dict, extra: dict) -> str:
             mark = f">= {target[1]} of ceiling {'met' if v / c >= target[1] else 'MISSED'}"
         lines.append(f"{name:<26} {unit:<7} {' '.join(cells)} {' '.join(ratios)}  {mark}")
     for where, hops in (("same", 2), ("cross", 4)):
-        added = [(results[f"{where}-node ping {q}"]["vrouter"]
-                  - results[f"{where}-node ping {q}"]["kernel"]) * 1000 / hops
-                 for q in ("p50", "p99")]
+        kernel = [results[f"{where}-node ping {q}"]["kernel"] for q in ("p50", "p99")]
+
+        def per_traversal(p50: float, p99: float) -> list[float]:
+            return [(p50 - kernel[0]) * 1000 / hops, (p99 - kernel[1]) * 1000 / hops]
+        added = per_traversal(*(results[f"{where}-node ping {q}"]["vrouter"]
+                                for q in ("p50", "p99")))
         extra[f"{where}-node ping added per traversal us"] = added
         ok = added[0] <= ADDED_P50_US and added[1] <= ADDED_P99_US
         lines.append(f"{where + '-node RTT added/node':<26} {'us':<7} p50 {added[0]:6.1f}  "
                      f"p99 {added[1]:6.1f}  ({hops} node traversals; target <= {ADDED_P50_US} / "
                      f"{ADDED_P99_US}: {'met' if ok else 'MISSED'})")
+        polling = extra.get("polling")
+        if polling:
+            spun = per_traversal(polling[f"{where} p50"], polling[f"{where} p99"])
+            lines.append(f"{'  nodes polling':<26} {'us':<7} p50 {spun[0]:6.1f}  p99 {spun[1]:6.1f}"
+                         f"  (busyPollMicroseconds {POLLING_US}: never asleep; pings "
+                         f"{polling[where + ' p50']:.3f} / {polling[where + ' p99']:.3f} ms)")
+        relay = results[f"{where}-node ping p50"].get("compiled")
+        if relay:
+            floor = per_traversal(relay, results[f"{where}-node ping p99"]["compiled"])
+            lines.append(f"{'  compiled ceiling':<26} {'us':<7} p50 {floor[0]:6.1f}  "
+                         f"p99 {floor[1]:6.1f}  (copy loops that only read and write, asleep "
+                         "in epoll_wait between pings)")
+    wake = extra.get("wake-up us")
+    if wake:
+        lines.append(f"{'wake-up of a process':<26} {'us':<7} p50 {wake[0]:6.1f}  p99 {wake[1]:6.1f}"
+                     "  (asleep in read() 10 ms, woken through a pipe: what a sleeping node pays "
+                     "for a ping's first frame)")
     return "\n".join(lines)
 
 
@@ -291,6 +339,9 @@ def main() -> int:
         cluster.stop()
         subprocess.run(["bash", str(KERNEL_SCRIPT), "down", kref], capture_output=True)
     measure_ceilings(args.seconds, results)
+    extra["polling"] = measure_polling(tmp)
+    wake = wakeup_us()
+    extra["wake-up us"] = [percentile(wake, 0.5), percentile(wake, 0.99)]
     from benchmarks.userspace import slirp_tcp_gbps
     extra["slirp4netns TCP Gbit/s"] = slirp_tcp_gbps(args.seconds)
     if not args.no_scale:
