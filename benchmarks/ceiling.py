@@ -229,7 +229,8 @@ if __name__ == "__main__":
     from benchmarks.measure import iperf_tcp, iperf_udp_kpps
     for kind, compiled in (("tap", False), ("tap", True), ("udp", False), ("udp", True)):
         with ceiling(kind, compiled) as (netns, ips):
-            print(kind, "compiled" if compiled else "Python", "TCP Gbit/s", round(iperf_tcp(netns[1], ips[1], netns[0], 3), 2),
+            print(kind, "compiled" if compiled else "Python",
+                  "TCP Gbit/s", round(iperf_tcp(netns[1], ips[1], netns[0], 3), 2),
                   "UDP kpps", round(iperf_udp_kpps(netns[1], ips[1], netns[0], 3), 1))
     times = wakeup_us()
     print(f"wake-up of a sleeping process: p50 {times[len(times) // 2]:.1f} us, "

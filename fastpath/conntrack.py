@@ -11,8 +11,9 @@ Tables (the Conntrack group, built by vrouter.node.tables; they persist across r
   slots[S, SLOT_COLS]   uint64: key (2 words) and a reference (record << 1 | direction, plus 1;
                         0 = empty). A key lives in one of WINDOW slots after its hash.
   recs[N, REC_COLS]     int64: the connections (C_*); C_PROTO == 0 marks a free record
-  free[N], stats        a stack of free record numbers (stats[CTS_FREE] of them) and the counts
-                        status shows (high-water mark)
+  free[N], stats        every record number once: free[:n] the free ones (a stack, n =
+                        stats[CTS_FREE]), free[n:] those in use (each knows its place, C_POS),
+                        so the sweep visits only those; and the counts status shows
   aff_keys / aff_vals   ClientIP session affinity: (client, Service port id) -> backend, expiry
   frag_keys / frag_vals a first fragment's translation, for the fragments that follow it
 
@@ -22,7 +23,7 @@ window. Expired connections found there are freed on the way; otherwise the unas
 evicted (`ct_evicted`), or, when its keys' windows hold none, one of the next EVICTION_SCAN
 records a clock hand passes; when every candidate is assured the new connection is refused
 (`ct_full_refused`) and its packet dropped. A sweep (sweep(), once a second) frees expired records
-that no lookup met.
+that no lookup met, looking only at those in use.
 
 TCP follows Linux's state machine (nf_conntrack_proto_tcp's transition table, reduced to what a
 router in the middle needs): per-state timeouts, and a RST changes state only if its sequence
@@ -71,6 +72,7 @@ C_WIN_O = 20           # ...and the largest window it advertised (scaled; 0: not
 C_WIN_R = 21
 C_SCALE = 22           # TCP window scales: original | reply << 8 | SCALE_BOTH once both SYNs
                        # offered one (RFC 7323); -1: none (windows taken as they are)
+C_POS = 23             # its place in `free` while in use (free[stats[CTS_FREE]:])
 REC_COLS = 24          # 192 bytes: three cache lines
 
 SCALE_BOTH = 1 << 16
@@ -210,8 +212,13 @@ def release(ct, rec):
             slots[j, SL_REF] = 0
     recs[rec, C_PROTO] = 0
     recs[rec, C_EXPIRES] = 0
+    # the first record in use takes its place in `free`, it takes the first free place
     n = ct.stats[CTS_FREE]
+    other = ct.free[n]
+    ct.free[recs[rec, C_POS]] = other
+    recs[other, C_POS] = recs[rec, C_POS]
     ct.free[n] = rec
+    recs[rec, C_POS] = n
     ct.stats[CTS_FREE] = n + 1
 
 
@@ -347,6 +354,7 @@ def open_connection(ct, src, dst, proto, sport, dport, new_src, new_sport, new_d
     ct.stats[CTS_FREE] = n
     recs = ct.recs
     recs[rec, :] = 0
+    recs[rec, C_POS] = n
     recs[rec, C_PROTO] = proto
     recs[rec, C_EXPIRES] = now + 1   # live while its keys are placed
     recs[rec, C_SLOT_O] = -1
@@ -390,12 +398,14 @@ def target(recs, rec, direction):
 
 @compiled
 def sweep(ct, now):
-    """Free every expired connection (the control side calls this once a second); returns how
-    many were freed."""
-    recs = ct.recs
+    """Free every expired connection (once a second, on the node's beat); returns how many were
+    freed. It visits the records in use only: free[stats[CTS_FREE]:]."""
+    recs, free = ct.recs, ct.free
     freed = 0
-    for rec in range(recs.shape[0]):
+    for i in range(ct.stats[CTS_FREE], free.shape[0]):
+        rec = free[i]
         if recs[rec, C_PROTO] != 0 and recs[rec, C_EXPIRES] < now:
+            # its place i now holds a record in use this loop has seen (free[n] before)
             release(ct, rec)
             freed += 1
     return freed

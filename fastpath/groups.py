@@ -48,6 +48,8 @@ class Peers(NamedTuple):
     peer_mask: np.ndarray       # int64[K]
     peer_address: np.ndarray    # int64[K]: ...or be its node address
     peer_kernel: np.ndarray     # int64[K]: 1: a Linux VXLAN device (partial checksums arrive)
+    peer_keepalive: np.ndarray  # uint8[K, KEEPALIVE_LEN]: the frame the beat sends it
+    peer_up: np.ndarray         # int64[K]: up (1) or down (0) at the last beat; -1: not yet
 
 
 class Outside(NamedTuple):

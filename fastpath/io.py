@@ -6,9 +6,10 @@ split into datagrams), runs the fast path (fastpath.dispatch.forward, called thr
 fastpath.native) and writes its output batch (TAP: writev() of virtio-net header + frame;
 overlay: one sendmmsg per send socket, GSO trains with a UDP_SEGMENT cmsg). It returns to
 Python only when Python is needed: frames for the slow path, a control request (the wake-up
-eventfd), the node's once-a-second beat (state[ST_BEAT_NS], also while traffic keeps it busy),
-or a timeout. After pod traffic that ends a quiet spell it keeps polling without sleeping for a
-bounded time (busy-polling, as Linux's busy_poll does): waking a sleeping thread costs tens of
+eventfd), a peer that went silent or came back, or a timeout. The node's once-a-second beat
+(state[ST_BEAT_NS], on whole seconds, also while traffic keeps it busy) runs here: expired state
+freed (fastpath.beat), a keepalive to every peer, the peers' liveness. After pod traffic that
+ends a quiet spell it keeps polling without sleeping for a bounded time (busy-polling, as Linux's busy_poll does): waking a sleeping thread costs tens of
 microseconds on a VM, and the answer to a request usually comes back within that time. Steady
 traffic keeps the node awake by itself; there, spinning would only take a core the pods need.
 
@@ -23,14 +24,15 @@ from numba import types
 
 from fastpath.checksum import copy_bytes
 from fastpath.dispatch import forward
+from fastpath.beat import housekeeping
 from fastpath.flows import FS_CLOCK_NS, FS_HEAD, FS_TAIL
 from fastpath.jit import compiled, inlined, internal, releasing_gil
 from fastpath.native import address_of, call_at, int64_types
 from fastpath.layout import (
-    F_DATA, F_ROWS, F_SLOW, HEADROOM, IN_OVERLAY, M_CSUM_OFFSET, M_CSUM_START, M_GSO_SIZE,
-    M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START, M_VFLAGS, O_DONE, O_FRAME,
-    O_KIND, O_LEN, O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START, O_TARGET, OUT_FLOOD, OUT_OVERLAY,
-    OUT_PORT, OUT_SLOW, P_PORT_COUNT, SLOT, SRC_DATA, VNET_HDR_LEN, VXLAN_HEADER_LEN,
+    F_DATA, F_ROWS, F_SLOW, HEADROOM, IN_GATEWAY, IN_OVERLAY, KEEPALIVE_LEN, M_CSUM_OFFSET,
+    M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START,
+    M_VFLAGS, O_DONE, O_FRAME, O_KIND, O_LEN, O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START,
+    O_TARGET, OUT_FLOOD, OUT_OVERLAY, OUT_PORT, OUT_SLOW, P_PEER_DEAD_AFTER, P_PORT_COUNT, SLOT, SRC_DATA, VNET_HDR_LEN, VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import (
     R_BUSY_POLLS, R_DROP_NO_ROOM, R_DROP_TX_ERROR, R_RX_FRAMES, R_RX_SYSCALLS, R_TX_DATAGRAMS,
@@ -85,7 +87,7 @@ WHY_GATEWAY = 5       # the gateway's batch (state[ST_GATEWAY_N]) is written
 WHY_CAPTURE = 6       # the capture ring is half full: drain it
 WHY_PORT_GONE = 7     # a TAP fails (its device is gone with the pod's netns): state[ST_GONE_PORT]
 WHY_FLOWS = 8         # the flow log's ring is half full: drain it
-WHY_BEAT = 9          # state[ST_BEAT_NS] has come: the node's once-a-second work is due
+WHY_BEAT = 9          # the beat found a peer gone silent or back (or first looked at them)
 
 # Stats.batch_sizes: 8 buckets (1, 2-3, ..., 128+) of frames per read, then their sum
 BATCH_FRAMES = 8
@@ -108,7 +110,9 @@ ST_GATEWAY_N = 7      # > 0: run this many frames of the gateway's batch, then r
 ST_GONE_PORT = 8      # the port of the last WHY_PORT_GONE
 ST_BEAT_NS = 9        # monotonic ns of the next beat (0: none): returns WHY_BEAT then, busy or not
 ST_FORWARD = 10       # where forward's compiled code is, for these frames and tables (serve)
-STATE_COLS = 11
+ST_HOUSEKEEPING = 11  # ... and fastpath.beat.housekeeping's, for these tables
+STATE_COLS = 12
+NS = 1_000_000_000
 
 
 @inlined
@@ -412,17 +416,86 @@ def _run_batch(frames, first, n, now, tables, out, io, tx, state, port):
 
 
 def serve(frames, gateway, tables, out, io, tx, rx, state) -> int:
-    """serve_loop, with the address of `forward` for these frames and tables in
-    state[ST_FORWARD] (looked up once; fastpath.native says why serve calls it there)."""
+    """serve_loop, with the addresses of `forward` and `housekeeping` for these frames and
+    tables in state[ST_FORWARD] and state[ST_HOUSEKEEPING] (looked up once; fastpath.native
+    says why serve calls them there)."""
     if state[ST_FORWARD] == 0:
         assert numba.typeof(gateway) == numba.typeof(frames), "serve forwards both alike"
         state[ST_FORWARD] = address_of(forward, forward_types(frames, tables, out))
+    if state[ST_HOUSEKEEPING] == 0:
+        state[ST_HOUSEKEEPING] = address_of(housekeeping, int64_types(tables, 0))
     return serve_loop(frames, gateway, tables, out, io, tx, rx, state)
 
 
 def forward_types(frames, tables, out) -> tuple:
     """The argument types serve_loop calls forward with (frames, first, n, now, tables, out)."""
     return int64_types(frames, 0, 0, 0, tables, out)
+
+
+@internal
+def _keepalives(gateway, peers, first):
+    """The keepalives of peers first, first + 1, ... into the gateway's batch, as many as it
+    holds; returns how many."""
+    n = min(gateway.meta.shape[0], peers.peer_keepalive.shape[0] - first)
+    for j in range(n):
+        for b in range(KEEPALIVE_LEN):
+            gateway.buf[j, HEADROOM + b] = peers.peer_keepalive[first + j, b]
+        gateway.meta[j, :] = 0
+        gateway.meta[j, M_ROW] = j
+        gateway.meta[j, M_START] = HEADROOM
+        gateway.meta[j, M_LEN] = KEEPALIVE_LEN
+        gateway.meta[j, M_IN_PORT] = IN_GATEWAY
+    return n
+
+
+@internal
+def _liveness_changed(peers, params, now):
+    """Which peers are up (heard from within P_PEER_DEAD_AFTER seconds, the fast path's own
+    rule), into peer_up; True if any differs from the last beat's."""
+    changed = False
+    for k in range(peers.peer_seen.shape[0]):
+        up = 1 if now - peers.peer_seen[k] <= params[P_PEER_DEAD_AFTER] else 0
+        if peers.peer_up[k] != up:
+            peers.peer_up[k] = up
+            changed = True
+    return changed
+
+
+@internal
+def _beat(now_ns, gateway, tables, out, io, tx, state):
+    """The node's once-a-second work: expired state freed (fastpath.beat.housekeeping), a
+    keepalive to every peer (through the fast path, as the gateway's own frames), the peers'
+    liveness; the next beat on the next whole second (every node of the machine beats
+    together, so a node reads its peers' keepalives in a few wake-ups). Returns 0, or why
+    Python is needed: WHY_SLOW (a keepalive for the slow path, in `out`), WHY_BEAT (a peer's
+    liveness changed), WHY_CAPTURE / WHY_FLOWS (frames captured or flows logged since: drained
+    at least once a second)."""
+    state[ST_BEAT_NS] = (now_ns // NS + 1) * NS
+    now = now_ns // NS
+    state[ST_NOW] = now
+    tables.conntrack.flows.state[FS_CLOCK_NS] = now_ns
+    call_at(state[ST_HOUSEKEEPING], (tables, np.int64(now)))   # housekeeping(tables, now)
+    peers = tables.peers
+    first = 0
+    while first < peers.peer_keepalive.shape[0]:
+        n = _keepalives(gateway, peers, np.int64(first))
+        out.fill[F_ROWS] = 0
+        out.fill[F_DATA] = 0
+        out.fill[F_SLOW] = 0
+        call_at(state[ST_FORWARD], (gateway, np.int64(0), np.int64(n), np.int64(now),
+                                     tables, out))   # forward(...)
+        write_out(gateway, out, io, tx, tables.params, tables.counters, tables.ports.port_live)
+        if out.fill[F_SLOW] > 0:
+            return WHY_SLOW
+        first += n
+    if _liveness_changed(peers, tables.params, now):
+        return WHY_BEAT
+    if io.capture.active[0] and io.capture.fill[0] > 0:
+        return WHY_CAPTURE
+    fl = tables.conntrack.flows
+    if fl.state[FS_HEAD] != fl.state[FS_TAIL]:
+        return WHY_FLOWS
+    return 0
 
 
 @releasing_gil
@@ -434,7 +507,7 @@ def serve_loop(frames, gateway, tables, out, io, tx, rx, state):
     `gateway` batch (what the node originates: slow-path answers, keepalives) and returns
     WHY_GATEWAY, their own slow-path rows (outside neighbours to resolve) left in `out`."""
     counters = tables.counters
-    if state[ST_FORWARD] == 0:   # see serve
+    if state[ST_FORWARD] == 0 or state[ST_HOUSEKEEPING] == 0:   # see serve
         return WHY_ERROR
     if state[ST_GATEWAY_N] > 0:
         n = state[ST_GATEWAY_N]
@@ -462,7 +535,10 @@ def serve_loop(frames, gateway, tables, out, io, tx, rx, state):
         before = monotonic_ns(io.clock)
         beat = state[ST_BEAT_NS]
         if beat > 0 and before >= beat:
-            return WHY_BEAT
+            why = _beat(before, gateway, tables, out, io, tx, state)
+            if why != 0:
+                return why
+            continue
         spinning = before < state[ST_SPIN_UNTIL]
         wait = state[ST_TIMEOUT_MS]
         if beat > 0:
@@ -481,7 +557,7 @@ def serve_loop(frames, gateway, tables, out, io, tx, rx, state):
                 c_sched_yield()
                 continue
             if beat > 0 and monotonic_ns(io.clock) >= beat:
-                return WHY_BEAT
+                continue   # the beat, first thing in the loop
             return WHY_TIMEOUT
         counters[R_WAKEUPS] += 1
         after = monotonic_ns(io.clock)

@@ -16,6 +16,7 @@ Counters and their R_* constants are declared in fastpath.reasons.
 VNET_HDR_LEN = 10          # struct virtio_net_hdr, without num_buffers
 VXLAN_HEADER_LEN = 8
 HEADROOM = 128             # room in front of a frame: virtio-net header, VXLAN header
+KEEPALIVE_LEN = 42         # a keepalive to a peer: Ethernet, IPv4, an ICMP echo header
 BATCH = 64                 # reads (TAP frames or overlay datagrams/trains) per batch
 SLOT = HEADROOM + 65664    # a whole 64 KiB super-frame (or GRO train) plus its headers
 TRAIN_MAX_SEGMENTS = 64    # what the kernel accepts in one UDP GSO send (UDP_MAX_SEGMENTS)

@@ -4,9 +4,9 @@ A table is `keys` (uint64, 0 = empty) and `vals` (int64 rows: L_VALUE, L_STATIC,
 lives in one of WINDOW slots after its hash, so a lookup or a miss costs at most WINDOW probes
 however full the table is. Static entries (a pod's own MAC, the nodes and the outside host) never
 age and are never replaced; a learned entry is valid for `age` seconds after it was last seen and
-its slot is reused after that (and freed by `expire`, once a second). Learning can be capped per
-owner (the MAC table: per pod port), so one pod cannot fill the table for all the others; what is
-not learned is counted, and the frame is still forwarded (as unknown unicast, flooded).
+its slot is reused after that (and freed by `expire`, on the node's beat). Learning can be capped
+per owner (the MAC table: per pod port), so one pod cannot fill the table for all the others;
+what is not learned is counted, and the frame is still forwarded (as unknown unicast, flooded).
 """
 import numpy as np
 
@@ -103,15 +103,21 @@ def place_static(keys, vals, key, value):
     return False
 
 
-def expire(keys, vals, owned, now: int, age: int) -> int:
-    """Free learned entries that aged out and recount what each owner holds (control plane,
-    numpy, once a second). Returns how many were freed."""
-    learned = (keys != 0) & (vals[:, L_STATIC] == 0)
-    old = learned & (now - vals[:, L_SEEN] > age)
-    keys[old] = 0
-    live = learned & ~old
-    owned[:] = np.bincount(vals[live, L_OWNER], minlength=owned.shape[0])[:owned.shape[0]]
-    return int(np.count_nonzero(old))
+@compiled
+def expire(keys, vals, owned, now, age):
+    """Free learned entries that aged out and recount what each owner holds (once a second,
+    on the node's beat). Returns how many were freed."""
+    owned[:] = 0
+    freed = 0
+    for j in range(keys.shape[0]):
+        if keys[j] == 0 or vals[j, L_STATIC] != 0:
+            continue
+        if now - vals[j, L_SEEN] > age:
+            keys[j] = 0
+            freed += 1
+        elif 0 <= vals[j, L_OWNER] < owned.shape[0]:
+            owned[vals[j, L_OWNER]] += 1
+    return freed
 
 
 def new_table(entries: int):

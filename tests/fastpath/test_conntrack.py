@@ -225,6 +225,40 @@ def test_the_sweep_frees_what_no_packet_met():
     assert not dp.tables.conntrack.slots.any()
 
 
+def in_use_as_free_says(c) -> list[int]:
+    """The records in use as `free` keeps them (its tail), checked against the records
+    themselves: free is a permutation of all records and each in use knows its place."""
+    n = int(c.stats[ct.CTS_FREE])
+    assert sorted(c.free.tolist()) == list(range(c.recs.shape[0]))
+    tail = c.free[n:].tolist()
+    for place, rec in enumerate(tail, start=n):
+        assert c.recs[rec, ct.C_POS] == place
+    assert sorted(tail) == sorted(np.nonzero(c.recs[:, ct.C_PROTO])[0].tolist())
+    return tail
+
+
+def test_the_sweep_visits_only_records_in_use_and_frees_exactly_the_expired_ones():
+    """Connections opened and ended in a mixed order, some kept alive by traffic: `free` stays
+    a permutation whose tail is exactly the records in use, and a sweep frees exactly those
+    that expired (a sweep that skipped one, or freed one twice, would break either)."""
+    dp, clock = small_table(64)
+    c = dp.tables.conntrack
+    for k in range(40):
+        process(dp, [(0, bytes(to_vip(48000 + k, "udp")))])
+    assert len(in_use_as_free_says(c)) == 40
+    clock.now += ct.T_UDP_UNREPLIED - 2
+    for k in range(0, 40, 3):   # traffic on every third keeps it past the others' expiry
+        process(dp, [(0, bytes(to_vip(48000 + k, "udp")))])
+    kept = {record(dp, 48000 + k, 17, 53) for k in range(0, 40, 3)}
+    clock.now += 4
+    assert dp.sweep()["connections"] == 40 - len(kept)
+    assert set(in_use_as_free_says(c)) == kept
+    dp.mark_peers_seen_now()   # node-b (backends there) has not gone silent meanwhile
+    for k in range(40, 60):   # the freed records are taken again
+        process(dp, [(0, bytes(to_vip(48000 + k, "udp")))])
+    assert len(in_use_as_free_says(c)) == len(kept) + 20
+
+
 AFFINITY = """
 ---
 apiVersion: v1

@@ -143,31 +143,44 @@ def test_the_loop_failing_is_recorded_and_reported(datapath):
     assert isinstance(made.failure, OSError) and "epoll_wait failed" in str(made.failure)
 
 
-def test_the_beat_runs_in_the_data_path_thread_on_whole_seconds_and_a_failing_one_is_counted(
+def test_the_beat_runs_in_the_data_path_on_whole_seconds_and_a_failing_report_is_counted(
         datapath):
-    """The node's once-a-second work (keepalives, sweep) runs in this thread, with nothing
-    waking it from outside; every node of the machine on the same whole seconds of the
-    monotonic clock (their keepalives then arrive together)."""
+    """The node's once-a-second work (keepalives, sweep) runs inside serve with nothing waking
+    it from outside, on the whole seconds of the monotonic clock (every node of the machine
+    together: their keepalives then arrive together). Python hears from it (on_beat, in this
+    thread) at the first beat and when a peer's liveness changes; one that fails is counted,
+    and the loop goes on."""
     made = datapath({})
     made.start()
-    beats: list[tuple[str, int]] = []
-    two = threading.Event()
+    reports: list[tuple[str, int]] = []
+    first, second = threading.Event(), threading.Event()
 
     def beat():
-        beats.append((threading.current_thread().name, time.monotonic_ns()))
-        if len(beats) == 2:
-            two.set()
-        if len(beats) == 3:
+        reports.append((threading.current_thread().name, time.monotonic_ns()))
+        (second if first.is_set() else first).set()
+        if len(reports) == 2:
             raise RuntimeError("a broken beat")
-    made.run_blocking(lambda: made.start_beat(beat), 10)
-    if not two.wait(10):
-        pytest.fail(f"{len(beats)} beats in 10 s")
-    assert {name for name, _ in beats} == {"datapath"}
-    scheduled = int(made.state[ST_BEAT_NS])   # the next one: the whole second after the last
-    assert scheduled % 10**9 == 0 and 0 < scheduled - beats[-1][1] <= 10**9
+    def start() -> None:
+        made.dp.tables.peers.peer_seen[:] = made.dp.now + 3600   # b is up all along
+        made.start_beat(beat)
+    made.run_blocking(start, 10)
+    if not first.wait(10):
+        pytest.fail("no beat in 10 s")
+    scheduled = made.run_blocking(lambda: int(made.state[ST_BEAT_NS]), 10)
+    assert scheduled % 10**9 == 0 and 0 < scheduled - reports[0][1] <= 10**9
+    # the next beat does not report: nothing changed (node b still counts as up)
+    deadline = scheduled + 10**9 // 2
+    while time.monotonic_ns() < deadline:
+        made.run_blocking(lambda: None, 10)
+    assert len(reports) == 1
+    # the beat forgets the peers' liveness: the next one reports again, and that report fails
+    made.run_blocking(lambda: made.dp.tables.peers.peer_up.fill(-1), 10)
+    if not second.wait(10):
+        pytest.fail("no second report in 10 s")
     deadline = time.monotonic() + 10
     while made.faults.counts["beat_errors"] == 0:
         if time.monotonic() > deadline:
-            pytest.fail("the third beat did not fail within 10 s")
+            pytest.fail("the failing report was not counted within 10 s")
         made.run_blocking(lambda: None, 10)   # a request: the loop still serves them
+    assert {name for name, _ in reports} == {"datapath"}
     assert made.run_blocking(lambda: 42, 10) == 42 and made.failure is None

@@ -33,8 +33,9 @@ from fastpath.io import (
 from fastpath.layout import (
     BATCH, F_ROWS, GSO_TCPV4, HEADROOM, IN_OVERLAY, M_CSUM_OFFSET, M_CSUM_START, M_GSO_SIZE,
     M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START, M_VFLAGS, META_COLS,
-    O_KIND, O_SEGMENT, O_SOCKET, OUT_OVERLAY, VNET_F_NEEDS_CSUM, VXLAN_HEADER_LEN,
+    O_KIND, O_SEGMENT, O_SOCKET, OUT_OVERLAY, P_FDB_AGE, VNET_F_NEEDS_CSUM, VXLAN_HEADER_LEN,
 )
+from fastpath.learning import L_STATIC, LEARNED, learn
 from tests.fastpath.test_gso import (
     A_IP, A_MAC, B_IP, B_MAC, GW_A, REMOTE_IP, as_pod_kernel_sends, superframe,
 )
@@ -46,6 +47,7 @@ from vrouter.model import config
 from vrouter.node.dataplane import NO_VNET, VNET_HEADER, Dataplane
 from vrouter.node.compiling import compile_fast_path
 from vrouter.node.datapath import Datapath
+from vrouter.node.flowlog import collect
 from vrouter.node.nodeio import new_fd_port, new_io, new_rx_ring, new_state, new_tx_ring
 from vrouter.node.tables import ip_to_int
 
@@ -542,19 +544,62 @@ def test_it_busy_polls_after_a_pods_frame_but_not_after_a_peers_keepalive(node_a
     assert node_a.state[ST_SPIN_UNTIL] > 0
 
 
-def test_serve_returns_on_the_beat_busy_or_idle(node_a):
-    """The beat (the node's keepalives) must come while traffic keeps serve busy, and wake it
-    from a sleep longer than the time left."""
+def keepalive_of(datagram: bytes):
+    inner = Ether(bytes(VXLAN(datagram).payload))
+    return inner[IP].src, inner[IP].dst, inner[ICMP].type, inner[ICMP].id
+
+
+def test_serve_beats_by_itself_busy_or_idle_and_returns_only_when_a_peer_changes(node_a):
+    """The beat (a keepalive to every peer, expired state freed) runs inside serve: first thing
+    when it is due, also while traffic keeps serve busy, and waking it from a sleep longer than
+    the time left; then on the next whole second. serve returns to Python for it only when a
+    peer's liveness changed (the first beat, which knows no peer yet, reports them all)."""
+    keepalive = ("10.244.1.0", "10.244.2.0", 0, 0x7672)   # a one-way heartbeat to a vrouter
     node_a.pods[0].send(NO_VNET + small_udp(7, dst=B_IP))
     node_a.state[ST_BEAT_NS] = 1   # long due
+    assert node_a.dp.tables.peers.peer_up.tolist() == [-1]
     assert node_a.serve() == WHY_BEAT
-    assert node_a.counters()["rx_frames"] == 0   # returned first: the frame waits
+    assert node_a.dp.tables.peers.peer_up.tolist() == [1]   # node-b: up
+    ((datagram, _source),) = receive(node_a.peers[0], 1, "node-b")
+    assert keepalive_of(datagram) == keepalive
+    assert node_a.counters()["rx_syscalls"] == 0   # it beat first: the pod's frame waits
+    beat = int(node_a.state[ST_BEAT_NS])
+    assert beat % 10**9 == 0 and 0 < beat - time.monotonic_ns() <= 10**9
     node_a.state[ST_BEAT_NS] = 0   # no beat
-    assert node_a.serve() == WHY_TIMEOUT and node_a.counters()["rx_frames"] == 1
-    node_a.state[ST_TIMEOUT_MS] = 5000
-    node_a.state[ST_BEAT_NS] = time.monotonic_ns() + 50_000_000
-    assert node_a.serve() == WHY_BEAT   # not WHY_TIMEOUT: woken for the beat
-    assert time.monotonic_ns() >= node_a.state[ST_BEAT_NS]
+    assert node_a.serve() == WHY_TIMEOUT and node_a.counters()["rx_syscalls"] == 1
+    assert collect(node_a.dp) is not None   # the pod's flow, drained as the node's loop does
+    # due in 50 ms, while serve would sleep 300: it wakes for the beat, and since nothing
+    # changed (and no flow or capture waits) it does not return for it: on to the timeout
+    node_a.state[ST_TIMEOUT_MS] = 300
+    due = time.monotonic_ns() + 50_000_000
+    node_a.state[ST_BEAT_NS] = due
+    started = time.monotonic_ns()
+    assert node_a.serve() == WHY_TIMEOUT
+    assert time.monotonic_ns() - started >= 50_000_000
+    assert int(node_a.state[ST_BEAT_NS]) > due and node_a.state[ST_BEAT_NS] % 10**9 == 0
+    beats = receive(node_a.peers[0], 1, "node-b")   # one keepalive a beat (two if a whole
+    assert [keepalive_of(d) for d, _ in beats] == [keepalive]   # second came within 300 ms)
+
+
+def test_the_beat_frees_what_expired_and_notices_a_silent_peer(node_a):
+    """What the beat frees (housekeeping: a learned MAC past the MAC table's age) and a peer
+    silent longer than P_PEER_DEAD_AFTER: serve returns WHY_BEAT, and peer_up says which."""
+    dp = node_a.dp
+    t = dp.tables
+    age = int(t.params[P_FDB_AGE])
+    # a MAC port 0 taught the node, last seen longer ago than the MAC table keeps one
+    assert learn(t.bridge.fdb_keys, t.bridge.fdb_vals, 0x02AABBCCDDEE, 0, dp.now - age - 5, age,
+                 t.bridge.fdb_owned, 0, 100) == LEARNED
+    assert t.bridge.fdb_owned[0] == 1
+    t.peers.peer_up[:] = 1
+    node_a.state[ST_BEAT_NS] = 1
+    # Edge.serve marks the peers seen now; this one goes around it: node-b silent for a minute
+    dp.tables.peers.peer_seen[:] = dp.now - 60
+    assert serve(dp.rx, dp.gw, dp.tables, node_a.out, node_a.io, node_a.tx, node_a.rx,
+                 node_a.state) == WHY_BEAT
+    assert t.peers.peer_up.tolist() == [0]
+    assert not ((t.bridge.fdb_keys != 0) & (t.bridge.fdb_vals[:, L_STATIC] == 0)).any()
+    assert t.bridge.fdb_owned.sum() == 0   # recounted
 
 
 def test_a_capture_copies_frames_as_read_and_as_written(node_a):

@@ -32,8 +32,10 @@ import traceback
 import numba
 from numba.core.registry import CPUDispatcher
 
-from fastpath import conntrack, dispatch
+from fastpath import dispatch
+from fastpath.beat import housekeeping
 from fastpath.io import forward_types, read_tap, recv_overlay, serve_loop, write_out
+from fastpath.native import int64_types
 from fastpath.stages import SCALARS, STAGES, Stage
 from fastpath.stages.gro import coalesce
 from vrouter.model.config import parse
@@ -45,11 +47,13 @@ from vrouter.node.dataplane import Dataplane
 # worker compiles Service NAT with conntrack (about half of all the stages' compile time), policy,
 # then the I/O functions and `serve` (serve calls forward through its address, fastpath.native,
 # so it is compiled without it); meanwhile this process compiles the other stages and what
-# `forward` calls besides them, then `forward` once the worker has its stages. Both take about
-# as long. (The worker compiles what its share calls itself, into its scratch cache: serve's
-# I/O functions are its own.)
+# `forward` calls besides them and the beat's housekeeping (serve calls it through its address
+# too), then `forward` once the worker has its stages. Both take about as long. (The worker
+# compiles what its share calls itself, into its scratch cache: serve's I/O functions are its
+# own.)
 WORKER_SHARE = ("services", "policy", "write_out", "read_tap", "recv_overlay", "serve")
 FORWARD_PARTS = ("_room", "_within_budget", "_emit", "coalesce")
+BESIDE_FORWARD = FORWARD_PARTS + ("housekeeping",)   # this process's share besides stages
 PROGRESS_EVERY = 10.0   # seconds between two "still compiling" lines
 
 _COMPILE_CLUSTER = """
@@ -99,7 +103,8 @@ def stage_signature(stage: Stage, dataplane: Dataplane) -> tuple:
 
 def entry_points(datapath: Datapath) -> dict[str, tuple[CPUDispatcher, tuple]]:
     """What a node's data path runs, by name, with the argument types their callers give
-    them: the stages, forward and its other parts, serve and its I/O functions."""
+    them: the stages, forward and its other parts, the beat's housekeeping, serve and its I/O
+    functions."""
     dp, typeof, int64 = datapath.dp, numba.typeof, numba.int64
     frames, tables, counters = typeof(dp.rx), typeof(dp.tables), typeof(dp.tables.counters)
     buf, meta, out = typeof(dp.rx.buf), typeof(dp.rx.meta), typeof(dp.out)
@@ -111,6 +116,7 @@ def entry_points(datapath: Datapath) -> dict[str, tuple[CPUDispatcher, tuple]]:
         buf, meta, int64, int64, int64, params, typeof(dp.tables.budgets), counters))
     entries["_emit"] = (dispatch._emit, (buf, meta, int64, int64, params, out, counters))
     entries["coalesce"] = (coalesce, (buf, meta, out, int64, counters))
+    entries["housekeeping"] = (housekeeping, int64_types(dp.tables, 0))
     entries["write_out"] = (write_out, (frames, out, io, typeof(datapath.tx), params, counters,
                                         typeof(dp.tables.ports.port_live)))
     entries["read_tap"] = (read_tap, (int64, int64, frames, io, counters))
@@ -189,7 +195,7 @@ class _Worker:
 def _compile_beside(worker: _Worker, entries: dict) -> None:
     """This process's share while the worker compiles WORKER_SHARE, then `forward`."""
     stages = [s.name for s in STAGES]
-    for name in [n for n in stages if n not in WORKER_SHARE] + list(FORWARD_PARTS):
+    for name in [n for n in stages if n not in WORKER_SHARE] + list(BESIDE_FORWARD):
         function, signature = entries[name]
         function.compile(signature)
     worker.wait_for(n for n in WORKER_SHARE if n in stages)
@@ -216,9 +222,6 @@ def compile_fast_path(parallel: bool = False, progress_since: float | None = Non
                 if worker:
                     _compile_beside(worker, entries)
                 datapath.warm_up()   # serve and all it calls: the worker's share from the cache
-                dp = datapath.dp
-                dp.sweep()   # the once-a-second sweep: compiled apart from serve, and its
-                conntrack.sweep(dp.tables.conntrack, dp.now)   # scan, which waits for a record
         finally:
             if worker:
                 worker.end()

@@ -2,11 +2,12 @@
 
 It loops over fastpath.io.serve, which sleeps in epoll_wait with the GIL released and moves
 traffic in compiled code; serve comes back to Python only for the slow path (scapy), for requests
-from the control side (trio), and on the beat: once a second, on whole seconds of the machine's
-monotonic clock, busy or idle, it runs `on_beat` (the node's keepalives and sweep) here, without
-waking trio (32 idle nodes share two cores). Everything that touches the tables (status, reload,
-keepalives, ARP probes) runs here, between two batches, submitted with `call` (or `run` from
-trio), so the fast path never sees a half-made change.
+from the control side (trio), and when a peer went silent or came back: the node's beat (once a
+second, on whole seconds of the machine's monotonic clock, busy or idle: keepalives, expired
+state freed) runs inside serve, and only a change of the peers' liveness comes here, to
+`on_beat` (then trio hears of it). 32 idle nodes share two cores. Everything that touches the
+tables (status, reload, ARP probes) runs here, between two batches, submitted with `call` (or
+`run` from trio), so the fast path never sees a half-made change.
 
 Faults: an exception in the slow path (one frame's handling) or in a request is counted, logged
 (throttled) and contained: the frame is dropped, the request's caller gets the exception, the
@@ -52,7 +53,7 @@ log = logging.getLogger("vrouter.node.datapath")
 # the buckets of Stats.batch_sizes by their upper bound (a Prometheus histogram's "le")
 BATCH_BUCKETS = ("1", "3", "7", "15", "31", "63", "127", "+Inf")
 FAULT_LOG_INTERVAL = 10.0   # seconds between two log lines of one kind of fault
-BEAT_NS = 1_000_000_000     # the beat: keepalives (vrouter.node.process), sweeps
+BEAT_NS = 1_000_000_000     # the beat: keepalives, sweeps (fastpath.io._beat)
 
 
 def _next_beat(now_ns: int) -> int:
@@ -117,7 +118,7 @@ class Datapath:
         self.on_port_gone: Callable[[int], None] = lambda port: None
         # the flow log's events drained from the ring (in this thread; the node names them)
         self.on_flows: Callable[[Batch], None] = lambda batch: None
-        # once a second, in this thread, from `start_beat` on
+        # in this thread, from `start_beat` on: the beat found a peer's liveness changed
         self.on_beat: Callable[[], None] | None = None
 
     def set_peers(self, overlay_port: int) -> None:
@@ -163,21 +164,19 @@ class Datapath:
         os.eventfd_write(self.wake_fd, 1)
 
     def start_beat(self, on_beat: Callable[[], None]) -> None:
-        """Run on_beat() once a second in this thread from now on (from trio: via `run`)."""
+        """Beat from the next whole second on (in this thread: from trio, via `run`); on_beat()
+        runs here at the first beat and whenever a peer's liveness changes."""
         self.on_beat = on_beat
+        self.dp.tables.peers.peer_up[:] = -1   # the first beat reports every peer
         self.state[ST_BEAT_NS] = _next_beat(time.monotonic_ns())
 
-    def _beat_if_due(self) -> None:
-        now = time.monotonic_ns()
-        if self.on_beat is None or now < self.state[ST_BEAT_NS]:
+    def _peers_changed(self) -> None:
+        if self.on_beat is None:
             return
-        # every node of the machine beats on the same whole seconds: a node's peers'
-        # keepalives then arrive together and are read in a few wake-ups, not one each
-        self.state[ST_BEAT_NS] = _next_beat(now)
         try:
             self.on_beat()
         except Exception as exc:
-            self.faults.count("beat_errors", "the data path's once-a-second work failed: %r", exc)
+            self.faults.count("beat_errors", "the data path's beat failed: %r", exc)
 
     def _drain_wake(self) -> None:
         try:
@@ -320,7 +319,9 @@ class Datapath:
                     self._port_gone(int(self.state[ST_GONE_PORT]))
                 elif why == WHY_ERROR:
                     raise OSError("epoll_wait failed in the data path")
-                elif why != WHY_CAPTURE and why != WHY_FLOWS and why != WHY_BEAT:
+                elif why == WHY_BEAT:
+                    self._peers_changed()
+                elif why != WHY_CAPTURE and why != WHY_FLOWS:
                     self._drain_wake()
                 if self.captures.sessions:
                     self.captures.drain()
@@ -329,7 +330,6 @@ class Datapath:
                 if batch is not None:
                     self.on_flows(batch)
                 self._serve_requests()
-                self._beat_if_due()
         except BaseException as exc:
             self.failure = exc
             log.exception("the data path failed")
@@ -376,7 +376,7 @@ class Datapath:
                 self.captures.written(port, frame)
 
     def route(self, frames: list[bytes]) -> None:
-        """Route packets the gateway originates (echo replies, ICMP errors, keepalives) through
+        """Route packets the gateway originates (echo replies, ICMP errors) through
         the fast path; ARP requests it needs for outside neighbours go out too."""
         dp = self.dp
         for first in range(0, len(frames), BATCH):

@@ -13,9 +13,9 @@ import numpy as np
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
+from fastpath.beat import housekeeping
 from fastpath.conntrack import (
     AFF_EXPIRES, CTS_FREE, CTS_HIGH_WATER, FRAG_EXPIRES, flush_udp, live_entries, live_mask,
-    sweep,
 )
 from fastpath.dispatch import forward
 from fastpath.flows import FS_NOW
@@ -29,7 +29,6 @@ from fastpath.layout import (
 )
 from fastpath.reasons import COUNTER_COUNT, COUNTER_NAMES
 from fastpath.stages.local import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST
-from fastpath import learning
 from fastpath.learning import L_SEEN, L_STATIC, L_VALUE
 from vrouter.node import policytables, servicetables
 from vrouter.node import tables as tables_mod
@@ -277,7 +276,8 @@ class Dataplane:
     # --- overlay peer liveness ---------------------------------------------------------------
 
     def _build_keepalives(self) -> list[bytes]:
-        """A keepalive from our VTEP address (podCIDR .0) to every peer's, over the overlay;
+        """A keepalive from our VTEP address (podCIDR .0) to every peer's, over the overlay
+        (also into the peers' table, where the beat sends it from, fastpath.io._beat);
         any datagram from a peer marks it up. A vrouter peer sends its own every second, so
         it gets a one-way heartbeat, an ICMP echo *reply*, which it takes in and does not
         answer (as BFD's asynchronous mode: half the datagrams, and half the wake-ups, of an
@@ -285,9 +285,12 @@ class Dataplane:
         (flannel-style) VTEP sends nothing by itself: it gets an echo request and answers."""
         mine = str(self.node.pod_cidr.network_address)
         mac = self.node.gateway_mac
-        return [bytes(Ether(dst=mac, src=mac) / IP(src=mine, dst=str(p.pod_cidr.network_address))
-                      / ICMP(type=ICMP_ECHO_REQUEST if p.kernel else ICMP_ECHO_REPLY,
-                             id=0x7672, seq=k)) for k, p in enumerate(self.peers)]
+        frames = [bytes(Ether(dst=mac, src=mac) / IP(src=mine, dst=str(p.pod_cidr.network_address))
+                        / ICMP(type=ICMP_ECHO_REQUEST if p.kernel else ICMP_ECHO_REPLY,
+                               id=0x7672, seq=k)) for k, p in enumerate(self.peers)]
+        for k, frame in enumerate(frames):
+            self.tables.peers.peer_keepalive[k] = np.frombuffer(frame, dtype=np.uint8)
+        return frames
 
     def mark_peers_seen_now(self) -> None:
         """Give every peer a full grace period, e.g. when the node starts serving."""
@@ -333,17 +336,20 @@ class Dataplane:
                 "fragment_capacity": int(ct.frag_keys.shape[0])}
 
     def sweep(self) -> dict:
-        """Once a second, between batches: free expired connections no packet has met, and
-        MACs and outside neighbours that aged out (recounting what each port has learned)."""
-        t, now = self.tables, self.now
-        t.conntrack.flows.state[FS_NOW] = now   # the flow log dates the ends it logs
-        # the scan of every record takes ~100 us: not when none is in use (an idle node)
-        in_use = t.conntrack.recs.shape[0] - int(t.conntrack.stats[CTS_FREE])
-        return {"connections": sweep(t.conntrack, now) if in_use else 0,
-                "macs": learning.expire(t.bridge.fdb_keys, t.bridge.fdb_vals, t.bridge.fdb_owned,
-                                        now, self.cluster.fdb_age),
-                "neighbours": learning.expire(t.outside.nb_keys, t.outside.nb_vals,
-                                              t.outside.nb_owned, now, NEIGHBOUR_AGE)}
+        """What the beat's housekeeping does (fastpath.beat, run by serve once a second), now,
+        between batches: free expired connections no packet has met, and MACs and outside
+        neighbours that aged out (recounting what each port has learned). Returns how many of
+        each it freed."""
+        t = self.tables
+
+        def counts():
+            return (int(t.conntrack.stats[CTS_FREE]), int(np.count_nonzero(t.bridge.fdb_keys)),
+                    int(np.count_nonzero(t.outside.nb_keys)))
+        before = counts()
+        housekeeping(t, self.now)
+        after = counts()
+        return {"connections": after[0] - before[0], "macs": before[1] - after[1],
+                "neighbours": before[2] - after[2]}
 
     def outside_neighbours(self) -> list[tuple[int, str]]:
         o, now = self.tables.outside, self.now

@@ -2,9 +2,9 @@
 
 Setup is synchronous and registered on an ExitStack, so a failure at any step (or Ctrl-C, or
 SIGTERM) removes whatever was created. Then the data-path thread (vrouter.node.datapath) moves the
-traffic, and trio runs the control side: the control socket, signals, ARP probes of the pods,
-overlay keepalives. Whatever the control side does to the data plane runs in the data-path
-thread between two batches.
+traffic and beats (overlay keepalives, expired state freed), and trio runs the control side: the
+control socket, signals, ARP probes of the pods. Whatever the control side does to the data
+plane runs in the data-path thread between two batches.
 
 Faults are contained: a control request that raises is answered with the error (vrouter.node.
 control), a background task that raises is logged, counted and started again, a pod whose netns
@@ -321,15 +321,15 @@ class Node:
             await trio.sleep(PROBE_INTERVAL)
 
     async def start_beat(self) -> None:
-        """From now on, once a second in the data-path thread (Datapath.start_beat): keepalives
-        to every peer and expired state swept; trio hears of it only when a peer goes silent
-        or comes back."""
+        """From now on, once a second in the data path (Datapath.start_beat, fastpath.io):
+        keepalives to every peer and expired state swept; trio hears of it only when a peer
+        goes silent or comes back."""
         token = trio.lowlevel.current_trio_token()
         silent: set[str] = set()
 
         def beat() -> None:
             nonlocal silent
-            down = self.housekeeping()
+            down = self.peers_silent()
             if down != silent:
                 silent = down
                 try:
@@ -360,12 +360,11 @@ class Node:
             if self.flow_log.followers:
                 self.datapath.wake()
 
-    def housekeeping(self) -> set[str]:
-        """On the beat, in the data-path thread: keepalives out, expired state reclaimed;
-        returns the peers that are down."""
-        self.datapath.route(self.dp.keepalive_frames)
-        self.dp.sweep()
-        return {p.name for k, p in enumerate(self.dp.peers) if not self.dp.peer_is_up(k)}
+    def peers_silent(self) -> set[str]:
+        """In the data-path thread, when the beat found a peer's liveness changed: the peers
+        that are down."""
+        up = self.dp.tables.peers.peer_up   # as the beat found them (fastpath.io._liveness_changed)
+        return {p.name for k, p in enumerate(self.dp.peers) if up[k] == 0}
 
     async def restore(self) -> None:
         """After the start: this node's runtime pods (recorded, their netns still there) are

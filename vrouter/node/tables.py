@@ -13,9 +13,9 @@ from fastpath.groups import (
     Bridge, Budgets, Conntrack, Flows, Outside, Peers, Ports, Routes, Tables,
 )
 from fastpath.layout import (
-    PARAM_COUNT, P_CLUSTER_MASK, P_CLUSTER_NET, P_FDB_AGE, P_FDB_PORT_LIMIT, P_GW_IP, P_GW_MAC,
-    P_LOCAL_MASK, P_LOCAL_NET, P_MASQUERADE, P_NEIGHBOUR_AGE, P_NODE_IP, P_NODE_MAC,
-    P_OUTSIDE_GW, P_OUTSIDE_MASK, P_OUTSIDE_NET, P_PEER_DEAD_AFTER, P_POD_MTU, P_PORT_COUNT,
+    KEEPALIVE_LEN, PARAM_COUNT, P_CLUSTER_MASK, P_CLUSTER_NET, P_FDB_AGE, P_FDB_PORT_LIMIT,
+    P_GW_IP, P_GW_MAC, P_LOCAL_MASK, P_LOCAL_NET, P_MASQUERADE, P_NEIGHBOUR_AGE, P_NODE_IP,
+    P_NODE_MAC, P_OUTSIDE_GW, P_OUTSIDE_MASK, P_OUTSIDE_NET, P_PEER_DEAD_AFTER, P_POD_MTU, P_PORT_COUNT,
     P_SERVICE_MASK, P_SERVICE_NET, P_SOCKETS, P_UPLINK_PORT, P_VNI, P_VTEP_MAC,
 )
 from vrouter.model.config import Cluster
@@ -155,7 +155,9 @@ def _peers(peers) -> Peers:
                                    dtype=np.int64),
                  peer_mask=np.array([ip_to_int(p.pod_cidr.netmask) for p in peers], dtype=np.int64),
                  peer_address=np.array([ip_to_int(p.address) for p in peers], dtype=np.int64),
-                 peer_kernel=np.array([int(p.kernel) for p in peers], dtype=np.int64))
+                 peer_kernel=np.array([int(p.kernel) for p in peers], dtype=np.int64),
+                 peer_keepalive=np.zeros((len(peers), KEEPALIVE_LEN), dtype=np.uint8),
+                 peer_up=np.full(len(peers), -1, dtype=np.int64))
 
 
 def _outside(cluster: Cluster, peers) -> Outside:
