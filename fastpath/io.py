@@ -9,9 +9,10 @@ Python only when Python is needed: frames for the slow path, a control request (
 eventfd), a peer that went silent or came back, or a timeout. The node's once-a-second beat
 (state[ST_BEAT_NS], on whole seconds, also while traffic keeps it busy) runs here: expired state
 freed (fastpath.beat), a keepalive to every peer, the peers' liveness. After pod traffic that
-ends a quiet spell it keeps polling without sleeping for a bounded time (busy-polling, as Linux's busy_poll does): waking a sleeping thread costs tens of
-microseconds on a VM, and the answer to a request usually comes back within that time. Steady
-traffic keeps the node awake by itself; there, spinning would only take a core the pods need.
+ends a quiet spell it keeps polling without sleeping for a bounded time (busy-polling, as
+Linux's busy_poll does): waking a sleeping thread costs tens of microseconds on a VM, and the
+answer to a request usually comes back within that time. Steady traffic keeps the node awake by
+itself; there, spinning would only take a core the pods need.
 
 libc is reached through numba ExternalFunction declarations (resolved by symbol name, so the
 compiled code can be cached). The kernel structures (mmsghdr, iovec, cmsghdr, sockaddr_in,
@@ -32,7 +33,8 @@ from fastpath.layout import (
     F_DATA, F_ROWS, F_SLOW, HEADROOM, IN_GATEWAY, IN_OVERLAY, KEEPALIVE_LEN, M_CSUM_OFFSET,
     M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START,
     M_VFLAGS, O_DONE, O_FRAME, O_KIND, O_LEN, O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START,
-    O_TARGET, OUT_FLOOD, OUT_OVERLAY, OUT_PORT, OUT_SLOW, P_PEER_DEAD_AFTER, P_PORT_COUNT, SLOT, SRC_DATA, VNET_HDR_LEN, VXLAN_HEADER_LEN,
+    O_TARGET, OUT_FLOOD, OUT_OVERLAY, OUT_PORT, OUT_SLOW, P_PEER_DEAD_AFTER, P_PORT_COUNT, SLOT,
+    SRC_DATA, VNET_HDR_LEN, VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import (
     R_BUSY_POLLS, R_DROP_NO_ROOM, R_DROP_TX_ERROR, R_RX_FRAMES, R_RX_SYSCALLS, R_TX_DATAGRAMS,
@@ -108,7 +110,7 @@ ST_TIMEOUT_MS = 5     # longest sleep in epoll_wait before returning WHY_TIMEOUT
 ST_NOW = 6            # the fast path's clock (seconds), as of the last wake-up
 ST_GATEWAY_N = 7      # > 0: run this many frames of the gateway's batch, then return
 ST_GONE_PORT = 8      # the port of the last WHY_PORT_GONE
-ST_BEAT_NS = 9        # monotonic ns of the next beat (0: none): returns WHY_BEAT then, busy or not
+ST_BEAT_NS = 9        # monotonic ns of the next beat (0: none): _beat runs then, busy or not
 ST_FORWARD = 10       # where forward's compiled code is, for these frames and tables (serve)
 ST_HOUSEKEEPING = 11  # ... and fastpath.beat.housekeeping's, for these tables
 STATE_COLS = 12
@@ -504,8 +506,9 @@ def serve_loop(frames, gateway, tables, out, io, tx, rx, state):
     holds the frames for the slow path and state[ST_PENDING_*] where the batch goes on.
 
     With state[ST_GATEWAY_N] set, it only forwards and writes that many frames of the
-    `gateway` batch (what the node originates: slow-path answers, keepalives) and returns
-    WHY_GATEWAY, their own slow-path rows (outside neighbours to resolve) left in `out`."""
+    `gateway` batch (what the node originates: the slow path's answers; the beat puts its
+    keepalives there too) and returns WHY_GATEWAY, their own slow-path rows (outside neighbours
+    to resolve) left in `out`."""
     counters = tables.counters
     if state[ST_FORWARD] == 0 or state[ST_HOUSEKEEPING] == 0:   # see serve
         return WHY_ERROR
