@@ -568,17 +568,22 @@ def test_serve_beats_by_itself_busy_or_idle_and_returns_only_when_a_peer_changes
     node_a.state[ST_BEAT_NS] = 0   # no beat
     assert node_a.serve() == WHY_TIMEOUT and node_a.counters()["rx_syscalls"] == 1
     assert collect(node_a.dp) is not None   # the pod's flow, drained as the node's loop does
-    # due in 50 ms, while serve would sleep 300: it wakes for the beat, and since nothing
-    # changed (and no flow or capture waits) it does not return for it: on to the timeout
-    node_a.state[ST_TIMEOUT_MS] = 300
-    due = time.monotonic_ns() + 50_000_000
-    node_a.state[ST_BEAT_NS] = due
+    # due in 50 ms, while serve would sleep 250 ms longer: it wakes for the beat, and since
+    # nothing changed (and no flow or capture waits) it does not return for it; it sleeps on
+    # (each sleep at most the timeout) and returns at the timeout, before the next beat: the
+    # next whole second after `due`, moved past a nearer one if need be
     started = time.monotonic_ns()
+    due = started + 50_000_000
+    next_second = (due // 10**9 + 1) * 10**9
+    if next_second - due < 400_000_000:
+        due = next_second + 50_000_000   # then the next beat is 950 ms after due
+    node_a.state[ST_TIMEOUT_MS] = (due - started) // 1_000_000 + 250   # 300-750 ms
+    node_a.state[ST_BEAT_NS] = due
     assert node_a.serve() == WHY_TIMEOUT
-    assert time.monotonic_ns() - started >= 50_000_000
+    assert time.monotonic_ns() >= due
     assert int(node_a.state[ST_BEAT_NS]) > due and node_a.state[ST_BEAT_NS] % 10**9 == 0
-    beats = receive(node_a.peers[0], 1, "node-b")   # one keepalive a beat (two if a whole
-    assert [keepalive_of(d) for d, _ in beats] == [keepalive]   # second came within 300 ms)
+    beats = receive(node_a.peers[0], 1, "node-b")   # the one beat's keepalive
+    assert [keepalive_of(d) for d, _ in beats] == [keepalive]
 
 
 def test_the_beat_frees_what_expired_and_notices_a_silent_peer(node_a):
