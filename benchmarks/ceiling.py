@@ -32,7 +32,7 @@ import numpy as np
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
-from fastpath.io import c_epoll_wait, c_read, c_write
+from fastpath.io import c_epoll_wait, c_read, c_write, event_fd
 from fastpath.layout import BATCH
 from tests.system.cluster import new_prefix, unique_underlay_octets
 from vrouter.host.tap import open_tap
@@ -94,9 +94,7 @@ def _relay(epfd, partner, events, buf, lengths, stride, rounds):
         waited += 1
         ready = c_epoll_wait(epfd, events.ctypes.data, events.shape[0] // stride, 1000)
         for e in range(ready):
-            p = e * stride + 4   # epoll_data: the fd (Python's epoll.register puts it there)
-            fd = np.int64(events[p]) | (np.int64(events[p + 1]) << 8) \
-                | (np.int64(events[p + 2]) << 16) | (np.int64(events[p + 3]) << 24)
+            fd = event_fd(events, e, stride)
             n = 0
             while n < buf.shape[0]:
                 got = c_read(fd, base + n * row, row)

@@ -33,13 +33,14 @@ from fastpath.layout import (
     F_DATA, F_ROWS, F_SLOW, HEADROOM, IN_GATEWAY, IN_OVERLAY, KEEPALIVE_LEN, M_CSUM_OFFSET,
     M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START,
     M_VFLAGS, O_DONE, O_FRAME, O_KIND, O_LEN, O_ROW, O_SEGMENT, O_SOCKET, O_SRC, O_START,
-    O_TARGET, OUT_FLOOD, OUT_OVERLAY, OUT_PORT, OUT_SLOW, P_PEER_DEAD_AFTER, P_PORT_COUNT, SLOT,
+    O_TARGET, OUT_FLOOD, OUT_OVERLAY, OUT_PORT, OUT_SLOW, P_PORT_COUNT, SLOT,
     SRC_DATA, VNET_HDR_LEN, VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import (
     R_BUSY_POLLS, R_DROP_NO_ROOM, R_DROP_TX_ERROR, R_RX_FRAMES, R_RX_SYSCALLS, R_TX_DATAGRAMS,
     R_TX_FRAMES, R_TX_SYSCALLS, R_WAKEUPS,
 )
+from fastpath.stages.overlay import peer_alive
 
 _ssize = types.intp
 c_read = types.ExternalFunction("read", _ssize(types.intc, types.uintp, types.uintp))
@@ -115,6 +116,14 @@ ST_FORWARD = 10       # where forward's compiled code is, for these frames and t
 ST_HOUSEKEEPING = 11  # ... and fastpath.beat.housekeeping's, for these tables
 STATE_COLS = 12
 NS = 1_000_000_000
+
+
+@inlined
+def event_fd(events, e, stride):
+    """The fd of epoll event e: its epoll_data (Python's epoll.register puts the fd there)."""
+    p = e * stride + 4
+    return np.int64(events[p]) | (np.int64(events[p + 1]) << 8) \
+        | (np.int64(events[p + 2]) << 16) | (np.int64(events[p + 3]) << 24)
 
 
 @inlined
@@ -452,11 +461,11 @@ def _keepalives(gateway, peers, first):
 
 @internal
 def _liveness_changed(peers, params, now):
-    """Which peers are up (heard from within P_PEER_DEAD_AFTER seconds, the fast path's own
-    rule), into peer_up; True if any differs from the last beat's."""
+    """Which peers are up (by the rule to_overlay drops by), into peer_up; True if any differs
+    from the last beat's."""
     changed = False
     for k in range(peers.peer_seen.shape[0]):
-        up = 1 if now - peers.peer_seen[k] <= params[P_PEER_DEAD_AFTER] else 0
+        up = 1 if peer_alive(peers, params, np.int64(k), now) else 0
         if peers.peer_up[k] != up:
             peers.peer_up[k] = up
             changed = True
@@ -575,9 +584,7 @@ def serve_loop(frames, gateway, tables, out, io, tx, rx, state):
         quiet = not spinning and after - before >= state[ST_SPIN_NS]
         woken = False
         for e in range(ready):
-            p = e * stride + 4   # the epoll_data: the fd (Python's epoll.register sets it)
-            fd = np.int64(events[p]) | (np.int64(events[p + 1]) << 8) \
-                | (np.int64(events[p + 2]) << 16) | (np.int64(events[p + 3]) << 24)
+            fd = event_fd(events, e, stride)
             port = io.fd_port[fd]
             if port == FD_WAKE:
                 woken = True

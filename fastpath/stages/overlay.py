@@ -70,6 +70,13 @@ def segment_ip_len(buf, meta, i, ip):
     return header_len(buf, row, ip) + l4_header_len(buf, row, ip) + meta[i, M_GSO_SIZE]
 
 
+@inlined
+def peer_alive(peers, params, peer, now):
+    """The rule for a peer's liveness: heard from within P_PEER_DEAD_AFTER seconds (traffic to
+    it is dropped otherwise; the node's beat reports it down)."""
+    return now - peers.peer_seen[peer] <= params[P_PEER_DEAD_AFTER]
+
+
 @internal
 def to_overlay(buf, meta, i, now, params, peers):
     """Towards peer M_OUT: check the MTU (per segment for a super-frame) and that the peer is
@@ -79,7 +86,7 @@ def to_overlay(buf, meta, i, now, params, peers):
     forwarded = meta[i, M_OWN] == 0
     if segment_ip_len(buf, meta, i, ip) > params[P_POD_MTU]:
         return finish(meta, i, ACT_SLOW, peer, R_SLOW_FRAG_NEEDED)
-    if forwarded and now - peers.peer_seen[peer] > params[P_PEER_DEAD_AFTER]:
+    if forwarded and not peer_alive(peers, params, peer, now):
         return finish(meta, i, ACT_DROP, peer, R_DROP_OVERLAY_PEER_DOWN)   # keepalives still go
     if forwarded:
         decrement_ttl(buf, row, ip)
