@@ -57,7 +57,7 @@ def write16le(buf, row, off, value):
     buf[row, off + 1] = (value >> 8) & 0xFF
 
 
-@inlined
+@compiled
 def fold(total):
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
@@ -102,20 +102,20 @@ def pseudo_sum(src, dst, proto, length):
     return ((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + proto + length)
 
 
-@inlined
+@compiled
 def update16(check, old, new):
     """RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for one changed 16-bit word."""
     total = ((~check) & 0xFFFF) + ((~old) & 0xFFFF) + (new & 0xFFFF)
     return (~fold(total)) & 0xFFFF
 
 
-@inlined
+@internal
 def update32(check, old, new):
     check = update16(check, (old >> 16) & 0xFFFF, (new >> 16) & 0xFFFF)
     return update16(check, old & 0xFFFF, new & 0xFFFF)
 
 
-@inlined
+@internal
 def partial_update32(partial, old, new):
     """A partial (pseudo-header only, not complemented) field after a 32-bit word of the
     pseudo-header changed: the same arithmetic as RFC 1624 on the complemented value."""

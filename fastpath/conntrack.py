@@ -165,7 +165,7 @@ FRAG_NAT_TAG = 1       # fragment-table key tags: a translated first fragment's.
 FRAG_POLICY_TAG = 2    # ...and one NetworkPolicy allowed
 
 
-@inlined
+@internal
 def mix(a, b):
     h = np.uint64(a) * np.uint64(0x9E3779B97F4A7C15)
     h ^= np.uint64(b) + np.uint64(0x632BE59BD9B4E019) + (h << np.uint64(6)) + (h >> np.uint64(2))
@@ -174,7 +174,7 @@ def mix(a, b):
     return h
 
 
-@inlined
+@compiled
 def tuple_key(src, dst, proto, sport, dport):
     k0 = (np.uint64(src) << np.uint64(32)) | np.uint64(dst)
     k1 = (np.uint64(proto) << np.uint64(32)) | (np.uint64(sport) << np.uint64(16)) | np.uint64(dport)
@@ -385,7 +385,7 @@ def open_connection(ct, src, dst, proto, sport, dport, new_src, new_sport, new_d
     return rec
 
 
-@inlined
+@compiled
 def target(recs, rec, direction):
     """The tuple a packet of `direction` leaves with: (src, sport, dst, dport). The original
     direction leaves as the reply tuple reversed, the reply direction as the original reversed."""

@@ -123,6 +123,8 @@ class Tables(NamedTuple):
     conntrack: Conntrack
     policy: Policy
     budgets: Budgets
+    code: np.ndarray            # int64[STAGE_COUNT]: each stage's compiled code, 0 until linked
+                                # (fastpath.stages.link; forward calls a stage there)
 
 
 class Frames(NamedTuple):

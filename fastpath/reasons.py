@@ -82,6 +82,8 @@ COUNTERS = (
             "but its destination (or the node) has spent this second's budget"),
     Counter("drop_no_room", DROP, "more segments than one output batch holds"),
     Counter("drop_tx_error", DROP, "a write or send failed"),
+    Counter("drop_stage_unlinked", DROP, "a stage the node needs has no compiled code in its "
+            "tables (a bug: fastpath.stages.link)"),
     # --- events -----------------------------------------------------------------------------------
     Counter("from_overlay", EVENT, "VXLAN datagrams accepted from peers"),
     Counter("from_outside", EVENT, "IPv4 packets accepted on the outside port"),

@@ -116,7 +116,7 @@ def rewrite(buf, row, ip, new_src, new_sport, new_dst, new_dport, partial):
     write16(buf, row, l4 + 2, new_dport)
 
 
-@inlined
+@internal
 def l4_checksum_update(c, proto, old_src, new_src, old_dst, new_dst, old_sport, new_sport,
                        old_dport, new_dport):
     """A complete TCP or UDP checksum after its 5-tuple changed (RFC 1624; the pseudo-header

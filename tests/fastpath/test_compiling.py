@@ -17,33 +17,49 @@ REPORT = """
 import json
 from fastpath import compiled_marker
 from fastpath.conntrack import CTS_FREE
+from fastpath.stages import S_POLICY
 from vrouter.model import config
 from vrouter.node.compiling import (
     _fastpath_dispatchers, ensure_compiled, entry_points, _throwaway_datapath)
 from vrouter.node.dataplane import Dataplane
-ensure_compiled()
+demo = config.load("configs/demo.yaml", check_host=False)   # no NetworkPolicy
+ensure_compiled(demo)
 with _throwaway_datapath() as datapath:
     entries = entry_points(datapath)
-compiled = {id(d): sum(d.stats.cache_misses.values()) for d in _fastpath_dispatchers()}
+def misses():
+    return {id(d): sum(d.stats.cache_misses.values()) for d in _fastpath_dispatchers()}
+def since(before):
+    return sorted(d.py_func.__qualname__ for d in _fastpath_dispatchers()
+                  if sum(d.stats.cache_misses.values()) > before.get(id(d), 0))
+compiled = misses()
 # what a node calls from Python besides serve, as it runs: its sweep with connections in use
-dp = Dataplane(config.load("configs/demo.yaml", check_host=False), "node-a")
+dp = Dataplane(demo, "node-a")
 dp.tables.conntrack.stats[CTS_FREE] -= 1
 dp.sweep()
 dp.conntrack_fill()
-compiled_later = [d.py_func.__qualname__ for d in _fastpath_dispatchers()
-                  if sum(d.stats.cache_misses.values()) > compiled.get(id(d), 0)]
+compiled_later = since(compiled)
+policy_unlinked = int(dp.tables.code[S_POLICY]) == 0
+# a NetworkPolicy that selects the node's pods: only now is the policy stage compiled
+compiled = misses()
+closed = config.load("configs/policies.yaml", check_host=False)
+dp_policy = Dataplane(closed, closed.nodes[0].name)
 print(json.dumps({"marker": compiled_marker().exists(), "compiled_later": compiled_later,
+    "policy_unlinked": policy_unlinked, "policy_active": int(dp_policy.tables.policy.active[0]),
+    "policy_linked": int(dp_policy.tables.code[S_POLICY]) != 0,
+    "compiled_for_policy": since(compiled),
     "entries": {name: [len(f.signatures), sum(f.stats.cache_hits.values()),
                        sum(f.stats.cache_misses.values())] for name, (f, _) in entries.items()}}))
 """
 
 
 def test_a_first_compile_loads_the_workers_share_from_the_cache_and_compiles_each_part_once():
-    """From an empty cache: each entry point has one signature (the argument types
-    entry_points derives are the ones serve and run_stage pass); the worker's share was loaded
-    from the cache (a hit, no compile here), except serve's I/O functions, which nothing here
-    needs (serve's cached code holds them); this process's share was compiled here; and what a
-    node calls later (its sweep with connections in use) compiles nothing more."""
+    """From an empty cache, for a cluster without a NetworkPolicy: each entry point has one
+    signature (the argument types entry_points derives are the ones serve and a node's linking
+    pass); the worker's share was loaded from the cache (a hit, no compile here), except
+    serve's I/O functions, which nothing here needs (serve's cached code holds them); this
+    process's share was compiled here, but not the policy stage; what a node calls later (its
+    sweep with connections in use) compiles nothing more; and a node whose pods a policy
+    selects compiles the policy stage then, and links it."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.fail("needs two cores for the worker")
     with tempfile.TemporaryDirectory(prefix="vrouter-test-cache-") as cache:
@@ -57,6 +73,9 @@ def test_a_first_compile_loads_the_workers_share_from_the_cache_and_compiles_eac
                      if n.startswith("vrouter-compile-")]
     assert report["marker"]
     assert report["compiled_later"] == []   # each node would compile these itself
+    assert report["policy_unlinked"]
+    assert report["policy_active"] == 1 and report["policy_linked"]
+    assert "policy_stage" in report["compiled_for_policy"]
     entries = report["entries"]
     assert set(compiling.WORKER_SHARE) <= set(entries) and len(entries) > len(compiling.WORKER_SHARE)
     serve_only = ("write_out", "read_tap", "recv_overlay")
@@ -66,6 +85,8 @@ def test_a_first_compile_loads_the_workers_share_from_the_cache_and_compiles_eac
             assert (signatures, hits, misses) == (0, 0, 0), (name, "loaded here", entries)
         elif name in compiling.WORKER_SHARE:
             assert (signatures, hits, misses) == (1, 1, 0), (name, "not loaded", entries)
+        elif name in compiling.OPTIONAL:   # compiled by dp_policy, after the report's counts
+            assert misses == 1 and hits == 0, (name, "compiled at first start", entries)
         else:
             assert (signatures, hits, misses) == (1, 0, 1), (name, entries)
     assert not leftovers, leftovers   # the worker's scratch cache is removed

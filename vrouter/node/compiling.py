@@ -6,7 +6,11 @@ per process (a global compiler lock). So a first compile is shared with a forked
 cores or more): it compiles WORKER_SHARE while this process compiles the rest, and each process
 then loads the other's part from the cache. Every part is compiled with the argument types its
 caller gives it (`entry_points`: the stages' from their declaration in fastpath.stages.STAGES and
-a data plane's tables), so the cached entry is the one that `serve` asks for.
+a data plane's tables), so the cached entry is the one that a node links and `serve` asks for.
+The parts do not wait for each other: `serve` calls `forward`, and `forward` the stages, through
+their addresses (fastpath.native, fastpath.stages.link). A stage the cluster does not need is
+not compiled (the policy stage without a NetworkPolicy): a node compiles it when it first needs
+it.
 
 numba's cache is not safe for two processes writing one function's entries at the same time
 (it writes a function's index and its data files separately, numba/numba#10128), and the parts
@@ -18,7 +22,6 @@ compile is compiled here.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import shutil
 import signal
@@ -36,24 +39,23 @@ from fastpath import dispatch
 from fastpath.beat import housekeeping
 from fastpath.io import forward_types, read_tap, recv_overlay, serve_loop, write_out
 from fastpath.native import int64_types
-from fastpath.stages import SCALARS, STAGES, Stage
+from fastpath.stages import STAGES
 from fastpath.stages.gro import coalesce
-from vrouter.model.config import parse
+from fastpath.stages.link import stage_function, stage_types
+from vrouter.model.config import Cluster, parse
 from vrouter.host.underlay import OverlaySockets
 from vrouter.node.datapath import Datapath
 from vrouter.node.dataplane import Dataplane
 
-# On two cores or more a first compile is shared with a forked worker, in this order: the
-# worker compiles Service NAT with conntrack (about half of all the stages' compile time), policy,
-# then the I/O functions and `serve` (serve calls forward through its address, fastpath.native,
-# so it is compiled without it); meanwhile this process compiles the other stages and what
-# `forward` calls besides them and the beat's housekeeping (serve calls it through its address
-# too), then `forward` once the worker has its stages. Both take about as long. (The worker
-# compiles what its share calls itself, into its scratch cache: serve's I/O functions are its
-# own.)
-WORKER_SHARE = ("services", "policy", "write_out", "read_tap", "recv_overlay", "serve")
-FORWARD_PARTS = ("_room", "_within_budget", "_emit", "coalesce")
-BESIDE_FORWARD = FORWARD_PARTS + ("housekeeping",)   # this process's share besides stages
+# On two cores or more a first compile is shared with a forked worker, which compiles Service
+# NAT with conntrack (about half of all the stages' compile time) and serve with its I/O
+# functions; this process compiles the other stages, forward and what it calls besides them, and
+# the beat's housekeeping. Both take about as long. (The worker compiles what its share calls
+# itself, into its scratch cache: serve's I/O functions are its own.)
+WORKER_SHARE = ("services", "write_out", "read_tap", "recv_overlay", "serve")
+FORWARD_PARTS = ("_room", "_within_budget", "_emit", "coalesce", "forward")
+BESIDE_STAGES = FORWARD_PARTS + ("housekeeping",)   # this process's share besides stages
+OPTIONAL = ("policy",)   # stages compiled only for a cluster that has a NetworkPolicy
 PROGRESS_EVERY = 10.0   # seconds between two "still compiling" lines
 
 _COMPILE_CLUSTER = """
@@ -68,14 +70,15 @@ pods:
 
 @contextlib.contextmanager
 def _throwaway_datapath():
-    """A data path with the argument types a node has: no root, no TAPs, two loopback sockets."""
+    """A data path with the argument types a node has: no root, no TAPs, two loopback sockets;
+    its stages not linked (compiled here instead)."""
     cluster = parse(_COMPILE_CLUSTER, "<compile>", check_host=False)
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     try:
         for s in sockets:
             s.bind(("127.0.0.1", 0))
-        datapath = Datapath(Dataplane(cluster, "a"), {}, OverlaySockets(sockets[0], sockets[1:]),
-                            4789, 0)
+        datapath = Datapath(Dataplane(cluster, "a", link=False), {},
+                            OverlaySockets(sockets[0], sockets[1:]), 4789, 0)
         try:
             yield datapath
         finally:
@@ -83,22 +86,6 @@ def _throwaway_datapath():
     finally:
         for s in sockets:
             s.close()
-
-
-def stage_function(stage: Stage) -> CPUDispatcher:
-    module, name = stage.function.split(".")
-    return getattr(importlib.import_module("fastpath.stages." + module), name)
-
-
-def stage_signature(stage: Stage, dataplane: Dataplane) -> tuple:
-    """The argument types run_stage calls `stage` with: (buf, meta, i), then its declared
-    arguments, from a data plane's tables."""
-    frames, tables = dataplane.rx, dataplane.tables
-    types = [numba.typeof(frames.buf), numba.typeof(frames.meta), numba.int64]
-    for arg in stage.args:
-        assert arg in SCALARS or hasattr(tables, arg), arg
-        types.append(numba.int64 if arg == "now" else numba.typeof(getattr(tables, arg)))
-    return tuple(types)
 
 
 def entry_points(datapath: Datapath) -> dict[str, tuple[CPUDispatcher, tuple]]:
@@ -109,7 +96,7 @@ def entry_points(datapath: Datapath) -> dict[str, tuple[CPUDispatcher, tuple]]:
     frames, tables, counters = typeof(dp.rx), typeof(dp.tables), typeof(dp.tables.counters)
     buf, meta, out = typeof(dp.rx.buf), typeof(dp.rx.meta), typeof(dp.out)
     params, io = typeof(dp.tables.params), typeof(datapath.io)
-    entries = {s.name: (stage_function(s), stage_signature(s, dp)) for s in STAGES}
+    entries = {s.name: (stage_function(s), stage_types(s, dp.rx, dp.tables)) for s in STAGES}
     entries["forward"] = (dispatch.forward, forward_types(dp.rx, dp.tables, dp.out))
     entries["_room"] = (dispatch._room, (buf, meta, int64, out))
     entries["_within_budget"] = (dispatch._within_budget, (
@@ -192,35 +179,42 @@ class _Worker:
         self.reports.close()
 
 
-def _compile_beside(worker: _Worker, entries: dict) -> None:
-    """This process's share while the worker compiles WORKER_SHARE, then `forward`."""
-    stages = [s.name for s in STAGES]
-    for name in [n for n in stages if n not in WORKER_SHARE] + list(BESIDE_FORWARD):
+def _compile_beside(worker: _Worker, entries: dict, stages: list[str]) -> None:
+    """This process's share while the worker compiles WORKER_SHARE."""
+    for name in [n for n in stages if n not in WORKER_SHARE] + list(BESIDE_STAGES):
         function, signature = entries[name]
         function.compile(signature)
-    worker.wait_for(n for n in WORKER_SHARE if n in stages)
-    function, signature = entries["forward"]
-    function.compile(signature)
-    worker.wait_for(WORKER_SHARE)   # serve, meanwhile
+    worker.wait_for(WORKER_SHARE)
 
 
-def compile_fast_path(parallel: bool = False, progress_since: float | None = None) -> None:
-    """Compile every compiled entry point a node uses (or load it from numba's cache) on a
-    throw-away data path. `parallel`: share the work with a forked worker (for a first
-    compile, on two cores or more; it forks, so only from a single-threaded process).
+def needed_stages(cluster: Cluster | None) -> list[str]:
+    """The stages a cluster's nodes run (every stage when it is not known)."""
+    return [s.name for s in STAGES if s.name not in OPTIONAL
+            or cluster is None or (s.name == "policy" and cluster.policies)]
+
+
+def compile_fast_path(parallel: bool = False, progress_since: float | None = None,
+                      cluster: Cluster | None = None) -> None:
+    """Compile every compiled entry point a node of `cluster` uses (or load it from numba's
+    cache) on a throw-away data path. `parallel`: share the work with a forked worker (for a
+    first compile, on two cores or more; it forks, so only from a single-threaded process).
     `progress_since`: print a line every PROGRESS_EVERY seconds meanwhile."""
+    stages = needed_stages(cluster)
     with _throwaway_datapath() as datapath:
         parallel = (parallel and len(os.sched_getaffinity(0)) > 1
                     and threading.active_count() == 1)
         scratch = tempfile.mkdtemp(prefix="vrouter-compile-") if parallel else None
         worker = None
+        entries = entry_points(datapath)
         try:
             if parallel:
-                entries = entry_points(datapath)
                 worker = _Worker(entries, WORKER_SHARE, scratch)
             with _progress(progress_since):
                 if worker:
-                    _compile_beside(worker, entries)
+                    _compile_beside(worker, entries, stages)
+                for name in stages + list(BESIDE_STAGES):   # loaded, if compiled above
+                    function, signature = entries[name]
+                    function.compile(signature)
                 datapath.warm_up()   # serve and all it calls: the worker's share from the cache
         finally:
             if worker:
@@ -251,18 +245,20 @@ def _progress(start: float | None):
         ticker.join()
 
 
-def ensure_compiled() -> None:
-    """Compile the fast path now unless this source's is in numba's cache already (then only
-    load it); say so, as a first start takes a minute or more."""
+def ensure_compiled(cluster: Cluster | None = None) -> None:
+    """Compile what a node of `cluster` runs (of any cluster, when None) now unless this
+    source's fast path is in numba's cache already (then only load it); say so, as a first
+    start takes a while. A stage that only this cluster needs (the policy stage) and that no
+    earlier start compiled is compiled now, without the worker."""
     from fastpath import compiled_marker
     marker = compiled_marker()
     if marker.exists():
-        compile_fast_path()
+        compile_fast_path(cluster=cluster)
         return
-    print("vrouter: compiling the fast path (first start only, about a minute)...",
+    print("vrouter: compiling the fast path (first start only, about 20 s)...",
           file=sys.stderr, flush=True)
     start = time.monotonic()
-    compile_fast_path(parallel=True, progress_since=start)
+    compile_fast_path(parallel=True, progress_since=start, cluster=cluster)
     print(f"vrouter: fast path compiled in {time.monotonic() - start:.0f} s", file=sys.stderr,
           flush=True)
     try:

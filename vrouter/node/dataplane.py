@@ -19,7 +19,7 @@ from fastpath.conntrack import (
 )
 from fastpath.dispatch import forward
 from fastpath.flows import FS_NOW
-from fastpath.groups import Frames, Output
+from fastpath.groups import Frames, Output, Tables
 from fastpath.layout import (
     BATCH, F_ROWS, FILL_COLS, FRAMES_MAX, HEADROOM, IN_GATEWAY, IN_OVERLAY, M_CSUM_OFFSET,
     M_CSUM_START, M_GSO_SIZE, M_GSO_TYPE, M_HDR_LEN, M_IN_PORT, M_LEN, M_ROW, M_SRC_IP, M_START,
@@ -28,6 +28,7 @@ from fastpath.layout import (
     VXLAN_HEADER_LEN,
 )
 from fastpath.reasons import COUNTER_COUNT, COUNTER_NAMES
+from fastpath.stages.link import link
 from fastpath.stages.local import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST
 from fastpath.learning import L_SEEN, L_STATIC, L_VALUE
 from vrouter.node import policytables, servicetables
@@ -102,7 +103,11 @@ class PodsFull(Exception):
 
 
 class Dataplane:
-    def __init__(self, cluster: Cluster, node_name: str, clock=time.monotonic):
+    """`link`: put the compiled code of the stages the tables need into them whenever they
+    change (fastpath.stages.link: compiled or loaded then); vrouter.node.compiling builds one
+    without, to compile the stages itself."""
+
+    def __init__(self, cluster: Cluster, node_name: str, clock=time.monotonic, link=True):
         self.cluster = cluster
         self.node = cluster.node(node_name)
         self.peers = [n for n in cluster.nodes if n.name != node_name]
@@ -114,14 +119,28 @@ class Dataplane:
         self.counters = np.zeros(COUNTER_COUNT, dtype=np.uint64)
         self.services = servicetables.build(cluster, node_name)   # also what status shows
         self.policy = policytables.build(cluster, self.ports, self.capacity)
+        self.rx = new_frames()
+        self.linking = link
         self.tables = tables_mod.build(cluster, node_name, self.counters, self.ports,
                                        self.services, self.policy)
         self.slow = SlowPath(cluster, node_name, self.counters, self.ports, clock=clock)
-        self.rx = new_frames()
         self.gw = new_frames()   # frames the gateway itself originates
         self.out = new_output()
         self.keepalive_frames = self._build_keepalives()
         self.mark_peers_seen_now()   # peers start up, as the node assumes until they fall silent
+
+    @property
+    def tables(self) -> Tables:
+        return self._tables
+
+    @tables.setter
+    def tables(self, tables: Tables) -> None:
+        """New tables are linked first (between batches): a stage they need for the first time
+        (the policy stage, once a policy selects a pod here) is compiled or loaded now. If that
+        fails, the old tables stay."""
+        if self.linking:
+            link(tables, self.rx)
+        self._tables = tables
 
     @property
     def now(self) -> int:

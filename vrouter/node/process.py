@@ -914,7 +914,7 @@ def run(cluster: Cluster, node_name: str, underlay: str | None = None,
     """Run one node in the foreground until SIGINT/SIGTERM; everything it created is removed.
     A node the file does not list registers itself (`underlay`, `address`)."""
     check_host()
-    ensure_compiled()
+    ensure_compiled(cluster)
     policy = _Signals()
     previous = {s: signal.signal(s, policy) for s in (signal.SIGINT, signal.SIGTERM)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)   # reload: not yet

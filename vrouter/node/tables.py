@@ -9,6 +9,7 @@ import numpy as np
 from fastpath import hashtable, learning
 from fastpath.conntrack import connection_arrays, new_state_table
 from fastpath.flows import new_ring
+from fastpath.stages.link import new_code
 from fastpath.groups import (
     Bridge, Budgets, Conntrack, Flows, Outside, Peers, Ports, Routes, Tables,
 )
@@ -64,6 +65,7 @@ def build(cluster: Cluster, node_name: str, counters: np.ndarray, ports: dict,
         policy=(policy or policytables.build(cluster, ports, cluster.max_pods)).group,
         budgets=Budgets(np.zeros((cluster.max_pods + 2, 2), dtype=np.int64),
                         *new_state_table(BUDGET_DESTINATIONS, 2), np.zeros(2, dtype=np.int64)),
+        code=new_code(),   # linked by the data plane (fastpath.stages.link)
     )
 
 

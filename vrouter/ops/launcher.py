@@ -150,7 +150,7 @@ def up(cluster: Cluster, timeout: float, policy: RestartPolicy | None = None) ->
         state.write_launcher(cluster.name, {"config": os.path.abspath(cluster.source),
                                             "manifests": cluster.manifests
                                             and os.path.abspath(cluster.manifests)})
-        ensure_compiled()   # once, here: the nodes then load it instead of all compiling at once
+        ensure_compiled(cluster)   # once, here: the nodes then load it instead of all compiling
         forkednodes.warm()  # and what else they load: forked from here, they share it
         for node in cluster.nodes:
             if node.kernel:   # the Linux kernel serves it (`vrouter kernel-node`), not vrouter
