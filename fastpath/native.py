@@ -6,7 +6,8 @@ then optimises and generates machine code for the whole again: `serve` (the node
 could only start once `forward` was done. `serve` calls `forward` through its address instead
 (once per batch of up to 64 frames, so the indirect call costs nothing measurable): the two
 are compiled side by side, in two processes (vrouter.node.compiling), and `serve`'s module
-holds only itself and its I/O functions.
+holds only itself and its I/O functions. `forward` calls each stage the same way, from the
+addresses in tables.code (fastpath.stages.link).
 
 The call uses numba's own calling convention, as numba does for a first-class function's
 `jit_addr`; `address_of` gives the address of a function's compiled code for a set of
@@ -46,9 +47,21 @@ def call_at(typingctx, address, args):
     return types.int64(address, args), codegen
 
 
+# With NUMBA_DISABLE_JIT=1 (the fuzz targets' coverage runs) every function is plain Python:
+# an "address" is then a number for the function, and call_at calls it as Python does.
+_PLAIN: dict[int, object] = {}
+
+if numba.config.DISABLE_JIT:
+    def call_at(address, args):   # noqa: F811
+        return _PLAIN[address](*args)
+
+
 def address_of(dispatcher, argtypes: tuple) -> int:
     """The address of `dispatcher`'s compiled code for `argtypes` (numba types), compiled or
     loaded from numba's cache now."""
+    if numba.config.DISABLE_JIT:
+        _PLAIN.setdefault(id(dispatcher), dispatcher)
+        return id(dispatcher)
     dispatcher.compile(argtypes)
     result = dispatcher.overloads[argtypes]
     address = result.library.get_pointer_to_function(result.fndesc.llvm_func_name)

@@ -9,7 +9,9 @@ writes (vrouter trace runs a packet on copies of exactly that) and when it is sk
 From STAGES come the constants S_<NAME> (a stage's number, importable from this module),
 STAGE_NAMES (what `vrouter trace` prints) and the dispatch, fastpath/stages/run.py, generated
 by `python3 -m fastpath.stages.generate` and checked in (numba caches only code in a file; a
-test fails when it is stale). Adding a stage: write its function, add one Stage here, point a
+test fails when it is stale). The dispatch calls a stage through its compiled code's address in
+tables.code, which fastpath.stages.link fills for the stages the tables need: a stage skipped
+by its `run_if` is not even compiled until some node's tables need it. Adding a stage: write its function, add one Stage here, point a
 stage before it at it, regenerate. The order, as declared below:
 
   pod_in | outside_in | overlay_in | gateway_in      ingress checks, by where the frame came from

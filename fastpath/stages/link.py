@@ -55,24 +55,36 @@ def needed(stage: Stage, tables) -> bool:
 
 def link(tables, frames, names=None) -> list[str]:
     """Put the compiled code of every stage these tables need (or of `names`) into
-    tables.code, compiling it now if numba's cache lacks it; returns the names newly linked.
-    Stages already linked keep their address (tables of the same types share code)."""
+    tables.code, compiling it now if numba's cache lacks it; returns the names whose code
+    changed. Every call derives the argument types again, as a rebuilt group of other types
+    than before would need other code (a lookup while it is compiled in this process)."""
     newly = []
     for index, stage in enumerate(STAGES):
         wanted = stage.name in names if names is not None else needed(stage, tables)
-        if not wanted or tables.code[index] != 0:
+        if not wanted:
             continue
         function, types = stage_function(stage), stage_types(stage, frames, tables)
-        if not _loads(function, types):
-            with _compile_lock():
-                function.compile(types)   # or loads what another process compiled meanwhile
-        result = function.overloads[types]
-        if numba.types.unliteral(result.signature.return_type) != numba.int64:   # call_at's
-            raise TypeError(f"stage {stage.name} returns {result.signature.return_type}, "
-                            "not int64 (DONE, NEXT or BRANCH)")
-        tables.code[index] = address_of(function, types)
-        newly.append(stage.name)
+        if numba.config.DISABLE_JIT:   # plain Python (fastpath.native)
+            address = address_of(function, types)
+        else:
+            address = _linked(stage, function, types)
+        if tables.code[index] != address:
+            tables.code[index] = address
+            newly.append(stage.name)
     return newly
+
+
+def _linked(stage: Stage, function: CPUDispatcher, types: tuple) -> int:
+    """The address of `stage`'s code for `types`, compiled under the lock if it is neither in
+    this process nor in numba's cache."""
+    if not _loads(function, types):
+        with _compile_lock():
+            function.compile(types)   # or loads what another process compiled meanwhile
+    returned = function.overloads[types].signature.return_type
+    if numba.types.unliteral(returned) != numba.int64:   # call_at's convention
+        raise TypeError(f"stage {stage.name} returns {returned}, not int64 (DONE, NEXT or "
+                        "BRANCH)")
+    return address_of(function, types)
 
 
 def new_code() -> np.ndarray:
