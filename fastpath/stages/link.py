@@ -1,12 +1,12 @@
-"""Linking the stages into a node's tables: the address of each needed stage's compiled code
-goes into tables.code, where `forward` calls it (fastpath.stages.run, through
-fastpath.native.call_at).
+"""Linking the stages that can be skipped into a node's tables: the address of such a stage's
+compiled code goes into tables.code once the tables need it, and `forward` calls it there
+(fastpath.stages.run, through fastpath.native.call_at).
 
-So `forward` is compiled without the stages: numba would otherwise link every stage into
-forward's own module and optimise and generate them all a second time (5 of a first compile's
-45 CPU-seconds), and forward could only start compiling once they were done. And a stage that
-no table needs is not compiled at all: the policy stage waits for a NetworkPolicy that selects
-one of the node's pods (its `run_if` field set), then it is linked (vrouter.node.dataplane).
+So `forward` is compiled without it, and a stage that no table needs is not compiled at all: the
+policy stage waits for a NetworkPolicy that selects one of the node's pods (its `run_if` field
+set), then it is linked (vrouter.node.dataplane). The stages every frame may run are called by
+name and compiled into `forward` (LLVM inlines them there; through an address each cost 5-10%
+more time per frame, and forward's compile was no shorter).
 
 A stage is compiled, or loaded from numba's cache, for exactly the argument types run_stage
 calls it with (its declaration in fastpath.stages.STAGES, the tables' groups). A compile here
@@ -45,16 +45,21 @@ def stage_types(stage: Stage, frames, tables) -> tuple:
     return tuple(types)
 
 
+def linked(stage: Stage) -> bool:
+    """Is `stage` called through tables.code (else by name, compiled into forward)?"""
+    return stage.run_if is not None
+
+
 def needed(stage: Stage, tables) -> bool:
-    """Does a frame ever run `stage` on these tables? Not while its run_if field is 0."""
-    if stage.run_if is None:
-        return True
+    """Is `stage` linked, and do these tables need it (its run_if field is not 0)?"""
+    if not linked(stage):
+        return False
     group, field = stage.run_if.split(".")
     return bool(getattr(getattr(tables, group), field)[0])
 
 
 def link(tables, frames, names=None) -> list[str]:
-    """Put the compiled code of every stage these tables need (or of `names`) into
+    """Put the compiled code of every linked stage these tables need (or of `names`) into
     tables.code, compiling it now if numba's cache lacks it; returns the names whose code
     changed. Every call derives the argument types again, as a rebuilt group of other types
     than before would need other code (a lookup while it is compiled in this process)."""

@@ -9,6 +9,13 @@ from fastpath.stages import (
     BRANCH, DONE, S_BRIDGE, S_GATEWAY_IN, S_LOCAL, S_OUTSIDE_IN, S_OVERLAY_IN, S_POD_IN, S_POLICY,
     S_ROUTE, S_SERVICES, S_SWITCH, S_TO_OVERLAY, finish,
 )
+from fastpath.stages.bridge import bridge_stage, switch
+from fastpath.stages.ingress import gateway_in, pod_in
+from fastpath.stages.local import local_stage
+from fastpath.stages.outside import outside_in
+from fastpath.stages.overlay import overlay_in, to_overlay
+from fastpath.stages.route import route_stage
+from fastpath.stages.services import services_stage
 
 
 @inlined
@@ -17,35 +24,19 @@ def run_stage(stage, buf, meta, i, now, tables):
     meta)."""
     params, counters = tables.params, tables.counters
     if stage == S_POD_IN:
-        code = tables.code[S_POD_IN]   # ingress.pod_in
-        if code == 0:
-            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)
-        to = call_at(code, (buf, meta, i, now, params, counters, tables.ports, tables.bridge))
+        to = pod_in(buf, meta, i, now, params, counters, tables.ports, tables.bridge)
         return DONE if to == DONE else S_SERVICES
     if stage == S_OUTSIDE_IN:
-        code = tables.code[S_OUTSIDE_IN]   # outside.outside_in
-        if code == 0:
-            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)
-        to = call_at(code, (buf, meta, i, now, params, counters, tables.outside))
+        to = outside_in(buf, meta, i, now, params, counters, tables.outside)
         return DONE if to == DONE else S_SERVICES
     if stage == S_OVERLAY_IN:
-        code = tables.code[S_OVERLAY_IN]   # overlay.overlay_in
-        if code == 0:
-            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)
-        to = call_at(code, (buf, meta, i, now, params, counters, tables.peers))
+        to = overlay_in(buf, meta, i, now, params, counters, tables.peers)
         return DONE if to == DONE else S_SERVICES
     if stage == S_GATEWAY_IN:
-        code = tables.code[S_GATEWAY_IN]   # ingress.gateway_in
-        if code == 0:
-            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)
-        to = call_at(code, (buf, meta, i))
+        to = gateway_in(buf, meta, i)
         return DONE if to == DONE else S_SERVICES
     if stage == S_SERVICES:
-        code = tables.code[S_SERVICES]   # services.services_stage
-        if code == 0:
-            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)
-        to = call_at(code, (buf, meta, i, now, params, counters, tables.services,
-                            tables.conntrack))
+        to = services_stage(buf, meta, i, now, params, counters, tables.services, tables.conntrack)
         return DONE if to == DONE else S_POLICY
     if stage == S_POLICY:
         if tables.policy.active[0] == 0:   # nothing to do on this node
@@ -57,38 +48,22 @@ def run_stage(stage, buf, meta, i, now, tables):
                             tables.conntrack))
         return DONE if to == DONE else S_SWITCH
     if stage == S_SWITCH:
-        code = tables.code[S_SWITCH]   # bridge.switch
-        if code == 0:
-            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)
-        to = call_at(code, (buf, meta, i, params))
+        to = switch(buf, meta, i, params)
         if to == BRANCH:
             return S_ROUTE
         return DONE if to == DONE else S_BRIDGE
     if stage == S_BRIDGE:
-        code = tables.code[S_BRIDGE]   # bridge.bridge_stage
-        if code == 0:
-            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)
-        call_at(code, (buf, meta, i, now, params, tables.bridge))
+        bridge_stage(buf, meta, i, now, params, tables.bridge)
         return DONE
     if stage == S_ROUTE:
-        code = tables.code[S_ROUTE]   # route.route_stage
-        if code == 0:
-            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)
-        to = call_at(code, (buf, meta, i, now, params, tables.ports, tables.routes,
-                            tables.outside))
+        to = route_stage(buf, meta, i, now, params, tables.ports, tables.routes, tables.outside)
         if to == BRANCH:
             return S_LOCAL
         return DONE if to == DONE else S_TO_OVERLAY
     if stage == S_TO_OVERLAY:
-        code = tables.code[S_TO_OVERLAY]   # overlay.to_overlay
-        if code == 0:
-            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)
-        call_at(code, (buf, meta, i, now, params, tables.peers))
+        to_overlay(buf, meta, i, now, params, tables.peers)
         return DONE
     if stage == S_LOCAL:
-        code = tables.code[S_LOCAL]   # local.local_stage
-        if code == 0:
-            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)
-        to = call_at(code, (buf, meta, i, params, counters))
+        to = local_stage(buf, meta, i, params, counters)
         return DONE if to == DONE else S_ROUTE
     return DONE

@@ -1,12 +1,12 @@
-"""Linking the stages into a node's tables (fastpath.stages.link): forward runs each stage's
-code from tables.code, a stage no table needs is left out, and a missing one drops the frame
-and counts it rather than crashing the node."""
+"""Linking the stages that can be skipped into a node's tables (fastpath.stages.link): forward
+runs such a stage's code from tables.code, it is left out while no table needs it, and a missing
+one drops the frame and counts it rather than crashing the node."""
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from fastpath.reasons import R_DROP_POLICY_INGRESS, R_DROP_STAGE_UNLINKED, R_FORWARDED_L2
-from fastpath.stages import S_POLICY, STAGE_NAMES, STAGES
-from fastpath.stages.link import link
+from fastpath.stages import S_POLICY, STAGES
+from fastpath.stages.link import link, linked
 from vrouter.model import config
 from vrouter.node.compiling import needed_stages
 
@@ -22,11 +22,13 @@ def syn(sport: int) -> bytes:
                  / TCP(sport=sport, dport=8080, flags="S"))
 
 
-def test_without_a_policy_every_stage_but_policy_is_linked_and_a_policy_links_it():
+def test_the_policy_stage_is_linked_only_once_a_policy_selects_a_pod():
+    """Only a stage that can be skipped is called through tables.code (the others are
+    compiled into forward): the policy stage, left out until a policy needs it."""
+    assert [s.name for s in STAGES if linked(s)] == ["policy"]
     dp = make_dp()
     assert dp.tables.policy.active[0] == 0
-    unlinked = [name for name, code in zip(STAGE_NAMES, dp.tables.code) if code == 0]
-    assert unlinked == ["policy"]
+    assert not dp.tables.code.any()
     assert process(dp, [(0, syn(40000))])[0][0] == 1            # web-2's port
     assert dp.counters[R_FORWARDED_L2] == 1
     # the same cluster with a policy isolating every pod, as a reload brings it

@@ -7,10 +7,9 @@ cores or more): it compiles WORKER_SHARE while this process compiles the rest, a
 then loads the other's part from the cache. Every part is compiled with the argument types its
 caller gives it (`entry_points`: the stages' from their declaration in fastpath.stages.STAGES and
 a data plane's tables), so the cached entry is the one that a node links and `serve` asks for.
-The parts do not wait for each other: `serve` calls `forward`, and `forward` the stages, through
-their addresses (fastpath.native, fastpath.stages.link). A stage the cluster does not need is
-not compiled (the policy stage without a NetworkPolicy): a node compiles it when it first needs
-it.
+A stage the cluster does not need is not compiled (the policy stage without a NetworkPolicy:
+forward calls it through its address in the tables, fastpath.stages.link); a node compiles it
+when it first needs it.
 
 numba's cache is not safe for two processes writing one function's entries at the same time
 (it writes a function's index and its data files separately, numba/numba#10128), and the parts
@@ -47,14 +46,18 @@ from vrouter.host.underlay import OverlaySockets
 from vrouter.node.datapath import Datapath
 from vrouter.node.dataplane import Dataplane
 
-# On two cores or more a first compile is shared with a forked worker, which compiles Service
-# NAT with conntrack (about half of all the stages' compile time) and serve with its I/O
-# functions; this process compiles the other stages, forward and what it calls besides them, and
-# the beat's housekeeping. Both take about as long. (The worker compiles what its share calls
+# On two cores or more a first compile is shared with a forked worker, in this order: the
+# worker compiles Service NAT with conntrack (about half of all the stages' compile time), one of
+# forward's output parts, then serve's I/O functions and `serve` (serve calls forward through its
+# address, fastpath.native, so it is compiled without it); meanwhile this process compiles the
+# other stages, forward's other parts and the beat's housekeeping (serve calls it through its
+# address too), the policy stage if the cluster has a NetworkPolicy (forward calls it through
+# its address in the tables, fastpath.stages.link), then `forward` once the worker has its part
+# of what forward calls. Both take about as long. (The worker compiles what its share calls
 # itself, into its scratch cache: serve's I/O functions are its own.)
-WORKER_SHARE = ("services", "write_out", "read_tap", "recv_overlay", "serve")
-FORWARD_PARTS = ("_room", "_within_budget", "_emit", "coalesce", "forward")
-BESIDE_STAGES = FORWARD_PARTS + ("housekeeping",)   # this process's share besides stages
+WORKER_SHARE = ("services", "_emit", "write_out", "read_tap", "recv_overlay", "serve")
+FORWARD_PARTS = ("_room", "_within_budget", "_emit", "coalesce")
+BESIDE_FORWARD = FORWARD_PARTS + ("housekeeping",)   # this process's share besides stages
 OPTIONAL = ("policy",)   # stages compiled only for a cluster that has a NetworkPolicy
 PROGRESS_EVERY = 10.0   # seconds between two "still compiling" lines
 
@@ -180,11 +183,14 @@ class _Worker:
 
 
 def _compile_beside(worker: _Worker, entries: dict, stages: list[str]) -> None:
-    """This process's share while the worker compiles WORKER_SHARE."""
-    for name in [n for n in stages if n not in WORKER_SHARE] + list(BESIDE_STAGES):
+    """This process's share while the worker compiles WORKER_SHARE, then `forward`."""
+    for name in [n for n in stages + list(BESIDE_FORWARD) if n not in WORKER_SHARE]:
         function, signature = entries[name]
         function.compile(signature)
-    worker.wait_for(WORKER_SHARE)
+    worker.wait_for(n for n in WORKER_SHARE if n in stages or n in FORWARD_PARTS)
+    function, signature = entries["forward"]
+    function.compile(signature)
+    worker.wait_for(WORKER_SHARE)   # serve, meanwhile
 
 
 def needed_stages(cluster: Cluster | None) -> list[str]:
@@ -212,7 +218,7 @@ def compile_fast_path(parallel: bool = False, progress_since: float | None = Non
             with _progress(progress_since):
                 if worker:
                     _compile_beside(worker, entries, stages)
-                for name in stages + list(BESIDE_STAGES):   # loaded, if compiled above
+                for name in stages + list(BESIDE_FORWARD) + ["forward"]:   # or loaded
                     function, signature = entries[name]
                     function.compile(signature)
                 datapath.warm_up()   # serve and all it calls: the worker's share from the cache
