@@ -218,9 +218,9 @@ def compile_fast_path(parallel: bool = False, progress_since: float | None = Non
             with _progress(progress_since):
                 if worker:
                     _compile_beside(worker, entries, stages)
-                for name in stages + list(BESIDE_FORWARD) + ["forward"]:   # or loaded
+                for name in (n for n in stages if n in OPTIONAL):   # linked, not in forward
                     function, signature = entries[name]
-                    function.compile(signature)
+                    function.compile(signature)   # (or loaded)
                 datapath.warm_up()   # serve and all it calls: the worker's share from the cache
         finally:
             if worker:
