@@ -123,8 +123,8 @@ class Tables(NamedTuple):
     conntrack: Conntrack
     policy: Policy
     budgets: Budgets
-    code: np.ndarray            # int64[STAGE_COUNT]: each stage's compiled code, 0 until linked
-                                # (fastpath.stages.link; forward calls a stage there)
+    code: np.ndarray            # int64[STAGE_COUNT]: a linked stage's compiled code, 0 until
+                                # the tables need it (fastpath.stages.link; forward calls it)
 
 
 class Frames(NamedTuple):

@@ -6,8 +6,8 @@ then optimises and generates machine code for the whole again: `serve` (the node
 could only start once `forward` was done. `serve` calls `forward` through its address instead
 (once per batch of up to 64 frames, so the indirect call costs nothing measurable): the two
 are compiled side by side, in two processes (vrouter.node.compiling), and `serve`'s module
-holds only itself and its I/O functions. `forward` calls each stage the same way, from the
-addresses in tables.code (fastpath.stages.link).
+holds only itself and its I/O functions. `forward` calls a stage that can be skipped the same
+way, from its address in tables.code (fastpath.stages.link).
 
 The call uses numba's own calling convention, as numba does for a first-class function's
 `jit_addr`; `address_of` gives the address of a function's compiled code for a set of

@@ -9,10 +9,11 @@ writes (vrouter trace runs a packet on copies of exactly that) and when it is sk
 From STAGES come the constants S_<NAME> (a stage's number, importable from this module),
 STAGE_NAMES (what `vrouter trace` prints) and the dispatch, fastpath/stages/run.py, generated
 by `python3 -m fastpath.stages.generate` and checked in (numba caches only code in a file; a
-test fails when it is stale). The dispatch calls a stage through its compiled code's address in
-tables.code, which fastpath.stages.link fills for the stages the tables need: a stage skipped
-by its `run_if` is not even compiled until some node's tables need it. Adding a stage: write its function, add one Stage here, point a
-stage before it at it, regenerate. The order, as declared below:
+test fails when it is stale). A stage that can be skipped (`run_if`) is `linked`: the dispatch
+calls it through its compiled code's address in tables.code, which fastpath.stages.link fills
+once some node's tables need it, so until then it is not even compiled; the others are called
+by name. Adding a stage: write its function, add one Stage here, point a stage before it at
+it, regenerate. The order, as declared below:
 
   pod_in | outside_in | overlay_in | gateway_in      ingress checks, by where the frame came from
   -> services                                         Service NAT, masquerade and conntrack
@@ -49,6 +50,12 @@ class Stage(NamedTuple):
     writes: tuple[str, ...] = ()  # "group" or "group.field" of Tables the stage may change
     run_if: str | None = None     # "group.field": skipped (straight to `next`) while field[0] == 0
     entry: bool = False           # where frames start (fastpath.dispatch.first_stage picks one)
+
+    @property
+    def linked(self) -> bool:
+        """Called through its code's address in tables.code (fastpath.stages.link), and so
+        compiled only when some tables need it; else by name, compiled into forward."""
+        return self.run_if is not None
 
 
 STAGES = (

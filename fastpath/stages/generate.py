@@ -45,16 +45,14 @@ def _call(stage: Stage, prefix: str) -> list[str]:
     """`prefix` + the call of the stage's function; for a stage that can be skipped, through
     its compiled code's address in tables.code (a comment names the function)."""
     args = ["buf", "meta", "i"] + [a if a in SCALARS else f"tables.{a}" for a in stage.args]
-    if not stage.run_if:
-        first = f"{prefix}{stage.function.split('.')[1]}("
-        pieces = [a + "," for a in args[:-1]] + [args[-1] + ")"]
-        return _fill(first, pieces, " " * len(first))
-    first = f"{prefix}call_at(code, ("
-    pieces = [a + "," for a in args[:-1]] + [args[-1] + "))"]
-    return ([f"        code = tables.code[{_constant(stage.name)}]   # {stage.function}",
-             "        if code == 0:",
-             "            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)"]
-            + _fill(first, pieces, " " * len(first)))
+    lines, first, close = [], f"{prefix}{stage.function.split('.')[1]}(", ")"
+    if stage.linked:
+        lines = [f"        code = tables.code[{_constant(stage.name)}]   # {stage.function}",
+                 "        if code == 0:",
+                 "            return finish(meta, i, ACT_DROP, 0, R_DROP_STAGE_UNLINKED)"]
+        first, close = f"{prefix}call_at(code, (", "))"
+    pieces = [a + "," for a in args[:-1]] + [args[-1] + close]
+    return lines + _fill(first, pieces, " " * len(first))
 
 
 def _body(stage: Stage) -> list[str]:
@@ -78,7 +76,7 @@ def _body(stage: Stage) -> list[str]:
 def source() -> str:
     imports: dict[str, list[str]] = {}
     for s in STAGES:
-        if not s.run_if:   # called by name: compiled into forward
+        if not s.linked:   # called by name: compiled into forward
             module, function = s.function.split(".")
             imports.setdefault(module, []).append(function)
     constants = sorted({_constant(s.name) for s in STAGES})

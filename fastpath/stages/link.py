@@ -45,14 +45,9 @@ def stage_types(stage: Stage, frames, tables) -> tuple:
     return tuple(types)
 
 
-def linked(stage: Stage) -> bool:
-    """Is `stage` called through tables.code (else by name, compiled into forward)?"""
-    return stage.run_if is not None
-
-
 def needed(stage: Stage, tables) -> bool:
     """Is `stage` linked, and do these tables need it (its run_if field is not 0)?"""
-    if not linked(stage):
+    if not stage.linked:
         return False
     group, field = stage.run_if.split(".")
     return bool(getattr(getattr(tables, group), field)[0])

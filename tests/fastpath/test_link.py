@@ -6,7 +6,7 @@ from scapy.layers.l2 import Ether
 
 from fastpath.reasons import R_DROP_POLICY_INGRESS, R_DROP_STAGE_UNLINKED, R_FORWARDED_L2
 from fastpath.stages import S_POLICY, STAGES
-from fastpath.stages.link import link, linked
+from fastpath.stages.link import link
 from vrouter.model import config
 from vrouter.node.compiling import needed_stages
 
@@ -25,7 +25,7 @@ def syn(sport: int) -> bytes:
 def test_the_policy_stage_is_linked_only_once_a_policy_selects_a_pod():
     """Only a stage that can be skipped is called through tables.code (the others are
     compiled into forward): the policy stage, left out until a policy needs it."""
-    assert [s.name for s in STAGES if linked(s)] == ["policy"]
+    assert [s.name for s in STAGES if s.linked] == ["policy"]
     dp = make_dp()
     assert dp.tables.policy.active[0] == 0
     assert not dp.tables.code.any()

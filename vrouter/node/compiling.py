@@ -58,7 +58,10 @@ from vrouter.node.dataplane import Dataplane
 WORKER_SHARE = ("services", "_emit", "write_out", "read_tap", "recv_overlay", "serve")
 FORWARD_PARTS = ("_room", "_within_budget", "_emit", "coalesce")
 BESIDE_FORWARD = FORWARD_PARTS + ("housekeeping",)   # this process's share besides stages
-OPTIONAL = ("policy",)   # stages compiled only for a cluster that has a NetworkPolicy
+# the linked stages (fastpath.stages.Stage.linked), compiled only for a cluster that needs them
+NEEDED_BY = {"policy": lambda cluster: bool(cluster.policies)}
+OPTIONAL = tuple(s.name for s in STAGES if s.linked)
+assert set(NEEDED_BY) == set(OPTIONAL), "say when a cluster needs each linked stage"
 PROGRESS_EVERY = 10.0   # seconds between two "still compiling" lines
 
 _COMPILE_CLUSTER = """
@@ -195,8 +198,8 @@ def _compile_beside(worker: _Worker, entries: dict, stages: list[str]) -> None:
 
 def needed_stages(cluster: Cluster | None) -> list[str]:
     """The stages a cluster's nodes run (every stage when it is not known)."""
-    return [s.name for s in STAGES if s.name not in OPTIONAL
-            or cluster is None or (s.name == "policy" and cluster.policies)]
+    return [s.name for s in STAGES
+            if not s.linked or cluster is None or NEEDED_BY[s.name](cluster)]
 
 
 def compile_fast_path(parallel: bool = False, progress_since: float | None = None,
